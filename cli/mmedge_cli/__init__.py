@@ -1,0 +1,1 @@
+"""The mmedge command line: a thin Typer front end over the mmedge library."""

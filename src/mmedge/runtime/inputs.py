@@ -1,0 +1,63 @@
+"""Real inputs for timing and checks (no torch): a bundle's shipped samples, else the model's test split.
+
+Zeros are not real inputs: attention and LSTM kernels can take different paths on them. A model with no
+samples and no mmedge metadata gets synthetic inputs, and the results say so.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mmedge.errors import BundleError, MissingDependencyError
+from mmedge.runtime.session import open_session
+
+
+def test_split_feeds(path, data_cfg=None, n: int = 64) -> dict[str, np.ndarray]:
+    """The first ``n`` questions of the model's test split, tokenized with the model's vocabulary."""
+    from mmedge.data import load_dataset
+    from mmedge.runtime.evaluate import feeds_for, model_data_config, model_vocab
+
+    sess = open_session(path, "cpu")
+    split = load_dataset(model_data_config(sess, data_cfg)).test
+    return feeds_for(split, model_vocab(sess), np.arange(min(n, len(split))))
+
+
+def bundle_feeds(bundle_dir: Path) -> dict[str, np.ndarray]:
+    from mmedge.bundle import load_bundle
+
+    bundle = load_bundle(bundle_dir)
+    tensors = bundle.manifest.get("samples", {}).get("tensors")
+    if not tensors:
+        raise BundleError(f"bundle {bundle_dir} ships no sample tensors; rebuild it with `mmedge run`.")
+    with np.load(bundle.path(tensors), allow_pickle=False) as npz:
+        return {k: npz[k] for k in npz.files}
+
+
+def synthetic_feeds(path) -> dict[str, np.ndarray]:
+    sess = open_session(path, "cpu")
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for i in sess.get_inputs():
+        shape = [d if isinstance(d, int) else (1 if axis == 0 else 8) for axis, d in enumerate(i.shape)]
+        if "float" in i.type:
+            feeds[i.name] = rng.random(shape, dtype=np.float32).astype(np.float16 if "16" in i.type else np.float32)
+        else:
+            feeds[i.name] = np.ones(shape, dtype=np.int64 if "int64" in i.type else np.int32)
+    return feeds
+
+
+def bench_inputs(given: Path, model_path: Path) -> tuple[dict[str, np.ndarray], str]:
+    """(feeds, where they came from) for ``mmedge bench``."""
+    from mmedge.runtime.session import metadata_json
+
+    for folder in (given, model_path.parent):
+        if folder.is_dir() and (folder / "manifest.json").is_file():
+            return bundle_feeds(folder), f"bundle samples ({folder})"
+    if metadata_json(open_session(model_path, "cpu"), "mmedge.tokenizer") is not None:
+        try:
+            return test_split_feeds(model_path), "test split samples"
+        except MissingDependencyError:
+            pass
+    return synthetic_feeds(model_path), "synthetic (no bundle samples or dataset found for this model)"

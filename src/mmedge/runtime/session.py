@@ -1,0 +1,104 @@
+"""ONNX Runtime sessions with explicit providers and checked inputs (no torch)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from mmedge.errors import InputMismatchError, InputPathError, MmedgeError, NotOnnxError
+from mmedge.runtime.providers import require
+
+_ORT_DTYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(int32)": "int32",
+               "tensor(float16)": "float16", "tensor(uint8)": "uint8", "tensor(int8)": "int8",
+               "tensor(bool)": "bool", "tensor(double)": "float64"}
+
+
+def check_onnx_path(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise InputPathError(f"model file {path} does not exist; pass the path of an .onnx file.")
+    if path.is_dir():
+        raise InputPathError(f"{path} is a folder; pass the path of an .onnx file (or use a bundle command).")
+    return path
+
+
+def open_session(path: str | Path, ep: str = "cpu", threads: int = 0, allow_fallback: bool = False):
+    """An InferenceSession on exactly ``ep``; raises if the file is not a loadable ONNX model."""
+    import onnxruntime as ort
+
+    path = check_onnx_path(path)
+    provider = require(ep)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    if provider.name != "cpu" and not allow_fallback:
+        opts.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+    try:
+        sess = ort.InferenceSession(str(path), opts, providers=[(provider.ort_name, dict(provider.options))])
+    except Exception as exc:  # ORT raises several private exception types for a bad file
+        msg = str(exc).splitlines()[0][:160]
+        raise NotOnnxError(f"{path} is not a loadable ONNX model: it is another kind of file, or truncated or "
+                           f"damaged ({msg}); pass a complete .onnx file, e.g. one written by `mmedge export`.") from None
+    ran = sess.get_providers()
+    if ran[0] != provider.ort_name:
+        raise MmedgeError(f"onnxruntime did not place the model on '{provider.name}' (it used {ran}); "
+                          "results would be mislabelled, so nothing was measured.")
+    return sess
+
+
+def session_providers(sess) -> list[str]:
+    return list(sess.get_providers())
+
+
+def model_metadata(sess) -> dict[str, str]:
+    return dict(sess.get_modelmeta().custom_metadata_map)
+
+
+def metadata_json(sess, key: str, default=None):
+    raw = model_metadata(sess).get(key)
+    return default if raw is None else json.loads(raw)
+
+
+def check_feeds(sess, feeds: dict[str, np.ndarray]) -> None:
+    """Every input present, with the model's dtype and rank, and fixed dims matching; all problems at once."""
+    problems = []
+    inputs = {i.name: i for i in sess.get_inputs()}
+    for name in inputs.keys() - feeds.keys():
+        problems.append(f"input '{name}' is missing")
+    for name in feeds.keys() - inputs.keys():
+        problems.append(f"'{name}' is not an input of this model (inputs: {', '.join(inputs)})")
+    for name, arr in feeds.items():
+        if name not in inputs:
+            continue
+        want_dtype = _ORT_DTYPES.get(inputs[name].type, inputs[name].type)
+        if str(arr.dtype) != want_dtype:
+            problems.append(f"input '{name}' has dtype {arr.dtype}, the model needs {want_dtype}")
+        shape = inputs[name].shape
+        if arr.ndim != len(shape):
+            problems.append(f"input '{name}' has shape {list(arr.shape)}, the model needs rank {len(shape)} "
+                            f"{_show(shape)}")
+            continue
+        for axis, (got, want) in enumerate(zip(arr.shape, shape, strict=True)):
+            if isinstance(want, int) and got != want:
+                problems.append(f"input '{name}' has size {got} on axis {axis}, the model needs {want} "
+                                f"(shape {_show(shape)})")
+    if problems:
+        raise InputMismatchError("inputs do not match the model: " + "; ".join(problems) +
+                                 "; feed arrays shaped as `mmedge inspect MODEL` shows.")
+
+
+def _show(shape) -> str:
+    return "[" + ", ".join(str(d) if d is not None else "?" for d in shape) + "]"
+
+
+def run(sess, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    check_feeds(sess, feeds)
+    try:
+        return sess.run(None, feeds)
+    except Exception as exc:
+        raise InputMismatchError(f"onnxruntime rejected the inputs ({str(exc).splitlines()[0][:200]}); feed "
+                                 "arrays shaped as `mmedge inspect MODEL` shows.") from None

@@ -1,0 +1,79 @@
+"""Summaries of an .onnx file or a bundle folder (no torch)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+from mmedge.errors import NotOnnxError
+from mmedge.runtime.session import check_onnx_path
+
+
+def onnx_summary(path: str | Path) -> dict:
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    path = check_onnx_path(path)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, ValueError, OSError, RuntimeError) as exc:
+        raise NotOnnxError(f"{path} is not a loadable ONNX model: it is another kind of file, or truncated or "
+                           f"damaged ({type(exc).__name__}); pass a complete .onnx file.") from None
+    if not model.graph.node and not model.graph.input:
+        raise NotOnnxError(f"{path} holds no ONNX graph (an empty or foreign file); pass a complete .onnx file.")
+
+    def io(values):
+        out = []
+        init = {i.name for i in model.graph.initializer}
+        for v in values:
+            if v.name in init:
+                continue
+            t = v.type.tensor_type
+            shape = [d.dim_param or (d.dim_value if d.HasField("dim_value") else "?") for d in t.shape.dim]
+            out.append({"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name,
+                        "shape": shape})
+        return out
+
+    params = 0
+    for init in model.graph.initializer:
+        n = 1
+        for d in init.dims:
+            n *= d
+        params += n
+    meta = {p.key: p.value for p in model.metadata_props}
+    mmedge = {k.removeprefix("mmedge."): _maybe_json(v) for k, v in meta.items() if k.startswith("mmedge.")}
+    return {
+        "path": str(path),
+        "size_bytes": path.stat().st_size,
+        "ir_version": model.ir_version,
+        "opsets": {o.domain or "ai.onnx": o.version for o in model.opset_import},
+        "producer": f"{model.producer_name} {model.producer_version}".strip(),
+        "inputs": io(model.graph.input),
+        "outputs": io(model.graph.output),
+        "nodes": len(model.graph.node),
+        "op_types": dict(Counter(n.op_type for n in model.graph.node).most_common()),
+        "parameters": params,
+        "mmedge": {k: v for k, v in mmedge.items() if k not in ("tokenizer", "spec")},
+        "vocabulary_size": len(mmedge["tokenizer"]["words"]) if "tokenizer" in mmedge else None,
+    }
+
+
+def _maybe_json(value: str):
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
+def bundle_summary(path: str | Path) -> dict:
+    from mmedge.bundle import load_bundle
+
+    bundle = load_bundle(path, verify=False)
+    problems = bundle.verify()
+    m = bundle.manifest
+    return {"bundle": str(bundle.root), "name": m["name"], "schema_version": m["schema_version"],
+            "mmedge_version": m["mmedge_version"], "created": m["created"], "verified": not problems,
+            "problems": problems, "files": m["files"], "labels": m["labels"], "inputs": m["inputs"],
+            "preprocessing": m["preprocessing"], "metrics": m["metrics"],
+            "model": onnx_summary(bundle.model_path) if not problems else m["model"]}
