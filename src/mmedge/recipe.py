@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
 from mmedge.data import DataConfig
 from mmedge.errors import InputPathError, RecipeError, closest
@@ -107,7 +107,7 @@ class Recipe(BaseModel):
     data: DataConfig = Field(default_factory=DataConfig)
     targets: tuple[str, ...] = Field(("cpu",), min_length=1, description="Execution providers to measure on.")
     budgets: Budgets = Field(default_factory=Budgets)
-    steps: tuple[StepConfig, ...] = Field(..., min_length=1)
+    steps: tuple[SerializeAsAny[StepConfig], ...] = Field(..., min_length=1)
     output: Path | None = Field(None, description="Bundle folder; default exported/<name>.")
     workdir: Path = Field(Path(".mmedge/runs"), description="Where step outputs are cached.")
 

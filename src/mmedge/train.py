@@ -31,8 +31,10 @@ from mmedge.runtime.evaluate import score
 
 class TrainConfig(StepConfig):
     type: Literal["train"] = "train"
-    epochs: int = Field(40, ge=1, description="Upper bound on epochs; early stopping usually ends sooner.")
-    batch_size: int = Field(256, ge=1, description="Questions per optimizer step.")
+    epochs: int = Field(20, ge=1, description="Epochs; the cosine schedule spans them. 20 reach ~99% on digits-vqa "
+                        "in ~2 minutes on 2 cores.")
+    batch_size: int = Field(64, ge=1, description="Questions per optimizer step (16 images x 4 questions): more steps "
+                            "per epoch learned faster here than larger batches.")
     lr: float = Field(3e-3, gt=0, description="Peak AdamW learning rate, reached after one warm-up epoch, then "
                       "cosine decay to zero over `epochs`.")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
@@ -110,6 +112,8 @@ def train_model(model, data, vocab: WordVocab, cfg: TrainConfig,
         rng = np.random.default_rng([cfg.seed, epoch])
         q_image, texts, labels, _ = make_questions(train.digits, cfg.questions_per_image, rng)
         ids_all, mask_all = vocab.encode(texts)
+        longest = int(mask_all.sum(1).max())  # drop all-padding columns: fewer LSTM/attention steps
+        ids_all, mask_all = ids_all[:, :longest], mask_all[:, :longest]
         q_rows = np.argsort(q_image, kind="stable").reshape(len(train.images), cfg.questions_per_image)
         order = torch.randperm(len(train.images), generator=gen).numpy()
         loss_sum, hits, seen = 0.0, 0, 0

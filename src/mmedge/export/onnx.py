@@ -46,7 +46,10 @@ class ExportConfig(StepConfig):
 
 def export_checkpoint(checkpoint: Path, out: Path, cfg: ExportConfig | None = None) -> dict:
     """Export and validate; on success ``out`` holds the model and the validation report is returned."""
+    from mmedge.models.checkpoint import load_checkpoint
+
     cfg = cfg or ExportConfig()
+    load_checkpoint(checkpoint)  # a missing or damaged checkpoint is reported here, not as an exporter failure
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".onnx.tmp", dir=out.parent)

@@ -75,10 +75,12 @@ def load_checkpoint(path: Path) -> Checkpoint:
         state = load_file(path / "model.safetensors")
     except (json.JSONDecodeError, KeyError, SafetensorError, OSError) as exc:
         raise MmedgeError(f"checkpoint {path} is damaged ({type(exc).__name__}: {exc}); retrain or restore it.") from exc
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise MmedgeError(f"checkpoint {path} does not fit its model family '{config['family']}' (missing "
-                          f"{result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}); retrain it.")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        detail = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
+        raise MmedgeError(f"checkpoint {path} does not fit its model family '{config['family']}' ({detail}); "
+                          "retrain it or restore its config.json.") from None
     model.eval()
     return Checkpoint(model, config["family"], config["options"], WordVocab.load(path / "vocab.json"), labels,
                       config.get("extra", {}))

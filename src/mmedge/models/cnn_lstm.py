@@ -22,8 +22,9 @@ from mmedge.models.spec import ModelSpec, image_text_spec
 
 class CnnLstmConfig(FamilyConfig):
     conv_channels: tuple[int, ...] = Field(
-        (32, 64, 64), min_length=1, description="Output channels per 3x3 conv block; a 2x2 max-pool follows the "
-        "first two blocks (28 -> 14 -> 7). Three blocks reach 97%+ on digits with ~56k parameters.")
+        (16, 32, 64, 64), min_length=1, description="Output channels per 3x3 conv block; a 2x2 max-pool follows "
+        "every block but the last (28 -> 14 -> 7 -> 3), so the last block sees the whole digit before global "
+        "pooling. Measured: (32, 64, 64) without the last pool stalled near 97% at twice the cost.")
     embed_dim: int = Field(64, ge=1, description="Word embedding width; the vocabulary is ~50 words.")
     hidden_size: int = Field(128, ge=1, description="LSTM hidden size; the text branch carries the question's "
                              "operator and operand.")
@@ -67,7 +68,7 @@ class CnnLstm(nn.Module):
         c_in = prep.channels
         for i, c_out in enumerate(config.conv_channels):
             blocks += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
-            if i < 2:
+            if i < len(config.conv_channels) - 1:
                 blocks.append(nn.MaxPool2d(2))
             c_in = c_out
         self.image_encoder = nn.Sequential(*blocks)

@@ -14,7 +14,7 @@ from mmedge.errors import BundleError, MissingDependencyError
 from mmedge.runtime.session import open_session
 
 
-def test_split_feeds(path, data_cfg=None, n: int = 64) -> dict[str, np.ndarray]:
+def split_feeds(path, data_cfg=None, n: int = 64) -> dict[str, np.ndarray]:
     """The first ``n`` questions of the model's test split, tokenized with the model's vocabulary."""
     from mmedge.data import load_dataset
     from mmedge.runtime.evaluate import feeds_for, model_data_config, model_vocab
@@ -48,6 +48,19 @@ def synthetic_feeds(path) -> dict[str, np.ndarray]:
     return feeds
 
 
+def npz_feeds(path: Path) -> dict[str, np.ndarray]:
+    """User-supplied input tensors from an .npz file (one array per model input, no pickle)."""
+    from mmedge.errors import InputPathError, MmedgeError
+
+    if not Path(path).is_file():
+        raise InputPathError(f"inputs file {path} does not exist; pass an .npz with one array per model input.")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except (ValueError, OSError) as exc:
+        raise MmedgeError(f"{path} is not a readable .npz of arrays ({exc}); write it with numpy.savez.") from None
+
+
 def bench_inputs(given: Path, model_path: Path) -> tuple[dict[str, np.ndarray], str]:
     """(feeds, where they came from) for ``mmedge bench``."""
     from mmedge.runtime.session import metadata_json
@@ -57,7 +70,7 @@ def bench_inputs(given: Path, model_path: Path) -> tuple[dict[str, np.ndarray], 
             return bundle_feeds(folder), f"bundle samples ({folder})"
     if metadata_json(open_session(model_path, "cpu"), "mmedge.tokenizer") is not None:
         try:
-            return test_split_feeds(model_path), "test split samples"
+            return split_feeds(model_path), "test split samples"
         except MissingDependencyError:
             pass
     return synthetic_feeds(model_path), "synthetic (no bundle samples or dataset found for this model)"

@@ -11,7 +11,7 @@ from mmedge.errors import BudgetExceededError
 from mmedge.recipe import StepConfig, register_step
 from mmedge.runtime.bench import bench_model
 from mmedge.runtime.evaluate import evaluate_model, parity
-from mmedge.runtime.inputs import test_split_feeds
+from mmedge.runtime.inputs import split_feeds
 
 
 class ValidateConfig(StepConfig):
@@ -54,7 +54,7 @@ def validate_step(cfg: ValidateConfig, ctx) -> StepResult:
 
 @register_step(BenchConfig, consumes="onnx", produces=None)
 def bench_step(cfg: BenchConfig, ctx) -> StepResult:
-    feeds = test_split_feeds(ctx.artifact.path, ctx.recipe.data)
+    feeds = split_feeds(ctx.artifact.path, ctx.recipe.data)
     per_ep = {}
     for ep in ctx.recipe.targets:
         per_ep[ep] = bench_model(ctx.artifact.path, feeds, ep=ep, threads=cfg.threads, batch_sizes=cfg.batch_sizes,

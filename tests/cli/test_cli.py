@@ -1,0 +1,135 @@
+"""The CLI, through typer's CliRunner: the jobs work, and bad input gets one clear sentence and exit != 0."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from mmedge_cli.main import app
+from tests.conftest import REFERENCE_BUNDLE
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_clean_failure(result, code, *phrases):
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
+    for phrase in phrases:
+        assert phrase in result.output, result.output
+
+
+def test_version():
+    r = invoke("--version")
+    assert r.exit_code == 0 and r.output.startswith("mmedge ")
+
+
+def test_inspect_bundle_and_onnx():
+    r = invoke("inspect", REFERENCE_BUNDLE)
+    assert r.exit_code == 0 and "verified" in r.output and "input_ids" in r.output
+    r = invoke("inspect", REFERENCE_BUNDLE / "model.onnx", "--json")
+    s = json.loads(r.output)
+    assert s["inputs"][0]["shape"] == ["batch", 1, 28, 28] and s["mmedge"]["family"] == "cnn-lstm"
+
+
+def test_predict_answers_a_shipped_sample_as_recorded():
+    samples = json.loads((REFERENCE_BUNDLE / "samples" / "samples.json").read_text())
+    for s in samples[:4]:
+        r = invoke("predict", REFERENCE_BUNDLE, "--image", REFERENCE_BUNDLE / s["image"], "--text", s["text"], "--json")
+        assert r.exit_code == 0, r.output
+        assert json.loads(r.output)["answer"] == s["predicted"]
+
+
+def test_validate_gate_passes_within_budget():
+    r = invoke("validate", REFERENCE_BUNDLE, "--max-accuracy-drop", "1", "--no-ablation", "--json")
+    assert r.exit_code == 0, r.output
+    assert abs(json.loads(r.output)["accuracy_drop_points"]) <= 1
+
+
+def test_validate_gate_exits_1_when_over_budget(tmp_path, tiny_onnx):
+    accs = {f: json.loads(invoke("validate", p, "--no-ablation", "--json").output)["test"]["accuracy"]
+            for f, p in tiny_onnx.items()}
+    worse, better = sorted(accs, key=accs.get)
+    if accs[worse] == accs[better]:
+        pytest.skip("both tiny models scored the same")
+    r = invoke("validate", tiny_onnx[worse], "--reference", tiny_onnx[better], "--max-accuracy-drop", "0",
+               "--no-ablation")
+    assert_clean_failure(r, 1, "over the allowed 0")
+
+
+def test_bench_json_reports_percentiles_on_bundle_samples():
+    r = invoke("bench", REFERENCE_BUNDLE, "--runs", "20", "--warmup", "2", "--batch", "1", "--batch", "4", "--json")
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output)
+    assert res["inputs"].startswith("bundle samples") and res["providers"][0] == "CPUExecutionProvider"
+    assert {"p50_ms", "p90_ms", "p99_ms", "mean_ms", "throughput_per_s"} <= set(res["batches"]["4"])
+
+
+def test_run_dry_run_prints_the_resolved_default_recipe():
+    r = invoke("run", "--dry-run")
+    assert r.exit_code == 0 and "name: digits-vqa" in r.output and "type: bundle" in r.output
+
+
+# --- bad input -------------------------------------------------------------------------------------------
+
+def test_missing_path(tmp_path):
+    assert_clean_failure(invoke("bench", tmp_path / "nope.onnx"), 2, "does not exist")
+    assert_clean_failure(invoke("inspect", tmp_path / "nope.onnx"), 2, "does not exist")
+
+
+def test_file_that_is_not_onnx(tmp_path):
+    (tmp_path / "m.onnx").write_text("definitely not protobuf")
+    assert_clean_failure(invoke("bench", tmp_path / "m.onnx"), 2, "not a loadable ONNX model")
+    assert_clean_failure(invoke("validate", tmp_path / "m.onnx"), 2, "not a loadable ONNX model")
+
+
+def test_truncated_onnx(tmp_path):
+    data = (REFERENCE_BUNDLE / "model.onnx").read_bytes()
+    (tmp_path / "t.onnx").write_bytes(data[: len(data) // 3])
+    assert_clean_failure(invoke("inspect", tmp_path / "t.onnx"), 2, "truncated")
+    assert_clean_failure(invoke("bench", tmp_path / "t.onnx"), 2, "truncated")
+
+
+def test_recipe_with_unknown_key_and_wrong_type(tmp_path):
+    (tmp_path / "a.yaml").write_text("name: x\nsteps:\n  - type: train\n    epochz: 3\n")
+    assert_clean_failure(invoke("run", tmp_path / "a.yaml", "--dry-run"), 2, "'epochz' is not a known key")
+    (tmp_path / "b.yaml").write_text("name: x\nsteps:\n  - type: train\n    epochs: many\n")
+    assert_clean_failure(invoke("run", tmp_path / "b.yaml"), 2, "valid integer")
+
+
+def test_image_that_does_not_decode(tmp_path):
+    (tmp_path / "x.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    r = invoke("predict", REFERENCE_BUNDLE, "--image", tmp_path / "x.png", "--text", "is this digit even?")
+    assert_clean_failure(r, 2, "does not decode")
+
+
+def test_inputs_of_wrong_shape_and_dtype(tmp_path):
+    np.savez(tmp_path / "bad.npz", image=np.zeros((1, 3, 28, 28), np.float32),
+             input_ids=np.zeros((1, 5), np.float32), attention_mask=np.ones((1, 5), np.int64))
+    r = invoke("bench", REFERENCE_BUNDLE, "--inputs", tmp_path / "bad.npz", "--runs", "2")
+    assert_clean_failure(r, 2, "size 3 on axis 1", "'input_ids' has dtype float32")
+
+
+def test_unknown_model_family(tmp_path):
+    r = invoke("train", "--family", "resnet", "--out", tmp_path / "c")
+    assert_clean_failure(r, 2, "unknown model family 'resnet'")
+    assert not (tmp_path / "c").exists()
+
+
+def test_unknown_execution_provider():
+    assert_clean_failure(invoke("bench", REFERENCE_BUNDLE, "--ep", "tpu"), 2, "unknown execution provider 'tpu'")
+    assert_clean_failure(invoke("bench", REFERENCE_BUNDLE, "--ep", "coreml"), 2, "not in this onnxruntime")
+
+
+def test_predict_on_a_tampered_bundle_is_refused(tmp_path):
+    copy = tmp_path / "b"
+    shutil.copytree(REFERENCE_BUNDLE, copy)
+    with open(copy / "model.onnx", "ab") as fh:
+        fh.write(b"\0")
+    r = invoke("predict", copy, "--image", copy / "samples" / "sample_00.png", "--text", "is this a 3?")
+    assert_clean_failure(r, 2, "model.onnx does not match its sha256")

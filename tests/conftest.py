@@ -1,0 +1,50 @@
+"""Shared fixtures: tiny models trained and exported in the test session (seconds, not minutes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE_BUNDLE = REPO / "exported" / "digits-vqa"
+
+TINY = {
+    "cnn-lstm": {"conv_channels": [8, 16], "embed_dim": 16, "hidden_size": 24, "fusion_dim": 32},
+    "vit-transformer": {"dim": 16, "heads": 2, "image_layers": 1, "text_layers": 1, "fusion_layers": 1,
+                        "mlp_ratio": 2},
+}
+
+
+def tiny_train_config(**kw):
+    from mmedge.train import TrainConfig
+
+    return TrainConfig(**{"epochs": 1, "max_minutes": 0.5, "batch_size": 256, "seed": 0, **kw})
+
+
+@pytest.fixture(scope="session")
+def data_cfg():
+    from mmedge.data import DataConfig
+
+    return DataConfig(test_images=200, val_images=100)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory, data_cfg) -> dict[str, Path]:
+    from mmedge.train import run_training
+
+    root = tmp_path_factory.mktemp("ckpt")
+    return {fam: run_training(fam, opts, data_cfg, tiny_train_config(), root / fam, progress=False)[0]
+            for fam, opts in TINY.items()}
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tmp_path_factory, tiny_checkpoints) -> dict[str, Path]:
+    from mmedge.export.onnx import export_checkpoint
+
+    root = tmp_path_factory.mktemp("onnx")
+    out = {}
+    for fam, ckpt in tiny_checkpoints.items():
+        out[fam] = root / f"{fam}.onnx"
+        export_checkpoint(ckpt, out[fam])
+    return out

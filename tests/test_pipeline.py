@@ -1,0 +1,86 @@
+import json
+
+import pytest
+
+from mmedge.bundle import load_bundle
+from mmedge.errors import BudgetExceededError
+from mmedge.pipeline import run_recipe
+from mmedge.recipe import parse_recipe
+from tests.conftest import TINY
+
+
+def tiny_recipe(tmp_path, bench_runs=15, **over):
+    data = {
+        "name": "tiny",
+        "model": {"family": "cnn-lstm", "options": TINY["cnn-lstm"]},
+        "data": {"test_images": 200, "val_images": 100},
+        "steps": [{"type": "train", "epochs": 1, "max_minutes": 0.5, "batch_size": 256},
+                  {"type": "export", "batch_sizes": [1, 3], "text_lengths": [5, 12]},
+                  {"type": "validate"},
+                  {"type": "bench", "runs": bench_runs, "warmup": 2, "batch_sizes": [1, 4]},
+                  {"type": "bundle", "samples": 4}],
+        "output": str(tmp_path / "bundle"),
+        "workdir": str(tmp_path / "runs"),
+    }
+    data.update(over)
+    return parse_recipe(data)
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pipe")
+    recipe = tiny_recipe(tmp)
+    return tmp, recipe, run_recipe(recipe, progress=False)
+
+
+def test_step_bundle_pipeline_runs_every_step_and_ships_a_verified_bundle(first_run):
+    tmp, _, records = first_run
+    assert [r.config.type for r in records] == ["train", "export", "validate", "bench", "bundle"]
+    assert not any(r.cached for r in records)
+    bundle = load_bundle(tmp / "bundle")
+    m = bundle.manifest
+    assert {"model.onnx", "manifest.json", "vocab.json", "report.md"} - {"manifest.json"} <= set(m["files"])
+    assert m["metrics"]["accuracy_drop_points"] <= 0.5
+    assert m["metrics"]["parity"]["argmax_agreement"] >= 0.999
+    assert m["metrics"]["latency"]["cpu"]["batches"]["1"]["p50_ms"] > 0
+    results = json.loads((tmp / "runs" / "tiny" / "results.json").read_text())
+    assert results["schema_version"] == 1 and len(results["steps"]) == 5
+
+
+def test_step_validate_reports_parity_and_ablation(first_run):
+    v = first_run[2][2].result.metrics
+    assert v["parity"]["max_abs_diff"] < 1e-3 and {"image_blanked", "text_emptied"} <= set(v)
+
+
+def test_step_bench_reports_each_batch(first_run):
+    b = first_run[2][3].result.metrics
+    assert set(b["targets"]["cpu"]["batches"]) == {"1", "4"} and b["inputs"] == "test split samples"
+
+
+def test_rerun_skips_finished_steps_and_reruns_only_what_changed(first_run):
+    tmp, recipe, _ = first_run
+    again = run_recipe(recipe, progress=False)
+    assert all(r.cached for r in again)
+    changed = run_recipe(tiny_recipe(tmp, bench_runs=16), progress=False)
+    assert [r.cached for r in changed] == [True, True, True, False, False]
+
+
+def test_latency_budget_that_cannot_be_met_fails_the_run(first_run):
+    tmp, _, _ = first_run
+    recipe = tiny_recipe(tmp, budgets={"max_latency_ms": 1e-6})
+    with pytest.raises(BudgetExceededError, match="over the budget"):
+        run_recipe(recipe, progress=False)
+    assert load_bundle(tmp / "bundle")  # the earlier bundle is untouched
+
+
+def test_step_load_starts_a_chain_from_an_existing_checkpoint(tmp_path, tiny_checkpoints):
+    recipe = parse_recipe({
+        "name": "loaded", "data": {"test_images": 200, "val_images": 100},
+        "steps": [{"type": "load", "path": str(tiny_checkpoints["vit-transformer"])}, {"type": "export"},
+                  {"type": "validate", "ablation": False}],
+        "workdir": str(tmp_path / "runs"),
+    })
+    records = run_recipe(recipe, progress=False)
+    assert records[0].result.metrics["family"] == "vit-transformer"
+    assert records[2].result.metrics["parity"]["argmax_agreement"] >= 0.999
+    assert records[2].result.metrics["accuracy_drop_points"] <= 0.5
