@@ -11,8 +11,7 @@ REFERENCE_BUNDLE = REPO / "exported" / "digits-vqa"
 
 TINY = {
     "cnn-lstm": {"conv_channels": [8, 16], "embed_dim": 16, "hidden_size": 24, "fusion_dim": 32},
-    "vit-transformer": {"dim": 16, "heads": 2, "image_layers": 1, "text_layers": 1, "fusion_layers": 1,
-                        "mlp_ratio": 2},
+    "vit-transformer": {"dim": 16, "heads": 2, "image_layers": 1, "text_layers": 1, "fusion_layers": 1, "mlp_ratio": 2},
 }
 
 
@@ -34,8 +33,10 @@ def tiny_checkpoints(tmp_path_factory, data_cfg) -> dict[str, Path]:
     from mmedge.train import run_training
 
     root = tmp_path_factory.mktemp("ckpt")
-    return {fam: run_training(fam, opts, data_cfg, tiny_train_config(), root / fam, progress=False)[0]
-            for fam, opts in TINY.items()}
+    return {
+        fam: run_training(fam, opts, data_cfg, tiny_train_config(), root / fam, progress=False)[0]
+        for fam, opts in TINY.items()
+    }
 
 
 @pytest.fixture(scope="session")

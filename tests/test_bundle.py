@@ -61,7 +61,7 @@ def test_manifest_pointing_outside_the_bundle_is_refused(tmp_path):
     (copy / "manifest.json").write_text(json.dumps(manifest))
     bundle = load_bundle(copy)
     with pytest.raises(BundleError, match="outside the bundle"):
-        bundle.model_path
+        _ = bundle.model_path
 
 
 def test_folder_without_manifest_is_not_a_bundle(tmp_path):

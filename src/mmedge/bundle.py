@@ -48,8 +48,10 @@ class Bundle:
         """A file named by the manifest; refused if it would lead outside the bundle folder."""
         target = (self.root / relative).resolve()
         if not target.is_relative_to(self.root.resolve()):
-            raise BundleError(f"the manifest of {self.root} names '{relative}', which lies outside the bundle; "
-                              "refusing to read it — rebuild the bundle with `mmedge run`.")
+            raise BundleError(
+                f"the manifest of {self.root} names '{relative}', which lies outside the bundle; "
+                "refusing to read it — rebuild the bundle with `mmedge run`."
+            )
         return target
 
     @property
@@ -79,26 +81,36 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
     if not root.exists():
         raise InputPathError(f"bundle folder {root} does not exist; pass a folder written by `mmedge run`.")
     if not (root / MANIFEST).is_file():
-        raise BundleError(f"{root} has no {MANIFEST}, so it is not an mmedge bundle; pass a folder written by "
-                          "`mmedge run`.")
+        raise BundleError(
+            f"{root} has no {MANIFEST}, so it is not an mmedge bundle; pass a folder written by `mmedge run`."
+        )
     try:
         manifest = json.loads((root / MANIFEST).read_text())
     except json.JSONDecodeError as exc:
         raise BundleError(f"{root / MANIFEST} is not valid JSON ({exc.msg}); rebuild the bundle.") from None
     if manifest.get("schema") != SCHEMA or manifest.get("schema_version") != SCHEMA_VERSION:
-        raise BundleError(f"{root / MANIFEST} is not an mmedge bundle manifest of schema version {SCHEMA_VERSION}; "
-                          "rebuild the bundle with this mmedge version.")
+        raise BundleError(
+            f"{root / MANIFEST} is not an mmedge bundle manifest of schema version {SCHEMA_VERSION}; "
+            "rebuild the bundle with this mmedge version."
+        )
     bundle = Bundle(root, manifest)
     if verify and (problems := bundle.verify()):
-        raise BundleError(f"bundle {root} failed its checksum verification: {'; '.join(problems)}; rebuild it or "
-                          "restore the original files.")
+        raise BundleError(
+            f"bundle {root} failed its checksum verification: {'; '.join(problems)}; rebuild it or "
+            "restore the original files."
+        )
     return bundle
 
 
 class BundleConfig(StepConfig):
     type: Literal["bundle"] = "bundle"
-    samples: int = Field(8, ge=1, le=64, description="Real test inputs shipped as PNG + questions (and as an "
-                         ".npz of ready tensors) so an app can check its own preprocessing.")
+    samples: int = Field(
+        8,
+        ge=1,
+        le=64,
+        description="Real test inputs shipped as PNG + questions (and as an "
+        ".npz of ready tensors) so an app can check its own preprocessing.",
+    )
 
 
 def _write_samples(folder: Path, model_path: Path, data_cfg, count: int) -> dict:
@@ -119,15 +131,23 @@ def _write_samples(folder: Path, model_path: Path, data_cfg, count: int) -> dict
     for n, row in enumerate(rows):
         name = f"sample_{n:02d}.png"
         save_png(split.images[split.image_index[row]], folder / name)
-        entries.append({"image": f"samples/{name}", "text": split.texts[row], "answer": LABELS[split.labels[row]],
-                        "predicted": LABELS[int(logits[n].argmax())], "logits": [round(float(x), 5) for x in logits[n]]})
+        entries.append(
+            {
+                "image": f"samples/{name}",
+                "text": split.texts[row],
+                "answer": LABELS[split.labels[row]],
+                "predicted": LABELS[int(logits[n].argmax())],
+                "logits": [round(float(x), 5) for x in logits[n]],
+            }
+        )
     np.savez(folder / "inputs.npz", **feeds)
     (folder / "samples.json").write_text(json.dumps(entries, indent=1))
     return {"file": "samples/samples.json", "tensors": "samples/inputs.npz", "count": len(entries)}
 
 
-def build_manifest(name: str, model_path: Path, metadata: dict, metrics: dict, samples: dict,
-                   lineage: tuple[str, ...]) -> dict:
+def build_manifest(
+    name: str, model_path: Path, metadata: dict, metrics: dict, samples: dict, lineage: tuple[str, ...]
+) -> dict:
     spec = json.loads(metadata["mmedge.spec"])
     tok = json.loads(metadata["mmedge.tokenizer"])
     return {
@@ -142,10 +162,18 @@ def build_manifest(name: str, model_path: Path, metadata: dict, metrics: dict, s
         "outputs": spec["outputs"],
         "preprocessing": {
             "image": spec["image"],
-            "text": {"tokenizer": "word", "vocab_file": "vocab.json", "lowercase": tok["lowercase"],
-                     "pattern": tok["pattern"], "max_length": tok["max_length"], "pad_id": tok["pad_id"],
-                     "unk_id": tok["unk_id"], "padding": "right", "truncation": "right",
-                     "attention_mask": "1 for real tokens, 0 for padding"},
+            "text": {
+                "tokenizer": "word",
+                "vocab_file": "vocab.json",
+                "lowercase": tok["lowercase"],
+                "pattern": tok["pattern"],
+                "max_length": tok["max_length"],
+                "pad_id": tok["pad_id"],
+                "unk_id": tok["unk_id"],
+                "padding": "right",
+                "truncation": "right",
+                "attention_mask": "1 for real tokens, 0 for padding",
+            },
         },
         "labels": json.loads(metadata["mmedge.labels"]),
         "samples": samples,
@@ -153,16 +181,25 @@ def build_manifest(name: str, model_path: Path, metadata: dict, metrics: dict, s
     }
 
 
-def write_bundle(out: Path, name: str, model_path: Path, data_cfg, metrics: dict, lineage: tuple[str, ...],
-                 report_md: str, samples: int = 8) -> Path:
+def write_bundle(
+    out: Path,
+    name: str,
+    model_path: Path,
+    data_cfg,
+    metrics: dict,
+    lineage: tuple[str, ...],
+    report_md: str,
+    samples: int = 8,
+) -> Path:
     """Write the bundle into a temporary sibling folder, then swap it into place."""
     from mmedge.runtime.session import model_metadata, open_session
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared
     try:
-        shutil.copy2(model_path, tmp / "model.onnx")
+        shutil.copyfile(model_path, tmp / "model.onnx")
         meta = model_metadata(open_session(tmp / "model.onnx", "cpu"))
         (tmp / "vocab.json").write_text(json.dumps(json.loads(meta["mmedge.tokenizer"]), indent=1))
         sample_info = _write_samples(tmp / "samples", tmp / "model.onnx", data_cfg, samples)
@@ -170,8 +207,9 @@ def write_bundle(out: Path, name: str, model_path: Path, data_cfg, metrics: dict
         manifest = build_manifest(name, tmp / "model.onnx", meta, metrics, sample_info, lineage)
         manifest["model"]["size_bytes"] = (tmp / "model.onnx").stat().st_size
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
-        manifest["files"] = {p.relative_to(tmp).as_posix(): {"sha256": sha256(p), "bytes": p.stat().st_size}
-                             for p in files}
+        manifest["files"] = {
+            p.relative_to(tmp).as_posix(): {"sha256": sha256(p), "bytes": p.stat().st_size} for p in files
+        }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
         old = out.with_name(f".{out.name}.old")
         shutil.rmtree(old, ignore_errors=True)
@@ -198,15 +236,27 @@ def shipped_metrics(ctx, model_path: Path) -> dict:
         out["parity"] = validate.get("parity")
         out["accuracy_drop_points"] = validate.get("accuracy_drop_points")
     if ref:
-        out["reference"] = {"framework": "pytorch", "test_accuracy": ref["test"]["accuracy"],
-                            "parameters": ref.get("parameters")}
+        out["reference"] = {
+            "framework": "pytorch",
+            "test_accuracy": ref["test"]["accuracy"],
+            "parameters": ref.get("parameters"),
+        }
     if export:
-        out["export"] = {"opset": export.get("opset"), "max_abs_diff": export.get("max_abs_diff"),
-                         "checks": len(export.get("checks", []))}
+        out["export"] = {
+            "opset": export.get("opset"),
+            "max_abs_diff": export.get("max_abs_diff"),
+            "checks": len(export.get("checks", [])),
+        }
     if bench:
-        out["latency"] = {ep: {"threads": r["threads"], "session_load_ms": r["session_load_ms"],
-                               "batches": r["batches"], "peak_rss_mb": r["memory"]["peak_rss_mb"]}
-                          for ep, r in bench["targets"].items()}
+        out["latency"] = {
+            ep: {
+                "threads": r["threads"],
+                "session_load_ms": r["session_load_ms"],
+                "batches": r["batches"],
+                "peak_rss_mb": r["memory"]["peak_rss_mb"],
+            }
+            for ep, r in bench["targets"].items()
+        }
     return out
 
 
@@ -218,11 +268,23 @@ def bundle_step(cfg: BundleConfig, ctx) -> StepResult:
     budget = recipe.budgets.max_size_mb
     size_mb = ctx.artifact.path.stat().st_size / 1e6
     if budget is not None and size_mb > budget:
-        raise BudgetExceededError(f"the model is {size_mb:.2f} MB, over the budget of {budget:g} MB; relax "
-                                  "budgets.max_size_mb or compress the model further.")
+        raise BudgetExceededError(
+            f"the model is {size_mb:.2f} MB, over the budget of {budget:g} MB; relax "
+            "budgets.max_size_mb or compress the model further."
+        )
     metrics = shipped_metrics(ctx, ctx.artifact.path)
     report = render_bundle_report(recipe.name, metrics, ctx)
-    out = write_bundle(recipe.output_dir, recipe.name, ctx.artifact.path, recipe.data, metrics,
-                       (*ctx.artifact.lineage, "bundle"), report, cfg.samples)
-    return StepResult(Artifact(out.resolve(), "bundle", ctx.artifact.spec, (*ctx.artifact.lineage, "bundle")),
-                      {"path": str(out), "files": sorted(load_bundle(out).manifest["files"])})
+    out = write_bundle(
+        recipe.output_dir,
+        recipe.name,
+        ctx.artifact.path,
+        recipe.data,
+        metrics,
+        (*ctx.artifact.lineage, "bundle"),
+        report,
+        cfg.samples,
+    )
+    return StepResult(
+        Artifact(out.resolve(), "bundle", ctx.artifact.spec, (*ctx.artifact.lineage, "bundle")),
+        {"path": str(out), "files": sorted(load_bundle(out).manifest["files"])},
+    )

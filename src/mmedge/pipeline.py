@@ -40,9 +40,16 @@ class StepRecord:
     cached: bool
 
     def to_json(self) -> dict:
-        return {"index": self.index, "type": self.config.type, "config": self.config.model_dump(mode="json"),
-                "key": self.key, "folder": str(self.folder), "seconds": self.seconds, "cached": self.cached,
-                **self.result.to_json()}
+        return {
+            "index": self.index,
+            "type": self.config.type,
+            "config": self.config.model_dump(mode="json"),
+            "key": self.key,
+            "folder": str(self.folder),
+            "seconds": self.seconds,
+            "cached": self.cached,
+            **self.result.to_json(),
+        }
 
 
 @dataclass
@@ -72,10 +79,15 @@ class StepContext:
 
 
 def _key(recipe: Recipe, previous: str, step: StepConfig) -> str:
-    payload = {"mmedge": __version__, "model": recipe.model.model_dump(mode="json"),
-               "data": recipe.data.model_dump(mode="json"), "targets": list(recipe.targets),
-               "budgets": recipe.budgets.model_dump(mode="json"), "previous": previous,
-               "step": step.model_dump(mode="json")}
+    payload = {
+        "mmedge": __version__,
+        "model": recipe.model.model_dump(mode="json"),
+        "data": recipe.data.model_dump(mode="json"),
+        "targets": list(recipe.targets),
+        "budgets": recipe.budgets.model_dump(mode="json"),
+        "previous": previous,
+        "step": step.model_dump(mode="json"),
+    }
     if step.type == "bundle":
         payload["output"] = str(recipe.output_dir.resolve())
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
@@ -102,8 +114,9 @@ def _load_cached(folder: Path) -> StepResult | None:
     return result if result.artifact.path.exists() else None
 
 
-def run_recipe(recipe: Recipe, force: bool = False, progress: bool = True,
-               on_step: Callable[[StepRecord], None] | None = None) -> list[StepRecord]:
+def run_recipe(
+    recipe: Recipe, force: bool = False, progress: bool = True, on_step: Callable[[StepRecord], None] | None = None
+) -> list[StepRecord]:
     steps = load_steps()
     root = recipe.workdir / recipe.name
     root.mkdir(parents=True, exist_ok=True)
@@ -118,12 +131,14 @@ def run_recipe(recipe: Recipe, force: bool = False, progress: bool = True,
         if cached is None:
             shutil.rmtree(folder, ignore_errors=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=root))
+            tmp.chmod(0o755)
             try:
                 ctx = StepContext(recipe, artifact, tmp, records, progress)
                 result = steps[cfg.type].run(cfg, ctx)
                 seconds = time.perf_counter() - started
-                (tmp / "result.json").write_text(json.dumps({**_relative(result, tmp), "seconds": seconds},
-                                                            indent=1, default=str))
+                (tmp / "result.json").write_text(
+                    json.dumps({**_relative(result, tmp), "seconds": seconds}, indent=1, default=str)
+                )
                 tmp.rename(folder)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -145,9 +160,14 @@ def run_recipe(recipe: Recipe, force: bool = False, progress: bool = True,
 def results_document(recipe: Recipe, records: list[StepRecord]) -> dict:
     from mmedge.runtime.bench import machine_info
 
-    return {"schema": "mmedge.results", "schema_version": RESULTS_SCHEMA_VERSION, "mmedge_version": __version__,
-            "recipe": json.loads(recipe.dump("json")), "machine": machine_info(),
-            "steps": [r.to_json() for r in records]}
+    return {
+        "schema": "mmedge.results",
+        "schema_version": RESULTS_SCHEMA_VERSION,
+        "mmedge_version": __version__,
+        "recipe": json.loads(recipe.dump("json")),
+        "machine": machine_info(),
+        "steps": [r.to_json() for r in records],
+    }
 
 
 def write_results(recipe: Recipe, records: list[StepRecord], path: Path) -> None:

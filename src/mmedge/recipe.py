@@ -91,10 +91,16 @@ class ModelSection(BaseModel):
 class Budgets(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     max_accuracy_drop: float | None = Field(
-        1.0, ge=0, description="Largest accepted test-accuracy drop, in points, of the shipped ONNX model "
-        "against the trained PyTorch model. 1 point is the usual edge deployment budget.")
-    max_latency_ms: float | None = Field(None, gt=0, description="Largest accepted p50 latency at batch 1 on "
-                                         "the first target, in milliseconds; none by default.")
+        1.0,
+        ge=0,
+        description="Largest accepted test-accuracy drop, in points, of the shipped ONNX model "
+        "against the trained PyTorch model. 1 point is the usual edge deployment budget.",
+    )
+    max_latency_ms: float | None = Field(
+        None,
+        gt=0,
+        description="Largest accepted p50 latency at batch 1 on the first target, in milliseconds; none by default.",
+    )
     max_size_mb: float | None = Field(None, gt=0, description="Largest accepted model file size in MB.")
 
 
@@ -126,8 +132,10 @@ class Recipe(BaseModel):
                 raise ValueError(f"step {i + 1} needs a 'type' (one of: {', '.join(sorted(registry))})")
             tag = raw["type"]
             if tag not in registry:
-                raise ValueError(f"step {i + 1} has unknown type '{tag}'{closest(str(tag), list(registry))}; "
-                                 f"known types: {', '.join(sorted(registry))}")
+                raise ValueError(
+                    f"step {i + 1} has unknown type '{tag}'{closest(str(tag), list(registry))}; "
+                    f"known types: {', '.join(sorted(registry))}"
+                )
             try:
                 parsed.append(registry[tag].config_cls(**raw))
             except ValidationError as exc:
@@ -150,8 +158,10 @@ class Recipe(BaseModel):
             entry = STEPS[step.type]
             if entry.consumes != kind and not (entry.consumes is None and kind is None):
                 have = f"gives a {kind}" if kind else "has no model yet"
-                raise ValueError(f"step {i + 1} ({step.type}) needs a {entry.consumes or 'fresh start'} input but "
-                                 f"the chain so far {have}; reorder the steps")
+                raise ValueError(
+                    f"step {i + 1} ({step.type}) needs a {entry.consumes or 'fresh start'} input but "
+                    f"the chain so far {have}; reorder the steps"
+                )
             kind = entry.produces or kind
         return self
 
@@ -181,13 +191,15 @@ def _describe(exc: ValidationError) -> str:
 
 def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
     if not isinstance(data, dict):
-        raise RecipeError(f"{source} must be a mapping of keys (name, model, data, steps, ...); it is a "
-                          f"{type(data).__name__}.")
+        raise RecipeError(
+            f"{source} must be a mapping of keys (name, model, data, steps, ...); it is a {type(data).__name__}."
+        )
     try:
         return Recipe(**data)
     except ValidationError as exc:
-        raise RecipeError(f"{source} is invalid: {_describe(exc)}; fix it and check with "
-                          "`mmedge run RECIPE --dry-run`.") from None
+        raise RecipeError(
+            f"{source} is invalid: {_describe(exc)}; fix it and check with `mmedge run RECIPE --dry-run`."
+        ) from None
 
 
 def load_recipe(path: str | Path | None = None) -> Recipe:
@@ -198,12 +210,16 @@ def load_recipe(path: str | Path | None = None) -> Recipe:
         return parse_recipe(yaml.safe_load(text), f"built-in recipe {name}")
     path = Path(path)
     if not path.is_file():
-        raise InputPathError(f"recipe file {path} does not exist; pass a YAML or TOML recipe, or one of the "
-                             f"built-in names: {', '.join(BUILTIN_RECIPES)}.")
+        raise InputPathError(
+            f"recipe file {path} does not exist; pass a YAML or TOML recipe, or one of the "
+            f"built-in names: {', '.join(BUILTIN_RECIPES)}."
+        )
     text = path.read_text()
     try:
         data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
-        raise RecipeError(f"recipe {path} is not valid {'TOML' if path.suffix == '.toml' else 'YAML'} "
-                          f"({str(exc).splitlines()[0]}); fix its syntax.") from None
+        raise RecipeError(
+            f"recipe {path} is not valid {'TOML' if path.suffix == '.toml' else 'YAML'} "
+            f"({str(exc).splitlines()[0]}); fix its syntax."
+        ) from None
     return parse_recipe(data, f"recipe {path}")

@@ -18,8 +18,10 @@ def onnx_summary(path: str | Path) -> dict:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, ValueError, OSError, RuntimeError) as exc:
-        raise NotOnnxError(f"{path} is not a loadable ONNX model: it is another kind of file, or truncated or "
-                           f"damaged ({type(exc).__name__}); pass a complete .onnx file.") from None
+        raise NotOnnxError(
+            f"{path} is not a loadable ONNX model: it is another kind of file, or truncated or "
+            f"damaged ({type(exc).__name__}); pass a complete .onnx file."
+        ) from None
     if not model.graph.node and not model.graph.input:
         raise NotOnnxError(f"{path} holds no ONNX graph (an empty or foreign file); pass a complete .onnx file.")
 
@@ -31,8 +33,9 @@ def onnx_summary(path: str | Path) -> dict:
                 continue
             t = v.type.tensor_type
             shape = [d.dim_param or (d.dim_value if d.HasField("dim_value") else "?") for d in t.shape.dim]
-            out.append({"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name,
-                        "shape": shape})
+            out.append(
+                {"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name, "shape": shape}
+            )
         return out
 
     params = 0
@@ -72,8 +75,18 @@ def bundle_summary(path: str | Path) -> dict:
     bundle = load_bundle(path, verify=False)
     problems = bundle.verify()
     m = bundle.manifest
-    return {"bundle": str(bundle.root), "name": m["name"], "schema_version": m["schema_version"],
-            "mmedge_version": m["mmedge_version"], "created": m["created"], "verified": not problems,
-            "problems": problems, "files": m["files"], "labels": m["labels"], "inputs": m["inputs"],
-            "preprocessing": m["preprocessing"], "metrics": m["metrics"],
-            "model": onnx_summary(bundle.model_path) if not problems else m["model"]}
+    return {
+        "bundle": str(bundle.root),
+        "name": m["name"],
+        "schema_version": m["schema_version"],
+        "mmedge_version": m["mmedge_version"],
+        "created": m["created"],
+        "verified": not problems,
+        "problems": problems,
+        "files": m["files"],
+        "labels": m["labels"],
+        "inputs": m["inputs"],
+        "preprocessing": m["preprocessing"],
+        "metrics": m["metrics"],
+        "model": onnx_summary(bundle.model_path) if not problems else m["model"],
+    }

@@ -31,26 +31,47 @@ from mmedge.runtime.evaluate import score
 
 class TrainConfig(StepConfig):
     type: Literal["train"] = "train"
-    epochs: int = Field(20, ge=1, description="Epochs; the cosine schedule spans them. 20 reach ~99% on digits-vqa "
-                        "in ~2 minutes on 2 cores.")
-    batch_size: int = Field(64, ge=1, description="Questions per optimizer step (16 images x 4 questions): more steps "
-                            "per epoch learned faster here than larger batches.")
-    lr: float = Field(3e-3, gt=0, description="Peak AdamW learning rate, reached after one warm-up epoch, then "
-                      "cosine decay to zero over `epochs`.")
+    epochs: int = Field(
+        20,
+        ge=1,
+        description="Epochs; the cosine schedule spans them. 20 reach ~99% on digits-vqa in ~2 minutes on 2 cores.",
+    )
+    batch_size: int = Field(
+        64,
+        ge=1,
+        description="Questions per optimizer step (16 images x 4 questions): more steps "
+        "per epoch learned faster here than larger batches.",
+    )
+    lr: float = Field(
+        3e-3,
+        gt=0,
+        description="Peak AdamW learning rate, reached after one warm-up epoch, then "
+        "cosine decay to zero over `epochs`.",
+    )
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
     patience: int = Field(6, ge=1, description="Stop after this many epochs without a better validation accuracy.")
     seed: int = Field(0, description="Seeds weights, batches, augmentation and question sampling.")
-    augment: bool = Field(True, description="Random affine jitter (±10°, ±2 px, scale 0.9–1.1) on training "
-                          "digits; without it accuracy stalls below 97%.")
-    max_minutes: float = Field(2.5, gt=0, description="Wall-clock cap; training stops after the epoch that "
-                               "crosses it and keeps the best epoch.")
-    questions_per_image: int = Field(4, ge=1, description="Fresh questions drawn per training image each epoch; "
-                                     "they share one pass of the image encoder.")
+    augment: bool = Field(
+        True,
+        description="Random affine jitter (±10°, ±2 px, scale 0.9–1.1) on training "
+        "digits; without it accuracy stalls below 97%.",
+    )
+    max_minutes: float = Field(
+        2.5,
+        gt=0,
+        description="Wall-clock cap; training stops after the epoch that crosses it and keeps the best epoch.",
+    )
+    questions_per_image: int = Field(
+        4,
+        ge=1,
+        description="Fresh questions drawn per training image each epoch; they share one pass of the image encoder.",
+    )
     threads: int = Field(0, ge=0, description="torch threads; 0 uses every core.")
 
 
-def _tensors(split: VQASplit, vocab: WordVocab, rows: np.ndarray | None = None,
-             texts: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _tensors(
+    split: VQASplit, vocab: WordVocab, rows: np.ndarray | None = None, texts: list[str] | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     rows = np.arange(len(split)) if rows is None else rows
     texts = [split.texts[i] for i in rows] if texts is None else texts
     ids, mask = vocab.encode(texts)
@@ -58,8 +79,9 @@ def _tensors(split: VQASplit, vocab: WordVocab, rows: np.ndarray | None = None,
 
 
 @torch.no_grad()
-def predict_split(model, split: VQASplit, vocab: WordVocab, blank_image: bool = False, empty_text: bool = False,
-                  batch_size: int = 512) -> np.ndarray:
+def predict_split(
+    model, split: VQASplit, vocab: WordVocab, blank_image: bool = False, empty_text: bool = False, batch_size: int = 512
+) -> np.ndarray:
     """Logits float32 (N, classes) for a whole split, optionally with one modality removed."""
     model.eval()
     out = []
@@ -85,8 +107,9 @@ def augment(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return F.grid_sample(images, grid, align_corners=False, padding_mode="zeros")
 
 
-def train_model(model, data, vocab: WordVocab, cfg: TrainConfig,
-                on_epoch: Callable[[dict], None] | None = None) -> tuple[object, list[dict]]:
+def train_model(
+    model, data, vocab: WordVocab, cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None
+) -> tuple[object, list[dict]]:
     """Train ``model`` in place on ``data`` (DigitsVQA); returns the best-on-validation model and history."""
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
@@ -118,7 +141,7 @@ def train_model(model, data, vocab: WordVocab, cfg: TrainConfig,
         order = torch.randperm(len(train.images), generator=gen).numpy()
         loss_sum, hits, seen = 0.0, 0, 0
         for start in range(0, len(order), images_per_step):
-            img_rows = order[start:start + images_per_step]
+            img_rows = order[start : start + images_per_step]
             image = torch.from_numpy(train.images[img_rows][:, None].astype(np.float32) / 255.0)  # (b, 1, H, W)
             if cfg.augment:
                 image = augment(image, gen)
@@ -126,8 +149,9 @@ def train_model(model, data, vocab: WordVocab, cfg: TrainConfig,
             shared = torch.arange(len(img_rows)).repeat_interleave(cfg.questions_per_image)
             target = torch.from_numpy(labels[rows])
             features = model.encode_image(image)
-            logits = model.forward_features(features[shared], torch.from_numpy(ids_all[rows]),
-                                            torch.from_numpy(mask_all[rows]))
+            logits = model.forward_features(
+                features[shared], torch.from_numpy(ids_all[rows]), torch.from_numpy(mask_all[rows])
+            )
             loss = F.cross_entropy(logits, target)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -137,8 +161,13 @@ def train_model(model, data, vocab: WordVocab, cfg: TrainConfig,
             hits += int((logits.argmax(1) == target).sum())
             seen += len(rows)
         val = score(predict_split(model, data.val, vocab), data.val)
-        record = {"epoch": epoch + 1, "loss": loss_sum / seen, "train_accuracy": hits / seen,
-                  "val_accuracy": val.accuracy, "seconds": time.perf_counter() - started}
+        record = {
+            "epoch": epoch + 1,
+            "loss": loss_sum / seen,
+            "train_accuracy": hits / seen,
+            "val_accuracy": val.accuracy,
+            "seconds": time.perf_counter() - started,
+        }
         history.append(record)
         if on_epoch:
             on_epoch(record)
@@ -171,8 +200,14 @@ class _Progress:
         if enabled:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-            self.bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                                TextColumn("{task.fields[status]}"), transient=False)
+            self.bar = Progress(
+                TextColumn("[bold]train"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[status]}"),
+                transient=False,
+            )
             self.task = self.bar.add_task("train", total=epochs, status="")
 
     def __enter__(self):
@@ -186,12 +221,16 @@ class _Progress:
 
     def update(self, r: dict) -> None:
         if self.bar:
-            self.bar.update(self.task, advance=1, status=f"loss {r['loss']:.3f}  train {r['train_accuracy']:.1%}  "
-                                                         f"val {r['val_accuracy']:.1%}")
+            self.bar.update(
+                self.task,
+                advance=1,
+                status=f"loss {r['loss']:.3f}  train {r['train_accuracy']:.1%}  val {r['val_accuracy']:.1%}",
+            )
 
 
-def run_training(family: str, options: dict, data_cfg: DataConfig, cfg: TrainConfig, out_dir: Path,
-                 progress: bool = True) -> tuple[Path, dict]:
+def run_training(
+    family: str, options: dict, data_cfg: DataConfig, cfg: TrainConfig, out_dir: Path, progress: bool = True
+) -> tuple[Path, dict]:
     """Build, train, evaluate (with the modality ablation) and save a checkpoint folder."""
     data = load_dataset(data_cfg)
     vocab = WordVocab.build(data.train.texts)
@@ -218,8 +257,9 @@ def run_training(family: str, options: dict, data_cfg: DataConfig, cfg: TrainCon
 @register_step(TrainConfig, consumes=None, produces="torch-checkpoint")
 def train_step(cfg: TrainConfig, ctx) -> StepResult:
     recipe = ctx.recipe
-    path, metrics = run_training(recipe.model.family, recipe.model.options, recipe.data, cfg,
-                                 ctx.out_dir / "checkpoint", progress=ctx.progress)
+    path, metrics = run_training(
+        recipe.model.family, recipe.model.options, recipe.data, cfg, ctx.out_dir / "checkpoint", progress=ctx.progress
+    )
     ckpt = load_checkpoint(path)
     _save_reference_logits(ckpt, recipe.data, ctx.out_dir)
     return StepResult(Artifact(path, "torch-checkpoint", ckpt.spec.to_json(), ("train",)), metrics)
@@ -240,8 +280,10 @@ class LoadConfig(StepConfig):
 def load_step(cfg: LoadConfig, ctx) -> StepResult:
     ckpt = load_checkpoint(cfg.path)
     data = load_dataset(ctx.recipe.data)
-    metrics = {"family": ckpt.family, "parameters": sum(p.numel() for p in ckpt.model.parameters()),
-               **evaluate_with_ablation(ckpt.model, data.test, ckpt.vocab)}
+    metrics = {
+        "family": ckpt.family,
+        "parameters": sum(p.numel() for p in ckpt.model.parameters()),
+        **evaluate_with_ablation(ckpt.model, data.test, ckpt.vocab),
+    }
     _save_reference_logits(ckpt, ctx.recipe.data, ctx.out_dir)
-    return StepResult(Artifact(Path(cfg.path).resolve(), "torch-checkpoint", ckpt.spec.to_json(), ("load",)),
-                      metrics)
+    return StepResult(Artifact(Path(cfg.path).resolve(), "torch-checkpoint", ckpt.spec.to_json(), ("load",)), metrics)

@@ -19,7 +19,7 @@ def invoke(*args):
 
 def assert_clean_failure(result, code, *phrases):
     assert result.exit_code == code, result.output
-    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
+    assert ("Traceback" not in result.output and result.exception is None) or isinstance(result.exception, SystemExit)
     for phrase in phrases:
         assert phrase in result.output, result.output
 
@@ -52,13 +52,16 @@ def test_validate_gate_passes_within_budget():
 
 
 def test_validate_gate_exits_1_when_over_budget(tmp_path, tiny_onnx):
-    accs = {f: json.loads(invoke("validate", p, "--no-ablation", "--json").output)["test"]["accuracy"]
-            for f, p in tiny_onnx.items()}
+    accs = {
+        f: json.loads(invoke("validate", p, "--no-ablation", "--json").output)["test"]["accuracy"]
+        for f, p in tiny_onnx.items()
+    }
     worse, better = sorted(accs, key=accs.get)
     if accs[worse] == accs[better]:
         pytest.skip("both tiny models scored the same")
-    r = invoke("validate", tiny_onnx[worse], "--reference", tiny_onnx[better], "--max-accuracy-drop", "0",
-               "--no-ablation")
+    r = invoke(
+        "validate", tiny_onnx[worse], "--reference", tiny_onnx[better], "--max-accuracy-drop", "0", "--no-ablation"
+    )
     assert_clean_failure(r, 1, "over the allowed 0")
 
 
@@ -76,6 +79,7 @@ def test_run_dry_run_prints_the_resolved_default_recipe():
 
 
 # --- bad input -------------------------------------------------------------------------------------------
+
 
 def test_missing_path(tmp_path):
     assert_clean_failure(invoke("bench", tmp_path / "nope.onnx"), 2, "does not exist")
@@ -109,8 +113,12 @@ def test_image_that_does_not_decode(tmp_path):
 
 
 def test_inputs_of_wrong_shape_and_dtype(tmp_path):
-    np.savez(tmp_path / "bad.npz", image=np.zeros((1, 3, 28, 28), np.float32),
-             input_ids=np.zeros((1, 5), np.float32), attention_mask=np.ones((1, 5), np.int64))
+    np.savez(
+        tmp_path / "bad.npz",
+        image=np.zeros((1, 3, 28, 28), np.float32),
+        input_ids=np.zeros((1, 5), np.float32),
+        attention_mask=np.ones((1, 5), np.int64),
+    )
     r = invoke("bench", REFERENCE_BUNDLE, "--inputs", tmp_path / "bad.npz", "--runs", "2")
     assert_clean_failure(r, 2, "size 3 on axis 1", "'input_ids' has dtype float32")
 
@@ -133,3 +141,15 @@ def test_predict_on_a_tampered_bundle_is_refused(tmp_path):
         fh.write(b"\0")
     r = invoke("predict", copy, "--image", copy / "samples" / "sample_00.png", "--text", "is this a 3?")
     assert_clean_failure(r, 2, "model.onnx does not match its sha256")
+
+
+def test_train_export_validate_from_the_command_line(tmp_path):
+    r = invoke("train", "--out", tmp_path / "ck", "--epochs", "1", "--max-minutes", "0.05")
+    assert r.exit_code == 0, r.output
+    assert "image blanked" in r.output and (tmp_path / "ck" / "model.safetensors").is_file()
+    r = invoke("export", tmp_path / "ck", "--out", tmp_path / "m.onnx")
+    assert r.exit_code == 0, r.output
+    assert "validated at 4 batch × text-length combinations" in r.output
+    r = invoke("validate", tmp_path / "m.onnx", "--max-accuracy-drop", "0.5", "--no-ablation")
+    assert r.exit_code == 0, r.output
+    assert "accuracy drop vs PyTorch at export: 0.00 points" in r.output

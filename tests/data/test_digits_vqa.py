@@ -56,8 +56,10 @@ def test_text_alone_cannot_score_well(ds):
     answers = defaultdict(Counter)
     for text, label in zip(ds.train.texts, ds.train.labels, strict=True):
         answers[text][label] += 1
-    hit = [answers[t].most_common(1)[0][0] == y if t in answers else False
-           for t, y in zip(ds.test.texts, ds.test.labels, strict=True)]
+    hit = [
+        answers[t].most_common(1)[0][0] == y if t in answers else False
+        for t, y in zip(ds.test.texts, ds.test.labels, strict=True)
+    ]
     assert np.mean(hit) < 0.6
 
 
@@ -66,8 +68,11 @@ def test_answers_are_correct_for_each_family(digit):
     rng = np.random.default_rng(digit)
     for _ in range(50):
         text, label = ask(digit, FAMILIES.index("arithmetic"), rng)
-        k = next(int(w.strip("?")) for w in text.split() if w.strip("?").isdigit()) if any(
-            w.strip("?").isdigit() for w in text.split()) else None
+        k = (
+            next(int(w.strip("?")) for w in text.split() if w.strip("?").isdigit())
+            if any(w.strip("?").isdigit() for w in text.split())
+            else None
+        )
         if k is None:
             continue
         want = (digit + k) % 10 if ("plus" in text or "more" in text or "add" in text) else (digit - k) % 10

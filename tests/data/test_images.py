@@ -11,7 +11,7 @@ def test_png_is_loaded_as_scaled_nchw_float(tmp_path):
     save_png(pixels, tmp_path / "d.png")
     x = load_image(tmp_path / "d.png", ImagePreprocessing())
     assert x.shape == (1, 1, 28, 28) and x.dtype == np.float32
-    assert 0.0 <= x.min() and x.max() <= 1.0 and x.max() > 0.9
+    assert x.min() >= 0.0 and x.max() <= 1.0 and x.max() > 0.9
     assert not looks_inverted(x)
     assert looks_inverted(load_image(tmp_path / "d.png", ImagePreprocessing(), invert=True))
 

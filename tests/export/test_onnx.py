@@ -24,9 +24,14 @@ def test_step_export_graph_has_named_dynamic_axes_and_weights_inside(tiny_onnx, 
 def test_exported_graph_runs_at_new_batch_sizes_and_text_lengths(tiny_onnx, family):
     sess = open_session(tiny_onnx[family])
     for batch, length in ((1, 3), (7, 12), (2, 5)):
-        out = sess.run(None, {"image": np.random.rand(batch, 1, 28, 28).astype(np.float32),
-                              "input_ids": np.full((batch, length), 2, np.int64),
-                              "attention_mask": np.ones((batch, length), np.int64)})[0]
+        out = sess.run(
+            None,
+            {
+                "image": np.random.rand(batch, 1, 28, 28).astype(np.float32),
+                "input_ids": np.full((batch, length), 2, np.int64),
+                "attention_mask": np.ones((batch, length), np.int64),
+            },
+        )[0]
         assert out.shape == (batch, 12) and np.isfinite(out).all()
 
 

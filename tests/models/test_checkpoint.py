@@ -17,7 +17,11 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path, family):
     vocab = WordVocab.build(["is this a digit"])
     save_checkpoint(model, vocab, tuple("abcdefghijkl"), tmp_path / "ck")
     assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == [
-        "config.json", "labels.json", "model.safetensors", "vocab.json"]
+        "config.json",
+        "labels.json",
+        "model.safetensors",
+        "vocab.json",
+    ]
     ck = load_checkpoint(tmp_path / "ck")
     x = (torch.rand(2, 1, 28, 28), torch.randint(0, 20, (2, 5)), torch.ones(2, 5, dtype=torch.long))
     with torch.no_grad():

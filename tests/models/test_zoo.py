@@ -24,8 +24,11 @@ def test_branch_map_covers_every_parameter(family):
     model = build_model(family, {}, vocab_size=30, num_classes=12)
     spec = model.spec()
     assert set(spec.branches) == {"image", "text", "fusion", "head"}
-    unmapped = [n for n, _ in model.named_parameters() if spec.branch_of(n.rsplit(".", 1)[0]) is None
-                and spec.branch_of(n) is None]
+    unmapped = [
+        n
+        for n, _ in model.named_parameters()
+        if spec.branch_of(n.rsplit(".", 1)[0]) is None and spec.branch_of(n) is None
+    ]
     assert not unmapped
 
 

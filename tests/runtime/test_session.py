@@ -42,8 +42,11 @@ def test_ep_not_installed_names_what_is_installed_and_how_to_get_it():
 
 def test_wrong_dtype_and_shape_are_all_reported(tiny_onnx):
     sess = open_session(tiny_onnx["cnn-lstm"])
-    feeds = {"image": np.zeros((1, 3, 28, 28), np.float64), "input_ids": np.zeros((1, 4), np.int32),
-             "attention_mask": np.zeros((1, 4), np.int64)}
+    feeds = {
+        "image": np.zeros((1, 3, 28, 28), np.float64),
+        "input_ids": np.zeros((1, 4), np.int32),
+        "attention_mask": np.zeros((1, 4), np.int64),
+    }
     with pytest.raises(InputMismatchError) as info:
         check_feeds(sess, feeds)
     msg = str(info.value)
@@ -54,5 +57,11 @@ def test_wrong_dtype_and_shape_are_all_reported(tiny_onnx):
 def test_missing_and_extra_inputs_are_reported(tiny_onnx):
     sess = open_session(tiny_onnx["cnn-lstm"])
     with pytest.raises(InputMismatchError, match="'attention_mask' is missing.*'pixels' is not an input"):
-        run(sess, {"image": np.zeros((1, 1, 28, 28), np.float32), "input_ids": np.zeros((1, 4), np.int64),
-                   "pixels": np.zeros(1)})
+        run(
+            sess,
+            {
+                "image": np.zeros((1, 1, 28, 28), np.float32),
+                "input_ids": np.zeros((1, 4), np.int64),
+                "pixels": np.zeros(1),
+            },
+        )

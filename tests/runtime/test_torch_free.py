@@ -34,8 +34,9 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_onnx_only_commands_run_with_torch_blocked():
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(REFERENCE_BUNDLE)], capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(REFERENCE_BUNDLE)], capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["codes"] == {"inspect": 0, "bench": 0, "predict": 0, "validate": 0}

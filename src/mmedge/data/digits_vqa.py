@@ -33,16 +33,36 @@ NO, YES = 0, 1
 _WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 # (template, meaning). {k} is a number written as a digit or a word.
-_PARITY = (("is this digit even?", "even"), ("is the number even?", "even"), ("is this an even number?", "even"),
-           ("is this digit odd?", "odd"), ("is the number odd?", "odd"), ("is this an odd number?", "odd"))
-_COMPARE = (("is this digit greater than {k}?", "gt"), ("is the number larger than {k}?", "gt"),
-            ("is it bigger than {k}?", "gt"), ("is this digit less than {k}?", "lt"),
-            ("is the number smaller than {k}?", "lt"), ("is it below {k}?", "lt"))
-_IDENTITY = (("is this a {k}?", "eq"), ("is this digit a {k}?", "eq"), ("does the image show a {k}?", "eq"),
-             ("is the number {k}?", "eq"))
-_ARITH = (("what is this digit plus {k}?", "add"), ("what is the number plus {k}?", "add"),
-          ("add {k} to this digit", "add"), ("what is {k} more than this digit?", "add"),
-          ("what is this digit minus {k}?", "sub"), ("subtract {k} from the number", "sub"))
+_PARITY = (
+    ("is this digit even?", "even"),
+    ("is the number even?", "even"),
+    ("is this an even number?", "even"),
+    ("is this digit odd?", "odd"),
+    ("is the number odd?", "odd"),
+    ("is this an odd number?", "odd"),
+)
+_COMPARE = (
+    ("is this digit greater than {k}?", "gt"),
+    ("is the number larger than {k}?", "gt"),
+    ("is it bigger than {k}?", "gt"),
+    ("is this digit less than {k}?", "lt"),
+    ("is the number smaller than {k}?", "lt"),
+    ("is it below {k}?", "lt"),
+)
+_IDENTITY = (
+    ("is this a {k}?", "eq"),
+    ("is this digit a {k}?", "eq"),
+    ("does the image show a {k}?", "eq"),
+    ("is the number {k}?", "eq"),
+)
+_ARITH = (
+    ("what is this digit plus {k}?", "add"),
+    ("what is the number plus {k}?", "add"),
+    ("add {k} to this digit", "add"),
+    ("what is {k} more than this digit?", "add"),
+    ("what is this digit minus {k}?", "sub"),
+    ("subtract {k} from the number", "sub"),
+)
 
 
 @dataclass(frozen=True)
@@ -65,8 +85,14 @@ class VQASplit:
         return (self.images[idx][:, None] / np.float32(255.0)).astype(np.float32)
 
     def subset(self, rows: np.ndarray) -> VQASplit:
-        return VQASplit(self.images, self.digits, self.image_index[rows], tuple(self.texts[i] for i in rows),
-                        self.labels[rows], self.families[rows])
+        return VQASplit(
+            self.images,
+            self.digits,
+            self.image_index[rows],
+            tuple(self.texts[i] for i in rows),
+            self.labels[rows],
+            self.families[rows],
+        )
 
 
 @dataclass(frozen=True)
@@ -110,8 +136,7 @@ def load_digit_images(source: str = "mnist") -> tuple[np.ndarray, np.ndarray]:
 
         bunch = load_digits()
         small = (bunch.images * (255.0 / 16.0)).astype(np.uint8)  # (N, 8, 8), values 0..16
-        big = np.stack([np.asarray(Image.fromarray(im).resize((28, 28), Image.Resampling.BILINEAR))
-                        for im in small])
+        big = np.stack([np.asarray(Image.fromarray(im).resize((28, 28), Image.Resampling.BILINEAR)) for im in small])
         return big.astype(np.uint8), bunch.target.astype(np.int64)
     raise UnknownNameError(f"unknown digits source '{source}'; choose one of: {', '.join(SOURCES)}.")
 
@@ -152,8 +177,9 @@ def _thresholds(digit: int, meaning: str, want_yes: bool) -> list[int]:
     return [k for k in range(10) if ((digit > k) if meaning == "gt" else (digit < k)) == want_yes]
 
 
-def make_questions(digits: np.ndarray, per_image: int, rng: np.random.Generator,
-                   cycle_families: bool = False) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
+def make_questions(
+    digits: np.ndarray, per_image: int, rng: np.random.Generator, cycle_families: bool = False
+) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
     """``per_image`` questions for each image: (image_index, texts, labels, families)."""
     image_index, texts, labels, families = [], [], [], []
     for i, d in enumerate(digits):
@@ -164,8 +190,7 @@ def make_questions(digits: np.ndarray, per_image: int, rng: np.random.Generator,
             texts.append(text)
             labels.append(label)
             families.append(fam)
-    return (np.asarray(image_index, np.int64), texts, np.asarray(labels, np.int64),
-            np.asarray(families, np.int64))
+    return (np.asarray(image_index, np.int64), texts, np.asarray(labels, np.int64), np.asarray(families, np.int64))
 
 
 def _split(images: np.ndarray, digits: np.ndarray, per_image: int, rng: np.random.Generator) -> VQASplit:
@@ -174,8 +199,9 @@ def _split(images: np.ndarray, digits: np.ndarray, per_image: int, rng: np.rando
 
 
 @functools.lru_cache(maxsize=4)
-def build(seed: int = 0, source: str = "mnist", test_images: int = 1000, val_images: int = 250,
-          questions_per_image: int = 4) -> DigitsVQA:
+def build(
+    seed: int = 0, source: str = "mnist", test_images: int = 1000, val_images: int = 250, questions_per_image: int = 4
+) -> DigitsVQA:
     """Deterministic splits by image. Test and val ask every family once per image (4 questions)."""
     images, digits = load_digit_images(source)
     rng = np.random.default_rng(seed)

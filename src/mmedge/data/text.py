@@ -78,7 +78,9 @@ class WordVocab:
         try:
             return cls(words=tuple(data["words"]), max_length=int(data["max_length"]), lowercase=data["lowercase"])
         except (KeyError, TypeError, ValueError) as exc:
-            raise BundleError(f"the vocabulary is malformed ({exc!r} missing or invalid); re-export the model.") from exc
+            raise BundleError(
+                f"the vocabulary is malformed ({exc!r} missing or invalid); re-export the model."
+            ) from exc
 
     def save(self, path: Path) -> None:
         Path(path).write_text(json.dumps(self.to_json(), indent=1))

@@ -32,20 +32,32 @@ def main(argv: list[str]) -> int:
     image = torch.rand(batch, *spec.input("image").shape[1:], generator=gen)
     ids = torch.randint(2, len(ckpt.vocab), (batch, length), generator=gen)
     mask = torch.ones_like(ids)
-    ids[0, length // 2:], mask[0, length // 2:] = 0, 0
+    ids[0, length // 2 :], mask[0, length // 2 :] = 0, 0
     dim_batch = torch.export.Dim("batch", min=1, max=65536)
     dim_text = torch.export.Dim("text_length", min=1, max=spec.text_max_length)
-    dynamic_shapes = {"image": {0: dim_batch}, "input_ids": {0: dim_batch, 1: dim_text},
-                      "attention_mask": {0: dim_batch, 1: dim_text}}
+    dynamic_shapes = {
+        "image": {0: dim_batch},
+        "input_ids": {0: dim_batch, 1: dim_text},
+        "attention_mask": {0: dim_batch, 1: dim_text},
+    }
     program = torch.onnx.export(
-        model, (image, ids, mask), None, dynamo=True, opset_version=opset, external_data=False,
-        input_names=[t.name for t in spec.inputs], output_names=[t.name for t in spec.outputs],
-        dynamic_shapes=dynamic_shapes, optimize=True, verbose=False,
+        model,
+        (image, ids, mask),
+        None,
+        dynamo=True,
+        opset_version=opset,
+        external_data=False,
+        input_names=[t.name for t in spec.inputs],
+        output_names=[t.name for t in spec.outputs],
+        dynamic_shapes=dynamic_shapes,
+        optimize=True,
+        verbose=False,
     )
     proto = program.model_proto
     # Name the dynamic axes as the ModelSpec does (the exporter names them after the Dims or s0, s1, ...).
-    for value, tensor in zip(list(proto.graph.input) + list(proto.graph.output),
-                             list(spec.inputs) + list(spec.outputs), strict=True):
+    for value, tensor in zip(
+        list(proto.graph.input) + list(proto.graph.output), list(spec.inputs) + list(spec.outputs), strict=True
+    ):
         for axis, dim in enumerate(value.type.tensor_type.shape.dim):
             if isinstance(tensor.shape[axis], str):
                 dim.dim_param = tensor.shape[axis]

@@ -28,12 +28,22 @@ DEFAULT_OPSET = 18
 
 class ExportConfig(StepConfig):
     type: Literal["export"] = "export"
-    opset: int = Field(DEFAULT_OPSET, ge=14, le=21, description="ONNX opset; 18 is native to torch.onnx's "
-                       "dynamo exporter and runs on every recent ONNX Runtime.")
-    batch_sizes: tuple[int, ...] = Field((1, 5), min_length=2, description="Batch sizes the graph is checked at "
-                                         "(two or more, to prove the batch axis is really dynamic).")
-    text_lengths: tuple[int, ...] = Field((7, 12), min_length=2, description="Text lengths the graph is checked "
-                                          "at (two or more, to prove the text axis is really dynamic).")
+    opset: int = Field(
+        DEFAULT_OPSET,
+        ge=14,
+        le=21,
+        description="ONNX opset; 18 is native to torch.onnx's dynamo exporter and runs on every recent ONNX Runtime.",
+    )
+    batch_sizes: tuple[int, ...] = Field(
+        (1, 5),
+        min_length=2,
+        description="Batch sizes the graph is checked at (two or more, to prove the batch axis is really dynamic).",
+    )
+    text_lengths: tuple[int, ...] = Field(
+        (7, 12),
+        min_length=2,
+        description="Text lengths the graph is checked at (two or more, to prove the text axis is really dynamic).",
+    )
     timeout_s: float = Field(600, gt=0, description="Limit for the export subprocess.")
 
     @field_validator("batch_sizes", "text_lengths")
@@ -58,16 +68,26 @@ def export_checkpoint(checkpoint: Path, out: Path, cfg: ExportConfig | None = No
     try:
         env = dict(os.environ, PYTHONWARNINGS="ignore")
         try:
-            proc = subprocess.run([sys.executable, "-m", "mmedge.export._worker", str(checkpoint), str(tmp),
-                                   str(cfg.opset)], capture_output=True, text=True, timeout=cfg.timeout_s, env=env)
+            proc = subprocess.run(
+                [sys.executable, "-m", "mmedge.export._worker", str(checkpoint), str(tmp), str(cfg.opset)],
+                capture_output=True,
+                text=True,
+                timeout=cfg.timeout_s,
+                env=env,
+            )
         except subprocess.TimeoutExpired:
-            raise MmedgeError(f"the ONNX export of {checkpoint} took longer than {cfg.timeout_s:.0f} s; raise "
-                              "the export step's timeout_s.") from None
+            raise MmedgeError(
+                f"the ONNX export of {checkpoint} took longer than {cfg.timeout_s:.0f} s; raise "
+                "the export step's timeout_s."
+            ) from None
         if proc.returncode != 0:
             tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-8:])
-            raise MmedgeError(f"the ONNX exporter failed for {checkpoint}; the model likely uses an operation "
-                              f"torch.onnx cannot export. Exporter output:\n{tail}")
+            raise MmedgeError(
+                f"the ONNX exporter failed for {checkpoint}; the model likely uses an operation "
+                f"torch.onnx cannot export. Exporter output:\n{tail}"
+            )
         report = validate_export(checkpoint, tmp, cfg)
+        tmp.chmod(0o644)  # mkstemp makes it private; a shipped model is readable
         os.replace(tmp, out)
         return report
     finally:
@@ -123,24 +143,36 @@ def validate_export(checkpoint: Path, onnx_path: Path, cfg: ExportConfig) -> dic
             try:
                 got = sess.run(None, feeds)[0]
             except Exception as exc:
-                failures.append(f"batch {batch}, text length {length}: onnxruntime failed "
-                                f"({str(exc).splitlines()[0][:160]})")
+                failures.append(
+                    f"batch {batch}, text length {length}: onnxruntime failed ({str(exc).splitlines()[0][:160]})"
+                )
                 continue
             if got.shape != ref.shape:
-                failures.append(f"batch {batch}, text length {length}: output shape {list(got.shape)}, PyTorch "
-                                f"gives {list(ref.shape)}")
+                failures.append(
+                    f"batch {batch}, text length {length}: output shape {list(got.shape)}, PyTorch "
+                    f"gives {list(ref.shape)}"
+                )
                 continue
             p = parity(got, ref)
             bound = spec.atol + spec.rtol * np.abs(ref)
             if (np.abs(got - ref) > bound).any():
-                failures.append(f"batch {batch}, text length {length}: max abs diff {p['max_abs_diff']:.2e} over "
-                                f"the tolerance (atol {spec.atol:g}, rtol {spec.rtol:g})")
+                failures.append(
+                    f"batch {batch}, text length {length}: max abs diff {p['max_abs_diff']:.2e} over "
+                    f"the tolerance (atol {spec.atol:g}, rtol {spec.rtol:g})"
+                )
             max_diff = max(max_diff, p["max_abs_diff"])
             checks.append({"batch": batch, "text_length": length, **p})
     if failures:
         raise ExportValidationError(failures, str(onnx_path))
-    return {"checks": checks, "max_abs_diff": max_diff, "atol": spec.atol, "rtol": spec.rtol,
-            "opset": cfg.opset, "inputs": want_in, "outputs": want_out}
+    return {
+        "checks": checks,
+        "max_abs_diff": max_diff,
+        "atol": spec.atol,
+        "rtol": spec.rtol,
+        "opset": cfg.opset,
+        "inputs": want_in,
+        "outputs": want_out,
+    }
 
 
 @register_step(ExportConfig, consumes="torch-checkpoint", produces="onnx")

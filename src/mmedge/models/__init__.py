@@ -44,8 +44,7 @@ def get_family(name: str) -> ModelFamily:
     _load_zoo()
     if name not in MODELS:
         raise UnknownNameError(
-            f"unknown model family '{name}'{closest(name, list(MODELS))}; "
-            f"choose one of: {', '.join(sorted(MODELS))}."
+            f"unknown model family '{name}'{closest(name, list(MODELS))}; choose one of: {', '.join(sorted(MODELS))}."
         )
     return MODELS[name]
 

@@ -37,12 +37,19 @@ def save_checkpoint(model, vocab: WordVocab, labels: tuple[str, ...], path: Path
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private
     try:
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(state, tmp / "model.safetensors", metadata={"format": "pt", "mmedge": __version__})
-        config = {"family": model.family, "options": model.config.model_dump(mode="json"),
-                  "vocab_size": model.vocab_size, "num_classes": model.num_classes,
-                  "mmedge_version": __version__, "spec": model.spec().to_json(), "extra": extra or {}}
+        config = {
+            "family": model.family,
+            "options": model.config.model_dump(mode="json"),
+            "vocab_size": model.vocab_size,
+            "num_classes": model.num_classes,
+            "mmedge_version": __version__,
+            "spec": model.spec().to_json(),
+            "extra": extra or {},
+        }
         (tmp / "config.json").write_text(json.dumps(config, indent=1))
         vocab.save(tmp / "vocab.json")
         (tmp / "labels.json").write_text(json.dumps(list(labels)))
@@ -66,21 +73,27 @@ def load_checkpoint(path: Path) -> Checkpoint:
         raise InputPathError(f"checkpoint folder {path} does not exist; pass a folder written by `mmedge train`.")
     missing = [f for f in FILES if not (path / f).is_file()]
     if missing:
-        raise InputPathError(f"checkpoint folder {path} lacks {', '.join(missing)}; pass a folder written by "
-                             "`mmedge train`.")
+        raise InputPathError(
+            f"checkpoint folder {path} lacks {', '.join(missing)}; pass a folder written by `mmedge train`."
+        )
     try:
         config = json.loads((path / "config.json").read_text())
         labels = tuple(json.loads((path / "labels.json").read_text()))
         model = build_model(config["family"], config["options"], config["vocab_size"], config["num_classes"])
         state = load_file(path / "model.safetensors")
     except (json.JSONDecodeError, KeyError, SafetensorError, OSError) as exc:
-        raise MmedgeError(f"checkpoint {path} is damaged ({type(exc).__name__}: {exc}); retrain or restore it.") from exc
+        raise MmedgeError(
+            f"checkpoint {path} is damaged ({type(exc).__name__}: {exc}); retrain or restore it."
+        ) from exc
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         detail = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
-        raise MmedgeError(f"checkpoint {path} does not fit its model family '{config['family']}' ({detail}); "
-                          "retrain it or restore its config.json.") from None
+        raise MmedgeError(
+            f"checkpoint {path} does not fit its model family '{config['family']}' ({detail}); "
+            "retrain it or restore its config.json."
+        ) from None
     model.eval()
-    return Checkpoint(model, config["family"], config["options"], WordVocab.load(path / "vocab.json"), labels,
-                      config.get("extra", {}))
+    return Checkpoint(
+        model, config["family"], config["options"], WordVocab.load(path / "vocab.json"), labels, config.get("extra", {})
+    )

@@ -22,14 +22,22 @@ from mmedge.models.spec import ModelSpec, image_text_spec
 
 class CnnLstmConfig(FamilyConfig):
     conv_channels: tuple[int, ...] = Field(
-        (16, 32, 64, 64), min_length=1, description="Output channels per 3x3 conv block; a 2x2 max-pool follows "
+        (16, 32, 64, 64),
+        min_length=1,
+        description="Output channels per 3x3 conv block; a 2x2 max-pool follows "
         "every block but the last (28 -> 14 -> 7 -> 3), so the last block sees the whole digit before global "
-        "pooling. Measured: (32, 64, 64) without the last pool stalled near 97% at twice the cost.")
+        "pooling. Measured: (32, 64, 64) without the last pool stalled near 97% at twice the cost.",
+    )
     embed_dim: int = Field(64, ge=1, description="Word embedding width; the vocabulary is ~50 words.")
-    hidden_size: int = Field(128, ge=1, description="LSTM hidden size; the text branch carries the question's "
-                             "operator and operand.")
-    fusion_dim: int = Field(256, ge=1, description="Width of the two fusion layers. Arithmetic questions make the "
-                            "fusion MLP learn a digit x operand lookup, which needs the width and depth.")
+    hidden_size: int = Field(
+        128, ge=1, description="LSTM hidden size; the text branch carries the question's operator and operand."
+    )
+    fusion_dim: int = Field(
+        256,
+        ge=1,
+        description="Width of the two fusion layers. Arithmetic questions make the "
+        "fusion MLP learn a digit x operand lookup, which needs the width and depth.",
+    )
     dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout on the fused representation.")
     max_text_length: int = Field(12, ge=1, description="Longest question in tokens; longer ones are truncated.")
     image_size: int = Field(28, ge=8, description="Input height and width in pixels.")
@@ -75,15 +83,28 @@ class CnnLstm(nn.Module):
         self.embedding = nn.Embedding(vocab_size, config.embed_dim, padding_idx=0)
         self.lstm = nn.LSTM(config.embed_dim, config.hidden_size, batch_first=True)
         f = config.fusion_dim
-        self.fusion = nn.Sequential(nn.Linear(c_in + config.hidden_size, f), nn.ReLU(), nn.Dropout(config.dropout),
-                                    nn.Linear(f, f), nn.ReLU(), nn.Dropout(config.dropout))
+        self.fusion = nn.Sequential(
+            nn.Linear(c_in + config.hidden_size, f),
+            nn.ReLU(),
+            nn.Dropout(config.dropout),
+            nn.Linear(f, f),
+            nn.ReLU(),
+            nn.Dropout(config.dropout),
+        )
         self.head = nn.Linear(config.fusion_dim, num_classes)
 
     def spec(self) -> ModelSpec:
         return image_text_spec(
-            "cnn-lstm", self.prep, self.config.max_text_length, self.num_classes,
-            branches={"image": ("normalize", "image_encoder"), "text": ("embedding", "lstm"),
-                      "fusion": ("fusion",), "head": ("head",)},
+            "cnn-lstm",
+            self.prep,
+            self.config.max_text_length,
+            self.num_classes,
+            branches={
+                "image": ("normalize", "image_encoder"),
+                "text": ("embedding", "lstm"),
+                "fusion": ("fusion",),
+                "head": ("head",),
+            },
         )
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
@@ -93,8 +114,9 @@ class CnnLstm(nn.Module):
         seq, _ = self.lstm(self.embedding(input_ids))  # (B, T, H); padding is at the end, so
         return last_token(seq, attention_mask)  # outputs up to the last real token ignore it
 
-    def forward_features(self, image_features: torch.Tensor, input_ids: torch.Tensor,
-                         attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward_features(
+        self, image_features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
         """Logits from encoded images (B, C): training encodes each image once for all its questions."""
         both = torch.cat([image_features, self.encode_text(input_ids, attention_mask)], dim=1)
         return self.head(self.fusion(both))  # (B, classes)

@@ -24,8 +24,12 @@ class TensorSpec:
         return {i: d for i, d in enumerate(self.shape) if isinstance(d, str)}
 
     def to_json(self) -> dict:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape),
-                "dynamic_axes": {str(k): v for k, v in self.dynamic_axes().items()}}
+        return {
+            "name": self.name,
+            "dtype": self.dtype,
+            "shape": list(self.shape),
+            "dynamic_axes": {str(k): v for k, v in self.dynamic_axes().items()},
+        }
 
     @classmethod
     def from_json(cls, d: dict) -> TensorSpec:
@@ -80,8 +84,15 @@ class ModelSpec:
         )
 
 
-def image_text_spec(family: str, image: ImagePreprocessing, text_max_length: int, num_classes: int,
-                    branches: dict[str, tuple[str, ...]], atol: float = 1e-4, rtol: float = 1e-3) -> ModelSpec:
+def image_text_spec(
+    family: str,
+    image: ImagePreprocessing,
+    text_max_length: int,
+    num_classes: int,
+    branches: dict[str, tuple[str, ...]],
+    atol: float = 1e-4,
+    rtol: float = 1e-3,
+) -> ModelSpec:
     """The contract every zoo model shares: (image, input_ids, attention_mask) -> logits."""
     return ModelSpec(
         family=family,

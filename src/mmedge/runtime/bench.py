@@ -29,16 +29,27 @@ def machine_info() -> dict:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "logical_cores": os.cpu_count(), "machine": platform.machine(),
-            "os": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
-            "onnxruntime": ort.__version__}
+    return {
+        "cpu": cpu,
+        "logical_cores": os.cpu_count(),
+        "machine": platform.machine(),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "onnxruntime": ort.__version__,
+    }
 
 
 def percentiles(samples_ms: list[float]) -> dict:
     a = np.asarray(samples_ms, dtype=np.float64)
-    return {"p50_ms": float(np.percentile(a, 50)), "p90_ms": float(np.percentile(a, 90)),
-            "p99_ms": float(np.percentile(a, 99)), "mean_ms": float(a.mean()), "min_ms": float(a.min()),
-            "std_ms": float(a.std()), "runs": len(a)}
+    return {
+        "p50_ms": float(np.percentile(a, 50)),
+        "p90_ms": float(np.percentile(a, 90)),
+        "p99_ms": float(np.percentile(a, 99)),
+        "mean_ms": float(a.mean()),
+        "min_ms": float(a.min()),
+        "std_ms": float(a.std()),
+        "runs": len(a),
+    }
 
 
 def tile_batch(feeds: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
@@ -54,9 +65,16 @@ def _rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
-def bench_model(path: str | Path, feeds: dict[str, np.ndarray], ep: str = "cpu", threads: int = 0,
-                batch_sizes: tuple[int, ...] = (1, 32), runs: int = 200, warmup: int = 20,
-                max_seconds: float | None = None) -> dict:
+def bench_model(
+    path: str | Path,
+    feeds: dict[str, np.ndarray],
+    ep: str = "cpu",
+    threads: int = 0,
+    batch_sizes: tuple[int, ...] = (1, 32),
+    runs: int = 200,
+    warmup: int = 20,
+    max_seconds: float | None = None,
+) -> dict:
     """Measure one model. ``feeds`` holds real samples (any number of rows); each batch size tiles them."""
     if threads < 0 or runs < 1 or warmup < 0 or any(b < 1 for b in batch_sizes):
         raise MmedgeError("threads must be >= 0 and runs, warm-up and batch sizes >= 1; fix the bench options.")
@@ -68,8 +86,14 @@ def bench_model(path: str | Path, feeds: dict[str, np.ndarray], ep: str = "cpu",
         load_ms.append((time.perf_counter() - t0) * 1e3)
     rss_loaded = _rss_mb()
     check_feeds(sess, tile_batch(feeds, 1))
-    result = {"model": str(path), "ep": ep, "providers": sess.get_providers(), "threads": threads or "default",
-              "session_load_ms": float(np.median(load_ms)), "batches": {}}
+    result = {
+        "model": str(path),
+        "ep": ep,
+        "providers": sess.get_providers(),
+        "threads": threads or "default",
+        "session_load_ms": float(np.median(load_ms)),
+        "batches": {},
+    }
     peak = rss_loaded
     for batch in batch_sizes:
         feed = tile_batch(feeds, batch)
@@ -88,8 +112,12 @@ def bench_model(path: str | Path, feeds: dict[str, np.ndarray], ep: str = "cpu",
         stats = percentiles(times)
         stats["throughput_per_s"] = batch * 1e3 / stats["mean_ms"]
         result["batches"][str(batch)] = stats
-    result["memory"] = {"rss_before_mb": rss_before, "rss_after_load_mb": rss_loaded, "peak_rss_mb": peak,
-                        "process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    result["memory"] = {
+        "rss_before_mb": rss_before,
+        "rss_after_load_mb": rss_loaded,
+        "peak_rss_mb": peak,
+        "process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
     result["size_bytes"] = Path(path).stat().st_size
     result["machine"] = machine_info()
     return result

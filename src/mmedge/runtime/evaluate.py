@@ -25,26 +25,35 @@ class Score:
 
 def score(logits: np.ndarray, split: VQASplit) -> Score:
     hit = logits.argmax(1) == split.labels
-    per_family = {name: float(hit[split.families == i].mean()) for i, name in enumerate(FAMILIES)
-                  if (split.families == i).any()}
+    per_family = {
+        name: float(hit[split.families == i].mean()) for i, name in enumerate(FAMILIES) if (split.families == i).any()
+    }
     return Score(float(hit.mean()), per_family)
 
 
 def parity(candidate: np.ndarray, reference: np.ndarray) -> dict:
     """How close two logit arrays (N, classes) are: max/mean abs diff and argmax agreement."""
     if candidate.shape != reference.shape:
-        raise MmedgeError(f"cannot compare outputs of shape {list(candidate.shape)} with a reference of shape "
-                          f"{list(reference.shape)}; the reference must come from the same model and samples.")
+        raise MmedgeError(
+            f"cannot compare outputs of shape {list(candidate.shape)} with a reference of shape "
+            f"{list(reference.shape)}; the reference must come from the same model and samples."
+        )
     diff = np.abs(candidate.astype(np.float64) - reference.astype(np.float64))
-    return {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
-            "argmax_agreement": float((candidate.argmax(1) == reference.argmax(1)).mean()), "samples": len(candidate)}
+    return {
+        "max_abs_diff": float(diff.max()),
+        "mean_abs_diff": float(diff.mean()),
+        "argmax_agreement": float((candidate.argmax(1) == reference.argmax(1)).mean()),
+        "samples": len(candidate),
+    }
 
 
 def model_vocab(sess) -> WordVocab:
     tok = metadata_json(sess, "mmedge.tokenizer")
     if tok is None:
-        raise MmedgeError("this ONNX model carries no mmedge tokenizer metadata, so its test split cannot be "
-                          "built; validate a model written by `mmedge export`.")
+        raise MmedgeError(
+            "this ONNX model carries no mmedge tokenizer metadata, so its test split cannot be "
+            "built; validate a model written by `mmedge export`."
+        )
     return WordVocab.from_json(tok)
 
 
@@ -54,8 +63,14 @@ def model_data_config(sess, override: DataConfig | None = None) -> DataConfig:
     return DataConfig(**(metadata_json(sess, "mmedge.data") or {}))
 
 
-def feeds_for(split: VQASplit, vocab: WordVocab, rows: np.ndarray, blank_image: bool = False,
-              empty_text: bool = False, length: int | None = None) -> dict[str, np.ndarray]:
+def feeds_for(
+    split: VQASplit,
+    vocab: WordVocab,
+    rows: np.ndarray,
+    blank_image: bool = False,
+    empty_text: bool = False,
+    length: int | None = None,
+) -> dict[str, np.ndarray]:
     image = split.pixels(rows)
     if blank_image:
         image = np.zeros_like(image)
@@ -73,16 +88,22 @@ def predict(sess, split: VQASplit, vocab: WordVocab, batch_size: int = 256, **ab
     return np.concatenate(out)
 
 
-def evaluate_model(path: str | Path, data: DataConfig | None = None, ep: str = "cpu", ablation: bool = True,
-                   split_name: str = "test") -> tuple[dict, np.ndarray]:
+def evaluate_model(
+    path: str | Path, data: DataConfig | None = None, ep: str = "cpu", ablation: bool = True, split_name: str = "test"
+) -> tuple[dict, np.ndarray]:
     """Accuracy (and the modality ablation) of an exported model on a split; returns (metrics, logits)."""
     sess = open_session(path, ep)
     vocab = model_vocab(sess)
     cfg = model_data_config(sess, data)
     split = getattr(load_dataset(cfg), split_name)
     logits = predict(sess, split, vocab)
-    metrics: dict = {"split": split_name, "samples": len(split), "data": cfg.model_dump(mode="json"),
-                     "providers": sess.get_providers(), "test": score(logits, split).to_json()}
+    metrics: dict = {
+        "split": split_name,
+        "samples": len(split),
+        "data": cfg.model_dump(mode="json"),
+        "providers": sess.get_providers(),
+        "test": score(logits, split).to_json(),
+    }
     if ablation:
         metrics["image_blanked"] = score(predict(sess, split, vocab, blank_image=True), split).to_json()
         metrics["text_emptied"] = score(predict(sess, split, vocab, empty_text=True), split).to_json()

@@ -17,8 +17,9 @@ def softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(-1, keepdims=True)
 
 
-def predict_bundle(bundle_dir: str | Path, image: str | Path, text: str, invert: bool = False, top: int = 3,
-                   ep: str = "cpu") -> dict:
+def predict_bundle(
+    bundle_dir: str | Path, image: str | Path, text: str, invert: bool = False, top: int = 3, ep: str = "cpu"
+) -> dict:
     bundle = load_bundle(bundle_dir)
     m = bundle.manifest
     prep = ImagePreprocessing.from_json(m["preprocessing"]["image"])
@@ -26,8 +27,10 @@ def predict_bundle(bundle_dir: str | Path, image: str | Path, text: str, invert:
     pixels = load_image(image, prep, invert=invert)  # (1, C, H, W)
     notes = []
     if not invert and looks_inverted(pixels):
-        notes.append("the image looks like a dark digit on a light background; the model expects light on dark, "
-                     "so pass --invert if the answer looks wrong")
+        notes.append(
+            "the image looks like a dark digit on a light background; the model expects light on dark, "
+            "so pass --invert if the answer looks wrong"
+        )
     ids, mask = vocab.encode([text])
     known = set(vocab.words)
     unknown = [w for w in tokenize(text, vocab.lowercase) if w not in known]
@@ -38,6 +41,9 @@ def predict_bundle(bundle_dir: str | Path, image: str | Path, text: str, invert:
     probs = softmax(logits.astype(np.float64))
     order = np.argsort(-probs)[:top]
     labels = m["labels"]
-    return {"answer": labels[int(order[0])], "top": [{"label": labels[int(i)], "probability": float(probs[i])}
-                                                     for i in order],
-            "providers": sess.get_providers(), "notes": notes}
+    return {
+        "answer": labels[int(order[0])],
+        "top": [{"label": labels[int(i)], "probability": float(probs[i])} for i in order],
+        "providers": sess.get_providers(),
+        "notes": notes,
+    }

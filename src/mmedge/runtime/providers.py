@@ -24,15 +24,23 @@ PROVIDERS: dict[str, ExecutionProvider] = {
     ep.name: ep
     for ep in (
         ExecutionProvider("cpu", "CPUExecutionProvider", "it ships with every onnxruntime wheel"),
-        ExecutionProvider("cuda", "CUDAExecutionProvider", "install the GPU wheel: pip install 'mmedge[gpu]' "
-                          "(onnxruntime-gpu, on a machine with an NVIDIA GPU and CUDA)"),
+        ExecutionProvider(
+            "cuda",
+            "CUDAExecutionProvider",
+            "install the GPU wheel: pip install 'mmedge[gpu]' "
+            "(onnxruntime-gpu, on a machine with an NVIDIA GPU and CUDA)",
+        ),
         ExecutionProvider("tensorrt", "TensorrtExecutionProvider", "install onnxruntime-gpu with TensorRT libraries"),
         ExecutionProvider("openvino", "OpenVINOExecutionProvider", "pip install onnxruntime-openvino"),
-        ExecutionProvider("xnnpack", "XnnpackExecutionProvider", "use an onnxruntime build with XNNPACK (the "
-                          "Android/iOS packages, or a source build with --use_xnnpack)"),
+        ExecutionProvider(
+            "xnnpack",
+            "XnnpackExecutionProvider",
+            "use an onnxruntime build with XNNPACK (the Android/iOS packages, or a source build with --use_xnnpack)",
+        ),
         ExecutionProvider("nnapi", "NnapiExecutionProvider", "run on Android with the onnxruntime-android package"),
-        ExecutionProvider("coreml", "CoreMLExecutionProvider", "run on macOS/iOS with the onnxruntime package for "
-                          "Apple platforms"),
+        ExecutionProvider(
+            "coreml", "CoreMLExecutionProvider", "run on macOS/iOS with the onnxruntime package for Apple platforms"
+        ),
         ExecutionProvider("qnn", "QNNExecutionProvider", "pip install onnxruntime-qnn on a Qualcomm device"),
         ExecutionProvider("dml", "DmlExecutionProvider", "pip install onnxruntime-directml on Windows"),
     )
@@ -43,8 +51,10 @@ def resolve(name: str) -> ExecutionProvider:
     """The registry entry for a short EP name; an unknown name is an error suggesting the closest."""
     key = name.strip().lower()
     if key not in PROVIDERS:
-        raise UnknownNameError(f"unknown execution provider '{name}'{closest(key, list(PROVIDERS))}; "
-                               f"known providers: {', '.join(PROVIDERS)}.")
+        raise UnknownNameError(
+            f"unknown execution provider '{name}'{closest(key, list(PROVIDERS))}; "
+            f"known providers: {', '.join(PROVIDERS)}."
+        )
     return PROVIDERS[key]
 
 
@@ -60,6 +70,8 @@ def require(name: str) -> ExecutionProvider:
     """The EP, if it is installed; else an error naming what is installed and how to get it."""
     ep = resolve(name)
     if ep.name not in available():
-        raise MmedgeError(f"execution provider '{ep.name}' is not in this onnxruntime installation (it has: "
-                          f"{', '.join(available())}); to get it, {ep.how_to_get}.")
+        raise MmedgeError(
+            f"execution provider '{ep.name}' is not in this onnxruntime installation (it has: "
+            f"{', '.join(available())}); to get it, {ep.how_to_get}."
+        )
     return ep

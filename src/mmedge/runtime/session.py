@@ -10,9 +10,16 @@ import numpy as np
 from mmedge.errors import InputMismatchError, InputPathError, MmedgeError, NotOnnxError
 from mmedge.runtime.providers import require
 
-_ORT_DTYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(int32)": "int32",
-               "tensor(float16)": "float16", "tensor(uint8)": "uint8", "tensor(int8)": "int8",
-               "tensor(bool)": "bool", "tensor(double)": "float64"}
+_ORT_DTYPES = {
+    "tensor(float)": "float32",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(float16)": "float16",
+    "tensor(uint8)": "uint8",
+    "tensor(int8)": "int8",
+    "tensor(bool)": "bool",
+    "tensor(double)": "float64",
+}
 
 
 def check_onnx_path(path: str | Path) -> Path:
@@ -41,12 +48,16 @@ def open_session(path: str | Path, ep: str = "cpu", threads: int = 0, allow_fall
         sess = ort.InferenceSession(str(path), opts, providers=[(provider.ort_name, dict(provider.options))])
     except Exception as exc:  # ORT raises several private exception types for a bad file
         msg = str(exc).splitlines()[0][:160]
-        raise NotOnnxError(f"{path} is not a loadable ONNX model: it is another kind of file, or truncated or "
-                           f"damaged ({msg}); pass a complete .onnx file, e.g. one written by `mmedge export`.") from None
+        raise NotOnnxError(
+            f"{path} is not a loadable ONNX model: it is another kind of file, or truncated or "
+            f"damaged ({msg}); pass a complete .onnx file, e.g. one written by `mmedge export`."
+        ) from None
     ran = sess.get_providers()
     if ran[0] != provider.ort_name:
-        raise MmedgeError(f"onnxruntime did not place the model on '{provider.name}' (it used {ran}); "
-                          "results would be mislabelled, so nothing was measured.")
+        raise MmedgeError(
+            f"onnxruntime did not place the model on '{provider.name}' (it used {ran}); "
+            "results would be mislabelled, so nothing was measured."
+        )
     return sess
 
 
@@ -79,16 +90,21 @@ def check_feeds(sess, feeds: dict[str, np.ndarray]) -> None:
             problems.append(f"input '{name}' has dtype {arr.dtype}, the model needs {want_dtype}")
         shape = inputs[name].shape
         if arr.ndim != len(shape):
-            problems.append(f"input '{name}' has shape {list(arr.shape)}, the model needs rank {len(shape)} "
-                            f"{_show(shape)}")
+            problems.append(
+                f"input '{name}' has shape {list(arr.shape)}, the model needs rank {len(shape)} {_show(shape)}"
+            )
             continue
         for axis, (got, want) in enumerate(zip(arr.shape, shape, strict=True)):
             if isinstance(want, int) and got != want:
-                problems.append(f"input '{name}' has size {got} on axis {axis}, the model needs {want} "
-                                f"(shape {_show(shape)})")
+                problems.append(
+                    f"input '{name}' has size {got} on axis {axis}, the model needs {want} (shape {_show(shape)})"
+                )
     if problems:
-        raise InputMismatchError("inputs do not match the model: " + "; ".join(problems) +
-                                 "; feed arrays shaped as `mmedge inspect MODEL` shows.")
+        raise InputMismatchError(
+            "inputs do not match the model: "
+            + "; ".join(problems)
+            + "; feed arrays shaped as `mmedge inspect MODEL` shows."
+        )
 
 
 def _show(shape) -> str:
@@ -100,5 +116,7 @@ def run(sess, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     try:
         return sess.run(None, feeds)
     except Exception as exc:
-        raise InputMismatchError(f"onnxruntime rejected the inputs ({str(exc).splitlines()[0][:200]}); feed "
-                                 "arrays shaped as `mmedge inspect MODEL` shows.") from None
+        raise InputMismatchError(
+            f"onnxruntime rejected the inputs ({str(exc).splitlines()[0][:200]}); feed "
+            "arrays shaped as `mmedge inspect MODEL` shows."
+        ) from None

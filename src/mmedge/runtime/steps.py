@@ -16,18 +16,26 @@ from mmedge.runtime.inputs import split_feeds
 
 class ValidateConfig(StepConfig):
     type: Literal["validate"] = "validate"
-    ablation: bool = Field(True, description="Also score with the image blanked and with the text emptied, to show "
-                           "the model needs both modalities.")
+    ablation: bool = Field(
+        True,
+        description="Also score with the image blanked and with the text emptied, to show "
+        "the model needs both modalities.",
+    )
 
 
 class BenchConfig(StepConfig):
     type: Literal["bench"] = "bench"
     runs: int = Field(300, ge=1, description="Timed runs per batch size (after warm-up); medians need many.")
     warmup: int = Field(30, ge=0, description="Untimed runs first, so allocations and caches settle.")
-    batch_sizes: tuple[int, ...] = Field((1, 32), min_length=1, description="Batch 1 is the interactive case; "
-                                         "32 shows throughput.")
-    threads: int = Field(1, ge=0, description="intra-op threads; 1 is the usual edge setting and often fastest at "
-                         "batch 1; 0 lets onnxruntime choose.")
+    batch_sizes: tuple[int, ...] = Field(
+        (1, 32), min_length=1, description="Batch 1 is the interactive case; 32 shows throughput."
+    )
+    threads: int = Field(
+        1,
+        ge=0,
+        description="intra-op threads; 1 is the usual edge setting and often fastest at "
+        "batch 1; 0 lets onnxruntime choose.",
+    )
     max_seconds: float | None = Field(20.0, gt=0, description="Time budget per batch size (at least 10 runs).")
 
 
@@ -42,13 +50,15 @@ def validate_step(cfg: ValidateConfig, ctx) -> StepResult:
     if ref is not None:
         metrics["parity"] = parity(logits, ref)
         metrics["reference_accuracy"] = ctx.reference_metrics()["test"]["accuracy"]
-        metrics["accuracy_drop_points"] = accuracy_drop_points(metrics["test"]["accuracy"],
-                                                               metrics["reference_accuracy"])
+        metrics["accuracy_drop_points"] = accuracy_drop_points(
+            metrics["test"]["accuracy"], metrics["reference_accuracy"]
+        )
         budget = ctx.recipe.budgets.max_accuracy_drop
         if budget is not None and metrics["accuracy_drop_points"] > budget:
             raise BudgetExceededError(
                 f"the exported model loses {metrics['accuracy_drop_points']:.2f} accuracy points against PyTorch, over "
-                f"the budget of {budget:g}; relax budgets.max_accuracy_drop or fix the export.")
+                f"the budget of {budget:g}; relax budgets.max_accuracy_drop or fix the export."
+            )
     return StepResult(ctx.artifact, metrics)
 
 
@@ -57,12 +67,22 @@ def bench_step(cfg: BenchConfig, ctx) -> StepResult:
     feeds = split_feeds(ctx.artifact.path, ctx.recipe.data)
     per_ep = {}
     for ep in ctx.recipe.targets:
-        per_ep[ep] = bench_model(ctx.artifact.path, feeds, ep=ep, threads=cfg.threads, batch_sizes=cfg.batch_sizes,
-                                 runs=cfg.runs, warmup=cfg.warmup, max_seconds=cfg.max_seconds)
+        per_ep[ep] = bench_model(
+            ctx.artifact.path,
+            feeds,
+            ep=ep,
+            threads=cfg.threads,
+            batch_sizes=cfg.batch_sizes,
+            runs=cfg.runs,
+            warmup=cfg.warmup,
+            max_seconds=cfg.max_seconds,
+        )
     first = per_ep[ctx.recipe.targets[0]]
     budget = ctx.recipe.budgets.max_latency_ms
     p50 = first["batches"][str(cfg.batch_sizes[0])]["p50_ms"]
     if budget is not None and p50 > budget:
-        raise BudgetExceededError(f"p50 latency {p50:.3f} ms on '{ctx.recipe.targets[0]}' is over the budget of "
-                                  f"{budget:g} ms; relax budgets.max_latency_ms or compress the model further.")
+        raise BudgetExceededError(
+            f"p50 latency {p50:.3f} ms on '{ctx.recipe.targets[0]}' is over the budget of "
+            f"{budget:g} ms; relax budgets.max_latency_ms or compress the model further."
+        )
     return StepResult(ctx.artifact, {"targets": per_ep, "inputs": "test split samples"})
