@@ -96,9 +96,8 @@ class Block(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.norm_context = nn.LayerNorm(dim) if cross else None
         self.attn = Attention(dim, heads, dropout)
-        # Cross-attention output is normalized before it joins the text stream: the average over image
-        # patches is small next to the (layer-normed) text token, and unnormalized it left training at the
-        # text-only prior for minutes.
+        # The cross-attention output is layer-normed before it joins the text stream, so the image's
+        # contribution (an average over patches, small at first) enters at the text token's scale.
         self.norm_cross = nn.LayerNorm(dim) if cross else None
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(
@@ -133,7 +132,7 @@ def _patch_embedding(c: VitTransformerConfig, channels: int) -> nn.Module:
     width, size = channels, c.patch_size
     while size > 1:  # each 3x3 stride-2 conv halves the grid; widths grow to dim at the last one
         out = c.dim if size == 2 else max(8, c.dim // size)
-        layers += [nn.Conv2d(width, out, 3, stride=2, padding=1), nn.GELU()]
+        layers += [nn.Conv2d(width, out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU()]
         width, size = out, size // 2
     layers.append(nn.Conv2d(c.dim, c.dim, 1))  # the linear projection of ViT, on the stem's features
     return nn.Sequential(*layers)
