@@ -15,17 +15,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from _common import write_results  # noqa: E402
+import numpy as np
+import torch
 
-from mmedge.models.checkpoint import load_checkpoint  # noqa: E402
-from mmedge.pipeline import run_recipe  # noqa: E402
-from mmedge.recipe import load_recipe  # noqa: E402
-from mmedge.report.markdown import table  # noqa: E402
-from mmedge.runtime.bench import machine_info, tile_batch  # noqa: E402
-from mmedge.runtime.inputs import split_feeds  # noqa: E402
-from mmedge.runtime.session import open_session  # noqa: E402
+from _common import write_results
+from mmedge.models.checkpoint import load_checkpoint
+from mmedge.pipeline import run_recipe
+from mmedge.recipe import load_recipe
+from mmedge.report.markdown import table
+from mmedge.runtime.bench import machine_info, tile_batch
+from mmedge.runtime.inputs import split_feeds
+from mmedge.runtime.session import open_session
 
 ROUNDS = 40
 CALLS_PER_ROUND = 10
@@ -69,18 +69,42 @@ def main() -> None:
             med = {k: float(np.median(v)) for k, v in times.items()}
             p90 = {k: float(np.percentile(v, 90)) for k, v in times.items()}
             ratio = med["onnxruntime"] / med["pytorch-eager"]
-            data["results"].append({"threads": threads, "batch": batch, "median_ms": med, "p90_ms": p90,
-                                    "ort_over_torch": ratio, "calls": ROUNDS * CALLS_PER_ROUND})
-            rows.append([str(threads), str(batch), f"{med['pytorch-eager']:.3f}", f"{med['onnxruntime']:.3f}",
-                         f"{p90['pytorch-eager']:.3f}", f"{p90['onnxruntime']:.3f}", f"{ratio:.2f}×"])
-    md = "\n".join([
-        "# Latency — PyTorch eager vs ONNX Runtime fp32 (default cnn-lstm model)", "",
-        f"Interleaved: {ROUNDS} rounds × {CALLS_PER_ROUND} calls per variant, alternating order; real test inputs.",
-        "",
-        table(["threads", "batch", "torch p50 ms", "ORT p50 ms", "torch p90 ms", "ORT p90 ms", "ORT / torch"], rows),
-        "", f"Machine: {data['machine']['cpu']}, {data['machine']['logical_cores']} logical cores; torch "
-        f"{torch.__version__}, onnxruntime {data['machine']['onnxruntime']}.", "",
-    ])
+            data["results"].append(
+                {
+                    "threads": threads,
+                    "batch": batch,
+                    "median_ms": med,
+                    "p90_ms": p90,
+                    "ort_over_torch": ratio,
+                    "calls": ROUNDS * CALLS_PER_ROUND,
+                }
+            )
+            rows.append(
+                [
+                    str(threads),
+                    str(batch),
+                    f"{med['pytorch-eager']:.3f}",
+                    f"{med['onnxruntime']:.3f}",
+                    f"{p90['pytorch-eager']:.3f}",
+                    f"{p90['onnxruntime']:.3f}",
+                    f"{ratio:.2f}×",
+                ]
+            )
+    md = "\n".join(
+        [
+            "# Latency — PyTorch eager vs ONNX Runtime fp32 (default cnn-lstm model)",
+            "",
+            f"Interleaved: {ROUNDS} rounds × {CALLS_PER_ROUND} calls per variant, alternating order; real test inputs.",
+            "",
+            table(
+                ["threads", "batch", "torch p50 ms", "ORT p50 ms", "torch p90 ms", "ORT p90 ms", "ORT / torch"], rows
+            ),
+            "",
+            f"Machine: {data['machine']['cpu']}, {data['machine']['logical_cores']} logical cores; torch "
+            f"{torch.__version__}, onnxruntime {data['machine']['onnxruntime']}.",
+            "",
+        ]
+    )
     write_results("latency", data, md)
 
 

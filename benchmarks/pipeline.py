@@ -1,6 +1,6 @@
 """Wall time of each step of the default recipe, run from scratch (no cache) into a temporary folder.
 
-    python benchmarks/pipeline.py        -> benchmarks/results/pipeline.{json,md}
+python benchmarks/pipeline.py        -> benchmarks/results/pipeline.{json,md}
 """
 
 from __future__ import annotations
@@ -12,12 +12,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import write_results  # noqa: E402
-
-from mmedge.pipeline import run_recipe  # noqa: E402
-from mmedge.recipe import load_recipe  # noqa: E402
-from mmedge.report.markdown import table  # noqa: E402
-from mmedge.runtime.bench import machine_info  # noqa: E402
+from _common import write_results
+from mmedge.pipeline import run_recipe
+from mmedge.recipe import load_recipe
+from mmedge.report.markdown import table
+from mmedge.runtime.bench import machine_info
 
 
 def main() -> None:
@@ -30,14 +29,27 @@ def main() -> None:
     steps = [{"step": r.config.type, "seconds": round(r.seconds, 2)} for r in records]
     val = next(r.result.metrics for r in records if r.config.type == "validate")
     train = records[0].result.metrics
-    data = {"recipe": base.name, "total_seconds": round(total, 2), "steps": steps, "machine": machine_info(),
-            "test_accuracy": val["test"]["accuracy"], "epochs_run": train["epochs_run"]}
-    md = "\n".join([
-        "# Pipeline wall time — default recipe (digits-vqa, cnn-lstm)", "",
-        table(["step", "seconds"], [[s["step"], f"{s['seconds']:.1f}"] for s in steps] + [["total", f"{total:.1f}"]]),
-        "", f"Test accuracy {val['test']['accuracy']:.2%} after {train['epochs_run']} epochs. "
-        f"Machine: {data['machine']['cpu']}, {data['machine']['logical_cores']} logical cores.", "",
-    ])
+    data = {
+        "recipe": base.name,
+        "total_seconds": round(total, 2),
+        "steps": steps,
+        "machine": machine_info(),
+        "test_accuracy": val["test"]["accuracy"],
+        "epochs_run": train["epochs_run"],
+    }
+    md = "\n".join(
+        [
+            "# Pipeline wall time — default recipe (digits-vqa, cnn-lstm)",
+            "",
+            table(
+                ["step", "seconds"], [[s["step"], f"{s['seconds']:.1f}"] for s in steps] + [["total", f"{total:.1f}"]]
+            ),
+            "",
+            f"Test accuracy {val['test']['accuracy']:.2%} after {train['epochs_run']} epochs. "
+            f"Machine: {data['machine']['cpu']}, {data['machine']['logical_cores']} logical cores.",
+            "",
+        ]
+    )
     write_results("pipeline", data, md)
 
 

@@ -31,12 +31,15 @@ MASK_VALUE = -1e4
 class VitTransformerConfig(FamilyConfig):
     dim: int = Field(64, ge=8, description="Token width of both encoders; small enough for ~2 minutes of CPU training.")
     heads: int = Field(4, ge=1, description="Attention heads per block (dim must divide evenly).")
-    patch_size: int = Field(4, ge=1, description="Square patch side in pixels; 4 gives 7x7 = 49 patches of a 28x28 "
-                            "digit.")
+    patch_size: int = Field(
+        4, ge=1, description="Square patch side in pixels; 4 gives 7x7 = 49 patches of a 28x28 digit."
+    )
     patch_embed: Literal["conv-stem", "linear"] = Field(
-        "conv-stem", description="'linear': one strided conv per patch (the original ViT). 'conv-stem': stride-2 "
+        "conv-stem",
+        description="'linear': one strided conv per patch (the original ViT). 'conv-stem': stride-2 "
         "3x3 convs down to the same patch grid (Xiao et al. 2021, 'Early convolutions help transformers see "
-        "better'); here the linear embedding sat near the text-only prior for ~15 epochs on 3,750 images.")
+        "better'); here the linear embedding sat near the text-only prior for ~15 epochs on 3,750 images.",
+    )
     image_layers: int = Field(2, ge=0, description="Self-attention blocks in the image encoder.")
     text_layers: int = Field(2, ge=0, description="Self-attention blocks in the text encoder.")
     fusion_layers: int = Field(1, ge=1, description="Cross-attention blocks (text attends to image patches).")
@@ -55,8 +58,10 @@ class VitTransformerConfig(FamilyConfig):
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not divisible by patch_size {self.patch_size}")
         if self.patch_embed == "conv-stem" and self.patch_size & (self.patch_size - 1):
-            raise ValueError(f"patch_embed 'conv-stem' needs a power-of-two patch_size, not {self.patch_size}; "
-                             "use patch_embed 'linear'")
+            raise ValueError(
+                f"patch_embed 'conv-stem' needs a power-of-two patch_size, not {self.patch_size}; "
+                "use patch_embed 'linear'"
+            )
         return self
 
 
@@ -116,8 +121,9 @@ class Block(nn.Module):
 
 def sincos_2d(height: int, width: int, dim: int, temperature: float = 10000.0) -> torch.Tensor:
     """Fixed 2-D sin-cos position table (1, height * width, dim); dim must be divisible by 4."""
-    y, x = torch.meshgrid(torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32),
-                          indexing="ij")
+    y, x = torch.meshgrid(
+        torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32), indexing="ij"
+    )
     omega = 1.0 / temperature ** (torch.arange(dim // 4, dtype=torch.float32) / max(1, dim // 4 - 1))
     y = y.flatten()[:, None] * omega[None]
     x = x.flatten()[:, None] * omega[None]
