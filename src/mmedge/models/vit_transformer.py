@@ -101,9 +101,11 @@ class Block(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.norm_context = nn.LayerNorm(dim) if cross else None
         self.attn = Attention(dim, heads, dropout)
-        # The cross-attention output is layer-normed before it joins the text stream, so the image's
-        # contribution (an average over patches, small at first) enters at the text token's scale.
-        self.norm_cross = nn.LayerNorm(dim) if cross else None
+        if cross:
+            # Zero queries: cross-attention starts as mean pooling over the image patches, so the image
+            # reaches the answer from the first step, and the queries learn where to look from there.
+            nn.init.zeros_(self.attn.q.weight)
+            nn.init.zeros_(self.attn.q.bias)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(
             nn.Linear(dim, dim * mlp_ratio), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim * mlp_ratio, dim)
@@ -114,8 +116,7 @@ class Block(nn.Module):
     ) -> torch.Tensor:
         h = self.norm1(x)
         ctx = self.norm_context(context) if self.norm_context is not None else h
-        a = self.attn(h, ctx, bias)
-        x = x + (self.norm_cross(a) if self.norm_cross is not None else a)
+        x = x + self.attn(h, ctx, bias)
         return x + self.mlp(self.norm2(x))
 
 
