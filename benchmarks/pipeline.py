@@ -24,7 +24,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         recipe = base.model_copy(update={"workdir": Path(tmp) / "runs", "output": Path(tmp) / "bundle"})
         started = time.perf_counter()
-        records = run_recipe(recipe, force=True, progress=False)
+        records = run_recipe(recipe, force=True, progress="off")
         total = time.perf_counter() - started
     steps = [{"step": r.config.type, "seconds": round(r.seconds, 2)} for r in records]
     val = next(r.result.metrics for r in records if r.config.type == "validate")

@@ -34,7 +34,7 @@ def tiny_checkpoints(tmp_path_factory, data_cfg) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("ckpt")
     return {
-        fam: run_training(fam, opts, data_cfg, tiny_train_config(), root / fam, progress=False)[0]
+        fam: run_training(fam, opts, data_cfg, tiny_train_config(), root / fam, progress="off")[0]
         for fam, opts in TINY.items()
     }
 

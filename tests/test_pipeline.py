@@ -32,7 +32,7 @@ def tiny_recipe(tmp_path, bench_runs=15, **over):
 def first_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pipe")
     recipe = tiny_recipe(tmp)
-    return tmp, recipe, run_recipe(recipe, progress=False)
+    return tmp, recipe, run_recipe(recipe, progress="off")
 
 
 def test_step_bundle_pipeline_runs_every_step_and_ships_a_verified_bundle(first_run):
@@ -61,9 +61,9 @@ def test_step_bench_reports_each_batch(first_run):
 
 def test_rerun_skips_finished_steps_and_reruns_only_what_changed(first_run):
     tmp, recipe, _ = first_run
-    again = run_recipe(recipe, progress=False)
+    again = run_recipe(recipe, progress="off")
     assert all(r.cached for r in again)
-    changed = run_recipe(tiny_recipe(tmp, bench_runs=16), progress=False)
+    changed = run_recipe(tiny_recipe(tmp, bench_runs=16), progress="off")
     assert [r.cached for r in changed] == [True, True, True, False, False]
 
 
@@ -71,7 +71,7 @@ def test_latency_budget_that_cannot_be_met_fails_the_run(first_run):
     tmp, _, _ = first_run
     recipe = tiny_recipe(tmp, budgets={"max_latency_ms": 1e-6})
     with pytest.raises(BudgetExceededError, match="over the budget"):
-        run_recipe(recipe, progress=False)
+        run_recipe(recipe, progress="off")
     assert load_bundle(tmp / "bundle")  # the earlier bundle is untouched
 
 
@@ -88,7 +88,7 @@ def test_step_load_starts_a_chain_from_an_existing_checkpoint(tmp_path, tiny_che
             "workdir": str(tmp_path / "runs"),
         }
     )
-    records = run_recipe(recipe, progress=False)
+    records = run_recipe(recipe, progress="off")
     assert records[0].result.metrics["family"] == "vit-transformer"
     assert records[2].result.metrics["parity"]["argmax_agreement"] >= 0.999
     assert records[2].result.metrics["accuracy_drop_points"] <= 0.5

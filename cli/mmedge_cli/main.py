@@ -125,7 +125,12 @@ def train(
     get_family(family)
     cfg = TrainConfig(epochs=epochs, seed=seed, max_minutes=max_minutes)
     path, m = run_training(
-        family, {}, DataConfig(source=source.value, seed=data_seed), cfg, out_dir, progress=sys.stderr.isatty()
+        family,
+        {},
+        DataConfig(source=source.value, seed=data_seed),
+        cfg,
+        out_dir,
+        progress="bar" if sys.stderr.isatty() else "lines",
     )
     t = Table(
         title=f"{family} on digits-vqa ({m['parameters']:,} parameters, {m['epochs_run']} epochs, "
@@ -379,7 +384,7 @@ def run(
         state = "cached" if rec.cached else f"{rec.seconds:.1f} s"
         out.print(f"[bold]{rec.index}. {rec.config.type}[/] — {state} — {rec.folder}")
 
-    records = run_recipe(r, force=force, progress=sys.stderr.isatty(), on_step=show)
+    records = run_recipe(r, force=force, progress="bar" if sys.stderr.isatty() else "lines", on_step=show)
     val = next((x.result.metrics for x in records if x.config.type == "validate"), None)
     if val:
         out.print(

@@ -58,7 +58,7 @@ class StepContext:
     artifact: Artifact | None  # the current model artifact (None before the first model step)
     out_dir: Path  # fresh, empty folder for this step's outputs
     records: list[StepRecord] = field(default_factory=list)
-    progress: bool = True
+    progress: str = "bar"  # how training reports: bar, lines or off
 
     def _reference(self) -> StepRecord | None:
         """The step that made the PyTorch model this chain started from (train or load)."""
@@ -115,7 +115,7 @@ def _load_cached(folder: Path) -> StepResult | None:
 
 
 def run_recipe(
-    recipe: Recipe, force: bool = False, progress: bool = True, on_step: Callable[[StepRecord], None] | None = None
+    recipe: Recipe, force: bool = False, progress: str = "bar", on_step: Callable[[StepRecord], None] | None = None
 ) -> list[StepRecord]:
     steps = load_steps()
     root = recipe.workdir / recipe.name

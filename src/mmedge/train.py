@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -192,12 +193,15 @@ def evaluate_with_ablation(model, split: VQASplit, vocab: WordVocab) -> dict:
     return {"test": full.to_json(), "image_blanked": no_image.to_json(), "text_emptied": no_text.to_json()}
 
 
-class _Progress:
-    """A rich progress bar over epochs showing loss and accuracy."""
+ProgressMode = Literal["bar", "lines", "off"]
 
-    def __init__(self, epochs: int, enabled: bool):
-        self.bar = None
-        if enabled:
+
+class _Progress:
+    """Training progress: a rich bar on a terminal, one line per epoch in a log, or nothing (tests)."""
+
+    def __init__(self, epochs: int, mode: ProgressMode):
+        self.mode, self.epochs, self.bar = mode, epochs, None
+        if mode == "bar":
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self.bar = Progress(
@@ -220,16 +224,22 @@ class _Progress:
             self.bar.__exit__(*exc)
 
     def update(self, r: dict) -> None:
+        status = f"loss {r['loss']:.3f}  train {r['train_accuracy']:.1%}  val {r['val_accuracy']:.1%}"
         if self.bar:
-            self.bar.update(
-                self.task,
-                advance=1,
-                status=f"loss {r['loss']:.3f}  train {r['train_accuracy']:.1%}  val {r['val_accuracy']:.1%}",
+            self.bar.update(self.task, advance=1, status=status)
+        elif self.mode == "lines":
+            print(
+                f"train epoch {r['epoch']}/{self.epochs} ({r['seconds']:.0f} s): {status}", file=sys.stderr, flush=True
             )
 
 
 def run_training(
-    family: str, options: dict, data_cfg: DataConfig, cfg: TrainConfig, out_dir: Path, progress: bool = True
+    family: str,
+    options: dict,
+    data_cfg: DataConfig,
+    cfg: TrainConfig,
+    out_dir: Path,
+    progress: ProgressMode = "bar",
 ) -> tuple[Path, dict]:
     """Build, train, evaluate (with the modality ablation) and save a checkpoint folder."""
     data = load_dataset(data_cfg)
