@@ -92,3 +92,24 @@ def test_step_load_starts_a_chain_from_an_existing_checkpoint(tmp_path, tiny_che
     assert records[0].result.metrics["family"] == "vit-transformer"
     assert records[2].result.metrics["parity"]["argmax_agreement"] >= 0.999
     assert records[2].result.metrics["accuracy_drop_points"] <= 0.5
+
+
+def test_a_step_that_reruns_invalidates_the_steps_after_it(first_run):
+    import shutil
+
+    recipe = first_run[1]
+    run_recipe(recipe, progress="off")  # settle: other tests write the same bundle folder
+    fresh = run_recipe(recipe, progress="off")
+    assert all(r.cached for r in fresh)
+    shutil.rmtree(fresh[3].folder)  # bench re-runs: its timings differ, so the bundle after it must re-run too
+    again = run_recipe(recipe, progress="off")
+    assert [r.cached for r in again] == [True, True, True, False, False]
+
+
+def test_an_output_changed_by_hand_is_not_taken_from_the_cache(first_run):
+    tmp, recipe, _ = first_run
+    run_recipe(recipe, progress="off")
+    (tmp / "bundle" / "report.md").write_text("edited")
+    again = run_recipe(recipe, progress="off")
+    assert [r.cached for r in again] == [True, True, True, True, False]
+    assert load_bundle(tmp / "bundle")

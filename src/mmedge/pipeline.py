@@ -3,8 +3,9 @@
     <workdir>/<recipe name>/<NN>-<type>-<key>/   one folder per step; result.json marks it finished
     <workdir>/<recipe name>/results.json          every step's metrics and timing, merged
 
-A step's key hashes the mmedge version, the model and data sections, the previous step's key and the
-step's own config, so editing one step re-runs it and everything after it, and nothing before it. A step
+A step's key hashes the mmedge version, the model and data sections, the previous step's key and output
+(a content hash) and the step's own config, so editing one step re-runs it and everything after it, and
+nothing before it. A step
 runs in a temporary folder that is renamed only when it succeeds: an interrupted run leaves no step that
 looks finished.
 """
@@ -78,6 +79,19 @@ class StepContext:
         return next((r.result.metrics for r in reversed(self.records) if r.config.type == step_type), {})
 
 
+def fingerprint(path: Path) -> str:
+    """sha256 over a file, or over every file of a folder (names and contents)."""
+    from mmedge.bundle import sha256
+
+    if path.is_file():
+        return sha256(path)
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(f.relative_to(path).as_posix().encode())
+        h.update(sha256(f).encode())
+    return h.hexdigest()
+
+
 def _key(recipe: Recipe, previous: str, step: StepConfig) -> str:
     payload = {
         "mmedge": __version__,
@@ -111,7 +125,11 @@ def _load_cached(folder: Path) -> StepResult | None:
     if data["artifact"].pop("inside", False):
         data["artifact"]["path"] = str(folder / data["artifact"]["path"])
     result = StepResult.from_json(data)
-    return result if result.artifact.path.exists() else None
+    path = result.artifact.path
+    # Gone, or changed since the step wrote it (by hand, or by another recipe writing the same output folder).
+    if not path.exists() or data.get("fingerprint") != fingerprint(path):
+        return None
+    return result
 
 
 def run_recipe(
@@ -137,7 +155,15 @@ def run_recipe(
                 result = steps[cfg.type].run(cfg, ctx)
                 seconds = time.perf_counter() - started
                 (tmp / "result.json").write_text(
-                    json.dumps({**_relative(result, tmp), "seconds": seconds}, indent=1, default=str)
+                    json.dumps(
+                        {
+                            **_relative(result, tmp),
+                            "seconds": seconds,
+                            "fingerprint": fingerprint(result.artifact.path),
+                        },
+                        indent=1,
+                        default=str,
+                    )
                 )
                 tmp.rename(folder)
             except BaseException:
@@ -152,7 +178,10 @@ def run_recipe(
         if on_step:
             on_step(record)
         artifact = result.artifact
-        previous = key
+        # What follows depends on this step's output and figures, not only its config: a step that re-ran (its
+        # folder was removed, or it is not deterministic, as timings are) invalidates everything after it.
+        measured = hashlib.sha256(json.dumps(result.metrics, sort_keys=True, default=str).encode()).hexdigest()
+        previous = f"{key}:{fingerprint(result.artifact.path)}:{measured}"
     write_results(recipe, records, root / "results.json")
     return records
 

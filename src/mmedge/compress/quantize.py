@@ -129,11 +129,30 @@ def op_histogram(path: Path) -> dict[str, int]:
     return dict(Counter(n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node).most_common())
 
 
+def _pre_processed(src: Path, tmp: Path):
+    """ORT's quantization pre-processing (shape inference + constant folding), else the model as it is.
+
+    The exporter builds the LSTM's gate weights with Slice/Concat of initializers; folded, they become the
+    constant W/R inputs that the LSTM quantizer needs (without it the LSTM silently stays float). Pre-processing
+    fails on some transformer graphs; then the reason is recorded and the unprocessed model is used.
+    """
+    import onnx
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        quant_pre_process(str(src), str(tmp))
+        return onnx.load(str(tmp)), "applied"
+    except Exception as exc:
+        return onnx.load(str(src)), f"skipped: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def quantize_dynamic_model(src: Path, out: Path, cfg: DynamicQuantConfig) -> dict:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    model = onnx.load(str(src))
+    model, pre_process = _pre_processed(src, out.with_name(out.stem + ".pre.onnx"))
     rewritten = gemm_to_matmul(model) if "Gemm" in cfg.op_types else 0
     prepared = out.with_name(out.stem + ".prepared.onnx")
     onnx.save_model(model, str(prepared))
@@ -155,7 +174,7 @@ def quantize_dynamic_model(src: Path, out: Path, cfg: DynamicQuantConfig) -> dic
     finally:
         prepared.unlink(missing_ok=True)
     copy_metadata(src, out, {"mmedge.precision": "int8-dynamic"})
-    return {"gemm_rewritten": rewritten, "ops": op_histogram(out)}
+    return {"gemm_rewritten": rewritten, "pre_process": pre_process, "ops": op_histogram(out)}
 
 
 def fp16_model(src: Path, out: Path, cfg: Fp16Config) -> dict:
