@@ -29,3 +29,22 @@ def test_bench_measures_each_batch_size_on_real_inputs(tiny_onnx):
 def test_bench_refuses_batch_below_one(tiny_onnx):
     with pytest.raises(MmedgeError, match="batch sizes >= 1"):
         bench_model(tiny_onnx["cnn-lstm"], split_feeds(tiny_onnx["cnn-lstm"]), batch_sizes=(0,))
+
+
+def test_foreign_model_without_samples_is_benched_on_synthetic_inputs_and_says_so(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from mmedge.runtime.inputs import bench_inputs
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(tmp_path / "m.onnx"))
+    feeds, source = bench_inputs(tmp_path / "m.onnx", tmp_path / "m.onnx")
+    assert source.startswith("synthetic") and feeds["x"].shape == (1, 4)
+    r = bench_model(tmp_path / "m.onnx", feeds, runs=5, warmup=1, batch_sizes=(1, 3))
+    assert r["batches"]["3"]["runs"] == 5

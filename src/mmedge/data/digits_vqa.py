@@ -217,8 +217,3 @@ def build(
         source=source,
         seed=seed,
     )
-
-
-def blank_images(x: np.ndarray) -> np.ndarray:
-    """The image modality removed: an all-background (zero) image of the same shape."""
-    return np.zeros_like(x)

@@ -61,10 +61,6 @@ def open_session(path: str | Path, ep: str = "cpu", threads: int = 0, allow_fall
     return sess
 
 
-def session_providers(sess) -> list[str]:
-    return list(sess.get_providers())
-
-
 def model_metadata(sess) -> dict[str, str]:
     return dict(sess.get_modelmeta().custom_metadata_map)
 
