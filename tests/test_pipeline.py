@@ -113,3 +113,25 @@ def test_an_output_changed_by_hand_is_not_taken_from_the_cache(first_run):
     again = run_recipe(recipe, progress="off")
     assert [r.cached for r in again] == [True, True, True, True, False]
     assert load_bundle(tmp / "bundle")
+
+
+def test_prune_magnitude_in_a_recipe_reports_sparsity_and_zip_size(tmp_path, tiny_checkpoints):
+    recipe = parse_recipe(
+        {
+            "name": "pruned",
+            "data": {"test_images": 200, "val_images": 100},
+            "budgets": {"max_accuracy_drop": None},
+            "steps": [
+                {"type": "load", "path": str(tiny_checkpoints["cnn-lstm"])},
+                {"type": "prune.magnitude", "sparsity": 0.5},
+                {"type": "export"},
+                {"type": "validate", "ablation": False},
+            ],
+            "workdir": str(tmp_path / "runs"),
+        }
+    )
+    records = run_recipe(recipe, progress="off")
+    pruned = records[1].result.metrics
+    assert pruned["sparsity_reached"] == pytest.approx(0.5, abs=0.01) and "test" in pruned
+    assert records[2].result.metrics["zip_bytes"] < records[2].result.metrics["size_bytes"]
+    assert records[3].result.metrics["parity"]["samples"] == 800

@@ -229,7 +229,13 @@ def shipped_metrics(ctx, model_path: Path) -> dict:
 
     validate, bench, export = ctx.metrics("validate"), ctx.metrics("bench"), ctx.metrics("export")
     ref = ctx.reference_metrics()
-    out: dict = {"size_bytes": model_path.stat().st_size, "measured_on": machine_info()}
+    from mmedge.export.onnx import zipped_size
+
+    out: dict = {
+        "size_bytes": model_path.stat().st_size,
+        "zip_bytes": zipped_size(model_path),
+        "measured_on": machine_info(),
+    }
     if validate:
         out["accuracy"] = {k: validate[k] for k in ("test", "image_blanked", "text_emptied") if k in validate}
         out["accuracy"]["split"] = f"test ({validate['samples']} questions on held-out images)"
@@ -246,6 +252,13 @@ def shipped_metrics(ctx, model_path: Path) -> dict:
             "opset": export.get("opset"),
             "max_abs_diff": export.get("max_abs_diff"),
             "checks": len(export.get("checks", [])),
+        }
+    pruned = ctx.metrics("prune.magnitude")
+    if pruned:
+        out["sparsity"] = {
+            "weights": pruned["sparsity_reached"],
+            "model": pruned["model_sparsity"],
+            "note": pruned["note"],
         }
     if bench:
         out["latency"] = {

@@ -45,7 +45,13 @@ def latency_section(latency: dict) -> str:
 def render_bundle_report(name: str, metrics: dict, ctx=None) -> str:
     m = metrics
     out = [f"# {name}", ""]
-    out.append(f"Model size: **{m['size_bytes'] / 1e6:.3f} MB** (`model.onnx`, weights inside).")
+    zipped = f", {m['zip_bytes'] / 1e6:.3f} MB zipped" if m.get("zip_bytes") else ""
+    out.append(f"Model size: **{m['size_bytes'] / 1e6:.3f} MB** (`model.onnx`, weights inside{zipped}).")
+    if m.get("sparsity"):
+        out.append(
+            f"Unstructured sparsity: {pct(m['sparsity']['weights'])} of the pruned weights are zero "
+            f"({pct(m['sparsity']['model'])} of all); {m['sparsity']['note']}."
+        )
     if "reference" in m:
         out.append(
             f"PyTorch reference: test accuracy {pct(m['reference']['test_accuracy'])}, "
