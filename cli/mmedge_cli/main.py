@@ -385,10 +385,13 @@ def run(
         out.print(f"[bold]{rec.index}. {rec.config.type}[/] — {state} — {rec.folder}")
 
     records = run_recipe(r, force=force, progress="bar" if sys.stderr.isatty() else "lines", on_step=show)
-    val = next((x.result.metrics for x in records if x.config.type == "validate"), None)
+    val = next((x.result.metrics for x in reversed(records) if x.config.type == "validate"), None)
     if val:
-        out.print(
-            f"test accuracy {val['test']['accuracy']:.2%} (image blanked {val['image_blanked']['accuracy']:.2%}, "
-            f"text emptied {val['text_emptied']['accuracy']:.2%})"
+        ablation = ", ".join(
+            f"{label} {val[key]['accuracy']:.2%}"
+            for key, label in (("image_blanked", "image blanked"), ("text_emptied", "text emptied"))
+            if key in val
         )
-    out.print(f"bundle: {r.output_dir}")
+        out.print(f"test accuracy {val['test']['accuracy']:.2%}" + (f" ({ablation})" if ablation else ""))
+    if any(x.config.type == "bundle" for x in records):
+        out.print(f"bundle: {r.output_dir}")

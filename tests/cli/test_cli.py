@@ -153,3 +153,14 @@ def test_train_export_validate_from_the_command_line(tmp_path):
     r = invoke("validate", tmp_path / "m.onnx", "--max-accuracy-drop", "0.5", "--no-ablation")
     assert r.exit_code == 0, r.output
     assert "accuracy drop vs PyTorch at export: 0.00 points" in r.output
+
+
+def test_run_a_recipe_file_without_bundle_or_ablation(tmp_path, tiny_checkpoints):
+    (tmp_path / "r.yaml").write_text(
+        f"name: r\ndata: {{test_images: 200, val_images: 100}}\nworkdir: {tmp_path / 'runs'}\nsteps:\n"
+        f"  - {{type: load, path: {tiny_checkpoints['cnn-lstm']}}}\n  - {{type: export}}\n"
+        "  - {type: validate, ablation: false}\n"
+    )
+    r = invoke("run", tmp_path / "r.yaml")
+    assert r.exit_code == 0, r.output
+    assert "3. validate" in r.output and "test accuracy" in r.output and "bundle:" not in r.output
