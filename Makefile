@@ -25,6 +25,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/pipeline.py
 	$(BIN)/python benchmarks/latency.py
+	$(BIN)/python benchmarks/compression.py
 
 clean:
 	rm -rf $(VENV) .mmedge

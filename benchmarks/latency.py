@@ -34,8 +34,9 @@ WARMUP = 30
 
 def main() -> None:
     records = run_recipe(load_recipe(), progress=False)  # cached after `make demo`
-    ckpt_path = next(r.result.artifact.path for r in records if r.config.type == "train")
-    onnx_path = next(r.result.artifact.path for r in records if r.config.type == "export")
+    export = next(i for i, r in enumerate(records) if r.config.type == "export")
+    ckpt_path = records[export - 1].result.artifact.path  # the PyTorch model that export turned into ONNX
+    onnx_path = records[export].result.artifact.path
     model = load_checkpoint(ckpt_path).model.eval()
     samples = split_feeds(onnx_path, n=64)
     rows = []
@@ -92,7 +93,7 @@ def main() -> None:
             )
     md = "\n".join(
         [
-            "# Latency — PyTorch eager vs ONNX Runtime fp32 (default cnn-lstm model)",
+            "# Latency — PyTorch eager vs ONNX Runtime fp32 (the default recipe's exported model)",
             "",
             f"Interleaved: {ROUNDS} rounds × {CALLS_PER_ROUND} calls per variant, alternating order; real test inputs.",
             "",

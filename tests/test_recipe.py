@@ -18,7 +18,8 @@ def test_builtin_recipes_load_and_round_trip(name):
     r = load_recipe(None if name == "digits-vqa" else name)
     again = parse_recipe(yaml.safe_load(r.dump()))
     assert again == r
-    assert [s.type for s in r.steps] == ["train", "export", "validate", "bench", "bundle"]
+    compress = ["train", "prune.structured", "distill", "export", "quantize.auto", "validate", "bench", "bundle"]
+    assert [s.type for s in r.steps] == compress
 
 
 def test_default_recipe_is_digits_vqa_cnn_lstm():

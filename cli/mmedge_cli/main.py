@@ -370,6 +370,13 @@ def run(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved recipe and stop.")] = False,
     force: Annotated[bool, typer.Option(help="Re-run every step, ignoring the cache.")] = False,
     fmt: Annotated[Fmt, typer.Option("--format", help="Format of the --dry-run output.")] = Fmt.yaml,
+    allow_over_budget: Annotated[
+        bool,
+        typer.Option(
+            "--allow-over-budget",
+            help="When no quantized candidate meets the accuracy budget, keep the most accurate one, not fail.",
+        ),
+    ] = False,
 ):
     """Run a whole recipe: train → export → validate → bench → bundle, with each step cached."""
     from mmedge.recipe import load_recipe
@@ -384,7 +391,13 @@ def run(
         state = "cached" if rec.cached else f"{rec.seconds:.1f} s"
         out.print(f"[bold]{rec.index}. {rec.config.type}[/] — {state} — {rec.folder}")
 
-    records = run_recipe(r, force=force, progress="bar" if sys.stderr.isatty() else "lines", on_step=show)
+    records = run_recipe(
+        r,
+        force=force,
+        progress="bar" if sys.stderr.isatty() else "lines",
+        on_step=show,
+        allow_over_budget=allow_over_budget,
+    )
     val = next((x.result.metrics for x in reversed(records) if x.config.type == "validate"), None)
     if val:
         ablation = ", ".join(

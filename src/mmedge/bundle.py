@@ -260,6 +260,9 @@ def shipped_metrics(ctx, model_path: Path) -> dict:
             "model": pruned["model_sparsity"],
             "note": pruned["note"],
         }
+    compression = compression_metrics(ctx)
+    if compression:
+        out["compression"] = compression
     if bench:
         out["latency"] = {
             ep: {
@@ -269,6 +272,56 @@ def shipped_metrics(ctx, model_path: Path) -> dict:
                 "peak_rss_mb": r["memory"]["peak_rss_mb"],
             }
             for ep, r in bench["targets"].items()
+        }
+    return out
+
+
+def compression_metrics(ctx) -> dict:
+    """What the compression steps of this run did, per modality branch where they measured it."""
+    out: dict = {}
+    pruned = ctx.metrics("prune.structured")
+    if pruned:
+        out["structured_pruning"] = {
+            k: pruned[k]
+            for k in (
+                "ratio",
+                "branch_ratios",
+                "importance",
+                "parameters_before",
+                "parameters_after",
+                "macs_before",
+                "macs_after",
+                "per_branch",
+                "options_before",
+                "options_after",
+            )
+        }
+        out["structured_pruning"]["test_accuracy"] = pruned["test"]["accuracy"]
+    distilled = ctx.metrics("distill")
+    if distilled:
+        out["distillation"] = {
+            "teacher_test_accuracy": distilled["teacher_test_accuracy"],
+            "student_test_accuracy": distilled["test"]["accuracy"],
+            "student_parameters": distilled["parameters"],
+            "epochs_run": distilled["epochs_run"],
+        }
+    auto = ctx.metrics("quantize.auto")
+    if auto:
+        out["quantization"] = {
+            k: auto.get(k)
+            for k in (
+                "chosen",
+                "within_budget",
+                "budget_points",
+                "reference_accuracy",
+                "ep",
+                "threads",
+                "batch_size",
+                "candidates",
+                "sensitivity",
+                "branch_sizes",
+                "latency_share",
+            )
         }
     return out
 

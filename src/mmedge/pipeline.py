@@ -60,17 +60,18 @@ class StepContext:
     out_dir: Path  # fresh, empty folder for this step's outputs
     records: list[StepRecord] = field(default_factory=list)
     progress: str = "bar"  # how training reports: bar, lines or off
+    allow_over_budget: bool = False  # keep the best result when no candidate meets the budget
 
-    def _reference(self) -> StepRecord | None:
+    def reference(self) -> StepRecord | None:
         """The step that made the PyTorch model this chain started from (train or load)."""
         return next((r for r in self.records if r.result.artifact.kind == "torch-checkpoint"), None)
 
     def reference_metrics(self) -> dict:
-        ref = self._reference()
+        ref = self.reference()
         return ref.result.metrics if ref else {}
 
     def reference_logits(self) -> np.ndarray | None:
-        ref = self._reference()
+        ref = self.reference()
         path = ref.folder / "reference_logits.npy" if ref else None
         return np.load(path) if path and path.is_file() else None
 
@@ -133,7 +134,11 @@ def _load_cached(folder: Path) -> StepResult | None:
 
 
 def run_recipe(
-    recipe: Recipe, force: bool = False, progress: str = "bar", on_step: Callable[[StepRecord], None] | None = None
+    recipe: Recipe,
+    force: bool = False,
+    progress: str = "bar",
+    on_step: Callable[[StepRecord], None] | None = None,
+    allow_over_budget: bool = False,
 ) -> list[StepRecord]:
     steps = load_steps()
     root = recipe.workdir / recipe.name
@@ -151,7 +156,7 @@ def run_recipe(
             tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=root))
             tmp.chmod(0o755)
             try:
-                ctx = StepContext(recipe, artifact, tmp, records, progress)
+                ctx = StepContext(recipe, artifact, tmp, records, progress, allow_over_budget)
                 result = steps[cfg.type].run(cfg, ctx)
                 seconds = time.perf_counter() - started
                 (tmp / "result.json").write_text(

@@ -69,7 +69,7 @@ def register_step(config_cls: type[StepConfig], consumes: str | None, produces: 
 def load_steps() -> dict[str, StepEntry]:
     """Import the modules that define steps (they register themselves)."""
     from mmedge import bundle, train  # noqa: F401
-    from mmedge.compress import optimize, prune, quantize  # noqa: F401
+    from mmedge.compress import auto, distill, optimize, prune, quantize  # noqa: F401
     from mmedge.export import onnx  # noqa: F401
     from mmedge.runtime import steps  # noqa: F401
 

@@ -12,6 +12,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -108,10 +109,33 @@ def augment(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return F.grid_sample(images, grid, align_corners=False, padding_mode="zeros")
 
 
+@dataclass(frozen=True)
+class Batch:
+    """One optimizer step's inputs, as a loss hook (e.g. distillation) sees them."""
+
+    image: torch.Tensor  # (b, C, H, W) augmented images, one per image of the step
+    shared: torch.Tensor  # (b * q,) index of each question's image in ``image``
+    input_ids: torch.Tensor  # (b * q, T)
+    attention_mask: torch.Tensor  # (b * q, T)
+    target: torch.Tensor  # (b * q,) label indices
+
+
+LossFn = Callable[[torch.Tensor, Batch], torch.Tensor]
+
+
 def train_model(
-    model, data, vocab: WordVocab, cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None
+    model,
+    data,
+    vocab: WordVocab,
+    cfg: TrainConfig,
+    on_epoch: Callable[[dict], None] | None = None,
+    loss_fn: LossFn | None = None,
+    extra_params: tuple = (),
 ) -> tuple[object, list[dict]]:
-    """Train ``model`` in place on ``data`` (DigitsVQA); returns the best-on-validation model and history."""
+    """Train ``model`` in place on ``data`` (DigitsVQA); returns the best-on-validation model and history.
+
+    ``loss_fn(logits, batch)`` replaces the cross-entropy (distillation adds a teacher's terms);
+    ``extra_params`` are trained alongside the model (e.g. a feature projection)."""
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -119,12 +143,14 @@ def train_model(
     images_per_step = max(1, cfg.batch_size // cfg.questions_per_image)
     steps_per_epoch = math.ceil(len(train.images) / images_per_step)
     total = steps_per_epoch * cfg.epochs
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW([*model.parameters(), *extra_params], lr=cfg.lr, weight_decay=cfg.weight_decay)
 
-    def lr_at(step: int) -> float:  # linear warm-up for one epoch, then cosine to zero
-        if step < steps_per_epoch:
-            return (step + 1) / steps_per_epoch
-        return 0.5 * (1 + math.cos(math.pi * (step - steps_per_epoch) / max(1, total - steps_per_epoch)))
+    warmup = min(steps_per_epoch, max(1, total // 10))  # one epoch, or a tenth of a short fine-tuning run
+
+    def lr_at(step: int) -> float:  # linear warm-up, then cosine to zero
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     best_acc, best_state, stale, history = -1.0, None, 0, []
@@ -148,12 +174,17 @@ def train_model(
                 image = augment(image, gen)
             rows = q_rows[img_rows].reshape(-1)  # (b * q,) questions of these images, image-major
             shared = torch.arange(len(img_rows)).repeat_interleave(cfg.questions_per_image)
-            target = torch.from_numpy(labels[rows])
-            features = model.encode_image(image)
-            logits = model.forward_features(
-                features[shared], torch.from_numpy(ids_all[rows]), torch.from_numpy(mask_all[rows])
+            batch = Batch(
+                image,
+                shared,
+                torch.from_numpy(ids_all[rows]),
+                torch.from_numpy(mask_all[rows]),
+                torch.from_numpy(labels[rows]),
             )
-            loss = F.cross_entropy(logits, target)
+            target = batch.target
+            features = model.encode_image(image)
+            logits = model.forward_features(features[shared], batch.input_ids, batch.attention_mask)
+            loss = F.cross_entropy(logits, target) if loss_fn is None else loss_fn(logits, batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -56,3 +56,90 @@ def test_sparsity_outside_zero_one_is_a_recipe_error(bad):
 def test_unknown_branch_is_a_recipe_error():
     with pytest.raises(RecipeError, match="unknown branch 'audio'"):
         parse_recipe({"name": "p", "steps": [{"type": "train"}, {"type": "prune.magnitude", "branches": ["audio"]}]})
+
+
+# ---- prune.structured ------------------------------------------------------------------------------------------
+
+
+def _structured(family, tiny_checkpoints, data_cfg, **kw):
+    from mmedge.compress.prune import StructuredPruneConfig, structured_prune
+    from mmedge.data import load_dataset
+
+    ck = load_checkpoint(tiny_checkpoints[family])
+    cfg = StructuredPruneConfig(**{"ratio": 0.5, "finetune_epochs": 0, "iterative_steps": 2, **kw})
+    metrics = structured_prune(ck.model, load_dataset(data_cfg), ck.vocab, cfg)
+    return ck, metrics
+
+
+def test_step_prune_structured_shrinks_cnn_lstm_and_the_result_exports(tmp_path, tiny_checkpoints, data_cfg):
+    ck, m = _structured("cnn-lstm", tiny_checkpoints, data_cfg, branch_ratios={"fusion": 0.25})
+    before, after = m["options_before"], m["options_after"]
+    assert after["conv_channels"] == [c // 2 for c in before["conv_channels"]]
+    assert after["hidden_size"] == before["hidden_size"] // 2  # the LSTM handler removed hidden units
+    assert after["fusion_dim"] == 24  # 32 * (1 - 0.25)
+    assert ck.model.head.out_features == 12  # one logit per label, never pruned
+    assert m["parameters_after"] < 0.5 * m["parameters_before"] and m["macs_after"] < m["macs_before"]
+    assert len(m["history"]) == 2
+    # The checkpoint rebuilds from its options (strict load) and exports + validates like any other model.
+    save_checkpoint(ck.model, ck.vocab, ck.labels, tmp_path / "pruned", extra=ck.extra)
+    again = load_checkpoint(tmp_path / "pruned")
+    assert again.options["hidden_size"] == after["hidden_size"]
+    export_checkpoint(tmp_path / "pruned", tmp_path / "pruned.onnx")  # raises if the graph does not validate
+
+
+def test_structured_pruning_removes_whole_attention_heads_and_ffn_width(tmp_path, tiny_checkpoints, data_cfg):
+    ck, m = _structured("vit-transformer", tiny_checkpoints, data_cfg, iterative_steps=3, ratio=0.5)
+    after = m["options_after"]
+    blocks = ck.model.blocks()
+    assert after["block_heads"] == [1] * len(blocks)  # 2 heads -> 1 in every block, over three steps
+    assert after["block_mlp"] == [16] * len(blocks)  # 32 -> 16
+    for b in blocks:  # the reshape follows the projections: heads x head_dim == q/k/v width
+        assert b.attn.q.out_features == b.attn.k.out_features == b.attn.num_heads * b.attn.head_dim
+        assert b.attn.out.out_features == ck.model.config.dim  # the residual width is kept
+    save_checkpoint(ck.model, ck.vocab, ck.labels, tmp_path / "pruned", extra=ck.extra)
+    export_checkpoint(tmp_path / "pruned", tmp_path / "pruned.onnx")  # raises if the graph does not validate
+
+
+def test_lstm_handler_removes_units_exactly():
+    from mmedge.compress.prune import _lstm_pruner
+
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(5, 6, batch_first=True)
+    drop = [1, 4]
+    with torch.no_grad():  # units 1 and 4 must not feed the others, so the rest is unchanged without them
+        lstm.weight_hh_l0[:, drop] = 0
+    x = torch.randn(3, 7, 5)
+    full, _ = lstm(x)
+    _lstm_pruner().prune_out_channels(lstm, drop)
+    pruned, _ = lstm(x)
+    keep = [0, 2, 3, 5]
+    assert lstm.hidden_size == 4 and lstm.weight_ih_l0.shape == (16, 5) and lstm.weight_hh_l0.shape == (16, 4)
+    torch.testing.assert_close(pruned, full[..., keep])
+
+
+def test_head_schedule_spreads_head_removal_over_the_steps():
+    from mmedge.compress.prune import _head_schedule
+
+    def removed(heads, ratio, steps):
+        left = heads
+        for r in _head_schedule(heads, ratio, steps)[1:]:
+            left -= -int(-(r * left) // 1)  # torch-pruning rounds each step up
+        return heads - left
+
+    assert removed(4, 0.5, 1) == removed(4, 0.5, 3) == 2
+    assert removed(8, 0.75, 4) == 6
+    assert removed(2, 0.99, 2) == 1  # at least one head stays
+
+
+@pytest.mark.parametrize(
+    ("step", "match"),
+    [
+        ({"type": "prune.structured", "ratio": 1.0}, "outside"),
+        ({"type": "prune.structured", "ratio": -0.5}, "outside"),
+        ({"type": "prune.structured", "branch_ratios": {"text": 1.2}}, "branch 'text'"),
+        ({"type": "prune.structured", "branch_ratios": {"audio": 0.5}}, "unknown branch 'audio'"),
+    ],
+)
+def test_structured_ratio_outside_zero_one_is_a_recipe_error(step, match):
+    with pytest.raises(RecipeError, match=match):
+        parse_recipe({"name": "p", "steps": [{"type": "train"}, step]})

@@ -7,11 +7,15 @@ large and as fast as before, and only compresses better (zip). The step reports 
 
 from __future__ import annotations
 
+import sys
+import warnings
 from typing import Literal
 
+import numpy as np
 from pydantic import Field, field_validator
 
 from mmedge.artifact import Artifact, StepResult
+from mmedge.errors import MmedgeError
 from mmedge.models.spec import BRANCHES
 from mmedge.recipe import StepConfig, register_step
 
@@ -109,3 +113,331 @@ def prune_magnitude_step(cfg: MagnitudePruneConfig, ctx) -> StepResult:
     return StepResult(
         Artifact(out, "torch-checkpoint", ctx.artifact.spec, (*ctx.artifact.lineage, "prune.magnitude")), metrics
     )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# prune.structured: real channel, hidden-unit and head removal with torch-pruning's dependency graph
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _check_ratio(value: float, what: str) -> float:
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{what} {value} is outside [0, 1); 0.5 removes half of each layer's channels")
+    return value
+
+
+class StructuredPruneConfig(StepConfig):
+    type: Literal["prune.structured"] = "prune.structured"
+    ratio: float = Field(
+        0.5,
+        description="Share of channels removed from every prunable layer (conv channels, Linear/FFN width, LSTM "
+        "hidden units, attention heads), in [0, 1). Layers are pruned locally, so widths stay uniform per layer.",
+    )
+    branch_ratios: dict[str, float] = Field(
+        default_factory=dict,
+        description="Per-modality override of `ratio`, e.g. {image: 0.5, text: 0.5, fusion: 0.25}; branches "
+        "not named use `ratio`. The classifier's output layer and the transformer residual width are never pruned.",
+    )
+    importance: Literal["magnitude", "taylor"] = Field(
+        "taylor",
+        description="How channels are ranked: L1 magnitude of their weights, or first-order Taylor |w * dL/dw| "
+        "from training batches (Molchanov et al. 2019), which accounts for what the data needs.",
+    )
+    iterative_steps: int = Field(
+        3,
+        ge=1,
+        description="Prune in this many equal steps, fine-tuning after each, rather than all at once.",
+    )
+    finetune_epochs: int = Field(
+        1, ge=0, description="Training epochs after each pruning step (0: none, e.g. when `distill` follows)."
+    )
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate of the fine-tuning between steps.")
+    round_to: int = Field(
+        4, ge=1, description="Keep channel counts multiples of this; CPU kernels prefer multiples of 4 or 8."
+    )
+    taylor_batches: int = Field(8, ge=1, description="Training batches whose gradients feed Taylor importance.")
+    seed: int = Field(0, description="Seeds batches, fine-tuning and augmentation.")
+    threads: int = Field(0, ge=0, description="torch threads; 0 uses every core.")
+
+    @field_validator("ratio")
+    @classmethod
+    def _ratio(cls, v: float) -> float:
+        return _check_ratio(v, "prune ratio")
+
+    @field_validator("branch_ratios")
+    @classmethod
+    def _branch_ratios(cls, v: dict[str, float]) -> dict[str, float]:
+        for branch, r in v.items():
+            if branch not in BRANCHES:
+                raise ValueError(f"unknown branch {branch!r}; branches are {', '.join(BRANCHES)}")
+            _check_ratio(r, f"prune ratio of branch '{branch}'")
+        return v
+
+    def ratio_of(self, branch: str) -> float:
+        return self.branch_ratios.get(branch, self.ratio)
+
+
+def _lstm_pruner():
+    """torch-pruning handler for nn.LSTM hidden units (its built-in one indexes the gate matrices wrongly).
+
+    A hidden unit j owns row j of each of the four gate blocks (i, f, g, o) in weight_ih / weight_hh /
+    biases, and column j of weight_hh (the recurrence). Removing it keeps the LSTM exact for the other units.
+    """
+    import torch
+    import torch_pruning as tp
+    from torch import nn
+
+    class LstmPruner(tp.pruner.function.BasePruningFunc):
+        TARGET_MODULES = nn.LSTM
+
+        @staticmethod
+        def _check(layer: nn.LSTM) -> None:
+            if layer.num_layers != 1 or layer.bidirectional or layer.proj_size:
+                raise MmedgeError(
+                    "structured pruning handles single-layer, unidirectional LSTMs without projections; "
+                    "exclude this branch with branch_ratios {text: 0}."
+                )
+
+        @staticmethod
+        def _keep(n: int, idxs) -> torch.Tensor:
+            drop = set(int(i) for i in idxs)
+            return torch.tensor([i for i in range(n) if i not in drop], dtype=torch.long)
+
+        def _select(self, layer: nn.LSTM, name: str, keep: torch.Tensor, dim: int) -> None:
+            old = getattr(layer, name)
+            setattr(layer, name, nn.Parameter(old.data.index_select(dim, keep).contiguous(), old.requires_grad))
+
+        def prune_out_channels(self, layer: nn.LSTM, idxs) -> nn.Module:
+            self._check(layer)
+            h = layer.hidden_size
+            keep = self._keep(h, idxs)
+            gates = torch.cat([keep + g * h for g in range(4)])  # rows of the i, f, g, o blocks
+            self._select(layer, "weight_ih_l0", gates, 0)
+            self._select(layer, "weight_hh_l0", gates, 0)
+            self._select(layer, "weight_hh_l0", keep, 1)
+            if layer.bias:
+                self._select(layer, "bias_ih_l0", gates, 0)
+                self._select(layer, "bias_hh_l0", gates, 0)
+            layer.hidden_size = len(keep)
+            return layer
+
+        def prune_in_channels(self, layer: nn.LSTM, idxs) -> nn.Module:
+            self._check(layer)
+            keep = self._keep(layer.input_size, idxs)
+            self._select(layer, "weight_ih_l0", keep, 1)
+            layer.input_size = len(keep)
+            return layer
+
+        def get_out_channels(self, layer: nn.LSTM) -> int:
+            return layer.hidden_size
+
+        def get_in_channels(self, layer: nn.LSTM) -> int:
+            return layer.input_size
+
+    return LstmPruner()
+
+
+def _importance(kind: str):
+    """torch-pruning importance plus the LSTM's own weights, which its scorers do not read.
+
+    A hidden unit's score adds the L1 norm of its gate rows and recurrent column (mean-normalized) to what
+    the group's other layers (the consumers of the LSTM output) say about it.
+    """
+    import torch
+    import torch_pruning as tp
+    from torch import nn
+
+    base_cls = tp.importance.GroupTaylorImportance if kind == "taylor" else tp.importance.GroupMagnitudeImportance
+
+    class WithLstm(base_cls):
+        def __call__(self, group):
+            imp = super().__call__(group)
+            for dep, idxs in group:
+                layer = dep.target.module
+                if not isinstance(layer, nn.LSTM) or dep.handler.__name__ != "prune_out_channels":
+                    continue
+                h = layer.hidden_size
+                score = torch.zeros(h)
+                for name in ("weight_ih_l0", "weight_hh_l0"):
+                    w = getattr(layer, name).detach().abs()
+                    if kind == "taylor" and getattr(layer, name).grad is not None:
+                        w = (getattr(layer, name).detach() * getattr(layer, name).grad).abs()
+                    score += w.view(4, h, -1).sum((0, 2))
+                score += layer.weight_hh_l0.detach().abs().sum(0)
+                score = score[torch.as_tensor([int(i) for i in idxs])] if len(idxs) != h else score
+                score = score / score.mean().clamp(min=1e-12)
+                imp = score if imp is None else (imp + score.to(imp)) / 2
+            return imp
+
+    return WithLstm()
+
+
+def _branch_parameters(model) -> dict[str, int]:
+    spec = model.spec()
+    out: dict[str, int] = {}
+    for name, param in model.named_parameters():
+        branch = spec.branch_of(name.rsplit(".", 1)[0]) or spec.branch_of(name) or "other"
+        out[branch] = out.get(branch, 0) + param.numel()
+    return out
+
+
+def _example_inputs(data, vocab, n: int = 4):
+    from mmedge.train import _tensors
+
+    return _tensors(data.train, vocab, np.arange(n))
+
+
+def structured_prune(model, data, vocab, cfg: StructuredPruneConfig, progress: str = "off") -> dict:
+    """Remove channels, hidden units and heads from ``model`` in place; returns what changed and the
+    validation accuracy after each step."""
+    import torch
+    import torch_pruning as tp
+    from torch import nn
+
+    from mmedge.runtime.evaluate import score
+    from mmedge.train import TrainConfig, predict_split, train_model
+
+    torch.manual_seed(cfg.seed)
+    model.eval()
+    spec = model.spec()
+    before = {"options": model.current_options(), "parameters": _branch_parameters(model)}
+    example = _example_inputs(data, vocab)
+    macs_before, _ = tp.utils.count_ops_and_params(model, example)
+
+    ratio_dict: dict = {}
+    for branch, prefixes in spec.branches.items():
+        for prefix in prefixes:
+            module = _submodule(model, prefix)
+            if module is not None:
+                ratio_dict[module] = cfg.ratio_of(branch)
+    attention = [m for m in model.modules() if hasattr(m, "num_heads") and hasattr(m, "q")]
+    num_heads, head_ratios = {}, {}
+    for name, m in model.named_modules():
+        if m in attention:
+            r = cfg.ratio_of(spec.branch_of(name) or "other")
+            for proj in (m.q, m.k, m.v):
+                num_heads[proj], head_ratios[proj] = m.num_heads, r
+    with warnings.catch_warnings():  # position tables and the query token keep the residual width; nothing to do
+        warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
+        pruner = _meta_pruner(
+            model,
+            example,
+            importance=_importance(cfg.importance),
+            pruning_ratio=cfg.ratio,
+            pruning_ratio_dict=ratio_dict,
+            iterative_steps=cfg.iterative_steps,
+            ignored_layers=model.prune_fixed_modules(),
+            round_to=cfg.round_to,
+            num_heads=num_heads,
+            prune_num_heads=bool(num_heads),
+            prune_head_dims=False,  # whole heads go; each remaining head keeps its width
+            head_pruning_ratio_dict=head_ratios or None,
+            customized_pruners={nn.LSTM: _lstm_pruner()},
+            root_module_types=[nn.Conv2d, nn.Linear, nn.LSTM],
+        )
+    for proj, heads in num_heads.items():
+        pruner.head_pruning_ratio_dict[proj] = _head_schedule(heads, head_ratios[proj], cfg.iterative_steps)
+    history = []
+    tune = TrainConfig(
+        epochs=max(1, cfg.finetune_epochs), lr=cfg.lr, seed=cfg.seed, threads=cfg.threads, patience=99, max_minutes=30
+    )
+    for step in range(cfg.iterative_steps):
+        if cfg.importance == "taylor":
+            _accumulate_gradients(model, data, vocab, cfg)
+        pruner.step()
+        model.zero_grad(set_to_none=True)
+        for m in attention:  # whole heads were removed: keep the reshape in step with the projections
+            m.num_heads = m.q.out_features // m.head_dim
+        if cfg.finetune_epochs:
+            model, _ = train_model(model, data, vocab, tune.model_copy(update={"seed": cfg.seed + step}))
+        model.eval()
+        val = score(predict_split(model, data.val, vocab), data.val).accuracy
+        history.append(
+            {"step": step + 1, "parameters": sum(p.numel() for p in model.parameters()), "val_accuracy": val}
+        )
+        if progress == "lines":
+            print(f"prune.structured step {step + 1}/{cfg.iterative_steps}: val {val:.1%}", file=sys.stderr, flush=True)
+    macs_after, _ = tp.utils.count_ops_and_params(model, example)
+    after = {"options": model.current_options(), "parameters": _branch_parameters(model)}
+    total_before, total_after = sum(before["parameters"].values()), sum(after["parameters"].values())
+    return {
+        "ratio": cfg.ratio,
+        "branch_ratios": {b: cfg.ratio_of(b) for b in BRANCHES},
+        "importance": cfg.importance,
+        "parameters_before": total_before,
+        "parameters_after": total_after,
+        "parameter_ratio": total_after / total_before,
+        "macs_before": int(macs_before),
+        "macs_after": int(macs_after),
+        "per_branch": {
+            b: {"before": before["parameters"].get(b, 0), "after": after["parameters"].get(b, 0)}
+            for b in sorted(set(before["parameters"]) | set(after["parameters"]))
+        },
+        "options_before": before["options"],
+        "options_after": after["options"],
+        "history": history,
+    }
+
+
+def _meta_pruner(*args, **kwargs):
+    import torch_pruning as tp
+
+    return tp.pruner.MetaPruner(*args, **kwargs)
+
+
+def _head_schedule(heads: int, ratio: float, steps: int) -> list[float]:
+    """Per-step head ratios for torch-pruning, which applies each step's ratio to the heads left *now*
+    (rounding up): the cumulative schedule it is given would remove too many heads over several steps."""
+    total = min(heads - 1, int(heads * ratio + 1e-9))  # at least one head stays
+    done, out = 0, [0.0]  # torch-pruning reads entry `current_step`, counted from 1
+    for step in range(steps):
+        target = round(total * (step + 1) / steps)
+        remove, left = target - done, heads - done
+        out.append(max(0.0, remove / left - 1e-6) if remove else 0.0)
+        done = target
+    return out
+
+
+def _submodule(model, name: str):
+    try:
+        module = model.get_submodule(name)
+    except AttributeError:
+        return None  # a parameter (position table, query token), not a module
+    return module if isinstance(module, __import__("torch").nn.Module) else None
+
+
+def _accumulate_gradients(model, data, vocab, cfg: StructuredPruneConfig) -> None:
+    """Gradients of the task loss over a few training batches, for Taylor importance."""
+    import torch
+    import torch.nn.functional as F
+
+    from mmedge.train import _tensors
+
+    rng = np.random.default_rng(cfg.seed)
+    model.eval()  # BatchNorm statistics and dropout stay fixed; only gradients are wanted
+    model.zero_grad(set_to_none=True)
+    for _ in range(cfg.taylor_batches):
+        rows = rng.choice(len(data.train), size=min(64, len(data.train)), replace=False)
+        image, ids, mask = _tensors(data.train, vocab, rows)
+        F.cross_entropy(model(image, ids, mask), torch.from_numpy(data.train.labels[rows])).backward()
+
+
+@register_step(StructuredPruneConfig, consumes="torch-checkpoint", produces="torch-checkpoint")
+def prune_structured_step(cfg: StructuredPruneConfig, ctx) -> StepResult:
+    from mmedge.data import load_dataset
+    from mmedge.models.checkpoint import load_checkpoint, save_checkpoint
+    from mmedge.train import evaluate_with_ablation
+
+    ckpt = load_checkpoint(ctx.artifact.path)
+    data = load_dataset(ctx.recipe.data)
+    metrics = structured_prune(ckpt.model, data, ckpt.vocab, cfg, progress=ctx.progress)
+    metrics.update(evaluate_with_ablation(ckpt.model, data.test, ckpt.vocab))
+    out = save_checkpoint(
+        ckpt.model,
+        ckpt.vocab,
+        ckpt.labels,
+        ctx.out_dir / "checkpoint",
+        extra={**ckpt.extra, "prune.structured": {k: v for k, v in metrics.items() if k != "history"}},
+    )
+    spec = ckpt.model.spec().to_json()
+    return StepResult(Artifact(out, "torch-checkpoint", spec, (*ctx.artifact.lineage, "prune.structured")), metrics)

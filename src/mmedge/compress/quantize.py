@@ -9,11 +9,17 @@ float16 gives no speed-up on CPU (it is a GPU target) and keeps float32 inputs a
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
+import logging
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mmedge.artifact import Artifact, StepResult
 from mmedge.compress.onnx_check import Tolerance, check_rewrite
@@ -136,11 +142,23 @@ def _pre_processed(src: Path, tmp: Path):
     constant W/R inputs that the LSTM quantizer needs (without it the LSTM silently stays float). Pre-processing
     fails on some transformer graphs; then the reason is recorded and the unprocessed model is used.
     """
+    import os
+    import tempfile
+
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    src, tmp = Path(src).resolve(), Path(tmp).resolve()
+    here = os.getcwd()
     try:
-        quant_pre_process(str(src), str(tmp))
+        # When its symbolic shape inference fails, ORT dumps sym_shape_infer_temp.onnx (+ .data files) into the
+        # working directory; run it from a scratch folder so nothing lands in the user's.
+        with tempfile.TemporaryDirectory(prefix="mmedge-preprocess-") as scratch:
+            os.chdir(scratch)
+            try:
+                quant_pre_process(str(src), str(tmp))
+            finally:
+                os.chdir(here)
         return onnx.load(str(tmp)), "applied"
     except Exception as exc:
         return onnx.load(str(src)), f"skipped: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
@@ -206,3 +224,312 @@ def quantize_dynamic_step(cfg: DynamicQuantConfig, ctx) -> StepResult:
 @register_step(Fp16Config, consumes="onnx", produces="onnx")
 def quantize_fp16_step(cfg: Fp16Config, ctx) -> StepResult:
     return _onnx_step("quantize.fp16", fp16_model, cfg, ctx)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Static (QDQ) quantization with calibration, and quantization by plan (a scheme per node)
+# --------------------------------------------------------------------------------------------------------------
+
+# Op types ORT's QDQ quantizer handles that are worth quantizing alone; element-wise ops ride along in QDQ fusion.
+STATIC_OP_TYPES = ("Conv", "MatMul", "Gemm", "Gather", "Relu", "MaxPool", "AveragePool", "Concat", "Transpose")
+SCHEMES = ("fp32", "int8-dynamic", "int8-static")
+
+
+class CalibrationConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    method: Literal["minmax", "entropy", "percentile"] = Field(
+        "minmax",
+        description="Activation range estimate: min/max seen; the KL-optimal range (entropy); or a percentile of "
+        "|x|. Entropy and percentile get `num_bins` (ORT's quantize_static would silently use its default).",
+    )
+    samples: int = Field(256, ge=1, description="Calibration samples drawn (seeded) from the training split.")
+    num_bins: int = Field(2048, ge=128, description="Histogram bins for entropy and percentile calibration.")
+    num_quantized_bins: int = Field(128, ge=2, description="Quantized bins the entropy search compares against.")
+    percentile: float = Field(99.999, gt=90, le=100, description="Percentile of |x| kept by 'percentile'.")
+    batch_size: int = Field(32, ge=1, description="Samples per calibration run.")
+    chunk: int = Field(
+        128,
+        ge=1,
+        description="Samples whose intermediate outputs are held at once; histograms are merged between chunks, so "
+        "memory stays bounded whatever `samples` is.",
+    )
+    data: Path | None = Field(
+        None, description="An .npz of model inputs (image, input_ids, attention_mask) to calibrate on instead."
+    )
+    seed: int = Field(0, description="Seeds the draw from the training split.")
+
+
+class StaticQuantConfig(StepConfig):
+    type: Literal["quantize.static"] = "quantize.static"
+    op_types: tuple[str, ...] = Field(
+        ("Conv", "MatMul", "Gemm"),
+        description="Op types quantized statically (QDQ). Additive masks and other element-wise paths stay float: "
+        "quantizing a large-negative attention mask ruins calibration.",
+    )
+    dynamic_op_types: tuple[str, ...] = Field(
+        ("LSTM", "Gather"),
+        description="Op types quantized dynamically after the static pass: ORT's QDQ quantizer has no LSTM, so "
+        "without this the LSTM stays float; Gather stores the embedding table in int8.",
+    )
+    per_channel: bool = Field(True, description="One scale per output channel of each weight (more faithful).")
+    activation_type: Literal["uint8", "int8"] = Field(
+        "uint8", description="uint8 activations with int8 weights (u8s8) is the fast path on x86."
+    )
+    weight_only_const: bool = Field(
+        True, description="Quantize MatMuls only where one input is a weight (not activation x activation)."
+    )
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig, description="How ranges are estimated.")
+    tolerance: Tolerance = Field(default_factory=Tolerance, description="Gate against the input model.")
+
+    @field_validator("op_types")
+    @classmethod
+    def _ops(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return _check_op_types(v, STATIC_OP_TYPES)
+
+    @field_validator("dynamic_op_types")
+    @classmethod
+    def _dyn_ops(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return _check_op_types(v, DYNAMIC_OP_TYPES) if v else v
+
+
+def calibration_feeds(path: Path, cfg: CalibrationConfig, data_cfg) -> dict[str, np.ndarray]:
+    """Model inputs to calibrate on: a seeded draw from the training split, or the given .npz; checked."""
+    from mmedge.runtime.evaluate import feeds_for, model_data_config, model_vocab
+    from mmedge.runtime.inputs import npz_feeds
+    from mmedge.runtime.session import open_session
+
+    if cfg.data is not None:
+        feeds = npz_feeds(cfg.data)
+    else:
+        from mmedge.data import load_dataset
+
+        sess = open_session(path)
+        split = load_dataset(model_data_config(sess, data_cfg)).train
+        rng = np.random.default_rng(cfg.seed)
+        rows = rng.choice(len(split), size=min(cfg.samples, len(split)), replace=False)
+        feeds = feeds_for(split, model_vocab(sess), np.sort(rows))
+    n = min((len(v) for v in feeds.values()), default=0)
+    if n == 0:
+        raise MmedgeError("the calibration set is empty; give calibration.data an .npz with samples, or samples >= 1.")
+    for name, value in feeds.items():
+        if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+            raise MmedgeError(
+                f"the calibration input '{name}' contains NaN or inf; clean the calibration data (they would make "
+                "every range infinite)."
+            )
+    return {k: v[: cfg.samples] for k, v in feeds.items()}
+
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over in-memory feeds, in batches."""
+
+    def __init__(self, feeds: dict[str, np.ndarray], batch_size: int):
+        n = len(next(iter(feeds.values())))
+        self.batches = [{k: v[s : s + batch_size] for k, v in feeds.items()} for s in range(0, n, batch_size)]
+        self.i = 0
+
+    def get_next(self):
+        if self.i >= len(self.batches):
+            return None
+        self.i += 1
+        return self.batches[self.i - 1]
+
+    def rewind(self):
+        self.i = 0
+
+
+@contextlib.contextmanager
+def quiet():
+    """ORT's quantization tools print progress and log advice on the root logger; keep the CLI output clean."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.setLevel(level)
+
+
+def calibrate(prepared: Path, feeds: dict[str, np.ndarray], cfg: CalibrationConfig, op_types, cache: Path) -> Path:
+    """Activation ranges of ``prepared`` written to ``cache`` (ORT's calibration cache format), chunk by chunk."""
+    import tempfile
+
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+
+    options = {"num_bins": cfg.num_bins, "num_quantized_bins": cfg.num_quantized_bins, "percentile": cfg.percentile}
+    n = len(next(iter(feeds.values())))
+    with tempfile.TemporaryDirectory(prefix="mmedge-calib-") as tmp:
+        calibrator = create_calibrator(
+            prepared,
+            list(op_types),
+            augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+            calibrate_method=_method(cfg),
+            extra_options=options,
+        )
+        with quiet():
+            for start in range(0, n, cfg.chunk):  # bounded memory: intermediate outputs of one chunk at a time
+                chunk = {k: v[start : start + cfg.chunk] for k, v in feeds.items()}
+                calibrator.collect_data(_Reader(chunk, cfg.batch_size))
+            ranges = calibrator.compute_data()
+    for name, r in ranges.data.items():
+        if not np.isfinite(np.asarray(r.range_value, dtype=np.float64)).all():
+            raise MmedgeError(
+                f"calibration gave tensor '{name}' a non-finite range; a large-negative mask or overflow feeds it — "
+                "leave that op type out of op_types."
+            )
+    save_tensors_data(ranges, cache)
+    return cache
+
+
+def _method(cfg: CalibrationConfig):
+    from onnxruntime.quantization import CalibrationMethod
+
+    return {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy}.get(
+        cfg.method, CalibrationMethod.Percentile
+    )
+
+
+def prepare(src: Path, out: Path) -> Path:
+    """The model every plan starts from: ORT pre-processing, Gemm as MatMul + Add, mmedge metadata kept."""
+    import onnx
+
+    model, pre_process = _pre_processed(src, out.with_name(out.stem + ".pre.onnx"))
+    gemm_to_matmul(model)
+    del model.metadata_props[:]
+    for p in onnx.load(str(src), load_external_data=False).metadata_props:
+        model.metadata_props.add(key=p.key, value=p.value)
+    model.metadata_props.add(key="mmedge.pre_process", value=pre_process)
+    onnx.save_model(model, str(out), save_as_external_data=False)
+    return out
+
+
+def quantizable_nodes(prepared: Path) -> list[dict]:
+    """Nodes a plan can quantize: name, op type, branch. MatMul/Conv/Gemm with a constant weight, LSTM, and
+    Gather on a constant table (embeddings)."""
+    import onnx
+
+    from mmedge.compress.branches import node_branches
+
+    model = onnx.load(str(prepared))
+    consts = {i.name for i in model.graph.initializer}
+    branches = node_branches(model)
+    out = []
+    for node in model.graph.node:
+        op = node.op_type
+        weighted = op in ("MatMul", "Conv", "Gemm") and len(node.input) > 1 and node.input[1] in consts
+        table = op == "Gather" and node.input[0] in consts
+        if not (weighted or table or op == "LSTM"):
+            continue
+        out.append({"node": node.name, "op": op, "branch": branches.get(node.name, "other")})
+    return out
+
+
+def quantize_plan(
+    prepared: Path,
+    out: Path,
+    plan: dict[str, str],
+    cache: Path | None,
+    calib: CalibrationConfig,
+    per_channel: bool = True,
+    activation_type: str = "uint8",
+    weight_only_const: bool = True,
+) -> dict:
+    """Quantize ``prepared`` node by node as ``plan`` says ({node: scheme}; nodes not named stay float): the
+    static (QDQ) pass first, then the dynamic pass. Returns the op histogram and what each pass took."""
+    import onnx
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    nodes = {n.name: n.op_type for n in onnx.load(str(prepared), load_external_data=False).graph.node}
+    static = sorted(n for n, s in plan.items() if s == "int8-static")
+    dynamic = sorted(n for n, s in plan.items() if s == "int8-dynamic")
+    current = prepared
+    try:
+        with quiet():
+            if static:
+                if cache is None:
+                    raise MmedgeError("static quantization needs calibration ranges; this is a bug in the caller.")
+                mid = out.with_name(out.stem + ".static.onnx")
+                quantize_static(
+                    current,
+                    mid,
+                    None,
+                    quant_format=QuantFormat.QDQ,
+                    op_types_to_quantize=sorted({nodes[n] for n in static}),
+                    nodes_to_quantize=static,
+                    per_channel=per_channel,
+                    activation_type=QuantType.QUInt8 if activation_type == "uint8" else QuantType.QInt8,
+                    weight_type=QuantType.QInt8,
+                    calibrate_method=_method(calib),
+                    calibration_cache_path=cache,
+                    extra_options={"WeightSymmetric": True, "MatMulConstBOnly": weight_only_const},
+                )
+                current = mid
+            if dynamic:
+                quantize_dynamic(
+                    current,
+                    out,
+                    op_types_to_quantize=sorted({nodes[n] for n in dynamic}),
+                    nodes_to_quantize=dynamic,
+                    per_channel=per_channel,
+                    weight_type=QuantType.QInt8,
+                    extra_options={"MatMulConstBOnly": True},
+                )
+            elif current != prepared:
+                Path(current).replace(out)
+            else:
+                shutil.copyfile(prepared, out)
+    except MmedgeError:
+        raise
+    except Exception as exc:
+        raise MmedgeError(
+            f"onnxruntime could not quantize {prepared.name} ({str(exc).splitlines()[0][:160]}); leave the failing "
+            "op type or node out."
+        ) from None
+    finally:
+        out.with_name(out.stem + ".static.onnx").unlink(missing_ok=True)
+    precision = "+".join(s for s in ("int8-static", "int8-dynamic") if s in plan.values()) or "fp32"
+    copy_metadata(prepared, out, {"mmedge.precision": precision, "mmedge.plan": json.dumps(plan, sort_keys=True)})
+    return {"ops": op_histogram(out), "static_nodes": len(static), "dynamic_nodes": len(dynamic)}
+
+
+def static_plan(nodes: list[dict], op_types, dynamic_op_types) -> dict[str, str]:
+    ops = set(op_types) | ({"MatMul"} if "Gemm" in op_types else set())  # Gemm was rewritten as MatMul
+    plan = {}
+    for n in nodes:
+        if n["op"] in ops and n["op"] != "LSTM":
+            plan[n["node"]] = "int8-static"
+        elif n["op"] in dynamic_op_types:
+            plan[n["node"]] = "int8-dynamic"
+    return plan
+
+
+def quantize_static_model(src: Path, out: Path, cfg: StaticQuantConfig, data_cfg=None) -> dict:
+    prepared = prepare(src, out.with_name("prepared.onnx"))
+    cache = out.with_name("calibration.json")
+    try:
+        nodes = quantizable_nodes(prepared)
+        plan = static_plan(nodes, cfg.op_types, cfg.dynamic_op_types)
+        if not any(s == "int8-static" for s in plan.values()):
+            raise MmedgeError(
+                f"the model has no {'/'.join(cfg.op_types)} node with a constant weight to quantize statically; "
+                "choose other op_types."
+            )
+        feeds = calibration_feeds(src, cfg.calibration, data_cfg)
+        calibrate(prepared, feeds, cfg.calibration, sorted({n["op"] for n in nodes} | set(cfg.op_types)), cache)
+        info = quantize_plan(
+            prepared, out, plan, cache, cfg.calibration, cfg.per_channel, cfg.activation_type, cfg.weight_only_const
+        )
+    finally:
+        prepared.unlink(missing_ok=True)
+    copy_metadata(src, out, {"mmedge.precision": "int8-static", "mmedge.plan": json.dumps(plan, sort_keys=True)})
+    return {
+        **info,
+        "calibration": {**cfg.calibration.model_dump(mode="json"), "samples_used": len(feeds["image"])},
+        "calibration_ranges": cache.name,
+    }
+
+
+@register_step(StaticQuantConfig, consumes="onnx", produces="onnx")
+def quantize_static_step(cfg: StaticQuantConfig, ctx) -> StepResult:
+    return _onnx_step("quantize.static", lambda s, o, c: quantize_static_model(s, o, c, ctx.recipe.data), cfg, ctx)

@@ -22,6 +22,7 @@ def main(argv: list[str]) -> int:
     import torch
 
     from mmedge import __version__
+    from mmedge.compress.branches import META_KEY, branches_from_scopes
     from mmedge.models.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
@@ -71,6 +72,8 @@ def main(argv: list[str]) -> int:
         "mmedge.spec": json.dumps(spec.to_json()),
         "mmedge.data": json.dumps(ckpt.extra.get("metrics", {}).get("data", {})),
         "mmedge.reference_accuracy": json.dumps(ckpt.extra.get("metrics", {}).get("test", {}).get("accuracy")),
+        # which modality branch each node belongs to, for per-branch quantization and reports
+        META_KEY: json.dumps(branches_from_scopes(proto, spec)),
     }
     del proto.metadata_props[:]
     for key, value in meta.items():

@@ -43,7 +43,7 @@ def save_checkpoint(model, vocab: WordVocab, labels: tuple[str, ...], path: Path
         save_file(state, tmp / "model.safetensors", metadata={"format": "pt", "mmedge": __version__})
         config = {
             "family": model.family,
-            "options": model.config.model_dump(mode="json"),
+            "options": model.current_options(),  # widths as they are now, e.g. after structured pruning
             "vocab_size": model.vocab_size,
             "num_classes": model.num_classes,
             "mmedge_version": __version__,

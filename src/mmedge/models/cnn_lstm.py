@@ -12,7 +12,7 @@ rather than AdaptiveAvgPool2d + flatten: the latter hides the conv channels behi
 from __future__ import annotations
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 
 from mmedge.data.images import ImagePreprocessing
@@ -32,15 +32,24 @@ class CnnLstmConfig(FamilyConfig):
     hidden_size: int = Field(
         128, ge=1, description="LSTM hidden size; the text branch carries the question's operator and operand."
     )
-    fusion_dim: int = Field(
+    fusion_dim: int | tuple[int, int] = Field(
         256,
-        ge=1,
-        description="Width of the two fusion layers. Arithmetic questions make the "
-        "fusion MLP learn a digit x operand lookup, which needs the width and depth.",
+        description="Width of the two fusion layers (one number, or one per layer after structured pruning). "
+        "Arithmetic questions make the fusion MLP learn a digit x operand lookup, which needs the width and depth.",
     )
     dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout on the fused representation.")
     max_text_length: int = Field(12, ge=1, description="Longest question in tokens; longer ones are truncated.")
     image_size: int = Field(28, ge=8, description="Input height and width in pixels.")
+
+    @field_validator("fusion_dim")
+    @classmethod
+    def _positive(cls, v):
+        if min(v if isinstance(v, tuple) else (v,)) < 1:
+            raise ValueError(f"fusion widths must be >= 1, not {v}")
+        return v
+
+    def fusion_widths(self) -> tuple[int, int]:
+        return self.fusion_dim if isinstance(self.fusion_dim, tuple) else (self.fusion_dim, self.fusion_dim)
 
 
 class ImageNormalize(nn.Module):
@@ -82,16 +91,16 @@ class CnnLstm(nn.Module):
         self.image_encoder = nn.Sequential(*blocks)
         self.embedding = nn.Embedding(vocab_size, config.embed_dim, padding_idx=0)
         self.lstm = nn.LSTM(config.embed_dim, config.hidden_size, batch_first=True)
-        f = config.fusion_dim
+        f1, f2 = config.fusion_widths()
         self.fusion = nn.Sequential(
-            nn.Linear(c_in + config.hidden_size, f),
+            nn.Linear(c_in + config.hidden_size, f1),
             nn.ReLU(),
             nn.Dropout(config.dropout),
-            nn.Linear(f, f),
+            nn.Linear(f1, f2),
             nn.ReLU(),
             nn.Dropout(config.dropout),
         )
-        self.head = nn.Linear(config.fusion_dim, num_classes)
+        self.head = nn.Linear(f2, num_classes)
 
     def spec(self) -> ModelSpec:
         return image_text_spec(
@@ -106,6 +115,22 @@ class CnnLstm(nn.Module):
                 "head": ("head",),
             },
         )
+
+    def prune_fixed_modules(self) -> list[nn.Module]:
+        """Layers whose output width structured pruning must keep: the classifier (one output per label)."""
+        return [self.head]
+
+    def current_options(self) -> dict:
+        """The options that rebuild this model as it is now (widths read from the layers, e.g. after pruning)."""
+        convs = [m for m in self.image_encoder if isinstance(m, nn.Conv2d)]
+        f1, f2 = self.fusion[0].out_features, self.fusion[3].out_features
+        return {
+            **self.config.model_dump(mode="json"),
+            "conv_channels": [c.out_channels for c in convs],
+            "embed_dim": self.embedding.embedding_dim,
+            "hidden_size": self.lstm.hidden_size,
+            "fusion_dim": f1 if f1 == f2 else [f1, f2],
+        }
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         return self.image_encoder(self.normalize(image)).mean((2, 3))  # (B, C)

@@ -57,6 +57,14 @@ class VitTransformerConfig(FamilyConfig):
         description="Dropout inside blocks; 0 because this small model "
         "underfits 3,750 training images and dropout slowed it further.",
     )
+    block_heads: tuple[int, ...] | None = Field(
+        None,
+        description="Heads per block (image blocks, then text, then fusion) when they differ, as after structured "
+        "pruning removes whole heads; each head keeps dim / heads channels. None: `heads` everywhere.",
+    )
+    block_mlp: tuple[int, ...] | None = Field(
+        None, description="Feed-forward width per block, in the same order, when it differs. None: dim * mlp_ratio."
+    )
     max_text_length: int = Field(12, ge=1, description="Longest question in tokens (size of the position table).")
     image_size: int = Field(28, ge=8, description="Input height and width in pixels.")
 
@@ -66,6 +74,11 @@ class VitTransformerConfig(FamilyConfig):
             raise ValueError(f"dim {self.dim} must be divisible by 4 and by heads {self.heads}")
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not divisible by patch_size {self.patch_size}")
+        blocks = self.image_layers + self.text_layers + (self.fusion_layers if self.fusion == "cross" else 0)
+        for name in ("block_heads", "block_mlp"):
+            widths = getattr(self, name)
+            if widths is not None and (len(widths) != blocks or min(widths, default=1) < 1):
+                raise ValueError(f"{name} needs {blocks} positive numbers (one per block), not {list(widths)}")
         if self.patch_embed == "conv-stem" and self.patch_size & (self.patch_size - 1):
             raise ValueError(
                 f"patch_embed 'conv-stem' needs a power-of-two patch_size, not {self.patch_size}; "
@@ -77,10 +90,10 @@ class VitTransformerConfig(FamilyConfig):
 class Attention(nn.Module):
     """Multi-head attention with separate q/k/v projections (prunable per head)."""
 
-    def __init__(self, dim: int, heads: int, dropout: float):
+    def __init__(self, dim: int, heads: int, head_dim: int, dropout: float):
         super().__init__()
-        self.num_heads = heads
-        self.head_dim = dim // heads
+        self.num_heads = heads  # structured pruning removes whole heads and updates this
+        self.head_dim = head_dim
         self.q = nn.Linear(dim, heads * self.head_dim)
         self.k = nn.Linear(dim, heads * self.head_dim)
         self.v = nn.Linear(dim, heads * self.head_dim)
@@ -104,19 +117,17 @@ class Attention(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block; with ``cross=True`` the attention reads a separate context."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: int, dropout: float, cross: bool = False):
+    def __init__(self, dim: int, heads: int, head_dim: int, hidden: int, dropout: float, cross: bool = False):
         super().__init__()
         self.cross = cross
         self.norm1 = nn.LayerNorm(dim)
         self.norm_context = nn.LayerNorm(dim) if cross else None
-        self.attn = Attention(dim, heads, dropout)
+        self.attn = Attention(dim, heads, head_dim, dropout)
         # The cross-attention output is layer-normed before it joins the text stream, so the image's
         # contribution (an average over patches, small at first) enters at the text token's scale.
         self.norm_cross = nn.LayerNorm(dim) if cross else None
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(
-            nn.Linear(dim, dim * mlp_ratio), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim * mlp_ratio, dim)
-        )
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim))
 
     def forward(
         self, x: torch.Tensor, context: torch.Tensor | None = None, bias: torch.Tensor | None = None
@@ -169,17 +180,22 @@ class VitTransformer(nn.Module):
             self.register_buffer("image_pos", sincos_2d(grid, grid, c.dim))  # (1, P, D), fixed
         else:
             self.image_pos = nn.Parameter(torch.randn(1, grid * grid, c.dim) * 0.02)  # (1, P, D), learned
-        self.image_blocks = nn.ModuleList(Block(c.dim, c.heads, c.mlp_ratio, c.dropout) for _ in range(c.image_layers))
+        n_cross = c.fusion_layers if c.fusion == "cross" else 0
+        heads = list(c.block_heads or [c.heads] * (c.image_layers + c.text_layers + n_cross))
+        hidden = list(c.block_mlp or [c.dim * c.mlp_ratio] * len(heads))
+
+        def block(cross: bool = False) -> Block:  # consumes the next entry of the per-block widths
+            return Block(c.dim, heads.pop(0), c.dim // c.heads, hidden.pop(0), c.dropout, cross=cross)
+
+        self.image_blocks = nn.ModuleList(block() for _ in range(c.image_layers))
         self.image_norm = nn.LayerNorm(c.dim)
         self.embedding = nn.Embedding(vocab_size, c.dim, padding_idx=0)
         self.text_query = nn.Parameter(torch.randn(1, 1, c.dim) * 0.02)
         self.text_pos = nn.Parameter(torch.randn(1, c.max_text_length + 1, c.dim) * 0.02)
-        self.text_blocks = nn.ModuleList(Block(c.dim, c.heads, c.mlp_ratio, c.dropout) for _ in range(c.text_layers))
+        self.text_blocks = nn.ModuleList(block() for _ in range(c.text_layers))
         self.text_norm = nn.LayerNorm(c.dim)
         if c.fusion == "cross":
-            self.fusion = nn.ModuleList(
-                Block(c.dim, c.heads, c.mlp_ratio, c.dropout, cross=True) for _ in range(c.fusion_layers)
-            )
+            self.fusion = nn.ModuleList(block(cross=True) for _ in range(c.fusion_layers))
         else:
             self.fusion = nn.ModuleList([nn.Sequential(nn.Linear(2 * c.dim, c.dim), nn.GELU())])
         self.head = nn.Sequential(nn.LayerNorm(c.dim), nn.Linear(c.dim, num_classes))
@@ -198,6 +214,33 @@ class VitTransformer(nn.Module):
             },
             atol=2e-4,
         )
+
+    def blocks(self) -> list[Block]:
+        """Every transformer block in the order of ``block_heads``: image, text, fusion."""
+        fusion = list(self.fusion) if self.config.fusion == "cross" else []
+        return [*self.image_blocks, *self.text_blocks, *fusion]
+
+    def prune_fixed_modules(self) -> list[nn.Module]:
+        """Layers whose output width structured pruning must keep: the classifier, and every layer that writes
+        the residual stream (patch embedding, attention and MLP outputs), whose width ``dim`` all blocks share."""
+        fixed: list[nn.Module] = [self.head[1], *(m for m in self.patch_embed.modules() if isinstance(m, nn.Conv2d))]
+        for b in self.blocks():
+            fixed += [b.attn.out, b.mlp[3]]
+        if self.config.fusion == "concat":
+            fixed.append(self.fusion[0][0])
+        return fixed
+
+    def current_options(self) -> dict:
+        """The options that rebuild this model as it is now (heads and widths read from the layers)."""
+        blocks = self.blocks()
+        heads = [b.attn.num_heads for b in blocks]
+        hidden = [b.mlp[0].out_features for b in blocks]
+        c = self.config
+        return {
+            **c.model_dump(mode="json"),
+            "block_heads": None if set(heads) <= {c.heads} else heads,
+            "block_mlp": None if set(hidden) <= {c.dim * c.mlp_ratio} else hidden,
+        }
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(self.normalize(image)).flatten(2).transpose(1, 2) + self.image_pos  # (B, P, D)

@@ -42,6 +42,92 @@ def latency_section(latency: dict) -> str:
     return table(["EP", "threads", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ms", "samples/s", "runs"], rows)
 
 
+def compression_section(c: dict) -> list[str]:
+    """Pruning, distillation and the quantization search, with the per-branch view."""
+    out = ["", "## Compression"]
+    branches = ("image", "text", "fusion", "head", "other")
+    p = c.get("structured_pruning")
+    if p:
+        out += [
+            "",
+            f"Structured pruning ({p['importance']} importance; ratio {p['ratio']:g}, per branch "
+            + ", ".join(f"{b} {r:g}" for b, r in p["branch_ratios"].items())
+            + f"): {p['parameters_before']:,} → {p['parameters_after']:,} parameters, "
+            f"{p['macs_before']:,} → {p['macs_after']:,} MACs; test accuracy right after: {pct(p['test_accuracy'])}.",
+        ]
+    d = c.get("distillation")
+    if d:
+        out.append(
+            f"\nDistillation from the {pct(d['teacher_test_accuracy'])} teacher: the student reached "
+            f"{pct(d['student_test_accuracy'])} in {d['epochs_run']} epochs."
+        )
+    q = c.get("quantization")
+    if q:
+        rows = [
+            [
+                f"**{r['name']}**" if r["name"] == q["chosen"] else r["name"],
+                pct(r["test_accuracy"]),
+                f"{r['drop_points']:.2f}",
+                f"{r['size_bytes'] / 1e6:.3f}",
+                "–" if r.get("p50_ms") is None else f"{r['p50_ms']:.3f}",
+                "yes" if r["within_budget"] else "no",
+            ]
+            for r in q["candidates"]
+        ]
+        out += [
+            "",
+            f"Quantization search (`quantize.auto`, budget {q['budget_points']:g} points below the "
+            f"{pct(q['reference_accuracy'])} reference; p50 at batch {q['batch_size']}, {q['threads']} thread(s), "
+            f"'{q['ep']}', timed interleaved); chosen: **{q['chosen']}**.",
+            "",
+            table(["candidate", "test accuracy", "drop (points)", "MB", "p50 ms", "within budget"], rows),
+        ]
+        sens = q.get("sensitivity") or {}
+        if sens.get("branches"):
+            out += [
+                "",
+                f"Sensitivity (accuracy drop on the {sens['split']} split when only this part is quantized):",
+                "",
+                table(
+                    ["branch", "scheme", "nodes", "drop (points)"],
+                    [[s["branch"], s["scheme"], str(s["nodes"]), f"{s['drop_points']:.2f}"] for s in sens["branches"]],
+                ),
+            ]
+            worst = sorted(sens["nodes"], key=lambda s: -s["drop_points"])[:8]
+            out += [
+                "",
+                "Most sensitive nodes:",
+                "",
+                table(
+                    ["node", "op", "branch", "scheme", "drop (points)"],
+                    [[s["node"], s["op"], s["branch"], s["scheme"], f"{s['drop_points']:.2f}"] for s in worst],
+                ),
+            ]
+    params = (p or {}).get("per_branch", {})
+    sizes = (q or {}).get("branch_sizes") or {}
+    share = (q or {}).get("latency_share") or {}
+    if params or sizes or share:
+        rows = []
+        for b in branches:
+            if b in params or b in sizes or b in share:
+                before_after = params.get(b)
+                rows.append(
+                    [
+                        b,
+                        f"{before_after['before']:,} → {before_after['after']:,}" if before_after else "–",
+                        f"{sizes[b] / 1e3:.1f}" if b in sizes else "–",
+                        pct(share.get(b)) if b in share else "–",
+                    ]
+                )
+        out += [
+            "",
+            "Per modality branch (shipped model; latency share from ONNX Runtime's kernel profiler, batch 1):",
+            "",
+            table(["branch", "parameters (pruned)", "weights kB", "latency share"], rows),
+        ]
+    return out
+
+
 def render_bundle_report(name: str, metrics: dict, ctx=None) -> str:
     m = metrics
     out = [f"# {name}", ""]
@@ -69,12 +155,15 @@ def render_bundle_report(name: str, metrics: dict, ctx=None) -> str:
             "Blanking one modality must cost a lot: it shows the model really uses both the image and the text.",
         ]
         if m.get("accuracy_drop_points") is not None:
-            out.append(f"\nAccuracy drop against PyTorch: {m['accuracy_drop_points']:.2f} points.")
+            out.append(
+                f"\nAccuracy drop against the PyTorch model the pipeline started from: "
+                f"{m['accuracy_drop_points']:.2f} points."
+            )
     if m.get("parity"):
         p = m["parity"]
         out += [
             "",
-            "## Parity with PyTorch",
+            "## Parity with the PyTorch reference",
             "",
             f"Over {p['samples']} test questions: max abs diff {p['max_abs_diff']:.2e}, mean abs diff "
             f"{p['mean_abs_diff']:.2e}, argmax agreement {pct(p['argmax_agreement'])}.",
@@ -85,6 +174,8 @@ def render_bundle_report(name: str, metrics: dict, ctx=None) -> str:
             f"Export checked at {e['checks']} batch-size × text-length combinations (opset {e['opset']}, "
             f"max abs diff {e['max_abs_diff']:.2e})."
         )
+    if m.get("compression"):
+        out += compression_section(m["compression"])
     if "latency" in m:
         out += ["", "## Latency", "", latency_section(m["latency"])]
     mach = m.get("measured_on", {})

@@ -121,3 +121,39 @@ def bench_model(
     result["size_bytes"] = Path(path).stat().st_size
     result["machine"] = machine_info()
     return result
+
+
+def bench_interleaved(
+    models: dict[str, str | Path],
+    feeds: dict[str, np.ndarray],
+    ep: str = "cpu",
+    threads: int = 1,
+    batch_sizes: tuple[int, ...] = (1,),
+    rounds: int = 30,
+    calls: int = 10,
+    warmup: int = 20,
+) -> dict[str, dict[str, dict]]:
+    """Latency of several models measured in alternating rounds (A B C, C B A, ...), so that drift on a shared
+    machine hits all alike; returns {name: {batch: percentiles}}. Compare variants by their medians."""
+    if threads < 0 or rounds < 1 or calls < 1 or any(b < 1 for b in batch_sizes):
+        raise MmedgeError("threads must be >= 0 and rounds, calls and batch sizes >= 1; fix the bench options.")
+    sessions = {name: open_session(path, ep, threads) for name, path in models.items()}
+    out: dict[str, dict[str, dict]] = {name: {} for name in models}
+    for batch in batch_sizes:
+        feed = tile_batch(feeds, batch)
+        for sess in sessions.values():
+            check_feeds(sess, feed)
+            for _ in range(warmup):
+                sess.run(None, feed)
+        times: dict[str, list[float]] = {name: [] for name in models}
+        names = list(models)
+        for r in range(rounds):
+            for name in names if r % 2 == 0 else reversed(names):
+                sess = sessions[name]
+                for _ in range(calls):
+                    t0 = time.perf_counter()
+                    sess.run(None, feed)
+                    times[name].append((time.perf_counter() - t0) * 1e3)
+        for name in models:
+            out[name][str(batch)] = percentiles(times[name])
+    return out

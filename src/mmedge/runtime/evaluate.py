@@ -38,10 +38,18 @@ def parity(candidate: np.ndarray, reference: np.ndarray) -> dict:
             f"cannot compare outputs of shape {list(candidate.shape)} with a reference of shape "
             f"{list(reference.shape)}; the reference must come from the same model and samples."
         )
-    diff = np.abs(candidate.astype(np.float64) - reference.astype(np.float64))
+    c, r = candidate.astype(np.float64), reference.astype(np.float64)
+    diff = np.abs(c - r)
+    norms = np.linalg.norm(c, axis=1) * np.linalg.norm(r, axis=1)
+    cosine = (c * r).sum(1) / np.maximum(norms, 1e-12)
+    # signal-to-quantization-noise ratio of the logits, in dB (higher is closer; 20 dB = 1% of the energy)
+    noise = float((diff**2).sum())
+    sqnr = float(10 * np.log10((r**2).sum() / noise)) if noise > 0 else float("inf")
     return {
         "max_abs_diff": float(diff.max()),
         "mean_abs_diff": float(diff.mean()),
+        "mean_cosine": float(cosine.mean()),
+        "sqnr_db": sqnr,
         "argmax_agreement": float((candidate.argmax(1) == reference.argmax(1)).mean()),
         "samples": len(candidate),
     }

@@ -1,0 +1,360 @@
+"""`quantize.auto`: the fastest quantized model within the accuracy budget, with the evidence.
+
+1. Build one candidate per scheme (int8 dynamic, int8 static QDQ), each honouring the recipe's per-branch
+   precision (e.g. image static, text dynamic, head float), and measure test accuracy and size.
+2. Sensitivity: on the validation split, the accuracy drop when each quantizable node alone — and each
+   modality branch alone — is quantized with each scheme.
+3. A scheme over budget falls back: its most sensitive nodes return to float, one at a time, until the test
+   accuracy is within budget; every step of that search is a candidate too.
+4. Every candidate within budget (and the float input) is timed interleaved on the target execution provider;
+   the fastest wins. If none is within budget the step fails, listing what it tried, unless over-budget
+   results are allowed.
+
+The budget is counted against the model the pipeline started from (its first PyTorch checkpoint), so the
+accuracy already spent by pruning and distillation counts too.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from mmedge.artifact import Artifact, StepResult
+from mmedge.compress.onnx_check import Tolerance, check_rewrite
+from mmedge.compress.quantize import (
+    DYNAMIC_OP_TYPES,
+    STATIC_OP_TYPES,
+    CalibrationConfig,
+    _check_op_types,
+    calibrate,
+    calibration_feeds,
+    copy_metadata,
+    op_histogram,
+    prepare,
+    quantizable_nodes,
+    quantize_plan,
+)
+from mmedge.errors import BudgetExceededError
+from mmedge.models.spec import BRANCHES
+from mmedge.recipe import StepConfig, register_step
+
+Precision = Literal["auto", "fp32", "int8-dynamic", "int8-static"]
+
+
+class AutoQuantConfig(StepConfig):
+    type: Literal["quantize.auto"] = "quantize.auto"
+    schemes: tuple[Literal["int8-dynamic", "int8-static"], ...] = Field(
+        ("int8-dynamic", "int8-static"),
+        min_length=1,
+        description="Schemes tried. Neither is assumed faster: static QDQ was slower than float at batch 1 on "
+        "small models here and faster on heavier convolutions, so each is measured.",
+    )
+    branch_precision: dict[str, Precision] = Field(
+        default_factory=dict,
+        description="Per-modality precision, e.g. {image: int8-static, text: int8-dynamic, head: fp32}; "
+        "'auto' (or a branch not named) lets the search decide.",
+    )
+    static_op_types: tuple[str, ...] = Field(
+        ("Conv", "MatMul", "Gemm"),
+        description="Op types the static scheme "
+        "quantizes with QDQ (LSTM and Gather go dynamic, as in quantize.static).",
+    )
+    dynamic_op_types: tuple[str, ...] = Field(
+        ("MatMul", "Gemm", "LSTM", "Gather"),
+        description="Op types the dynamic scheme quantizes; Conv is left out (ConvInteger ran ~6x slower here).",
+    )
+    per_channel: bool = Field(True, description="Per-channel weight scales.")
+    max_accuracy_drop: float | None = Field(
+        None,
+        ge=0,
+        description="Accuracy points the result may lose against the pipeline's first model; "
+        "default: the recipe's budgets.max_accuracy_drop.",
+    )
+    ep: str | None = Field(None, description="Execution provider to time candidates on; default: the first target.")
+    threads: int = Field(1, ge=1, description="Threads for timing; 1 is the usual edge setting and the least noisy.")
+    batch_size: int = Field(1, ge=1, description="Batch size the latency ranking uses.")
+    rounds: int = Field(20, ge=2, description="Interleaved timing rounds (10 calls each) per candidate.")
+    latency_tolerance: float = Field(
+        0.05,
+        ge=0,
+        lt=1,
+        description="Candidates within this share of the fastest p50 count as equally fast and the smallest of "
+        "them wins: medians of the same model differ by a few percent between runs on a shared CPU.",
+    )
+    fallback: bool = Field(True, description="Return the most sensitive nodes to float until the budget holds.")
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig, description="For the static scheme.")
+    allow_over_budget: bool = Field(
+        False, description="Keep the most accurate candidate when none meets the budget, instead of failing."
+    )
+
+    @field_validator("branch_precision")
+    @classmethod
+    def _branches(cls, v: dict[str, str]) -> dict[str, str]:
+        for branch in v:
+            if branch not in BRANCHES:
+                raise ValueError(f"unknown branch {branch!r}; branches are {', '.join(BRANCHES)}")
+        return v
+
+    @field_validator("static_op_types")
+    @classmethod
+    def _static_ops(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return _check_op_types(v, STATIC_OP_TYPES)
+
+    @field_validator("dynamic_op_types")
+    @classmethod
+    def _dynamic_ops(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return _check_op_types(v, DYNAMIC_OP_TYPES)
+
+
+class _Evaluator:
+    """Accuracy of ONNX models on the test split and on the validation split (for the sensitivity ranking)."""
+
+    def __init__(self, path: Path, data_cfg):
+        from mmedge.data import load_dataset
+        from mmedge.runtime.evaluate import model_data_config, model_vocab
+        from mmedge.runtime.session import open_session
+
+        sess = open_session(path)
+        self.vocab = model_vocab(sess)
+        data = load_dataset(model_data_config(sess, data_cfg))
+        self.test, self.val = data.test, data.val
+
+    def accuracy(self, path: Path, split: str = "test") -> float:
+        from mmedge.runtime.evaluate import predict, score
+        from mmedge.runtime.session import open_session
+
+        s = self.test if split == "test" else self.val
+        return score(predict(open_session(path), s, self.vocab), s).accuracy
+
+
+def _plan(nodes: list[dict], scheme: str, cfg: AutoQuantConfig, fallback: frozenset = frozenset()) -> dict[str, str]:
+    """{node: scheme} for one candidate; per-branch precision from the recipe wins over the search."""
+    static_ops = set(cfg.static_op_types) | ({"MatMul"} if "Gemm" in cfg.static_op_types else set())
+    dynamic_ops = set(cfg.dynamic_op_types) | ({"MatMul"} if "Gemm" in cfg.dynamic_op_types else set())
+    plan = {}
+    for n in nodes:
+        forced = cfg.branch_precision.get(n["branch"], "auto")
+        s = forced if forced != "auto" else ("fp32" if n["node"] in fallback else scheme)
+        op = n["op"]
+        if s == "int8-static":
+            if op in static_ops and op != "LSTM":
+                plan[n["node"]] = "int8-static"
+            elif op in ("LSTM", "Gather"):  # no QDQ LSTM in ORT; the embedding table is stored in int8
+                plan[n["node"]] = "int8-dynamic"
+        elif s == "int8-dynamic" and op in dynamic_ops:
+            plan[n["node"]] = "int8-dynamic"
+    return plan
+
+
+def auto_quantize(
+    src: Path, out: Path, cfg: AutoQuantConfig, data_cfg, reference: float | None, budget: float, ep: str, budgets=None
+) -> dict:
+    from mmedge.runtime.bench import bench_interleaved
+    from mmedge.runtime.inputs import split_feeds
+
+    work = Path(tempfile.mkdtemp(prefix="candidates-", dir=out.parent))
+    try:
+        prepared = prepare(src, work / "prepared.onnx")
+        nodes = quantizable_nodes(prepared)
+        ev = _Evaluator(src, data_cfg)
+        input_test, input_val = ev.accuracy(src), ev.accuracy(src, "val")
+        ref = input_test if reference is None else reference
+        cache = None
+        if "int8-static" in cfg.schemes or "int8-static" in cfg.branch_precision.values():
+            feeds = calibration_feeds(src, cfg.calibration, data_cfg)
+            ops = sorted({n["op"] for n in nodes} | set(cfg.static_op_types))
+            cache = calibrate(prepared, feeds, cfg.calibration, ops, work / "calibration.json")
+        built: dict[str, Path] = {}
+
+        def build(name: str, plan: dict[str, str]) -> Path:
+            path = work / f"{len(built):03d}.onnx"
+            quantize_plan(prepared, path, plan, cache, cfg.calibration, cfg.per_channel)
+            built[name] = path
+            return path
+
+        def drop(acc: float) -> float:
+            return round((ref - acc) * 100, 4)
+
+        candidates = [{"name": "fp32", "plan": {}, "path": src, "test_accuracy": input_test}]
+        for scheme in cfg.schemes:
+            plan = _plan(nodes, scheme, cfg)
+            path = build(scheme, plan)
+            candidates.append({"name": scheme, "plan": plan, "path": path, "test_accuracy": ev.accuracy(path)})
+
+        # Sensitivity on the validation split: each node alone, each branch alone.
+        sensitivity = {"split": "val", "input_val_accuracy": input_val, "nodes": [], "branches": []}
+        for scheme in cfg.schemes:
+            full = _plan(nodes, scheme, cfg)
+            for n in nodes:
+                if n["node"] not in full:
+                    continue
+                p = build(f"sens:{scheme}:{n['node']}", {n["node"]: full[n["node"]]})
+                sensitivity["nodes"].append(
+                    {**n, "scheme": scheme, "drop_points": round((input_val - ev.accuracy(p, "val")) * 100, 4)}
+                )
+            for branch in sorted({n["branch"] for n in nodes}):
+                part = {k: v for k, v in full.items() if next(x for x in nodes if x["node"] == k)["branch"] == branch}
+                if part:
+                    p = build(f"sens:{scheme}:{branch}", part)
+                    sensitivity["branches"].append(
+                        {
+                            "branch": branch,
+                            "scheme": scheme,
+                            "nodes": len(part),
+                            "drop_points": round((input_val - ev.accuracy(p, "val")) * 100, 4),
+                        }
+                    )
+
+        # Fallback: the most sensitive nodes back to float until the budget holds.
+        if cfg.fallback:
+            for scheme in cfg.schemes:
+                base = next(c for c in candidates if c["name"] == scheme)
+                if drop(base["test_accuracy"]) <= budget:
+                    continue
+                ranked = sorted(
+                    (s for s in sensitivity["nodes"] if s["scheme"] == scheme), key=lambda s: -s["drop_points"]
+                )
+                kept: set[str] = set()
+                for s in ranked:
+                    if cfg.branch_precision.get(s["branch"], "auto") != "auto":
+                        continue  # the recipe fixed this branch's precision
+                    kept.add(s["node"])
+                    plan = _plan(nodes, scheme, cfg, frozenset(kept))
+                    name = f"{scheme}+fp32x{len(kept)}"
+                    path = build(name, plan)
+                    cand = {
+                        "name": name,
+                        "plan": plan,
+                        "path": path,
+                        "test_accuracy": ev.accuracy(path),
+                        "float_nodes": sorted(kept),
+                    }
+                    candidates.append(cand)
+                    if drop(cand["test_accuracy"]) <= budget:
+                        break
+
+        for c in candidates:
+            c["drop_points"] = drop(c["test_accuracy"])
+            c["size_bytes"] = Path(c["path"]).stat().st_size
+            c["within_budget"] = c["drop_points"] <= budget and (
+                budgets is None or budgets.max_size_mb is None or c["size_bytes"] <= budgets.max_size_mb * 1e6
+            )
+        timed = [c for c in candidates if c["within_budget"]] or candidates
+        lat = bench_interleaved(
+            {c["name"]: c["path"] for c in timed},
+            split_feeds(src, data_cfg, n=64),
+            ep,
+            cfg.threads,
+            (cfg.batch_size,),
+            rounds=cfg.rounds,
+        )
+        for c in timed:
+            c["p50_ms"] = lat[c["name"]][str(cfg.batch_size)]["p50_ms"]
+            if budgets is not None and budgets.max_latency_ms is not None and c["p50_ms"] > budgets.max_latency_ms:
+                c["within_budget"] = False
+        ok = [c for c in candidates if c["within_budget"]]
+        if ok:
+            fastest = min(c["p50_ms"] for c in ok)
+            tied = [c for c in ok if c["p50_ms"] <= fastest * (1 + cfg.latency_tolerance)]
+            best = min(tied, key=lambda c: (c["size_bytes"], c["p50_ms"]))
+        elif cfg.allow_over_budget:
+            best = max(candidates, key=lambda c: c["test_accuracy"])
+        else:
+            tried = "; ".join(
+                f"{c['name']}: -{c['drop_points']:.2f} pts, {c['size_bytes'] / 1e6:.3f} MB"
+                + (f", {c['p50_ms']:.3f} ms" if "p50_ms" in c else "")
+                for c in candidates
+            )
+            raise BudgetExceededError(
+                f"no quantized candidate meets the budget (at most {budget:g} accuracy points below "
+                f"{ref:.2%}): tried {tried}; loosen the budget, prune less, or pass --allow-over-budget."
+            )
+        shutil.copyfile(best["path"], out)
+        precision = "fp32" if not best["plan"] else "+".join(sorted(set(best["plan"].values())))
+        copy_metadata(
+            src, out, {"mmedge.precision": precision, "mmedge.plan": json.dumps(best["plan"], sort_keys=True)}
+        )
+        table = [
+            {
+                k: c.get(k)
+                for k in (
+                    "name",
+                    "test_accuracy",
+                    "drop_points",
+                    "size_bytes",
+                    "p50_ms",
+                    "within_budget",
+                    "float_nodes",
+                )
+            }
+            for c in candidates
+        ]
+        return {
+            "chosen": best["name"],
+            "within_budget": best["within_budget"],
+            "budget_points": budget,
+            "reference_accuracy": ref,
+            "input_accuracy": input_test,
+            "ep": ep,
+            "threads": cfg.threads,
+            "batch_size": cfg.batch_size,
+            "candidates": table,
+            "plan": best["plan"],
+            "sensitivity": sensitivity,
+            "ops": op_histogram(out),
+            "quantizable_nodes": len(nodes),
+        }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@register_step(AutoQuantConfig, consumes="onnx", produces="onnx")
+def quantize_auto_step(cfg: AutoQuantConfig, ctx) -> StepResult:
+    from mmedge.runtime.session import open_session
+
+    src = ctx.artifact.path
+    out = ctx.out_dir / "model.onnx"
+    recipe = ctx.recipe
+    budget = cfg.max_accuracy_drop if cfg.max_accuracy_drop is not None else recipe.budgets.max_accuracy_drop
+    ep = cfg.ep or (recipe.targets[0] if recipe.targets else "cpu")
+    open_session(src, ep).get_providers()  # the target EP must be installed before anything is timed on it
+    reference = ctx.reference_metrics().get("test", {}).get("accuracy")
+    allow = cfg.allow_over_budget or ctx.allow_over_budget
+    info = auto_quantize(
+        src,
+        out,
+        cfg.model_copy(update={"allow_over_budget": allow}),
+        recipe.data,
+        reference,
+        budget,
+        ep,
+        recipe.budgets,
+    )
+    # The usual gate against the input model, for parity figures; the budget above is what decides.
+    loose = Tolerance(max_accuracy_drop=100.0, min_agreement=0.0)
+    metrics = check_rewrite("quantize.auto", src, out, recipe.data, loose)
+    metrics.update(info)
+    metrics["branch_sizes"] = _branch_sizes(out)
+    metrics["latency_share"] = _latency_share(out, recipe.data, ep, cfg.threads, cfg.batch_size)
+    return StepResult(Artifact(out, "onnx", ctx.artifact.spec, (*ctx.artifact.lineage, "quantize.auto")), metrics)
+
+
+def _branch_sizes(path: Path) -> dict[str, int]:
+    import onnx
+
+    from mmedge.compress.branches import branch_sizes
+
+    return branch_sizes(onnx.load(str(path)))
+
+
+def _latency_share(path: Path, data_cfg, ep: str, threads: int, batch: int) -> dict[str, float]:
+    from mmedge.runtime.bench import tile_batch
+    from mmedge.runtime.inputs import split_feeds
+    from mmedge.runtime.profile import branch_latency
+
+    return branch_latency(path, tile_batch(split_feeds(path, data_cfg, n=64), batch), ep, threads)["share"]

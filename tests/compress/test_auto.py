@@ -1,0 +1,72 @@
+import pytest
+
+from mmedge.compress.auto import AutoQuantConfig, _plan, auto_quantize
+from mmedge.compress.quantize import prepare, quantizable_nodes
+from mmedge.errors import BudgetExceededError, RecipeError
+from mmedge.recipe import parse_recipe
+from mmedge.runtime.evaluate import evaluate_model
+
+FAST = {"rounds": 3, "calibration": {"samples": 32}}
+
+
+def test_step_quantize_auto_keeps_a_candidate_within_budget_and_reports_sensitivity(tmp_path, tiny_onnx, data_cfg):
+    src, out = tiny_onnx["cnn-lstm"], tmp_path / "auto.onnx"
+    ref = evaluate_model(src, data_cfg, ablation=False)[0]["test"]["accuracy"]
+    r = auto_quantize(src, out, AutoQuantConfig(**FAST), data_cfg, ref, 1.0, "cpu")
+    names = [c["name"] for c in r["candidates"]]
+    assert names[:3] == ["fp32", "int8-dynamic", "int8-static"]
+    chosen = next(c for c in r["candidates"] if c["name"] == r["chosen"])
+    assert chosen["within_budget"] and chosen["drop_points"] <= 1.0
+    assert evaluate_model(out, data_cfg, ablation=False)[0]["test"]["accuracy"] == pytest.approx(
+        chosen["test_accuracy"]
+    )
+    # Sensitivity: one row per quantizable node and scheme, and one per branch, with measured drops.
+    nodes = r["sensitivity"]["nodes"]
+    assert {n["branch"] for n in nodes} >= {"image", "text", "fusion"}
+    assert {n["op"] for n in nodes} >= {"Conv", "LSTM", "MatMul", "Gather"}
+    assert all(isinstance(n["drop_points"], float) for n in nodes)
+    assert {b["branch"] for b in r["sensitivity"]["branches"]} >= {"image", "text", "fusion", "head"}
+    assert all("p50_ms" in c for c in r["candidates"] if c["within_budget"])
+
+
+def test_quantize_auto_falls_back_to_float_and_then_fails_when_no_candidate_meets_the_budget(
+    tmp_path, tiny_onnx, data_cfg
+):
+    src = tiny_onnx["cnn-lstm"]
+    # A reference the model itself is 50 points below: nothing can meet a 1-point budget.
+    with pytest.raises(BudgetExceededError, match="no quantized candidate meets the budget.*tried fp32: -"):
+        auto_quantize(src, tmp_path / "a.onnx", AutoQuantConfig(**FAST), data_cfg, 0.99, 1.0, "cpu")
+    assert not (tmp_path / "a.onnx").exists()  # nothing half-written
+    r = auto_quantize(
+        src, tmp_path / "b.onnx", AutoQuantConfig(**FAST, allow_over_budget=True), data_cfg, 0.99, 1.0, "cpu"
+    )
+    assert not r["within_budget"] and (tmp_path / "b.onnx").is_file()
+    assert any("+fp32x" in c["name"] for c in r["candidates"])  # the fallback search ran
+    best = max(c["test_accuracy"] for c in r["candidates"])
+    assert next(c for c in r["candidates"] if c["name"] == r["chosen"])["test_accuracy"] == best
+
+
+def test_per_branch_precision_is_honoured(tmp_path, tiny_onnx):
+    nodes = quantizable_nodes(prepare(tiny_onnx["cnn-lstm"], tmp_path / "p.onnx"))
+    cfg = AutoQuantConfig(branch_precision={"image": "int8-static", "text": "int8-dynamic", "head": "fp32"})
+    for scheme in ("int8-dynamic", "int8-static"):
+        plan = _plan(nodes, scheme, cfg)
+        by_branch = {}
+        for n in nodes:
+            by_branch.setdefault(n["branch"], set()).add(plan.get(n["node"], "fp32"))
+        assert by_branch["image"] == {"int8-static"}
+        assert by_branch["text"] == {"int8-dynamic"}
+        assert by_branch["head"] == {"fp32"}
+        assert by_branch["fusion"] == ({scheme} if scheme == "int8-dynamic" else {"int8-static"})
+
+
+def test_quantize_auto_config_errors_are_recipe_errors():
+    def steps(**kw):
+        return {"name": "q", "steps": [{"type": "train"}, {"type": "export"}, {"type": "quantize.auto", **kw}]}
+
+    with pytest.raises(RecipeError, match="unknown branch 'audio'"):
+        parse_recipe(steps(branch_precision={"audio": "fp32"}))
+    with pytest.raises(RecipeError, match="branch_precision"):
+        parse_recipe(steps(branch_precision={"text": "int4"}))
+    with pytest.raises(RecipeError, match="unknown op type 'LSMT'"):
+        parse_recipe(steps(dynamic_op_types=["LSMT"]))
