@@ -135,3 +135,40 @@ def test_prune_magnitude_in_a_recipe_reports_sparsity_and_zip_size(tmp_path, tin
     assert pruned["sparsity_reached"] == pytest.approx(0.5, abs=0.01) and "test" in pruned
     assert records[2].result.metrics["zip_bytes"] < records[2].result.metrics["size_bytes"]
     assert records[3].result.metrics["parity"]["samples"] == 800
+
+
+def test_compression_chain_ships_a_bundle_that_reports_every_step_per_branch(tmp_path, trained_checkpoint):
+    recipe = parse_recipe(
+        {
+            "name": "compress",
+            "model": {"family": "cnn-lstm"},
+            "data": {"test_images": 200, "val_images": 100},
+            "budgets": {"max_accuracy_drop": 5.0},
+            "steps": [
+                {"type": "load", "path": str(trained_checkpoint)},
+                {"type": "prune.structured", "ratio": 0.25, "iterative_steps": 1, "finetune_epochs": 0},
+                {"type": "distill", "epochs": 1, "augment": False},
+                {"type": "export", "batch_sizes": [1, 3], "text_lengths": [5, 12]},
+                {"type": "quantize.auto", "rounds": 3, "calibration": {"samples": 32}},
+                {"type": "validate"},
+                {"type": "bench", "runs": 10, "warmup": 2, "batch_sizes": [1]},
+                {"type": "bundle", "samples": 4},
+            ],
+            "output": str(tmp_path / "bundle"),
+            "workdir": str(tmp_path / "runs"),
+        }
+    )
+    records = run_recipe(recipe, progress="off")
+    pruned = records[1].result.metrics
+    assert pruned["options_after"]["hidden_size"] == 48 and pruned["parameters_after"] < pruned["parameters_before"]
+    assert records[2].result.metrics["teacher_test_accuracy"] > 0.6
+    auto = records[4].result.metrics
+    assert auto["within_budget"] and auto["sensitivity"]["nodes"] and auto["latency_share"]
+    bundle = load_bundle(tmp_path / "bundle")
+    c = bundle.manifest["metrics"]["compression"]
+    assert set(c) == {"structured_pruning", "distillation", "quantization"}
+    assert c["quantization"]["chosen"] in [x["name"] for x in c["quantization"]["candidates"]]
+    assert {"image", "text", "fusion"} <= set(c["quantization"]["branch_sizes"])
+    report = (tmp_path / "bundle" / "report.md").read_text()
+    for heading in ("## Compression", "Quantization search", "Sensitivity", "Per modality branch"):
+        assert heading in report

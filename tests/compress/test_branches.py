@@ -9,6 +9,7 @@ from mmedge.runtime.profile import branch_latency
 def test_export_maps_every_weighted_node_to_its_branch(tiny_onnx):
     model = onnx.load(str(tiny_onnx["cnn-lstm"]))
     assert META_KEY in {p.key for p in model.metadata_props}
+    assert not any(n.metadata_props or n.doc_string for n in model.graph.node)  # no stack traces or local paths
     owner = node_branches(model)
     by_op = {}
     for node in model.graph.node:

@@ -143,3 +143,20 @@ def test_head_schedule_spreads_head_removal_over_the_steps():
 def test_structured_ratio_outside_zero_one_is_a_recipe_error(step, match):
     with pytest.raises(RecipeError, match=match):
         parse_recipe({"name": "p", "steps": [{"type": "train"}, step]})
+
+
+def test_depth_pruning_removes_whole_transformer_blocks(tmp_path, tiny_checkpoints, data_cfg):
+    ck, m = _structured("vit-transformer", tiny_checkpoints, data_cfg, drop_blocks={"text": 1}, ratio=0.0)
+    assert m["options_after"]["text_layers"] == 0 and m["options_after"]["image_layers"] == 1
+    assert m["dropped_blocks"]["text"][0]["index"] == 0 and m["parameters_after"] < m["parameters_before"]
+    save_checkpoint(ck.model, ck.vocab, ck.labels, tmp_path / "shallow", extra=ck.extra)
+    assert len(load_checkpoint(tmp_path / "shallow").model.text_blocks) == 0
+    export_checkpoint(tmp_path / "shallow", tmp_path / "shallow.onnx")
+
+
+@pytest.mark.parametrize(("family", "drop"), [("vit-transformer", {"image": 2}), ("cnn-lstm", {"image": 1})])
+def test_depth_pruning_more_blocks_than_removable_is_refused(tiny_checkpoints, data_cfg, family, drop):
+    from mmedge.errors import MmedgeError
+
+    with pytest.raises(MmedgeError, match="drop_blocks asks for .* which has [01] removable"):
+        _structured(family, tiny_checkpoints, data_cfg, drop_blocks=drop)

@@ -40,7 +40,7 @@ from mmedge.compress.quantize import (
     quantize_plan,
 )
 from mmedge.errors import BudgetExceededError
-from mmedge.models.spec import BRANCHES
+from mmedge.models.spec import check_branches
 from mmedge.recipe import StepConfig, register_step
 
 Precision = Literal["auto", "fp32", "int8-dynamic", "int8-static"]
@@ -95,10 +95,7 @@ class AutoQuantConfig(StepConfig):
     @field_validator("branch_precision")
     @classmethod
     def _branches(cls, v: dict[str, str]) -> dict[str, str]:
-        for branch in v:
-            if branch not in BRANCHES:
-                raise ValueError(f"unknown branch {branch!r}; branches are {', '.join(BRANCHES)}")
-        return v
+        return check_branches(v)
 
     @field_validator("static_op_types")
     @classmethod
@@ -270,9 +267,11 @@ def auto_quantize(
                 + (f", {c['p50_ms']:.3f} ms" if "p50_ms" in c else "")
                 for c in candidates
             )
+            top = max(candidates, key=lambda c: c["test_accuracy"])
             raise BudgetExceededError(
                 f"no quantized candidate meets the budget (at most {budget:g} accuracy points below "
-                f"{ref:.2%}): tried {tried}; loosen the budget, prune less, or pass --allow-over-budget."
+                f"{ref:.2%}): tried {tried}; the best reached {top['test_accuracy']:.2%} ({top['name']}); loosen the "
+                "budget, prune less, or pass --allow-over-budget."
             )
         shutil.copyfile(best["path"], out)
         precision = "fp32" if not best["plan"] else "+".join(sorted(set(best["plan"].values())))

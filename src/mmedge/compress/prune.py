@@ -16,7 +16,7 @@ from pydantic import Field, field_validator
 
 from mmedge.artifact import Artifact, StepResult
 from mmedge.errors import MmedgeError
-from mmedge.models.spec import BRANCHES
+from mmedge.models.spec import BRANCHES, check_branches
 from mmedge.recipe import StepConfig, register_step
 
 
@@ -38,10 +38,7 @@ class MagnitudePruneConfig(StepConfig):
     @field_validator("branches")
     @classmethod
     def _known(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = [b for b in v if b not in BRANCHES]
-        if unknown:
-            raise ValueError(f"unknown branch {unknown[0]!r}; branches are {', '.join(BRANCHES)}")
-        return v
+        return check_branches(v)
 
 
 def prunable_weights(model, branches: tuple[str, ...]) -> list[tuple[str, object, str]]:
@@ -95,24 +92,29 @@ def magnitude_prune(model, cfg: MagnitudePruneConfig) -> dict:
 
 @register_step(MagnitudePruneConfig, consumes="torch-checkpoint", produces="torch-checkpoint")
 def prune_magnitude_step(cfg: MagnitudePruneConfig, ctx) -> StepResult:
-    from mmedge.data import load_dataset
-    from mmedge.models.checkpoint import load_checkpoint, save_checkpoint
-    from mmedge.train import evaluate_with_ablation
+    from mmedge.models.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(ctx.artifact.path)
     metrics = magnitude_prune(ckpt.model, cfg)
-    data = load_dataset(ctx.recipe.data)
-    metrics.update(evaluate_with_ablation(ckpt.model, data.test, ckpt.vocab))
+    return _pruned_result(ckpt, metrics, "prune.magnitude", ctx, omit="pruned_tensors")
+
+
+def _pruned_result(ckpt, metrics: dict, step: str, ctx, omit: str) -> StepResult:
+    """Test accuracy with the modality ablation, then the pruned checkpoint (its extra records ``metrics``)."""
+    from mmedge.data import load_dataset
+    from mmedge.models.checkpoint import save_checkpoint
+    from mmedge.train import evaluate_with_ablation
+
+    metrics.update(evaluate_with_ablation(ckpt.model, load_dataset(ctx.recipe.data).test, ckpt.vocab))
     out = save_checkpoint(
         ckpt.model,
         ckpt.vocab,
         ckpt.labels,
         ctx.out_dir / "checkpoint",
-        extra={**ckpt.extra, "prune.magnitude": {k: v for k, v in metrics.items() if k != "pruned_tensors"}},
+        extra={**ckpt.extra, step: {k: v for k, v in metrics.items() if k != omit}},
     )
-    return StepResult(
-        Artifact(out, "torch-checkpoint", ctx.artifact.spec, (*ctx.artifact.lineage, "prune.magnitude")), metrics
-    )
+    spec = ckpt.model.spec().to_json()  # widths may have changed; the spec is read from the model as it is now
+    return StepResult(Artifact(out, "torch-checkpoint", spec, (*ctx.artifact.lineage, step)), metrics)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -137,6 +139,12 @@ class StructuredPruneConfig(StepConfig):
         default_factory=dict,
         description="Per-modality override of `ratio`, e.g. {image: 0.5, text: 0.5, fusion: 0.25}; branches "
         "not named use `ratio`. The classifier's output layer and the transformer residual width are never pruned.",
+    )
+    drop_blocks: dict[str, int] = Field(
+        default_factory=dict,
+        description="Depth pruning for transformer families: residual blocks removed per branch, e.g. {image: 1, "
+        "text: 1}, the ones whose removal costs the least validation accuracy, before any channel is removed. At "
+        "batch 1 a small transformer's time goes to per-kernel overhead, which only fewer blocks reduce.",
     )
     importance: Literal["magnitude", "taylor"] = Field(
         "taylor",
@@ -167,10 +175,16 @@ class StructuredPruneConfig(StepConfig):
     @field_validator("branch_ratios")
     @classmethod
     def _branch_ratios(cls, v: dict[str, float]) -> dict[str, float]:
-        for branch, r in v.items():
-            if branch not in BRANCHES:
-                raise ValueError(f"unknown branch {branch!r}; branches are {', '.join(BRANCHES)}")
+        for branch, r in check_branches(v).items():
             _check_ratio(r, f"prune ratio of branch '{branch}'")
+        return v
+
+    @field_validator("drop_blocks")
+    @classmethod
+    def _drop_blocks(cls, v: dict[str, int]) -> dict[str, int]:
+        for branch, n in check_branches(v).items():
+            if n < 0:
+                raise ValueError(f"drop_blocks of branch '{branch}' is {n}; give a count >= 0")
         return v
 
     def ratio_of(self, branch: str) -> float:
@@ -303,6 +317,7 @@ def structured_prune(model, data, vocab, cfg: StructuredPruneConfig, progress: s
     before = {"options": model.current_options(), "parameters": _branch_parameters(model)}
     example = _example_inputs(data, vocab)
     macs_before, _ = tp.utils.count_ops_and_params(model, example)
+    dropped = drop_blocks(model, data, vocab, cfg.drop_blocks) if cfg.drop_blocks else {}
 
     ratio_dict: dict = {}
     for branch, prefixes in spec.branches.items():
@@ -319,7 +334,7 @@ def structured_prune(model, data, vocab, cfg: StructuredPruneConfig, progress: s
                 num_heads[proj], head_ratios[proj] = m.num_heads, r
     with warnings.catch_warnings():  # position tables and the query token keep the residual width; nothing to do
         warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
-        pruner = _meta_pruner(
+        pruner = tp.pruner.MetaPruner(
             model,
             example,
             importance=_importance(cfg.importance),
@@ -375,14 +390,42 @@ def structured_prune(model, data, vocab, cfg: StructuredPruneConfig, progress: s
         },
         "options_before": before["options"],
         "options_after": after["options"],
+        "dropped_blocks": dropped,
         "history": history,
     }
 
 
-def _meta_pruner(*args, **kwargs):
-    import torch_pruning as tp
+def drop_blocks(model, data, vocab, counts: dict[str, int]) -> dict[str, list[dict]]:
+    """Remove whole residual blocks, per branch, in place: each round skips every remaining block in turn,
+    measures validation accuracy without it, and removes the one missed least."""
+    from torch import nn
 
-    return tp.pruner.MetaPruner(*args, **kwargs)
+    from mmedge.runtime.evaluate import score
+    from mmedge.train import predict_split
+
+    groups = model.residual_blocks() if hasattr(model, "residual_blocks") else {}
+    removed: dict[str, list[dict]] = {}
+    for branch, n in counts.items():
+        blocks = groups.get(branch)
+        have = 0 if blocks is None else len(blocks)
+        if n > have:
+            raise MmedgeError(
+                f"drop_blocks asks for {n} block(s) of the {branch} branch, which has {have} removable; lower it."
+            )
+        if n == 0:
+            continue
+        attr = next(name for name, m in model.named_children() if m is blocks)
+        removed[branch] = []
+        for _ in range(n):
+            trials = []
+            for i in range(len(blocks)):
+                setattr(model, attr, nn.ModuleList(b for j, b in enumerate(blocks) if j != i))
+                trials.append((score(predict_split(model, data.val, vocab), data.val).accuracy, -i))
+            acc, worst = max(trials)  # the block whose absence hurts least (the earliest on a tie)
+            blocks = nn.ModuleList(b for j, b in enumerate(blocks) if j != -worst)
+            setattr(model, attr, blocks)
+            removed[branch].append({"index": -worst, "val_accuracy_without": acc})
+    return removed
 
 
 def _head_schedule(heads: int, ratio: float, steps: int) -> list[float]:
@@ -400,10 +443,9 @@ def _head_schedule(heads: int, ratio: float, steps: int) -> list[float]:
 
 def _submodule(model, name: str):
     try:
-        module = model.get_submodule(name)
+        return model.get_submodule(name)
     except AttributeError:
         return None  # a parameter (position table, query token), not a module
-    return module if isinstance(module, __import__("torch").nn.Module) else None
 
 
 def _accumulate_gradients(model, data, vocab, cfg: StructuredPruneConfig) -> None:
@@ -425,19 +467,8 @@ def _accumulate_gradients(model, data, vocab, cfg: StructuredPruneConfig) -> Non
 @register_step(StructuredPruneConfig, consumes="torch-checkpoint", produces="torch-checkpoint")
 def prune_structured_step(cfg: StructuredPruneConfig, ctx) -> StepResult:
     from mmedge.data import load_dataset
-    from mmedge.models.checkpoint import load_checkpoint, save_checkpoint
-    from mmedge.train import evaluate_with_ablation
+    from mmedge.models.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(ctx.artifact.path)
-    data = load_dataset(ctx.recipe.data)
-    metrics = structured_prune(ckpt.model, data, ckpt.vocab, cfg, progress=ctx.progress)
-    metrics.update(evaluate_with_ablation(ckpt.model, data.test, ckpt.vocab))
-    out = save_checkpoint(
-        ckpt.model,
-        ckpt.vocab,
-        ckpt.labels,
-        ctx.out_dir / "checkpoint",
-        extra={**ckpt.extra, "prune.structured": {k: v for k, v in metrics.items() if k != "history"}},
-    )
-    spec = ckpt.model.spec().to_json()
-    return StepResult(Artifact(out, "torch-checkpoint", spec, (*ctx.artifact.lineage, "prune.structured")), metrics)
+    metrics = structured_prune(ckpt.model, load_dataset(ctx.recipe.data), ckpt.vocab, cfg, progress=ctx.progress)
+    return _pruned_result(ckpt, metrics, "prune.structured", ctx, omit="history")

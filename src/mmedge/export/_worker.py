@@ -75,6 +75,12 @@ def main(argv: list[str]) -> int:
         # which modality branch each node belongs to, for per-branch quantization and reports
         META_KEY: json.dumps(branches_from_scopes(proto, spec)),
     }
+    # The exporter annotates every node with its Python stack trace and module scopes: useless to a runtime,
+    # a third of a small model's file, and it leaks the build machine's paths. The branch map above keeps
+    # what mmedge needs of them.
+    for node in proto.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
     del proto.metadata_props[:]
     for key, value in meta.items():
         proto.metadata_props.add(key=key, value=value)

@@ -14,6 +14,14 @@ from mmedge.data.images import ImagePreprocessing
 BRANCHES = ("image", "text", "fusion", "head")
 
 
+def check_branches(names):
+    """Validator for config fields keyed by branch: every name must be one of BRANCHES."""
+    for branch in names:
+        if branch not in BRANCHES:
+            raise ValueError(f"unknown branch {branch!r}; branches are {', '.join(BRANCHES)}")
+    return names
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     name: str

@@ -230,14 +230,21 @@ class VitTransformer(nn.Module):
             fixed.append(self.fusion[0][0])
         return fixed
 
+    def residual_blocks(self) -> dict[str, nn.ModuleList]:
+        """Per branch, the blocks that only add to the residual stream, so that removing one leaves a working
+        model (depth pruning): image and text encoder blocks; the fusion keeps at least one."""
+        return {"image": self.image_blocks, "text": self.text_blocks}
+
     def current_options(self) -> dict:
-        """The options that rebuild this model as it is now (heads and widths read from the layers)."""
+        """The options that rebuild this model as it is now (depth, heads and widths read from the layers)."""
         blocks = self.blocks()
         heads = [b.attn.num_heads for b in blocks]
         hidden = [b.mlp[0].out_features for b in blocks]
         c = self.config
         return {
             **c.model_dump(mode="json"),
+            "image_layers": len(self.image_blocks),
+            "text_layers": len(self.text_blocks),
             "block_heads": None if set(heads) <= {c.heads} else heads,
             "block_mlp": None if set(hidden) <= {c.dim * c.mlp_ratio} else hidden,
         }

@@ -76,7 +76,8 @@ def compression_section(c: dict) -> list[str]:
         ]
         out += [
             "",
-            f"Quantization search (`quantize.auto`, budget {q['budget_points']:g} points below the "
+            f"Quantization search (`quantize.auto`, budget: {q['budget_points']:g} accuracy point"
+            f"{'' if q['budget_points'] == 1 else 's'} below the "
             f"{pct(q['reference_accuracy'])} reference; p50 at batch {q['batch_size']}, {q['threads']} thread(s), "
             f"'{q['ep']}', timed interleaved); chosen: **{q['chosen']}**.",
             "",
