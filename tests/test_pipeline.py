@@ -172,3 +172,30 @@ def test_compression_chain_ships_a_bundle_that_reports_every_step_per_branch(tmp
     report = (tmp_path / "bundle" / "report.md").read_text()
     for heading in ("## Compression", "Quantization search", "Sensitivity", "Per modality branch"):
         assert heading in report
+
+
+def test_a_budget_no_candidate_meets_stops_the_run_unless_over_budget_is_allowed(tmp_path, trained_checkpoint):
+    recipe = parse_recipe(
+        {
+            "name": "over",
+            "model": {"family": "cnn-lstm"},
+            "data": {"test_images": 200, "val_images": 100},
+            "budgets": {"max_accuracy_drop": 0.5},
+            "steps": [
+                {"type": "load", "path": str(trained_checkpoint)},
+                # 90 % of every layer gone, no fine-tuning: far below the loaded model
+                {"type": "prune.structured", "ratio": 0.9, "iterative_steps": 1, "finetune_epochs": 0},
+                {"type": "export", "batch_sizes": [1, 3], "text_lengths": [5, 12]},
+                {"type": "quantize.auto", "rounds": 3, "schemes": ["int8-dynamic"], "fallback": False},
+                {"type": "validate", "ablation": False},
+            ],
+            "workdir": str(tmp_path / "runs"),
+        }
+    )
+    with pytest.raises(BudgetExceededError, match=r"no quantized candidate meets the budget.*the best reached"):
+        run_recipe(recipe, progress="off")
+    records = run_recipe(recipe, progress="off", allow_over_budget=True)
+    assert [r.cached for r in records][:3] == [True, True, True]  # the failed step alone re-ran
+    auto, validate = records[3].result.metrics, records[4].result.metrics
+    assert not auto["within_budget"] and not validate["within_budget"]
+    assert auto["chosen"] == max(auto["candidates"], key=lambda c: c["test_accuracy"])["name"]

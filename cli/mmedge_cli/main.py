@@ -406,5 +406,10 @@ def run(
             if key in val
         )
         out.print(f"test accuracy {val['test']['accuracy']:.2%}" + (f" ({ablation})" if ablation else ""))
+        if val.get("within_budget") is False:
+            out.print(
+                f"[yellow]over the accuracy budget: {val['accuracy_drop_points']:.2f} points below the reference, "
+                "kept because of --allow-over-budget[/]"
+            )
     if any(x.config.type == "bundle" for x in records):
         out.print(f"bundle: {r.output_dir}")

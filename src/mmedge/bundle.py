@@ -282,7 +282,7 @@ def compression_metrics(ctx) -> dict:
     pruned = ctx.metrics("prune.structured")
     if pruned:
         out["structured_pruning"] = {
-            k: pruned[k]
+            k: pruned.get(k)
             for k in (
                 "ratio",
                 "branch_ratios",
@@ -291,6 +291,7 @@ def compression_metrics(ctx) -> dict:
                 "parameters_after",
                 "macs_before",
                 "macs_after",
+                "dropped_blocks",
                 "per_branch",
                 "options_before",
                 "options_after",

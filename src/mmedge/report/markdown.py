@@ -55,6 +55,12 @@ def compression_section(c: dict) -> list[str]:
             + f"): {p['parameters_before']:,} → {p['parameters_after']:,} parameters, "
             f"{p['macs_before']:,} → {p['macs_after']:,} MACs; test accuracy right after: {pct(p['test_accuracy'])}.",
         ]
+        if p.get("dropped_blocks"):
+            out.append(
+                "Depth pruning removed "
+                + ", ".join(f"{len(v)} {b} block(s)" for b, v in p["dropped_blocks"].items())
+                + " first (those whose absence cost the least validation accuracy)."
+            )
     d = c.get("distillation")
     if d:
         out.append(
