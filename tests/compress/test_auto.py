@@ -16,7 +16,8 @@ def test_step_quantize_auto_keeps_a_candidate_within_budget_and_reports_sensitiv
     names = [c["name"] for c in r["candidates"]]
     assert names[:3] == ["fp32", "int8-dynamic", "int8-static"]
     chosen = next(c for c in r["candidates"] if c["name"] == r["chosen"])
-    assert chosen["within_budget"] and chosen["drop_points"] <= 1.0
+    assert chosen["within_budget"] and chosen["drop_points"] <= 1.0 and chosen["agreement"] >= 0.85
+    assert next(c for c in r["candidates"] if c["name"] == "fp32")["agreement"] == 1.0
     assert evaluate_model(out, data_cfg, ablation=False)[0]["test"]["accuracy"] == pytest.approx(
         chosen["test_accuracy"]
     )

@@ -87,6 +87,15 @@ class AutoQuantConfig(StepConfig):
         "them wins: medians of the same model differ by a few percent between runs on a shared CPU.",
     )
     fallback: bool = Field(True, description="Return the most sensitive nodes to float until the budget holds.")
+    min_agreement: float = Field(
+        0.85,
+        ge=0,
+        le=1,
+        description="Least share of test answers a candidate must keep from its input. The accuracy budget is the "
+        "main guard; this one catches a candidate that keeps accuracy while changing many answers. Below 0.97 "
+        "because small models with near-tied logits flip answers under int8 noise at unchanged accuracy (the "
+        "built-in ViT keeps ~91%).",
+    )
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig, description="For the static scheme.")
     allow_over_budget: bool = Field(
         False, description="Keep the most accurate candidate when none meets the budget, instead of failing."
@@ -121,12 +130,16 @@ class _Evaluator:
         data = load_dataset(model_data_config(sess, data_cfg))
         self.test, self.val = data.test, data.val
 
-    def accuracy(self, path: Path, split: str = "test") -> float:
-        from mmedge.runtime.evaluate import predict, score
+    def logits(self, path: Path, split: str = "test"):
+        from mmedge.runtime.evaluate import predict
         from mmedge.runtime.session import open_session
 
-        s = self.test if split == "test" else self.val
-        return score(predict(open_session(path), s, self.vocab), s).accuracy
+        return predict(open_session(path), self.test if split == "test" else self.val, self.vocab)
+
+    def accuracy(self, path: Path, split: str = "test") -> float:
+        from mmedge.runtime.evaluate import score
+
+        return score(self.logits(path, split), self.test if split == "test" else self.val).accuracy
 
 
 def _plan(nodes: list[dict], scheme: str, cfg: AutoQuantConfig, fallback: frozenset = frozenset()) -> dict[str, str]:
@@ -235,11 +248,15 @@ def auto_quantize(
                     if drop(cand["test_accuracy"]) <= budget:
                         break
 
+        input_answers = ev.logits(src).argmax(1)
         for c in candidates:
             c["drop_points"] = drop(c["test_accuracy"])
             c["size_bytes"] = Path(c["path"]).stat().st_size
-            c["within_budget"] = c["drop_points"] <= budget and (
-                budgets is None or budgets.max_size_mb is None or c["size_bytes"] <= budgets.max_size_mb * 1e6
+            c["agreement"] = float((ev.logits(c["path"]).argmax(1) == input_answers).mean())
+            c["within_budget"] = (
+                c["drop_points"] <= budget
+                and c["agreement"] >= cfg.min_agreement
+                and (budgets is None or budgets.max_size_mb is None or c["size_bytes"] <= budgets.max_size_mb * 1e6)
             )
         timed = [c for c in candidates if c["within_budget"]] or candidates
         lat = bench_interleaved(
@@ -285,6 +302,7 @@ def auto_quantize(
                     "name",
                     "test_accuracy",
                     "drop_points",
+                    "agreement",
                     "size_bytes",
                     "p50_ms",
                     "within_budget",

@@ -74,6 +74,7 @@ def compression_section(c: dict) -> list[str]:
                 f"**{r['name']}**" if r["name"] == q["chosen"] else r["name"],
                 pct(r["test_accuracy"]),
                 f"{r['drop_points']:.2f}",
+                pct(r.get("agreement")),
                 f"{r['size_bytes'] / 1e6:.3f}",
                 "–" if r.get("p50_ms") is None else f"{r['p50_ms']:.3f}",
                 "yes" if r["within_budget"] else "no",
@@ -87,7 +88,9 @@ def compression_section(c: dict) -> list[str]:
             f"{pct(q['reference_accuracy'])} reference; p50 at batch {q['batch_size']}, {q['threads']} thread(s), "
             f"'{q['ep']}', timed interleaved); chosen: **{q['chosen']}**.",
             "",
-            table(["candidate", "test accuracy", "drop (points)", "MB", "p50 ms", "within budget"], rows),
+            table(
+                ["candidate", "test accuracy", "drop (points)", "same answers", "MB", "p50 ms", "within budget"], rows
+            ),
         ]
         sens = q.get("sensitivity") or {}
         if sens.get("branches"):
