@@ -73,3 +73,31 @@ def test_onnx_teacher_reads_the_students_words_with_its_own_ids(tiny_checkpoints
 def test_distill_config_errors_are_recipe_errors(step, match):
     with pytest.raises(RecipeError, match=match):
         parse_recipe({"name": "d", "steps": [{"type": "train"}, step]})
+
+
+def test_distill_step_trains_a_fresh_smaller_student_from_another_family(tmp_path, tiny_checkpoints):
+    from mmedge.pipeline import run_recipe
+
+    recipe = parse_recipe(
+        {
+            "name": "fresh-student",
+            "model": {"family": "cnn-lstm"},
+            "data": {"test_images": 200, "val_images": 100},
+            "steps": [
+                {"type": "load", "path": str(tiny_checkpoints["cnn-lstm"])},
+                {
+                    "type": "distill",
+                    "epochs": 1,
+                    "batch_size": 256,
+                    "student_family": "vit-transformer",
+                    "student": {"dim": 8, "heads": 2, "image_layers": 0, "text_layers": 1},
+                },
+            ],
+            "workdir": str(tmp_path / "runs"),
+        }
+    )
+    records = run_recipe(recipe, progress="off")
+    m = records[1].result.metrics
+    assert m["family"] == "vit-transformer" and m["parameters"] < records[0].result.metrics["parameters"]
+    student = load_checkpoint(records[1].result.artifact.path)
+    assert student.family == "vit-transformer" and student.options["dim"] == 8 and student.options["image_layers"] == 0
