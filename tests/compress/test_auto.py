@@ -50,6 +50,8 @@ def test_quantize_auto_falls_back_to_float_and_then_fails_when_no_candidate_meet
 def test_per_branch_precision_is_honoured(tmp_path, tiny_onnx):
     nodes = quantizable_nodes(prepare(tiny_onnx["cnn-lstm"], tmp_path / "p.onnx"))
     cfg = AutoQuantConfig(branch_precision={"image": "int8-static", "text": "int8-dynamic", "head": "fp32"})
+    assert {_plan(nodes, "fp32", cfg)[n["node"]] for n in nodes if n["branch"] == "image"} == {"int8-static"}
+    assert not any(n["node"] in _plan(nodes, "fp32", cfg) for n in nodes if n["branch"] == "fusion")
     for scheme in ("int8-dynamic", "int8-static"):
         plan = _plan(nodes, scheme, cfg)
         by_branch = {}
@@ -71,3 +73,17 @@ def test_quantize_auto_config_errors_are_recipe_errors():
         parse_recipe(steps(branch_precision={"text": "int4"}))
     with pytest.raises(RecipeError, match="unknown op type 'LSMT'"):
         parse_recipe(steps(dynamic_op_types=["LSMT"]))
+
+
+def test_quantize_auto_ships_the_per_branch_mix_it_was_given(tmp_path, tiny_onnx, data_cfg):
+    from mmedge.compress.quantize import op_histogram
+
+    mix = {"image": "int8-static", "text": "int8-dynamic", "head": "fp32"}
+    cfg = AutoQuantConfig(**FAST, branch_precision=mix)
+    out = tmp_path / "mix.onnx"
+    r = auto_quantize(tiny_onnx["cnn-lstm"], out, cfg, data_cfg, None, 100.0, "cpu")
+    nodes = {n["node"]: n["branch"] for n in quantizable_nodes(prepare(tiny_onnx["cnn-lstm"], tmp_path / "p.onnx"))}
+    chosen = {nodes[n]: s for n, s in r["plan"].items()}
+    assert chosen["image"] == "int8-static" and chosen["text"] == "int8-dynamic" and "head" not in chosen
+    ops = op_histogram(out)
+    assert ops.get("QuantizeLinear", 0) >= 1 and ops.get("DynamicQuantizeLSTM") == 1

@@ -190,7 +190,10 @@ def auto_quantize(
         def drop(acc: float) -> float:
             return round((ref - acc) * 100, 4)
 
-        candidates = [{"name": "fp32", "plan": {}, "path": src, "test_accuracy": input_test}]
+        # "fp32": every branch the recipe did not fix stays float (the input itself, unless a branch is fixed)
+        base = _plan(nodes, "fp32", cfg)
+        base_path = build("fp32", base) if base else src
+        candidates = [{"name": "fp32", "plan": base, "path": base_path, "test_accuracy": ev.accuracy(base_path)}]
         for scheme in cfg.schemes:
             plan = _plan(nodes, scheme, cfg)
             path = build(scheme, plan)
