@@ -318,6 +318,27 @@ def predict(
 
 @app.command()
 @guarded
+def providers(as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False):
+    """The execution providers mmedge knows, and which this onnxruntime installation really has."""
+    from rich.markup import escape
+
+    from mmedge.runtime.providers import listing
+
+    rows = listing()
+    if as_json:
+        _emit_json(rows)
+        return
+    t = Table(title=f"execution providers (onnxruntime {rows[0]['onnxruntime']})")
+    for col in ("name", "onnxruntime provider", "available", "how to get it"):
+        t.add_column(col)
+    for r in rows:
+        how = escape(r["how_to_get"] or "")  # it holds brackets (mmedge[gpu]) that are not markup
+        t.add_row(r["name"], r["ort_name"], "[green]yes[/]" if r["available"] else "no", how)
+    out.print(t)
+
+
+@app.command()
+@guarded
 def inspect(
     path: Annotated[Path, typer.Argument(help="An .onnx file or a bundle folder.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,

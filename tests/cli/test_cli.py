@@ -164,3 +164,19 @@ def test_run_a_recipe_file_without_bundle_or_ablation(tmp_path, tiny_checkpoints
     r = invoke("run", tmp_path / "r.yaml")
     assert r.exit_code == 0, r.output
     assert "3. validate" in r.output and "test accuracy" in r.output and "bundle:" not in r.output
+
+
+def test_providers_lists_cpu_as_available_and_mobile_eps_honestly_unavailable():
+    import onnxruntime as ort
+
+    res = runner.invoke(app, ["providers", "--json"])
+    assert res.exit_code == 0, res.output
+    rows = {r["name"]: r for r in json.loads(res.output)}
+    assert set(rows) >= {"cpu", "cuda", "tensorrt", "openvino", "xnnpack", "nnapi", "coreml", "qnn", "dml"}
+    have = set(ort.get_available_providers())
+    for r in rows.values():  # what onnxruntime itself reports, never assumed
+        assert r["available"] == (r["ort_name"] in have)
+        assert (r["how_to_get"] is None) == r["available"]
+    assert rows["cpu"]["available"]
+    table = runner.invoke(app, ["providers"])
+    assert table.exit_code == 0 and "XnnpackExecutionProvider" in table.output and "mmedge[gpu]" in table.output

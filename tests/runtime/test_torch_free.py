@@ -1,4 +1,4 @@
-"""bench, predict, inspect and validate must run where torch is not installed."""
+"""bench, predict, inspect, validate and providers must run where torch is not installed."""
 
 import json
 import subprocess
@@ -28,6 +28,7 @@ SCRIPT = textwrap.dedent("""
         "predict": runner.invoke(app, ["predict", bundle, "--image", bundle + "/" + samples[0]["image"],
                                        "--text", samples[0]["text"]]).exit_code,
         "validate": runner.invoke(app, ["validate", bundle, "--no-ablation", "--json"]).exit_code,
+        "providers": runner.invoke(app, ["providers", "--json"]).exit_code,
     }
     print(json.dumps({"codes": codes, "torch_loaded": "torch" in sys.modules}))
 """)
@@ -39,5 +40,5 @@ def test_onnx_only_commands_run_with_torch_blocked():
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["codes"] == {"inspect": 0, "bench": 0, "predict": 0, "validate": 0}
+    assert result["codes"] == {"inspect": 0, "bench": 0, "predict": 0, "validate": 0, "providers": 0}
     assert result["torch_loaded"] is False

@@ -75,3 +75,20 @@ def require(name: str) -> ExecutionProvider:
             f"{', '.join(available())}); to get it, {ep.how_to_get}."
         )
     return ep
+
+
+def listing() -> list[dict]:
+    """Every registered EP with its onnxruntime name, whether this installation has it, and how to get it."""
+    import onnxruntime as ort
+
+    have = available()
+    return [
+        {
+            "name": ep.name,
+            "ort_name": ep.ort_name,
+            "available": ep.name in have,
+            "how_to_get": None if ep.name in have else ep.how_to_get,
+            "onnxruntime": ort.__version__,
+        }
+        for ep in PROVIDERS.values()
+    ]
