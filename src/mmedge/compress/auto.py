@@ -129,12 +129,17 @@ class _Evaluator:
         self.vocab = model_vocab(sess)
         data = load_dataset(model_data_config(sess, data_cfg))
         self.test, self.val = data.test, data.val
+        self._cache: dict = {}
 
     def logits(self, path: Path, split: str = "test"):
+        """Logits of a model on a split, computed once per (model, split)."""
         from mmedge.runtime.evaluate import predict
         from mmedge.runtime.session import open_session
 
-        return predict(open_session(path), self.test if split == "test" else self.val, self.vocab)
+        key = (str(path), split)
+        if key not in self._cache:
+            self._cache[key] = predict(open_session(path), self.test if split == "test" else self.val, self.vocab)
+        return self._cache[key]
 
     def accuracy(self, path: Path, split: str = "test") -> float:
         from mmedge.runtime.evaluate import score
@@ -179,12 +184,11 @@ def auto_quantize(
             feeds = calibration_feeds(src, cfg.calibration, data_cfg)
             ops = sorted({n["op"] for n in nodes} | set(cfg.static_op_types))
             cache = calibrate(prepared, feeds, cfg.calibration, ops, work / "calibration.json")
-        built: dict[str, Path] = {}
+        count = iter(range(1_000_000))
 
-        def build(name: str, plan: dict[str, str]) -> Path:
-            path = work / f"{len(built):03d}.onnx"
+        def build(plan: dict[str, str]) -> Path:
+            path = work / f"{next(count):03d}.onnx"
             quantize_plan(prepared, path, plan, cache, cfg.calibration, cfg.per_channel)
-            built[name] = path
             return path
 
         def drop(acc: float) -> float:
@@ -192,11 +196,11 @@ def auto_quantize(
 
         # "fp32": every branch the recipe did not fix stays float (the input itself, unless a branch is fixed)
         base = _plan(nodes, "fp32", cfg)
-        base_path = build("fp32", base) if base else src
+        base_path = build(base) if base else src
         candidates = [{"name": "fp32", "plan": base, "path": base_path, "test_accuracy": ev.accuracy(base_path)}]
         for scheme in cfg.schemes:
             plan = _plan(nodes, scheme, cfg)
-            path = build(scheme, plan)
+            path = build(plan)
             candidates.append({"name": scheme, "plan": plan, "path": path, "test_accuracy": ev.accuracy(path)})
 
         # Sensitivity on the validation split: each node alone, each branch alone.
@@ -206,14 +210,14 @@ def auto_quantize(
             for n in nodes:
                 if n["node"] not in full:
                     continue
-                p = build(f"sens:{scheme}:{n['node']}", {n["node"]: full[n["node"]]})
+                p = build({n["node"]: full[n["node"]]})
                 sensitivity["nodes"].append(
                     {**n, "scheme": scheme, "drop_points": round((input_val - ev.accuracy(p, "val")) * 100, 4)}
                 )
             for branch in sorted({n["branch"] for n in nodes}):
                 part = {k: v for k, v in full.items() if next(x for x in nodes if x["node"] == k)["branch"] == branch}
                 if part:
-                    p = build(f"sens:{scheme}:{branch}", part)
+                    p = build(part)
                     sensitivity["branches"].append(
                         {
                             "branch": branch,
@@ -239,7 +243,7 @@ def auto_quantize(
                     kept.add(s["node"])
                     plan = _plan(nodes, scheme, cfg, frozenset(kept))
                     name = f"{scheme}+fp32x{len(kept)}"
-                    path = build(name, plan)
+                    path = build(plan)
                     cand = {
                         "name": name,
                         "plan": plan,
