@@ -19,6 +19,7 @@ def tiny_recipe(tmp_path, bench_runs=15, **over):
             {"type": "export", "batch_sizes": [1, 3], "text_lengths": [5, 12]},
             {"type": "validate"},
             {"type": "bench", "runs": bench_runs, "warmup": 2, "batch_sizes": [1, 4]},
+            {"type": "mobile"},
             {"type": "bundle", "samples": 4},
         ],
         "output": str(tmp_path / "bundle"),
@@ -37,7 +38,7 @@ def first_run(tmp_path_factory):
 
 def test_step_bundle_pipeline_runs_every_step_and_ships_a_verified_bundle(first_run):
     tmp, _, records = first_run
-    assert [r.config.type for r in records] == ["train", "export", "validate", "bench", "bundle"]
+    assert [r.config.type for r in records] == ["train", "export", "validate", "bench", "mobile", "bundle"]
     assert not any(r.cached for r in records)
     bundle = load_bundle(tmp / "bundle")
     m = bundle.manifest
@@ -46,7 +47,22 @@ def test_step_bundle_pipeline_runs_every_step_and_ships_a_verified_bundle(first_
     assert m["metrics"]["parity"]["argmax_agreement"] >= 0.999
     assert m["metrics"]["latency"]["cpu"]["batches"]["1"]["p50_ms"] > 0
     results = json.loads((tmp / "runs" / "tiny" / "results.json").read_text())
-    assert results["schema_version"] == 1 and len(results["steps"]) == 5
+    assert results["schema_version"] == 1 and len(results["steps"]) == 6
+
+
+def test_step_mobile_files_ship_in_the_bundle_with_their_analysis(first_run):
+    tmp = first_run[0]
+    bundle = load_bundle(tmp / "bundle")
+    m = bundle.manifest
+    for name in ("model.ort", "model.fixed.ort", "model.fixed.onnx", "required_operators.config", "mobile.json"):
+        assert name in m["files"], name
+    variants = {v["file"]: v for v in m["variants"]}
+    assert variants["model.fixed.ort"]["inputs"]["input_ids"][0] == 1
+    assert variants["model.ort"]["session_config"] == {"session.enable_saved_runtime_optimizations": "1"}
+    mob = m["metrics"]["mobile"]
+    assert mob["parity"]["model.fixed.ort"]["max_abs_diff"] <= 1e-4
+    report = (tmp / "bundle" / "report.md").read_text()
+    assert "## Mobile" in report and "NNAPI" in report and "CoreML" in report
 
 
 def test_step_validate_reports_parity_and_ablation(first_run):
@@ -64,7 +80,7 @@ def test_rerun_skips_finished_steps_and_reruns_only_what_changed(first_run):
     again = run_recipe(recipe, progress="off")
     assert all(r.cached for r in again)
     changed = run_recipe(tiny_recipe(tmp, bench_runs=16), progress="off")
-    assert [r.cached for r in changed] == [True, True, True, False, False]
+    assert [r.cached for r in changed] == [True, True, True, False, False, False]
 
 
 def test_latency_budget_that_cannot_be_met_fails_the_run(first_run):
@@ -103,7 +119,7 @@ def test_a_step_that_reruns_invalidates_the_steps_after_it(first_run):
     assert all(r.cached for r in fresh)
     shutil.rmtree(fresh[3].folder)  # bench re-runs: its timings differ, so the bundle after it must re-run too
     again = run_recipe(recipe, progress="off")
-    assert [r.cached for r in again] == [True, True, True, False, False]
+    assert [r.cached for r in again] == [True, True, True, False, False, False]
 
 
 def test_an_output_changed_by_hand_is_not_taken_from_the_cache(first_run):
@@ -111,7 +127,7 @@ def test_an_output_changed_by_hand_is_not_taken_from_the_cache(first_run):
     run_recipe(recipe, progress="off")
     (tmp / "bundle" / "report.md").write_text("edited")
     again = run_recipe(recipe, progress="off")
-    assert [r.cached for r in again] == [True, True, True, True, False]
+    assert [r.cached for r in again] == [True, True, True, True, True, False]
     assert load_bundle(tmp / "bundle")
 
 

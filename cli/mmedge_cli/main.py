@@ -150,6 +150,14 @@ def export(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint folder written by `mmedge train`.")],
     out_path: Annotated[Path, typer.Option("--out", help="ONNX file to write.")] = Path("model.onnx"),
     opset: Annotated[int, typer.Option(min=14, max=21, help="ONNX opset.")] = 18,
+    mobile: Annotated[
+        bool,
+        typer.Option(
+            "--mobile",
+            help="Also write the ONNX Runtime Mobile files (.ort, fixed-shape variant, operators config, "
+            "NNAPI/CoreML analysis) into OUT's folder + '-mobile'.",
+        ),
+    ] = False,
 ):
     """Export a checkpoint to ONNX in a fresh process and validate it against PyTorch."""
     from mmedge.export.onnx import ExportConfig, export_checkpoint
@@ -159,6 +167,54 @@ def export(
         f"wrote {out_path} ({out_path.stat().st_size / 1e6:.3f} MB); validated at {len(report['checks'])} "
         f"batch × text-length combinations, max abs diff {report['max_abs_diff']:.2e}"
     )
+    if mobile:
+        _mobile(out_path, out_path.with_name(f"{out_path.stem}-mobile"), [], None, False)
+
+
+def _parse_dims(dims: list[str]) -> dict[str, int]:
+    parsed = {}
+    for item in dims:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value.strip().lstrip("-").isdigit():
+            raise MmedgeError(f"--dim '{item}' is not NAME=SIZE; write it like --dim text_length=12.")
+        parsed[name.strip()] = int(value)
+    return parsed
+
+
+def _mobile(model: Path, out_dir: Path, dims: list[str], inputs: Path | None, as_json: bool) -> None:
+    from mmedge.export.mobile import MobileConfig, build_mobile
+    from mmedge.runtime.inputs import bench_inputs, npz_feeds
+
+    path = _model_file(model)
+    feeds, source = (npz_feeds(inputs), str(inputs)) if inputs is not None else bench_inputs(model, path)
+    result = build_mobile(path, out_dir, feeds, MobileConfig(dims=_parse_dims(dims)))
+    result["inputs"] = source
+    if as_json:
+        _emit_json(result)
+        return
+    from mmedge.report.markdown import mobile_section
+
+    out.print(f"wrote {', '.join(result['files'])} and mobile.json into {out_dir} (checked on {source})")
+    out.print("\n".join(mobile_section(result)), markup=False, highlight=False)
+
+
+@app.command()
+@guarded
+def mobile(
+    model: Annotated[Path, typer.Argument(help="An .onnx file or a bundle folder.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the mobile files.")] = Path("mobile"),
+    dim: Annotated[
+        list[str] | None,
+        typer.Option(help="Fixed size for a dynamic dimension, NAME=SIZE (default: batch 1, full text length)."),
+    ] = None,
+    inputs: Annotated[
+        Path | None, typer.Option(help="An .npz of input tensors to check the .ort files on (default: real samples).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+):
+    """ONNX Runtime Mobile files: .ort (Runtime optimizations), fixed-shape variant, operators config, and the
+    NNAPI/CoreML usability analysis; every .ort is checked against its .onnx."""
+    _mobile(model, out_dir, dim or [], inputs, as_json)
 
 
 @app.command()

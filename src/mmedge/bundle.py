@@ -190,6 +190,7 @@ def write_bundle(
     lineage: tuple[str, ...],
     report_md: str,
     samples: int = 8,
+    extra_files: dict[str, Path] | None = None,
 ) -> Path:
     """Write the bundle into a temporary sibling folder, then swap it into place."""
     from mmedge.runtime.session import model_metadata, open_session
@@ -204,8 +205,12 @@ def write_bundle(
         (tmp / "vocab.json").write_text(json.dumps(json.loads(meta["mmedge.tokenizer"]), indent=1))
         sample_info = _write_samples(tmp / "samples", tmp / "model.onnx", data_cfg, samples)
         (tmp / "report.md").write_text(report_md)
+        for rel, src in (extra_files or {}).items():
+            shutil.copyfile(src, tmp / rel)
         manifest = build_manifest(name, tmp / "model.onnx", meta, metrics, sample_info, lineage)
         manifest["model"]["size_bytes"] = (tmp / "model.onnx").stat().st_size
+        if "mobile" in metrics:
+            manifest["variants"] = mobile_variants(metrics["mobile"], manifest["inputs"])
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
         manifest["files"] = {
             p.relative_to(tmp).as_posix(): {"sha256": sha256(p), "bytes": p.stat().st_size} for p in files
@@ -221,6 +226,35 @@ def write_bundle(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def mobile_variants(mobile: dict, inputs: list[dict]) -> list[dict]:
+    """What an app on a phone loads: each .ort file, its input shapes and the session config it needs."""
+    fixed = mobile["fixed_dims"]
+    return [
+        {
+            "file": "model.ort",
+            "format": "ort",
+            "for": "ONNX Runtime Mobile, CPU/XNNPACK EP, any batch size and text length",
+            "inputs": {i["name"]: i["shape"] for i in inputs},
+            "session_config": mobile["session_config"],
+        },
+        {
+            "file": "model.fixed.ort",
+            "format": "ort",
+            "for": "ONNX Runtime Mobile with NNAPI or CoreML (fixed shapes); pad the text to the fixed length",
+            "inputs": {i["name"]: [fixed.get(d, d) if isinstance(d, str) else d for d in i["shape"]] for i in inputs},
+            "session_config": mobile["session_config"],
+        },
+        {
+            "file": "model.fixed.onnx",
+            "format": "onnx",
+            "for": "the fixed-shape model as ONNX (what model.fixed.ort was converted from)",
+            "inputs": {i["name"]: [fixed.get(d, d) if isinstance(d, str) else d for d in i["shape"]] for i in inputs},
+        },
+        {"file": "required_operators.config", "format": "ort-operators-config", "for": "a reduced-operator build"},
+        {"file": "mobile.json", "format": "json", "for": "the NNAPI/CoreML usability analysis and .ort parity"},
+    ]
 
 
 def shipped_metrics(ctx, model_path: Path) -> dict:
@@ -260,6 +294,9 @@ def shipped_metrics(ctx, model_path: Path) -> dict:
             "model": pruned["model_sparsity"],
             "note": pruned["note"],
         }
+    mobile = ctx.metrics("mobile")
+    if mobile:
+        out["mobile"] = mobile
     compression = compression_metrics(ctx)
     if compression:
         out["compression"] = compression
@@ -341,6 +378,17 @@ def bundle_step(cfg: BundleConfig, ctx) -> StepResult:
         )
     metrics = shipped_metrics(ctx, ctx.artifact.path)
     report = render_bundle_report(recipe.name, metrics, ctx)
+    extra = {}
+    mobile = next((r for r in reversed(ctx.records) if r.config.type == "mobile"), None)
+    if mobile is not None:
+        from mmedge.export.mobile import MOBILE_FILES
+
+        if mobile.result.metrics.get("source_sha256") != sha256(ctx.artifact.path):
+            raise BundleError(
+                "the mobile step converted another model than the one being shipped; move the mobile step after "
+                "the last step that changes the model (export, quantize)."
+            )
+        extra = {name: mobile.folder / name for name in MOBILE_FILES}
     out = write_bundle(
         recipe.output_dir,
         recipe.name,
@@ -350,6 +398,7 @@ def bundle_step(cfg: BundleConfig, ctx) -> StepResult:
         (*ctx.artifact.lineage, "bundle"),
         report,
         cfg.samples,
+        extra,
     )
     return StepResult(
         Artifact(out.resolve(), "bundle", ctx.artifact.spec, (*ctx.artifact.lineage, "bundle")),

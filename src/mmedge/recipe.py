@@ -70,7 +70,7 @@ def load_steps() -> dict[str, StepEntry]:
     """Import the modules that define steps (they register themselves)."""
     from mmedge import bundle, train  # noqa: F401
     from mmedge.compress import auto, distill, optimize, prune, quantize  # noqa: F401
-    from mmedge.export import onnx  # noqa: F401
+    from mmedge.export import mobile, onnx  # noqa: F401
     from mmedge.runtime import steps  # noqa: F401
 
     return STEPS

@@ -138,6 +138,58 @@ def compression_section(c: dict) -> list[str]:
     return out
 
 
+def mobile_section(mob: dict) -> list[str]:
+    """ORT-format files, their parity, and the NNAPI/CoreML usability analysis of the dynamic and fixed model."""
+    dims = ", ".join(f"{k}={v}" for k, v in mob["fixed_dims"].items())
+    out = [
+        "",
+        "## Mobile (ONNX Runtime Mobile)",
+        "",
+        f"`model.ort` (dynamic shapes) and `model.fixed.ort` ({dims}) are converted with the Runtime optimization "
+        f"style for {mob['target_platform']}; load them with the session config "
+        + ", ".join(f"`{k}={v}`" for k, v in mob["session_config"].items())
+        + ". `required_operators.config` lists the operators for a reduced-operator build.",
+        "",
+        table(
+            ["file", "bytes", "max abs diff vs .onnx", "argmax agreement", "inputs"],
+            [
+                [
+                    f"`{name}`",
+                    f"{mob['files'][name]['bytes']:,}",
+                    f"{p['max_abs_diff']:.2e}",
+                    pct(p["argmax_agreement"]),
+                    str(p["samples"]),
+                ]
+                for name, p in mob["parity"].items()
+            ],
+        ),
+        "",
+        "Usability for the mobile EPs (onnxruntime's analysis after basic optimizations):",
+        "",
+    ]
+    rows = []
+    for variant, a in mob["analysis"].items():
+        for r in a["eps"].values():
+            rows.append(
+                [
+                    r["ep"],
+                    variant,
+                    f"{r['supported_nodes']}/{r['nodes']}",
+                    str(r["partitions"]),
+                    ", ".join(r["unsupported_ops"]) or "none",
+                    str(r["nodes_unsupported_by_dynamic_shape"]),
+                    r["verdict"],
+                ]
+            )
+    out.append(
+        table(
+            ["EP", "shapes", "nodes supported", "partitions", "unsupported ops", "need fixed shapes", "verdict"], rows
+        )
+    )
+    out += ["", *[f"- {v}" for v in mob["verdicts"]["fixed"].values()]]
+    return out
+
+
 def render_bundle_report(name: str, metrics: dict, ctx=None) -> str:
     m = metrics
     out = [f"# {name}", ""]
@@ -188,6 +240,8 @@ def render_bundle_report(name: str, metrics: dict, ctx=None) -> str:
         out += compression_section(m["compression"])
     if "latency" in m:
         out += ["", "## Latency", "", latency_section(m["latency"])]
+    if m.get("mobile"):
+        out += mobile_section(m["mobile"])
     mach = m.get("measured_on", {})
     if mach:
         out += [

@@ -1,0 +1,380 @@
+"""Mobile artifacts for ONNX Runtime Mobile (Android, iOS), made and checked here without torch.
+
+From one .onnx model this writes:
+
+- ``model.ort`` — the ORT format for the mobile (minimal) runtime, converted with the *Runtime*
+  optimization style: the Fixed style bakes optimizations for this build machine (x86 NCHWc kernels)
+  into the file, Runtime saves them to be replayed on the device;
+- ``model.fixed.onnx`` and ``model.fixed.ort`` — every dynamic dimension set to a fixed size (batch 1,
+  the tokenizer's full text length), which NNAPI and CoreML need to take the graph at all;
+- ``required_operators.config`` — the operators (with opsets) both files use, for a reduced-operator
+  ONNX Runtime build (``--include_ops_by_config``);
+- ``mobile.json`` — the usability analysis for NNAPI and CoreML (nodes each EP can take, partitions,
+  unsupported operators, a verdict) of the dynamic and the fixed-shape model, and the parity of every
+  .ort file with its .onnx on real inputs.
+
+Every .ort is loaded back (with its saved runtime optimizations replayed, as the device will) and must
+reproduce the .onnx outputs within ``atol``; otherwise nothing is kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from mmedge.artifact import StepResult
+from mmedge.errors import MmedgeError
+from mmedge.recipe import StepConfig, register_step
+
+ORT_FILE = "model.ort"
+FIXED_ONNX = "model.fixed.onnx"
+FIXED_ORT = "model.fixed.ort"
+OPS_CONFIG = "required_operators.config"
+ANALYSIS = "mobile.json"
+# A .ort converted with the Runtime style replays its saved optimizations only with this entry set.
+SESSION_CONFIG = {"session.enable_saved_runtime_optimizations": "1"}
+
+# Which op-support table of onnxruntime's usability checker judges which mobile EP.
+_EPS = {
+    "nnapi": ("NNAPI (Android)", None),
+    "coreml-neuralnetwork": ("CoreML NeuralNetwork (iOS/macOS)", "coreml_supported_neuralnetwork_ops.md"),
+    "coreml-mlprogram": ("CoreML ML Program (iOS 15+/macOS 12+)", "coreml_supported_mlprogram_ops.md"),
+}
+
+
+class MobileError(MmedgeError):
+    """A mobile artifact that cannot be made or does not reproduce its source model."""
+
+
+class MobileConfig(StepConfig):
+    type: Literal["mobile"] = "mobile"
+    batch_size: int = Field(
+        1, ge=1, description="Batch size fixed into model.fixed.*; an app on a phone answers one question at a time."
+    )
+    text_length: int | None = Field(
+        None,
+        ge=1,
+        description="Text length fixed into model.fixed.*; default: the tokenizer's max_length, so every "
+        "question fits once padded.",
+    )
+    dims: dict[str, int] = Field(
+        default_factory=dict,
+        description="Sizes for named dynamic dimensions (e.g. {batch: 1}); wins over batch_size/text_length. "
+        "Needed only for a model whose dimensions mmedge cannot size by itself.",
+    )
+    target_platform: Literal["arm", "amd64"] = Field(
+        "arm",
+        description="CPU the .ort is optimized for: arm (phones, Raspberry Pi) keeps int8 QDQ fusions and no "
+        "x86-only layout transforms.",
+    )
+    atol: float = Field(
+        1e-4, gt=0, description="Largest absolute output difference allowed between a .ort and its .onnx."
+    )
+
+
+def _dim_params(model) -> dict[str, list[tuple[str, int]]]:
+    """Each dynamic dimension name -> the (input, axis) places it sizes."""
+    found: dict[str, list[tuple[str, int]]] = {}
+    for value in model.graph.input:
+        for axis, dim in enumerate(value.type.tensor_type.shape.dim):
+            if dim.dim_param:
+                found.setdefault(dim.dim_param, []).append((value.name, axis))
+            elif not dim.HasField("dim_value"):
+                raise MobileError(
+                    f"input '{value.name}' has an unnamed dynamic dimension on axis {axis}, which cannot be fixed "
+                    "for NNAPI/CoreML; re-export the model with named dynamic axes."
+                )
+    return found
+
+
+def fixed_dims(model, cfg: MobileConfig, max_length: int | None) -> dict[str, int]:
+    """A size for every dynamic dimension of the model inputs, or an error naming the one left open."""
+    dims = {}
+    for name, places in _dim_params(model).items():
+        if name in cfg.dims:
+            dims[name] = cfg.dims[name]
+        elif all(axis == 0 for _, axis in places):
+            dims[name] = cfg.batch_size
+        elif cfg.text_length is not None or max_length is not None:
+            dims[name] = cfg.text_length or max_length
+        else:
+            raise MobileError(
+                f"the model's dynamic dimension '{name}' (on {', '.join(f'{i}[{a}]' for i, a in places)}) has no "
+                f"known size; set it in the mobile step (dims: {{{name}: N}}) or with --dim {name}=N."
+            )
+    for name, value in cfg.dims.items():
+        if name not in dims:
+            raise MobileError(
+                f"dims names '{name}', which is not a dynamic dimension of this model (it has: "
+                f"{', '.join(_dim_params(model)) or 'none'}); remove it."
+            )
+        if value < 1:
+            raise MobileError(f"dims sets '{name}' to {value}; every size must be at least 1.")
+    return dims
+
+
+def make_fixed(src: Path, dst: Path, dims: dict[str, int]) -> None:
+    import onnx
+    from onnxruntime.tools.onnx_model_utils import fix_output_shapes, make_dim_param_fixed
+
+    model = onnx.load(str(src))
+    for name, value in dims.items():
+        make_dim_param_fixed(model.graph, name, value)
+    fix_output_shapes(model)
+    onnx.save(model, str(dst))
+
+
+@contextlib.contextmanager
+def _quiet_tools():
+    """onnxruntime's mobile tools print progress and log to the root logger; keep the CLI output ours."""
+    names = ("ort_format_model.utils", "ort_format_model", "usability_checker", "check_usability")
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    buf = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buf):
+            yield buf
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def convert_to_ort(models: list[Path], out_dir: Path, target_platform: str) -> dict[str, Path]:
+    """ORT-format files (Runtime optimization style) and the operators config for ``models``."""
+    from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
+
+    with tempfile.TemporaryDirectory(prefix="mmedge-ort-") as tmp:
+        staging, converted = Path(tmp) / "onnx", Path(tmp) / "ort"
+        staging.mkdir()
+        for m in models:
+            shutil.copyfile(m, staging / m.name)
+        with _quiet_tools() as log:
+            try:
+                convert_onnx_models_to_ort(
+                    staging,
+                    output_dir=converted,
+                    optimization_styles=[OptimizationStyle.Runtime],
+                    target_platform=target_platform,
+                )
+            except Exception as exc:
+                detail = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+                raise MobileError(
+                    f"onnxruntime could not convert the model to the ORT format ({detail}); the model uses something "
+                    f"the mobile runtime cannot hold. Conversion log: {log.getvalue()[-300:]!r}"
+                ) from None
+        written = {}
+        for m in models:
+            produced = converted / f"{m.stem}.with_runtime_opt.ort"
+            written[m.name] = out_dir / f"{m.stem}.ort"
+            shutil.move(produced, written[m.name])
+        config = next(converted.glob("required_operators*.config"))
+        lines = config.read_text().splitlines()
+        # The generated header lists the build machine's temporary paths; name the shipped files instead.
+        body = [ln for ln in lines if not ln.startswith("#")]
+        header = ["# Operators (domain;opset;ops) used by: " + ", ".join(p.name for p in written.values())]
+        header.append(
+            "# Build a reduced ONNX Runtime with: build.sh --minimal_build --include_ops_by_config <this file>"
+        )
+        (out_dir / OPS_CONFIG).write_text("\n".join(header + body) + "\n")
+    return written
+
+
+def ort_session(path: Path):
+    """An InferenceSession on a .ort file the way a device loads it (saved runtime optimizations replayed)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads = 1
+    for key, value in SESSION_CONFIG.items():
+        opts.add_session_config_entry(key, value)
+    try:
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise MobileError(
+            f"{path.name} does not load in onnxruntime ({str(exc).splitlines()[0][:160]}); the conversion is broken."
+        ) from None
+
+
+def fit_feeds(feeds: dict[str, np.ndarray], sess, pad: dict[str, int]) -> list[dict[str, np.ndarray]]:
+    """``feeds`` cut into batches that fit a fixed-shape session: rows in chunks, padded along fixed axes."""
+    shapes = {i.name: i.shape for i in sess.get_inputs()}
+    n = len(next(iter(feeds.values())))
+    batch = next((s[0] for s in shapes.values() if isinstance(s[0], int)), n)
+    chunks = []
+    for start in range(0, n, batch):
+        rows = np.arange(start, start + batch) % n
+        chunk = {}
+        for name, arr in feeds.items():
+            part = arr[rows]
+            widths = [(0, 0)] * part.ndim
+            for axis in range(1, part.ndim):
+                want = shapes[name][axis]
+                if isinstance(want, int) and part.shape[axis] != want:
+                    if part.shape[axis] > want:
+                        raise MobileError(
+                            f"input '{name}' has size {part.shape[axis]} on axis {axis}, more than the fixed "
+                            f"{want}; raise text_length (or dims) in the mobile step."
+                        )
+                    widths[axis] = (0, want - part.shape[axis])
+            chunk[name] = np.pad(part, widths, constant_values=pad.get(name, 0)) if any(w[1] for w in widths) else part
+        chunks.append(chunk)
+    return chunks
+
+
+def _run_chunks(sess, chunks: list[dict[str, np.ndarray]], n: int) -> list[np.ndarray]:
+    outs = [sess.run(None, c) for c in chunks]
+    return [np.concatenate([o[k] for o in outs])[:n] for k in range(len(outs[0]))]
+
+
+def check_ort(ort_path: Path, source, feeds: dict[str, np.ndarray], pad: dict[str, int], atol: float) -> dict:
+    """Parity of a .ort with the session of its source .onnx, both fed the same batches. (The same batches
+    matter: dynamic int8 quantization scales activations per batch, so batch 1 and batch 8 differ.)"""
+    sess = ort_session(ort_path)
+    n = len(next(iter(feeds.values())))
+    chunks = fit_feeds(feeds, sess, pad)
+    got, want = _run_chunks(sess, chunks, n), _run_chunks(source, chunks, n)
+    diff = max(float(np.abs(g.astype(np.float64) - w).max()) for g, w in zip(got, want, strict=True))
+    agree = float((got[0].argmax(-1) == want[0].argmax(-1)).mean()) if got[0].ndim == 2 else None
+    if not diff <= atol:
+        raise MobileError(
+            f"{ort_path.name} differs from its .onnx by up to {diff:.2e} on {n} real inputs (allowed {atol:g}); "
+            "the mobile file does not reproduce the model, so it was not kept."
+        )
+    return {"max_abs_diff": diff, "argmax_agreement": agree, "samples": n, "batches": len(chunks)}
+
+
+def _partition_summary(info, label: str) -> dict:
+    verdict = info.suitability().name.lower()
+    share = info.num_supported_nodes / max(info.num_nodes, 1)
+    return {
+        "ep": label,
+        "nodes": info.num_nodes,
+        "supported_nodes": info.num_supported_nodes,
+        "supported_share": round(share, 4),
+        "partitions": info.num_partitions,
+        "partition_sizes": [len(g) for g in info.supported_groups],
+        "unsupported_ops": sorted(op.split(":", 1)[-1] for op in info.unsupported_ops),
+        "nodes_unsupported_by_op": info.nodes_unsupported_due_to_op,
+        "nodes_unsupported_by_dynamic_shape": info.nodes_unsupported_due_to_dynamic_input,
+        "nodes_unsupported_by_rank": info.num_unsupported_nodes_due_to_rank,
+        "caveats": sorted(info.supported_ops_checker.get_caveats()),
+        "verdict": verdict,
+    }
+
+
+def usability(model_path: Path) -> dict:
+    """onnxruntime's mobile usability analysis of one .onnx, as data: per mobile EP, what it could take."""
+    from onnxruntime.tools.mobile_helpers import usability_checker as uc
+    from onnxruntime.tools.onnx_model_utils import ModelProtoWithShapeInfo, optimize_model
+
+    with tempfile.TemporaryDirectory(prefix="mmedge-usability-") as tmp, _quiet_tools():
+        # The checker judges the graph after the basic optimizations every ORT build applies.
+        optimized = Path(tmp) / model_path.name
+        optimize_model(model_path, optimized, use_external_initializers=True)
+        model = ModelProtoWithShapeInfo(optimized).model_with_shape_info
+        dynamic_inputs, _ = uc.check_shapes(model.graph)
+        result = {"dynamic_inputs": [v.name for v in dynamic_inputs], "eps": {}}
+        for key, (label, table) in _EPS.items():
+            if table is None:
+                info = uc.check_nnapi_partitions(model, require_fixed_input_sizes=True)
+            else:
+                info = uc.check_coreml_partitions(model, require_fixed_input_sizes=True, config_filename=table)
+            result["eps"][key] = _partition_summary(info, label)
+    return result
+
+
+def verdict_sentence(key: str, r: dict) -> str:
+    share = f"{r['supported_nodes']}/{r['nodes']} nodes in {r['partitions']} partition(s)"
+    if r["verdict"] == "yes":
+        return f"{r['ep']}: use it — {share}."
+    if r["verdict"] == "maybe":
+        return f"{r['ep']}: measure against the CPU EP — {share}."
+    reasons = []
+    if r["nodes_unsupported_by_dynamic_shape"]:
+        reasons.append(f"{r['nodes_unsupported_by_dynamic_shape']} node(s) need fixed shapes")
+    if r["unsupported_ops"]:
+        reasons.append("unsupported ops: " + ", ".join(r["unsupported_ops"]))
+    if r["partitions"] > 2:
+        reasons.append("too many partitions (each switch copies data between EP and CPU)")
+    why = "; ".join(reasons) or "too few nodes supported"
+    return f"{r['ep']}: use the CPU EP (or XNNPACK) instead — {share}; {why}."
+
+
+def build_mobile(
+    model_path: Path, out_dir: Path, feeds: dict[str, np.ndarray], cfg: MobileConfig | None = None
+) -> dict:
+    """Write the mobile files for ``model_path`` into ``out_dir`` (created; must not hold them yet) and
+    return the analysis (also written as mobile.json). Nothing is left behind on failure."""
+    import onnx
+
+    from mmedge.runtime.session import metadata_json, open_session, run
+
+    cfg = cfg or MobileConfig()
+    sess = open_session(model_path, "cpu")
+    tok = metadata_json(sess, "mmedge.tokenizer") or {}
+    run(sess, feeds)  # inputs that do not fit the model are reported here, before any file is written
+    pad = {"input_ids": int(tok.get("pad_id", 0))}  # every other input pads with 0 (mask: padding)
+    dims = fixed_dims(onnx.load(str(model_path), load_external_data=False), cfg, tok.get("max_length"))
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".mobile.", dir=out_dir))
+    try:
+        source = tmp / "model.onnx"
+        shutil.copyfile(model_path, source)
+        make_fixed(source, tmp / FIXED_ONNX, dims)
+        open_session(tmp / FIXED_ONNX, "cpu")  # a fixed model that does not load is caught here, not on a phone
+        written = convert_to_ort([source, tmp / FIXED_ONNX], tmp, cfg.target_platform)
+        source.unlink()
+        parity = {
+            ORT_FILE: check_ort(written["model.onnx"], sess, feeds, pad, cfg.atol),
+            FIXED_ORT: check_ort(written[FIXED_ONNX], sess, feeds, pad, cfg.atol),
+        }
+        analysis = {"dynamic": usability(model_path), "fixed": usability(tmp / FIXED_ONNX)}
+        from mmedge.bundle import sha256
+
+        result = {
+            "source": model_path.name,
+            "source_sha256": sha256(model_path),
+            "optimization_style": "runtime",
+            "target_platform": cfg.target_platform,
+            "session_config": SESSION_CONFIG,
+            "fixed_dims": dims,
+            "files": {
+                name: {"bytes": (tmp / name).stat().st_size} for name in (ORT_FILE, FIXED_ONNX, FIXED_ORT, OPS_CONFIG)
+            },
+            "parity": parity,
+            "analysis": analysis,
+            "verdicts": {
+                variant: {k: verdict_sentence(k, r) for k, r in a["eps"].items()} for variant, a in analysis.items()
+            },
+        }
+        (tmp / ANALYSIS).write_text(json.dumps(result, indent=1))
+        for name in (ORT_FILE, FIXED_ONNX, FIXED_ORT, OPS_CONFIG, ANALYSIS):
+            (tmp / name).replace(out_dir / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return result
+
+
+MOBILE_FILES = (ORT_FILE, FIXED_ONNX, FIXED_ORT, OPS_CONFIG, ANALYSIS)
+
+
+@register_step(MobileConfig, consumes="onnx", produces=None)
+def mobile_step(cfg: MobileConfig, ctx) -> StepResult:
+    from mmedge.runtime.inputs import split_feeds
+
+    feeds = split_feeds(ctx.artifact.path, ctx.recipe.data)
+    result = build_mobile(ctx.artifact.path, ctx.out_dir, feeds, cfg)
+    return StepResult(ctx.artifact, result)

@@ -1,0 +1,125 @@
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from mmedge.export.mobile import (
+    ANALYSIS,
+    FIXED_ONNX,
+    FIXED_ORT,
+    OPS_CONFIG,
+    ORT_FILE,
+    MobileConfig,
+    MobileError,
+    build_mobile,
+    ort_session,
+)
+from mmedge.runtime.inputs import split_feeds
+
+
+@pytest.fixture(scope="module")
+def mobile_out(tmp_path_factory, tiny_onnx):
+    out = {}
+    for family, path in tiny_onnx.items():
+        folder = tmp_path_factory.mktemp(f"mobile-{family}")
+        out[family] = (folder, build_mobile(path, folder, split_feeds(path, n=16)))
+    return out
+
+
+@pytest.mark.parametrize("family", ["cnn-lstm", "vit-transformer"])
+def test_mobile_ort_files_load_back_and_match_their_onnx(mobile_out, family):
+    folder, r = mobile_out[family]
+    for name in (ORT_FILE, FIXED_ONNX, FIXED_ORT, OPS_CONFIG, ANALYSIS):
+        assert (folder / name).is_file(), name
+    assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no staging folder left
+    for name in (ORT_FILE, FIXED_ORT):
+        p = r["parity"][name]
+        assert p["max_abs_diff"] <= 1e-4 and p["argmax_agreement"] == 1.0 and p["samples"] == 16
+    assert r["parity"][FIXED_ORT]["batches"] == 16  # batch 1 fixed: one call per question
+    assert json.loads((folder / ANALYSIS).read_text())["parity"] == r["parity"]
+
+
+def test_mobile_fixed_variant_has_batch_one_and_the_full_text_length(mobile_out, tiny_onnx):
+    folder, r = mobile_out["cnn-lstm"]
+    meta = {p.key: p.value for p in onnx.load(str(tiny_onnx["cnn-lstm"])).metadata_props}
+    max_length = json.loads(meta["mmedge.tokenizer"])["max_length"]
+    assert r["fixed_dims"]["batch"] == 1
+    shapes = {
+        i.name: [d.dim_value if d.HasField("dim_value") else d.dim_param for d in i.type.tensor_type.shape.dim]
+        for i in onnx.load(str(folder / FIXED_ONNX)).graph.input
+    }
+    assert shapes["image"] == [1, 1, 28, 28]
+    assert shapes["input_ids"] == [1, max_length] and r["fixed_dims"]["text_length"] == max_length
+    sess = ort_session(folder / FIXED_ORT)
+    assert [i.shape for i in sess.get_inputs()][1] == [1, max_length]
+
+
+def test_mobile_operators_config_lists_the_ops_and_no_build_paths(mobile_out):
+    folder, _ = mobile_out["cnn-lstm"]
+    text = (folder / OPS_CONFIG).read_text()
+    ops = {op for line in text.splitlines() if not line.startswith("#") for op in line.split(";")[2].split(",")}
+    assert {"Conv", "LSTM"} <= ops
+    assert "/tmp" not in text and str(folder) not in text
+
+
+def test_mobile_analysis_is_structured_per_ep_and_fixing_shapes_helps(mobile_out):
+    _, r = mobile_out["cnn-lstm"]
+    dyn, fixed = r["analysis"]["dynamic"], r["analysis"]["fixed"]
+    assert set(dyn["eps"]) == {"nnapi", "coreml-neuralnetwork", "coreml-mlprogram"}
+    assert set(dyn["dynamic_inputs"]) == {"image", "input_ids", "attention_mask"} and not fixed["dynamic_inputs"]
+    for key, e in dyn["eps"].items():
+        assert 0 <= e["supported_nodes"] <= e["nodes"] and e["verdict"] in {"yes", "maybe", "no"}
+        assert sum(e["partition_sizes"]) == e["supported_nodes"] and len(e["partition_sizes"]) == e["partitions"]
+        assert e["nodes_unsupported_by_dynamic_shape"] > 0
+        f = fixed["eps"][key]
+        assert f["nodes_unsupported_by_dynamic_shape"] < e["nodes_unsupported_by_dynamic_shape"]
+        assert f["supported_share"] > e["supported_share"]
+    assert "LSTM" in dyn["eps"]["nnapi"]["unsupported_ops"]  # NNAPI has no LSTM kernel
+    assert all(s.startswith(("NNAPI", "CoreML")) for s in r["verdicts"]["fixed"].values())
+
+
+def _foreign_model(path, dims=("n", "k")):
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(dims))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(dims))],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    return path
+
+
+def test_mobile_dimension_it_cannot_size_is_refused_naming_the_option(tmp_path):
+    model = _foreign_model(tmp_path / "m.onnx")
+    feeds = {"x": np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)}
+    with pytest.raises(MobileError, match=r"dims: \{k: N\}"):
+        build_mobile(model, tmp_path / "out", feeds)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    r = build_mobile(model, tmp_path / "out", feeds, MobileConfig(dims={"k": 4}))
+    assert r["fixed_dims"] == {"n": 1, "k": 4} and r["parity"][FIXED_ORT]["max_abs_diff"] == 0.0
+    with pytest.raises(MobileError, match="not a dynamic dimension"):
+        build_mobile(model, tmp_path / "out2", feeds, MobileConfig(dims={"k": 4, "z": 2}))
+
+
+def test_mobile_ort_that_does_not_reproduce_its_onnx_is_not_kept(tmp_path, tiny_onnx, monkeypatch):
+    import mmedge.export.mobile as mobile
+
+    real = mobile.ort_session
+
+    class Drifting:
+        def __init__(self, sess):
+            self.sess = sess
+
+        def get_inputs(self):
+            return self.sess.get_inputs()
+
+        def run(self, names, feeds):
+            return [o + 0.5 for o in self.sess.run(names, feeds)]
+
+    monkeypatch.setattr(mobile, "ort_session", lambda p: Drifting(real(p)))
+    path = tiny_onnx["cnn-lstm"]
+    with pytest.raises(MobileError, match="does not reproduce the model"):
+        build_mobile(path, tmp_path / "out", split_feeds(path, n=4))
+    assert not any((tmp_path / "out").iterdir())
