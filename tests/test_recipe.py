@@ -18,7 +18,17 @@ def test_builtin_recipes_load_and_round_trip(name):
     r = load_recipe(None if name == "digits-vqa" else name)
     again = parse_recipe(yaml.safe_load(r.dump()))
     assert again == r
-    compress = ["train", "prune.structured", "distill", "export", "quantize.auto", "validate", "bench", "mobile", "bundle"]
+    compress = [
+        "train",
+        "prune.structured",
+        "distill",
+        "export",
+        "quantize.auto",
+        "validate",
+        "bench",
+        "mobile",
+        "bundle",
+    ]
     assert [s.type for s in r.steps] == compress
 
 

@@ -87,6 +87,18 @@ def _model_file(path: Path) -> Path:
     return path
 
 
+QUANTIZED_OPS = {
+    "DequantizeLinear",
+    "QuantizeLinear",
+    "DynamicQuantizeLinear",
+    "MatMulInteger",
+    "ConvInteger",
+    "QLinearConv",
+    "QLinearMatMul",
+    "DynamicQuantizeLSTM",
+}
+
+
 class Family(str, Enum):
     cnn_lstm = "cnn-lstm"
     vit_transformer = "vit-transformer"
@@ -298,54 +310,141 @@ def validate(
 @app.command()
 @guarded
 def bench(
-    model: Annotated[Path, typer.Argument(help="An .onnx file or a bundle folder.")],
-    ep: Annotated[str, typer.Option(help="Execution provider (see the EP registry).")] = "cpu",
-    threads: Annotated[int, typer.Option(min=0, help="intra-op threads; 0 lets onnxruntime choose.")] = 1,
-    batch: Annotated[list[int] | None, typer.Option(min=1, help="Batch size; repeat for several.")] = None,
-    runs: Annotated[int, typer.Option(min=1, help="Timed runs per batch size.")] = 200,
-    warmup: Annotated[int, typer.Option(min=0, help="Untimed warm-up runs.")] = 20,
-    max_seconds: Annotated[float | None, typer.Option(min=0.1, help="Time budget per batch size.")] = None,
+    models: Annotated[list[Path], typer.Argument(help="One or more .onnx files or bundle folders.")],
+    ep: Annotated[
+        list[str] | None, typer.Option(help="Execution provider (see `mmedge providers`); repeat for several.")
+    ] = None,
+    threads: Annotated[list[int] | None, typer.Option(help="intra-op threads; repeat to sweep (default 1).")] = None,
+    batch: Annotated[list[int] | None, typer.Option(help="Batch size; repeat to sweep (default 1 and 32).")] = None,
+    rounds: Annotated[int, typer.Option(help="Interleaved rounds per batch size (every variant once per round).")] = 20,
+    calls: Annotated[int, typer.Option(help="Timed calls per variant per round.")] = 10,
+    warmup: Annotated[int, typer.Option(help="Untimed warm-up calls per variant and batch size.")] = 20,
+    max_seconds: Annotated[
+        float | None, typer.Option(min=0.1, help="Stop a batch size's rounds after this long (at least 3 rounds).")
+    ] = None,
     inputs: Annotated[
         Path | None,
         typer.Option(help="An .npz of input tensors to time instead of the bundle's samples or the test split."),
     ] = None,
+    allow_missing: Annotated[
+        bool,
+        typer.Option(
+            "--allow-missing",
+            help="Mark an EP that is not installed (or cannot take a model) as unavailable in the results "
+            "instead of failing.",
+        ),
+    ] = False,
+    allow_fallback: Annotated[
+        bool,
+        typer.Option("--allow-fallback", help="Let the CPU EP run nodes a non-CPU EP cannot take (shown per node)."),
+    ] = False,
+    io_binding: Annotated[
+        bool | None,
+        typer.Option(
+            "--io-binding/--no-io-binding",
+            help="Bind inputs and outputs on the device once (default: on for CUDA/TensorRT, off for CPU EPs).",
+        ),
+    ] = None,
+    fp16: Annotated[
+        bool, typer.Option("--fp16", help="Also time a float16 copy of each model (the GPU comparison).")
+    ] = False,
+    accuracy: Annotated[
+        bool,
+        typer.Option(
+            "--accuracy",
+            help="Also score each model on its test split (needs mmedge[data]); the report then plots accuracy "
+            "against latency.",
+        ),
+    ] = False,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Write results.json, report.md and plots into this folder.")
+    ] = None,
+    html: Annotated[
+        bool, typer.Option("--html", help="With --out, also write report.html with the plots inline.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
 ):
-    """Latency (p50/p90/p99, mean), throughput, session load time and peak memory, on real inputs."""
-    from mmedge.runtime.bench import bench_model
-    from mmedge.runtime.inputs import bench_inputs
+    """Latency (p50/p90/p99), throughput, session load time and memory of models × EPs × threads × batch sizes,
+    measured interleaved on real inputs."""
+    import tempfile
 
-    path = _model_file(model)
-    if inputs is not None:
-        from mmedge.runtime.inputs import npz_feeds
+    from mmedge.runtime.bench import _unique_names, bench_matrix
+    from mmedge.runtime.inputs import bench_inputs, npz_feeds
 
-        feeds, source = npz_feeds(inputs), str(inputs)
-    else:
-        feeds, source = bench_inputs(model, path)
-    result = bench_model(
-        path,
-        feeds,
-        ep=ep,
-        threads=threads,
-        batch_sizes=tuple(batch or (1, 32)),
-        runs=runs,
-        warmup=warmup,
-        max_seconds=max_seconds,
-    )
-    result["inputs"] = source
+    paths = [_model_file(m) for m in models]
+    names = _unique_names(paths)
+    feeds, sources = {}, {}
+    for name, given, path in zip(names, models, paths, strict=True):
+        if inputs is not None:
+            feeds[name], sources[name] = npz_feeds(inputs), str(inputs)
+        else:
+            feeds[name], sources[name] = bench_inputs(given, path)
+    with tempfile.TemporaryDirectory(prefix="mmedge-bench-") as tmp:
+        table_models = dict(zip(names, paths, strict=True))
+        if fp16:
+            from mmedge.compress.quantize import Fp16Config, fp16_model
+            from mmedge.summary import onnx_summary
+
+            for name, path in list(table_models.items()):
+                quantized = sorted(set(onnx_summary(path)["op_types"]) & QUANTIZED_OPS)
+                if quantized:
+                    raise MmedgeError(
+                        f"--fp16 converts float32 models, and {name} is already quantized ({', '.join(quantized)}); "
+                        "pass its float32 .onnx, or drop --fp16."
+                    )
+                table_models[f"{name} fp16"] = Path(tmp) / f"{name} fp16.onnx"
+                fp16_model(path, table_models[f"{name} fp16"], Fp16Config())
+                feeds[f"{name} fp16"], sources[f"{name} fp16"] = feeds[name], sources[name]
+        doc = bench_matrix(
+            table_models,
+            feeds,
+            ep or ["cpu"],
+            threads or [1],
+            batch or [1, 32],
+            rounds=rounds,
+            calls=calls,
+            warmup=warmup,
+            allow_missing=allow_missing,
+            allow_fallback=allow_fallback,
+            io_binding=io_binding,
+            max_seconds=max_seconds,
+            sources=sources,
+        )
+        if accuracy:
+            from mmedge.runtime.evaluate import evaluate_model
+
+            for name, path in table_models.items():
+                doc["models"][name]["accuracy"] = evaluate_model(path, ablation=False)[0]["test"]["accuracy"]
+    if out_dir is not None:
+        from mmedge.report.render import write_report
+
+        write_report(doc, out_dir, html=html)
     if as_json:
-        _emit_json(result)
+        _emit_json(doc)
         return
-    from mmedge.report.markdown import latency_section
+    from mmedge.report.markdown import bench_tables
 
-    out.print(f"{path} on {result['providers'][0]} — inputs: {source}")
-    out.print(latency_section({ep: result}))
-    mem = result["memory"]
-    out.print(
-        f"session load {result['session_load_ms']:.1f} ms; RSS {mem['rss_before_mb']:.0f} → "
-        f"{mem['rss_after_load_mb']:.0f} MB after load, peak {mem['peak_rss_mb']:.0f} MB; size "
-        f"{result['size_bytes'] / 1e6:.3f} MB"
-    )
+    out.print(bench_tables(doc), markup=False, highlight=False)
+    if out_dir is not None:
+        out.print(f"results, report and plots: {out_dir}")
+
+
+@app.command()
+@guarded
+def report(
+    results: Annotated[Path, typer.Argument(help="A results.json written by `mmedge run` or `mmedge bench --out`.")],
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Folder for report.md and plots (default: the results file's folder).")
+    ] = None,
+    html: Annotated[bool, typer.Option("--html", help="Also write report.html with the plots inline.")] = False,
+):
+    """Re-render report.md, the PNG plots and optionally report.html from a saved results document."""
+    from mmedge.report.render import load_results, write_report
+
+    doc = load_results(results)
+    folder = out_dir or results.parent
+    written = write_report(doc, folder, html=html, write_json=out_dir is not None and folder != results.parent)
+    out.print(f"wrote {', '.join(sorted(written))} into {folder}")
 
 
 @app.command()

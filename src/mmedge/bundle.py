@@ -206,6 +206,7 @@ def write_bundle(
         sample_info = _write_samples(tmp / "samples", tmp / "model.onnx", data_cfg, samples)
         (tmp / "report.md").write_text(report_md)
         for rel, src in (extra_files or {}).items():
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, tmp / rel)
         manifest = build_manifest(name, tmp / "model.onnx", meta, metrics, sample_info, lineage)
         manifest["model"]["size_bytes"] = (tmp / "model.onnx").stat().st_size
@@ -377,8 +378,13 @@ def bundle_step(cfg: BundleConfig, ctx) -> StepResult:
             "budgets.max_size_mb or compress the model further."
         )
     metrics = shipped_metrics(ctx, ctx.artifact.path)
-    report = render_bundle_report(recipe.name, metrics, ctx)
-    extra = {}
+    from mmedge.pipeline import results_document
+    from mmedge.report.render import draw_plots
+
+    plots_dir = Path(tempfile.mkdtemp(prefix="plots-", dir=ctx.out_dir))
+    plots = draw_plots(results_document(recipe, ctx.records), plots_dir)
+    report = render_bundle_report(recipe.name, metrics, ctx, plots)
+    extra = {f"plots/{name}": plots_dir / name for name in plots.values()}
     mobile = next((r for r in reversed(ctx.records) if r.config.type == "mobile"), None)
     if mobile is not None:
         from mmedge.export.mobile import MOBILE_FILES
@@ -388,7 +394,7 @@ def bundle_step(cfg: BundleConfig, ctx) -> StepResult:
                 "the mobile step converted another model than the one being shipped; move the mobile step after "
                 "the last step that changes the model (export, quantize)."
             )
-        extra = {name: mobile.folder / name for name in MOBILE_FILES}
+        extra.update({name: mobile.folder / name for name in MOBILE_FILES})
     out = write_bundle(
         recipe.output_dir,
         recipe.name,

@@ -28,6 +28,10 @@ class UnknownNameError(MmedgeError):
     """An unknown model family, dataset, step type or execution provider."""
 
 
+class EpCannotRunError(MmedgeError):
+    """An ONNX model that an execution provider cannot take (an operator it lacks, or no fallback allowed)."""
+
+
 class InputMismatchError(MmedgeError):
     """Inputs whose names, shapes or dtypes do not match the model."""
 

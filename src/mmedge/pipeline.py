@@ -188,6 +188,9 @@ def run_recipe(
         measured = hashlib.sha256(json.dumps(result.metrics, sort_keys=True, default=str).encode()).hexdigest()
         previous = f"{key}:{fingerprint(result.artifact.path)}:{measured}"
     write_results(recipe, records, root / "results.json")
+    from mmedge.report.render import write_report
+
+    write_report(results_document(recipe, records), root, write_json=False)
     return records
 
 

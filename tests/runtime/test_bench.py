@@ -27,7 +27,7 @@ def test_bench_measures_each_batch_size_on_real_inputs(tiny_onnx):
 
 
 def test_bench_refuses_batch_below_one(tiny_onnx):
-    with pytest.raises(MmedgeError, match="batch sizes >= 1"):
+    with pytest.raises(MmedgeError, match="batch size 0 is below 1"):
         bench_model(tiny_onnx["cnn-lstm"], split_feeds(tiny_onnx["cnn-lstm"]), batch_sizes=(0,))
 
 

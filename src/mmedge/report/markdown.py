@@ -190,7 +190,7 @@ def mobile_section(mob: dict) -> list[str]:
     return out
 
 
-def render_bundle_report(name: str, metrics: dict, ctx=None) -> str:
+def render_bundle_report(name: str, metrics: dict, ctx=None, plots: dict[str, str] | None = None) -> str:
     m = metrics
     out = [f"# {name}", ""]
     zipped = f", {m['zip_bytes'] / 1e6:.3f} MB zipped" if m.get("zip_bytes") else ""
@@ -236,10 +236,19 @@ def render_bundle_report(name: str, metrics: dict, ctx=None) -> str:
             f"Export checked at {e['checks']} batch-size × text-length combinations (opset {e['opset']}, "
             f"max abs diff {e['max_abs_diff']:.2e})."
         )
+    plots = plots or {}
     if m.get("compression"):
         out += compression_section(m["compression"])
+        for kind, caption in (
+            ("pareto", "accuracy vs latency"),
+            ("sensitivity", "quantization sensitivity per branch"),
+        ):
+            if kind in plots:
+                out += ["", f"![{caption}](plots/{plots[kind]})"]
     if "latency" in m:
         out += ["", "## Latency", "", latency_section(m["latency"])]
+        if "latency" in plots:
+            out += ["", f"![latency per EP and batch size](plots/{plots['latency']})"]
     if m.get("mobile"):
         out += mobile_section(m["mobile"])
     mach = m.get("measured_on", {})
@@ -260,3 +269,55 @@ def render_bundle_report(name: str, metrics: dict, ctx=None) -> str:
             ),
         ]
     return "\n".join(out) + "\n"
+
+
+def bench_tables(doc: dict) -> str:
+    """The `mmedge bench` results as Markdown: one latency row per model × EP × threads × batch, then what could
+    not run and where the nodes ran."""
+    rows = [
+        [
+            r["model"],
+            r["ep"],
+            str(r["threads"]),
+            str(r["batch"]),
+            f"{r['p50_ms']:.3f}",
+            f"{r['p90_ms']:.3f}",
+            f"{r['p99_ms']:.3f}",
+            f"{r['p50_vs_first_model']:.2f}x",
+            f"{r['throughput_per_s']:.0f}",
+            f"{r['session_load_ms']:.1f}",
+            f"{r['session_rss_mb'] + r['warmup_rss_growth_mb']:.1f}",
+            str(r["runs"]),
+        ]
+        for r in doc["results"]
+    ]
+    header = ["model", "EP", "threads", "batch", "p50 ms", "p90 ms", "p99 ms", "p50 vs first model"]
+    header += ["samples/s", "load ms", "memory MB", "runs"]
+    out = [table(header, rows)]
+    s = doc["settings"]
+    out.append(
+        f"\nInterleaved: {s['rounds']} rounds x {s['calls_per_round']} calls per variant and batch size, after "
+        f"{s['warmup']} warm-up calls. Memory: RSS growth from loading the session and its first runs. Process "
+        f"peak RSS {doc['memory']['process_peak_rss_mb']:.0f} MB."
+    )
+    models = doc["models"]
+    if any("accuracy" in m for m in models.values()):
+        out += [
+            "",
+            table(
+                ["model", "test accuracy", "size MB"],
+                [[n, pct(m.get("accuracy")), f"{m['size_bytes'] / 1e6:.3f}"] for n, m in models.items()],
+            ),
+        ]
+    if doc["unavailable"]:
+        out += ["", "Not measured:", ""] + [f"- {u['model']} on {u['ep']}: {u['reason']}" for u in doc["unavailable"]]
+    placed = [
+        f"- {model} on {ep}: {p['nodes']} nodes — "
+        + ", ".join(f"{prov} {n}" for prov, n in p["per_provider"].items())
+        + (f"; not on the EP: {', '.join(p['ops_not_on_ep'])}" if p["ops_not_on_ep"] else "")
+        for model, per_ep in doc["placement"].items()
+        for ep, p in per_ep.items()
+    ]
+    if placed:
+        out += ["", "Where the nodes ran (onnxruntime profiler):", "", *placed]
+    return "\n".join(out)

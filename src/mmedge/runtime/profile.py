@@ -47,3 +47,38 @@ def branch_latency(
         "us_per_call": {b: v / runs for b, v in sorted(per_branch.items())},
         "share": {b: round(v / total, 4) for b, v in sorted(per_branch.items())},
     }
+
+
+def node_placement(
+    path: str | Path, feeds: dict[str, np.ndarray], ep: str = "cpu", threads: int = 1, allow_fallback: bool = False
+) -> dict:
+    """Which EP ran each node, read from ONNX Runtime's profiler on a real call: {provider: nodes} and the op
+    types that ran outside the requested EP (nodes the EP did not take)."""
+    from mmedge.runtime.providers import require
+    from mmedge.runtime.session import open_session
+
+    provider = require(ep)
+    with tempfile.TemporaryDirectory(prefix="mmedge-placement-") as tmp:
+        sess = open_session(
+            path, ep, threads, allow_fallback=allow_fallback, profile_prefix=str(Path(tmp) / "placement")
+        )
+        sess.run(None, feeds)
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    nodes: dict[str, str] = {}
+    ops: dict[str, str] = {}
+    for e in events:
+        args = e.get("args", {})
+        if e.get("cat") == "Node" and "provider" in args and e.get("name", "").endswith("_kernel_time"):
+            name = e["name"][: -len("_kernel_time")]
+            nodes[name] = args["provider"]
+            ops[name] = args.get("op_name", "?")
+    per_provider: dict[str, int] = {}
+    for p in nodes.values():
+        per_provider[p] = per_provider.get(p, 0) + 1
+    elsewhere = sorted({ops[n] for n, p in nodes.items() if p != provider.ort_name})
+    return {
+        "nodes": len(nodes),
+        "per_provider": dict(sorted(per_provider.items())),
+        "share_on_ep": round(per_provider.get(provider.ort_name, 0) / max(len(nodes), 1), 4),
+        "ops_not_on_ep": elsewhere,
+    }

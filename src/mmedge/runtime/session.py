@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmedge.errors import InputMismatchError, InputPathError, MmedgeError, NotOnnxError
+from mmedge.errors import EpCannotRunError, InputMismatchError, InputPathError, MmedgeError, NotOnnxError
 from mmedge.runtime.providers import require
 
 _ORT_DTYPES = {
@@ -31,8 +31,11 @@ def check_onnx_path(path: str | Path) -> Path:
     return path
 
 
-def open_session(path: str | Path, ep: str = "cpu", threads: int = 0, allow_fallback: bool = False):
-    """An InferenceSession on exactly ``ep``; raises if the file is not a loadable ONNX model."""
+def open_session(
+    path: str | Path, ep: str = "cpu", threads: int = 0, allow_fallback: bool = False, profile_prefix: str | None = None
+):
+    """An InferenceSession on exactly ``ep`` (no silent CPU fallback unless ``allow_fallback``); raises if the file
+    is not a loadable ONNX model, or if the EP cannot take it."""
     import onnxruntime as ort
 
     path = check_onnx_path(path)
@@ -44,10 +47,22 @@ def open_session(path: str | Path, ep: str = "cpu", threads: int = 0, allow_fall
         opts.inter_op_num_threads = 1
     if provider.name != "cpu" and not allow_fallback:
         opts.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+    if profile_prefix:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
     try:
         sess = ort.InferenceSession(str(path), opts, providers=[(provider.ort_name, dict(provider.options))])
     except Exception as exc:  # ORT raises several private exception types for a bad file
-        msg = str(exc).splitlines()[0][:160]
+        msg = str(exc).splitlines()[0][:200]
+        if _is_onnx(path):
+            fix = (
+                "pass --allow-fallback to let the CPU EP run the nodes it cannot take"
+                if provider.name != "cpu" and not allow_fallback
+                else "re-export the model with standard ONNX operators, or choose another EP"
+            )
+            raise EpCannotRunError(
+                f"execution provider '{provider.name}' cannot run {path.name}: onnxruntime refused it ({msg}); {fix}."
+            ) from None
         raise NotOnnxError(
             f"{path} is not a loadable ONNX model: it is another kind of file, or truncated or "
             f"damaged ({msg}); pass a complete .onnx file, e.g. one written by `mmedge export`."
@@ -59,6 +74,17 @@ def open_session(path: str | Path, ep: str = "cpu", threads: int = 0, allow_fall
             "results would be mislabelled, so nothing was measured."
         )
     return sess
+
+
+def _is_onnx(path: Path) -> bool:
+    """Whether the file parses as an ONNX model (so a session failure is the EP's, not the file's)."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        return False
+    return len(model.graph.node) > 0
 
 
 def model_metadata(sess) -> dict[str, str]:

@@ -1,0 +1,411 @@
+"""Results documents -> report.md, PNG plots (matplotlib) and an optional self-contained report.html.
+
+Two kinds of results document are rendered, both schema-versioned JSON:
+
+- ``mmedge.results`` — one pipeline run (`mmedge run`): every step's metrics;
+- ``mmedge.bench-results`` — one `mmedge bench` run: models × EPs × threads × batch sizes.
+
+Both are first reduced to the same views (latency rows, accuracy/latency/size points, per-branch sensitivity),
+so the plots and tables are drawn one way. `mmedge report RESULTS.json` re-renders any saved document.
+"""
+
+from __future__ import annotations
+
+import base64
+import html as htmlmod
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from mmedge.errors import InputPathError, MissingDependencyError, MmedgeError
+from mmedge.report.markdown import bench_tables, mobile_section, pct, table
+
+SUPPORTED = {"mmedge.results": 1, "mmedge.bench-results": 1}
+PLOTS = {"pareto": "pareto.png", "latency": "latency.png", "sensitivity": "sensitivity.png"}
+
+
+def load_results(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise InputPathError(
+            f"results file {path} does not exist; pass the results.json written by `mmedge run` or "
+            "`mmedge bench --out`."
+        )
+    try:
+        doc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MmedgeError(f"{path} is not valid JSON ({exc}); pass a results.json written by mmedge.") from None
+    schema = doc.get("schema") if isinstance(doc, dict) else None
+    if schema not in SUPPORTED:
+        raise MmedgeError(
+            f"{path} is not an mmedge results document (schema {schema!r}); pass the results.json written by "
+            "`mmedge run` or `mmedge bench --out`."
+        )
+    if doc.get("schema_version") != SUPPORTED[schema]:
+        raise MmedgeError(
+            f"{path} has {schema} schema version {doc.get('schema_version')}, this mmedge reads version "
+            f"{SUPPORTED[schema]}; re-run the measurement with this mmedge version."
+        )
+    return doc
+
+
+# ---------------------------------------------------------------- views
+
+
+def _step_metrics(doc: dict, step_type: str) -> dict:
+    return next((s["metrics"] for s in reversed(doc["steps"]) if s["type"] == step_type), {})
+
+
+def latency_rows(doc: dict) -> list[dict]:
+    """{label, model, ep, threads, batch, p50_ms, p90_ms, p99_ms} for every measured combination."""
+    if doc["schema"] == "mmedge.bench-results":
+        return [
+            {k: r[k] for k in ("model", "ep", "threads", "batch", "p50_ms", "p90_ms", "p99_ms")} for r in doc["results"]
+        ]
+    bench = _step_metrics(doc, "bench")
+    name = doc["recipe"]["name"]
+    return [
+        {
+            "model": name,
+            "ep": ep,
+            "threads": r["threads"],
+            "batch": int(b),
+            **{k: s[k] for k in ("p50_ms", "p90_ms", "p99_ms")},
+        }
+        for ep, r in bench.get("targets", {}).items()
+        for b, s in r["batches"].items()
+    ]
+
+
+def accuracy_points(doc: dict) -> list[dict]:
+    """{name, accuracy, p50_ms, size_bytes, chosen} per model variant whose accuracy and latency were both measured."""
+    if doc["schema"] == "mmedge.bench-results":
+        first = {}
+        for r in doc["results"]:  # the first EP/threads/batch combination each model ran
+            first.setdefault(r["model"], r["p50_ms"])
+        return [
+            {"name": n, "accuracy": m["accuracy"], "p50_ms": first[n], "size_bytes": m["size_bytes"], "chosen": False}
+            for n, m in doc["models"].items()
+            if m.get("accuracy") is not None and n in first
+        ]
+    auto = _step_metrics(doc, "quantize.auto")
+    return [
+        {
+            "name": c["name"],
+            "accuracy": c["test_accuracy"],
+            "p50_ms": c["p50_ms"],
+            "size_bytes": c["size_bytes"],
+            "chosen": c["name"] == auto.get("chosen"),
+        }
+        for c in auto.get("candidates", [])
+        if c.get("p50_ms") is not None
+    ]
+
+
+def sensitivity_rows(doc: dict) -> list[dict]:
+    if doc["schema"] != "mmedge.results":
+        return []
+    return list(_step_metrics(doc, "quantize.auto").get("sensitivity", {}).get("branches", []))
+
+
+def pareto_front(points: list[dict]) -> set[str]:
+    """Names of the points no other point beats on both latency (lower) and accuracy (higher)."""
+    front = set()
+    for p in points:
+        dominated = any(
+            q["p50_ms"] <= p["p50_ms"]
+            and q["accuracy"] >= p["accuracy"]
+            and (q["p50_ms"] < p["p50_ms"] or q["accuracy"] > p["accuracy"])
+            for q in points
+        )
+        if not dominated:
+            front.add(p["name"])
+    return front
+
+
+# ---------------------------------------------------------------- plots
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise MissingDependencyError(
+            "drawing the plots needs matplotlib, which is not installed; pip install 'mmedge[report]'."
+        ) from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_pareto(points: list[dict], path: Path, title: str) -> None:
+    plt = _pyplot()
+    front = pareto_front(points)
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    biggest = max(p["size_bytes"] for p in points)
+    for p in points:
+        on_front = p["name"] in front
+        ax.scatter(
+            p["p50_ms"],
+            p["accuracy"] * 100,
+            s=60 + 900 * p["size_bytes"] / biggest,
+            alpha=0.75,
+            color="tab:blue" if on_front else "tab:gray",
+            edgecolors="black" if p["chosen"] else "none",
+            linewidths=2,
+        )
+        label = f"{p['name']}\n{p['size_bytes'] / 1e6:.3f} MB" + (" (shipped)" if p["chosen"] else "")
+        ax.annotate(label, (p["p50_ms"], p["accuracy"] * 100), textcoords="offset points", xytext=(8, 6), fontsize=8)
+    line = sorted((p for p in points if p["name"] in front), key=lambda p: p["p50_ms"])
+    ax.plot(
+        [p["p50_ms"] for p in line], [p["accuracy"] * 100 for p in line], "--", color="tab:blue", label="Pareto front"
+    )
+    ax.set_xlabel("p50 latency (ms)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title + " — marker area ∝ model size", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.margins(x=0.25, y=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_latency(rows: list[dict], path: Path, title: str) -> None:
+    import numpy as np
+
+    plt = _pyplot()
+    batches = sorted({r["batch"] for r in rows})
+    series = list(dict.fromkeys((r["model"], r["ep"], r["threads"]) for r in rows))
+    by = {(r["model"], r["ep"], r["threads"], r["batch"]): r for r in rows}
+    fig, axes = plt.subplots(1, len(batches), figsize=(max(4.5, 3.2 * len(batches)), 4.2), dpi=110, squeeze=False)
+    width = 0.8 / len(series)
+    for ax, batch in zip(axes[0], batches, strict=True):
+        for i, key in enumerate(series):
+            r = by.get((*key, batch))
+            if r is None:
+                continue
+            err = [[0], [r["p90_ms"] - r["p50_ms"]]]
+            ax.bar(i * width, r["p50_ms"], width * 0.9, yerr=err, capsize=3, label=" / ".join(str(k) for k in key))
+        ax.set_title(f"batch {batch}", fontsize=10)
+        ax.set_xticks([])
+        ax.set_ylabel("p50 ms (whisker: p90)")
+        ax.grid(axis="y", alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(3, len(series)), fontsize=8, title="model / EP / threads")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.08 + 0.05 * np.ceil(len(series) / 3), 1, 1))
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_sensitivity(rows: list[dict], path: Path, title: str) -> None:
+    plt = _pyplot()
+    branches = sorted({r["branch"] for r in rows})
+    schemes = sorted({r["scheme"] for r in rows})
+    by = {(r["branch"], r["scheme"]): r["drop_points"] for r in rows}
+    fig, ax = plt.subplots(figsize=(6.5, 4), dpi=110)
+    width = 0.8 / len(schemes)
+    for i, scheme in enumerate(schemes):
+        xs = [b + i * width for b in range(len(branches))]
+        ax.bar(xs, [by.get((b, scheme), 0.0) for b in branches], width * 0.9, label=scheme)
+    ax.set_xticks([b + width * (len(schemes) - 1) / 2 for b in range(len(branches))], branches)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_ylabel("accuracy drop (points, validation split)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def draw_plots(doc: dict, folder: Path) -> dict[str, str]:
+    """The plots this document has data for, as {kind: file name} inside ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    name = doc["recipe"]["name"] if doc["schema"] == "mmedge.results" else "mmedge bench"
+    drawn = {}
+    points = accuracy_points(doc)
+    if len(points) >= 1:
+        plot_pareto(points, folder / PLOTS["pareto"], f"{name}: accuracy vs latency")
+        drawn["pareto"] = PLOTS["pareto"]
+    rows = latency_rows(doc)
+    if rows:
+        plot_latency(rows, folder / PLOTS["latency"], f"{name}: latency per EP and batch size")
+        drawn["latency"] = PLOTS["latency"]
+    sens = sensitivity_rows(doc)
+    if sens:
+        plot_sensitivity(sens, folder / PLOTS["sensitivity"], f"{name}: quantization sensitivity per branch")
+        drawn["sensitivity"] = PLOTS["sensitivity"]
+    return drawn
+
+
+# ---------------------------------------------------------------- markdown and html
+
+
+def render_markdown(doc: dict, plots: dict[str, str], plots_dir: str = "plots", note: str | None = None) -> str:
+    m = doc.get("machine", {})
+    if doc["schema"] == "mmedge.bench-results":
+        out = ["# mmedge bench", "", f"Run {doc['created']}, mmedge {doc['mmedge_version']}."]
+    else:
+        out = [f"# {doc['recipe']['name']} — pipeline results", "", f"mmedge {doc['mmedge_version']}."]
+    out.append(
+        f"Machine: {m.get('cpu')} ({m.get('logical_cores')} logical cores), {m.get('os')}, onnxruntime "
+        f"{m.get('onnxruntime')}."
+    )
+    if note:
+        out += ["", note]
+
+    def figure(kind: str, caption: str) -> None:
+        if kind in plots:
+            out.extend(["", f"![{caption}]({plots_dir}/{plots[kind]})"])
+
+    points = accuracy_points(doc)
+    if points:
+        front = pareto_front(points)
+        out += ["", "## Accuracy vs latency", ""]
+        rows = [
+            [
+                p["name"] + (" (shipped)" if p["chosen"] else ""),
+                pct(p["accuracy"]),
+                f"{p['p50_ms']:.3f}",
+                f"{p['size_bytes'] / 1e6:.3f}",
+                "yes" if p["name"] in front else "",
+            ]
+            for p in points
+        ]
+        out.append(table(["variant", "test accuracy", "p50 ms", "size MB", "Pareto front"], rows))
+        figure("pareto", "accuracy vs latency, size as marker")
+    if doc["schema"] == "mmedge.bench-results":
+        out += ["", "## Latency", "", bench_tables(doc)]
+    else:
+        rows = latency_rows(doc)
+        if rows:
+            out += ["", "## Latency", ""]
+            out.append(
+                table(
+                    ["EP", "threads", "batch", "p50 ms", "p90 ms", "p99 ms"],
+                    [
+                        [
+                            r["ep"],
+                            str(r["threads"]),
+                            str(r["batch"]),
+                            f"{r['p50_ms']:.3f}",
+                            f"{r['p90_ms']:.3f}",
+                            f"{r['p99_ms']:.3f}",
+                        ]
+                        for r in rows
+                    ],
+                )
+            )
+    figure("latency", "latency per EP and batch size")
+    sens = sensitivity_rows(doc)
+    if sens:
+        out += ["", "## Quantization sensitivity per branch", ""]
+        out.append(
+            table(
+                ["branch", "scheme", "nodes", "accuracy drop (points)"],
+                [[r["branch"], r["scheme"], str(r["nodes"]), f"{r['drop_points']:.2f}"] for r in sens],
+            )
+        )
+        figure("sensitivity", "quantization sensitivity per branch")
+    if doc["schema"] == "mmedge.results":
+        mobile = _step_metrics(doc, "mobile")
+        if mobile:
+            out += mobile_section(mobile)
+        out += ["", "## Steps", ""]
+        out.append(
+            table(
+                ["#", "step", "seconds", "cached"],
+                [[str(s["index"]), s["type"], f"{s['seconds']:.1f}", str(s["cached"])] for s in doc["steps"]],
+            )
+        )
+    return "\n".join(out) + "\n"
+
+
+def _inline(text: str) -> str:
+    text = htmlmod.escape(text, quote=False)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+
+
+def markdown_to_html(md: str, folder: Path, title: str) -> str:
+    """The subset of Markdown mmedge writes (headings, paragraphs, lists, pipe tables, images) as one HTML page
+    with the images inlined, so the file can be mailed or attached to a CI run on its own."""
+    body, lines, i = [], md.splitlines(), 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            body.append(f"<h{level}>{_inline(line[level:].strip())}</h{level}>")
+        elif line.startswith("|"):
+            rows = []
+            while i < len(lines) and lines[i].startswith("|"):
+                if not set(lines[i]) <= set("|-: "):
+                    rows.append([c.strip() for c in lines[i].strip("|").split("|")])
+                i += 1
+            head = "".join(f"<th>{_inline(c)}</th>" for c in rows[0])
+            rest = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in rows[1:])
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rest}</tbody></table>")
+            continue
+        elif line.startswith("- "):
+            items = []
+            while i < len(lines) and lines[i].startswith("- "):
+                items.append(f"<li>{_inline(lines[i][2:])}</li>")
+                i += 1
+            body.append("<ul>" + "".join(items) + "</ul>")
+            continue
+        elif m := re.fullmatch(r"!\[(.*)\]\((.+)\)", line.strip()):
+            data = base64.b64encode((folder / m.group(2)).read_bytes()).decode()
+            body.append(f'<p><img alt="{htmlmod.escape(m.group(1))}" src="data:image/png;base64,{data}"></p>')
+        elif line.strip():
+            body.append(f"<p>{_inline(line)}</p>")
+        i += 1
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0;font-size:14px}th,td{border:1px solid #ccc;padding:3px 8px;"
+        "text-align:left}th{background:#f3f3f3}img{max-width:100%}code{background:#f3f3f3;padding:0 3px}"
+    )
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{htmlmod.escape(title)}</title>'
+        f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
+
+
+def write_report(doc: dict, out_dir: str | Path, html: bool = False, write_json: bool = True) -> dict[str, Path]:
+    """results.json (unless it is the source), report.md, plots/*.png and optionally report.html, written into a
+    temporary folder first and moved into ``out_dir`` only when all are made."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputPathError(f"{out_dir} is a file; pass a folder for the report.")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".report.", dir=out_dir))
+    try:
+        note = None
+        try:
+            plots = draw_plots(doc, tmp / "plots")
+        except MissingDependencyError as exc:
+            if html:
+                raise
+            plots, note = {}, f"Plots not drawn: {exc}"
+        md = render_markdown(doc, plots, note=note)
+        (tmp / "report.md").write_text(md)
+        if write_json:
+            (tmp / "results.json").write_text(json.dumps(doc, indent=1, default=str))
+        if html:
+            title = doc["recipe"]["name"] if doc["schema"] == "mmedge.results" else "mmedge bench"
+            (tmp / "report.html").write_text(markdown_to_html(md, tmp, title))
+        written = {}
+        if (tmp / "plots").exists():
+            shutil.rmtree(out_dir / "plots", ignore_errors=True)
+        for item in sorted(tmp.iterdir()):
+            target = out_dir / item.name
+            os.replace(item, target)
+            written[item.name] = target
+        return written
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
