@@ -48,6 +48,10 @@ def test_step_bundle_pipeline_runs_every_step_and_ships_a_verified_bundle(first_
     assert m["metrics"]["latency"]["cpu"]["batches"]["1"]["p50_ms"] > 0
     results = json.loads((tmp / "runs" / "tiny" / "results.json").read_text())
     assert results["schema_version"] == 1 and len(results["steps"]) == 6
+    assert "plots/latency.png" in m["files"] and "![latency per EP" in (tmp / "bundle" / "report.md").read_text()
+    assert (tmp / "runs" / "tiny" / "report.md").is_file() and (
+        tmp / "runs" / "tiny" / "plots" / "latency.png"
+    ).is_file()
 
 
 def test_step_mobile_files_ship_in_the_bundle_with_their_analysis(first_run):
@@ -188,6 +192,8 @@ def test_compression_chain_ships_a_bundle_that_reports_every_step_per_branch(tmp
     report = (tmp_path / "bundle" / "report.md").read_text()
     for heading in ("## Compression", "Quantization search", "Sensitivity", "Per modality branch"):
         assert heading in report
+    assert {"plots/pareto.png", "plots/sensitivity.png", "plots/latency.png"} <= set(bundle.manifest["files"])
+    assert "(plots/pareto.png)" in report and "(plots/sensitivity.png)" in report
 
 
 def test_a_budget_no_candidate_meets_stops_the_run_unless_over_budget_is_allowed(tmp_path, trained_checkpoint):

@@ -66,11 +66,101 @@ def test_validate_gate_exits_1_when_over_budget(tmp_path, tiny_onnx):
 
 
 def test_bench_json_reports_percentiles_on_bundle_samples():
-    r = invoke("bench", REFERENCE_BUNDLE, "--runs", "20", "--warmup", "2", "--batch", "1", "--batch", "4", "--json")
+    r = invoke(
+        "bench",
+        REFERENCE_BUNDLE,
+        "--rounds",
+        "4",
+        "--calls",
+        "5",
+        "--warmup",
+        "2",
+        "--batch",
+        "1",
+        "--batch",
+        "4",
+        "--json",
+    )
     assert r.exit_code == 0, r.output
     res = json.loads(r.output)
-    assert res["inputs"].startswith("bundle samples") and res["providers"][0] == "CPUExecutionProvider"
-    assert {"p50_ms", "p90_ms", "p99_ms", "mean_ms", "throughput_per_s"} <= set(res["batches"]["4"])
+    assert res["models"]["digits-vqa"]["inputs"].startswith("bundle samples")
+    rows = {r["batch"]: r for r in res["results"]}
+    assert set(rows) == {1, 4} and rows[4]["providers"][0] == "CPUExecutionProvider"
+    assert {"p50_ms", "p90_ms", "p99_ms", "mean_ms", "throughput_per_s", "session_load_ms"} <= set(rows[4])
+
+
+def test_bench_two_models_writes_results_report_plots_and_html_and_report_rerenders(tmp_path, tiny_onnx):
+    out = tmp_path / "rep"
+    r = invoke(
+        "bench",
+        REFERENCE_BUNDLE,
+        tiny_onnx["cnn-lstm"],
+        "--ep",
+        "cpu",
+        "--ep",
+        "nnapi",
+        "--allow-missing",
+        "--batch",
+        "1",
+        "--batch",
+        "2",
+        "--threads",
+        "1",
+        "--threads",
+        "2",
+        "--rounds",
+        "2",
+        "--calls",
+        "2",
+        "--warmup",
+        "1",
+        "--accuracy",
+        "--out",
+        out,
+        "--html",
+    )
+    assert r.exit_code == 0, r.output
+    assert "nnapi: not in this onnxruntime" in r.output and "p50 vs first model" in r.output
+    doc = json.loads((out / "results.json").read_text())
+    assert len(doc["results"]) == 2 * 2 * 2 and doc["eps"]["nnapi"]["status"] == "unavailable"
+    assert doc["models"]["digits-vqa"]["accuracy"] > 0.9
+    for png in ("pareto.png", "latency.png"):
+        data = (out / "plots" / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    md = (out / "report.md").read_text()
+    assert "![accuracy vs latency, size as marker](plots/pareto.png)" in md and "Pareto front" in md
+    assert md.count("data:image/png;base64,") == 0
+    assert (out / "report.html").read_text().count("data:image/png;base64,") == 2
+    (out / "report.md").unlink()
+    shutil.rmtree(out / "plots")
+    r = invoke("report", out / "results.json")
+    assert r.exit_code == 0, r.output
+    assert (out / "report.md").read_text() == md and (out / "plots" / "latency.png").is_file()
+
+
+def test_report_refuses_a_file_that_is_not_a_results_document(tmp_path):
+    (tmp_path / "x.json").write_text('{"schema": "something-else"}')
+    assert_clean_failure(invoke("report", tmp_path / "x.json"), 2, "not an mmedge results document")
+    (tmp_path / "v.json").write_text('{"schema": "mmedge.bench-results", "schema_version": 99}')
+    assert_clean_failure(invoke("report", tmp_path / "v.json"), 2, "schema version 99")
+    assert_clean_failure(invoke("report", tmp_path / "none.json"), 2, "does not exist")
+
+
+def test_bench_threads_below_one_and_fp16_of_a_quantized_model_are_refused(tmp_path):
+    assert_clean_failure(invoke("bench", REFERENCE_BUNDLE, "--threads", "0"), 2, "thread count 0 is below 1")
+    assert_clean_failure(invoke("bench", REFERENCE_BUNDLE, "--batch", "0"), 2, "batch size 0 is below 1")
+    vit = REFERENCE_BUNDLE.parent / "digits-vqa-vit"
+    assert_clean_failure(invoke("bench", vit, "--fp16"), 2, "already quantized")
+
+
+def test_bench_fp16_times_a_float16_copy_next_to_the_model(tiny_onnx):
+    r = invoke("bench", tiny_onnx["cnn-lstm"], "--fp16", "--batch", "1", "--rounds", "2", "--calls", "2", "--json")
+    assert r.exit_code == 0, r.output
+    assert {row["model"] for row in json.loads(r.output)["results"]} == {"cnn-lstm", "cnn-lstm fp16"}
+
+
+def test_mobile_command_refuses_a_malformed_dim():
+    assert_clean_failure(invoke("mobile", REFERENCE_BUNDLE, "--dim", "text_length"), 2, "is not NAME=SIZE")
 
 
 def test_run_dry_run_prints_the_resolved_default_recipe():
@@ -119,7 +209,7 @@ def test_inputs_of_wrong_shape_and_dtype(tmp_path):
         input_ids=np.zeros((1, 5), np.float32),
         attention_mask=np.ones((1, 5), np.int64),
     )
-    r = invoke("bench", REFERENCE_BUNDLE, "--inputs", tmp_path / "bad.npz", "--runs", "2")
+    r = invoke("bench", REFERENCE_BUNDLE, "--inputs", tmp_path / "bad.npz", "--rounds", "1")
     assert_clean_failure(r, 2, "size 3 on axis 1", "'input_ids' has dtype float32")
 
 
@@ -131,6 +221,7 @@ def test_unknown_model_family(tmp_path):
 
 def test_unknown_execution_provider():
     assert_clean_failure(invoke("bench", REFERENCE_BUNDLE, "--ep", "tpu"), 2, "unknown execution provider 'tpu'")
+    assert_clean_failure(invoke("bench", REFERENCE_BUNDLE, "--ep", "xnnpak"), 2, "did you mean 'xnnpack'")
     assert_clean_failure(invoke("bench", REFERENCE_BUNDLE, "--ep", "coreml"), 2, "not in this onnxruntime")
 
 
@@ -147,9 +238,10 @@ def test_train_export_validate_from_the_command_line(tmp_path):
     r = invoke("train", "--out", tmp_path / "ck", "--epochs", "1", "--max-minutes", "0.05")
     assert r.exit_code == 0, r.output
     assert "image blanked" in r.output and (tmp_path / "ck" / "model.safetensors").is_file()
-    r = invoke("export", tmp_path / "ck", "--out", tmp_path / "m.onnx")
+    r = invoke("export", tmp_path / "ck", "--out", tmp_path / "m.onnx", "--mobile")
     assert r.exit_code == 0, r.output
     assert "validated at 4 batch × text-length combinations" in r.output
+    assert (tmp_path / "m-mobile" / "model.ort").is_file() and "## Mobile" in r.output
     r = invoke("validate", tmp_path / "m.onnx", "--max-accuracy-drop", "0.5", "--no-ablation")
     assert r.exit_code == 0, r.output
     assert "accuracy drop vs PyTorch at export: 0.00 points" in r.output

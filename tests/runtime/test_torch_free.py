@@ -1,4 +1,4 @@
-"""bench, predict, inspect, validate and providers must run where torch is not installed."""
+"""bench, report, mobile, predict, inspect, validate and providers must run where torch is not installed."""
 
 import json
 import subprocess
@@ -16,29 +16,43 @@ SCRIPT = textwrap.dedent("""
                 raise ImportError("torch is blocked in this test")
 
     sys.meta_path.insert(0, NoTorch())
+    # As when torch is not installed: `import torch` fails and importlib.util.find_spec("torch") is None.
+    sys.modules["torch"] = None
     from typer.testing import CliRunner
     from mmedge_cli.main import app
 
-    bundle = sys.argv[1]
+    bundle, tmp = sys.argv[1], sys.argv[2]
     samples = json.load(open(bundle + "/samples/samples.json"))
     runner = CliRunner()
     codes = {
         "inspect": runner.invoke(app, ["inspect", bundle]).exit_code,
-        "bench": runner.invoke(app, ["bench", bundle, "--runs", "5", "--warmup", "1", "--json"]).exit_code,
+        "bench": runner.invoke(app, ["bench", bundle, bundle + "/model.onnx", "--ep", "cpu", "--ep", "xnnpack",
+                                     "--allow-missing", "--threads", "1", "--threads", "2", "--batch", "1",
+                                     "--batch", "2", "--rounds", "2", "--calls", "2", "--warmup", "1",
+                                     "--out", tmp + "/bench"]).exit_code,
+        "report": runner.invoke(app, ["report", tmp + "/bench/results.json", "--html"]).exit_code,
+        "mobile": runner.invoke(app, ["mobile", bundle, "--out", tmp + "/mobile"]).exit_code,
         "predict": runner.invoke(app, ["predict", bundle, "--image", bundle + "/" + samples[0]["image"],
                                        "--text", samples[0]["text"]]).exit_code,
         "validate": runner.invoke(app, ["validate", bundle, "--no-ablation", "--json"]).exit_code,
         "providers": runner.invoke(app, ["providers", "--json"]).exit_code,
     }
-    print(json.dumps({"codes": codes, "torch_loaded": "torch" in sys.modules}))
+    print(json.dumps({"codes": codes, "torch_loaded": sys.modules.get("torch") is not None}))
 """)
 
 
-def test_onnx_only_commands_run_with_torch_blocked():
+def test_onnx_only_commands_run_with_torch_blocked(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(REFERENCE_BUNDLE)], capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", SCRIPT, str(REFERENCE_BUNDLE), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["codes"] == {"inspect": 0, "bench": 0, "predict": 0, "validate": 0, "providers": 0}
+    assert set(result["codes"].values()) == {0}, result["codes"]
     assert result["torch_loaded"] is False
+    doc = json.loads((tmp_path / "bench" / "results.json").read_text())
+    assert len(doc["results"]) == 2 * 2 * 2 and doc["eps"]["xnnpack"]["status"] == "unavailable"
+    assert (tmp_path / "bench" / "report.html").is_file() and (tmp_path / "bench" / "plots" / "latency.png").is_file()
+    assert (tmp_path / "mobile" / "model.ort").is_file()

@@ -82,7 +82,7 @@ class Runner:
             return
         import onnxruntime as ort
 
-        binding = self.sess.io_binding()
+        self.binding = binding = self.sess.io_binding()
         # Keep the device copies alive as long as the binding is used.
         self._values = [ort.OrtValue.ortvalue_from_numpy(v, self.device, 0) for v in feed.values()]
         for name, value in zip(feed, self._values, strict=True):
@@ -289,7 +289,12 @@ def bench_matrix(
     runners, loads = {}, {}
     # onnxruntime's own start-up memory lands on the first session made; pay it here, so that each variant's
     # RSS growth below is its own.
-    open_session(next(iter(models.values())), "cpu")
+    for path in models.values():
+        try:
+            open_session(path, "cpu")
+            break
+        except EpCannotRunError:
+            continue
     for ep in entries:
         if ep.name not in have:
             if not allow_missing:
@@ -303,6 +308,7 @@ def bench_matrix(
             try:
                 for t in threads:
                     sess, load_ms, load_mb = load_session(path, ep.name, t, allow_fallback)
+                    check_feeds(sess, tile_batch(feeds[name], 1))
                     runners[(name, ep.name, t)] = Runner(sess, ep.name, io_binding)
                     loads[(name, ep.name, t)] = (load_ms, load_mb, sess.get_providers())
                 doc["placement"].setdefault(name, {})[ep.name] = node_placement(

@@ -1,0 +1,97 @@
+import json
+
+import pytest
+
+from mmedge.errors import MmedgeError
+from mmedge.report.render import accuracy_points, load_results, markdown_to_html, pareto_front, write_report
+
+
+def test_pareto_front_keeps_only_points_nothing_beats_on_both_axes():
+    pts = [
+        {"name": "fast", "p50_ms": 1.0, "accuracy": 0.90},
+        {"name": "accurate", "p50_ms": 3.0, "accuracy": 0.99},
+        {"name": "beaten", "p50_ms": 2.0, "accuracy": 0.89},
+        {"name": "middle", "p50_ms": 2.0, "accuracy": 0.95},
+        {"name": "tie-slower", "p50_ms": 1.5, "accuracy": 0.90},
+    ]
+    assert pareto_front(pts) == {"fast", "accurate", "middle"}
+
+
+def _pipeline_doc():
+    return {
+        "schema": "mmedge.results",
+        "schema_version": 1,
+        "mmedge_version": "0",
+        "recipe": {"name": "r"},
+        "machine": {"cpu": "x", "logical_cores": 2, "os": "Linux", "onnxruntime": "1"},
+        "steps": [
+            {
+                "index": 1,
+                "type": "quantize.auto",
+                "seconds": 1.0,
+                "cached": False,
+                "metrics": {
+                    "chosen": "int8-dynamic",
+                    "candidates": [
+                        {"name": "fp32", "test_accuracy": 0.98, "p50_ms": 0.2, "size_bytes": 200_000},
+                        {"name": "int8-dynamic", "test_accuracy": 0.975, "p50_ms": 0.15, "size_bytes": 60_000},
+                        {"name": "int8-static", "test_accuracy": 0.97, "p50_ms": 0.3, "size_bytes": 50_000},
+                        {"name": "untimed", "test_accuracy": 0.5, "p50_ms": None, "size_bytes": 1},
+                    ],
+                    "sensitivity": {
+                        "branches": [
+                            {"branch": "image", "scheme": "int8-static", "nodes": 4, "drop_points": 0.4},
+                            {"branch": "text", "scheme": "int8-dynamic", "nodes": 2, "drop_points": 0.1},
+                        ]
+                    },
+                },
+            },
+            {
+                "index": 2,
+                "type": "bench",
+                "seconds": 1.0,
+                "cached": False,
+                "metrics": {
+                    "targets": {
+                        "cpu": {
+                            "threads": 1,
+                            "batches": {
+                                "1": {"p50_ms": 0.15, "p90_ms": 0.2, "p99_ms": 0.3},
+                                "32": {"p50_ms": 1.0, "p90_ms": 1.2, "p99_ms": 2.0},
+                            },
+                        }
+                    }
+                },
+            },
+        ],
+    }
+
+
+def test_pipeline_results_render_all_three_plots_and_mark_the_shipped_variant(tmp_path):
+    doc = _pipeline_doc()
+    assert [p["name"] for p in accuracy_points(doc)] == ["fp32", "int8-dynamic", "int8-static"]
+    written = write_report(doc, tmp_path, html=True)
+    assert {"report.md", "results.json", "plots", "report.html"} == set(written)
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["latency.png", "pareto.png", "sensitivity.png"]
+    md = (tmp_path / "report.md").read_text()
+    assert "| int8-dynamic (shipped) | 97.50% | 0.150 | 0.060 | yes |" in md
+    assert "| int8-static | 97.00% | 0.300 | 0.050 |  |" in md  # slower and less accurate than int8-dynamic
+    assert "| image | int8-static | 4 | 0.40 |" in md
+    assert load_results(tmp_path / "results.json") == json.loads(json.dumps(doc))
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_html_inlines_the_plots_and_escapes_text(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"\x89PNG fake")
+    page = markdown_to_html(
+        "# T <x>\n\n| a | b |\n|---|---|\n| `1` | **2** |\n\n- item\n\n![cap](a.png)\n", tmp_path, "T"
+    )
+    assert "<h1>T &lt;x&gt;</h1>" in page and "<td><code>1</code></td><td><strong>2</strong></td>" in page
+    assert "<li>item</li>" in page and 'src="data:image/png;base64,' in page
+
+
+def test_a_results_document_of_another_schema_version_is_refused(tmp_path):
+    doc = _pipeline_doc() | {"schema_version": 2}
+    (tmp_path / "r.json").write_text(json.dumps(doc))
+    with pytest.raises(MmedgeError, match="schema version 2, this mmedge reads version 1"):
+        load_results(tmp_path / "r.json")
