@@ -26,6 +26,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/pipeline.py
 	$(BIN)/python benchmarks/latency.py
 	$(BIN)/python benchmarks/compression.py
+	$(BIN)/python benchmarks/eps.py
 
 clean:
 	rm -rf $(VENV) .mmedge

@@ -31,6 +31,16 @@ out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 
+INSTALL_HINTS = {
+    "onnxruntime": "pip install 'mmedge[cpu]' (or 'mmedge[gpu]' for the CUDA execution provider, not both)",
+    "torch": "pip install 'mmedge[torch]'",
+    "onnxscript": "pip install 'mmedge[torch]'",
+    "torch_pruning": "pip install 'mmedge[torch]'",
+    "safetensors": "pip install 'mmedge[torch]'",
+    "matplotlib": "pip install 'mmedge[report]'",
+}
+
+
 def guarded(fn):
     """One clear sentence and a non-zero exit for user errors; never a traceback."""
 
@@ -41,8 +51,21 @@ def guarded(fn):
         except (typer.Exit, typer.Abort):
             raise
         except MmedgeError as exc:
-            err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+            from rich.markup import escape
+
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True)
             raise typer.Exit(exc.exit_code) from None
+        except ModuleNotFoundError as exc:
+            root = (exc.name or "").split(".")[0]
+            if root not in INSTALL_HINTS:
+                raise
+            from rich.markup import escape
+
+            err.print(
+                f"[bold red]error:[/] this command needs {root}, which is not installed; {escape(INSTALL_HINTS[root])}.",
+                highlight=False,
+            )
+            raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err.print("interrupted; finished steps are cached and a re-run resumes after them.")
             raise typer.Exit(130) from None

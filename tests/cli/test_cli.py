@@ -120,7 +120,7 @@ def test_bench_two_models_writes_results_report_plots_and_html_and_report_rerend
         "--html",
     )
     assert r.exit_code == 0, r.output
-    assert "nnapi: not in this onnxruntime" in r.output and "p50 vs first model" in r.output
+    assert "nnapi (digits-vqa, cnn-lstm): not in this onnxruntime" in r.output and "p50 vs first model" in r.output
     doc = json.loads((out / "results.json").read_text())
     assert len(doc["results"]) == 2 * 2 * 2 and doc["eps"]["nnapi"]["status"] == "unavailable"
     assert doc["models"]["digits-vqa"]["accuracy"] > 0.9
@@ -222,6 +222,7 @@ def test_unknown_model_family(tmp_path):
 def test_unknown_execution_provider():
     assert_clean_failure(invoke("bench", REFERENCE_BUNDLE, "--ep", "tpu"), 2, "unknown execution provider 'tpu'")
     assert_clean_failure(invoke("bench", REFERENCE_BUNDLE, "--ep", "xnnpak"), 2, "did you mean 'xnnpack'")
+    assert_clean_failure(invoke("bench", REFERENCE_BUNDLE, "--ep", "cuda"), 2, "pip install 'mmedge[gpu]'")
     assert_clean_failure(invoke("bench", REFERENCE_BUNDLE, "--ep", "coreml"), 2, "not in this onnxruntime")
 
 

@@ -37,7 +37,9 @@ SCRIPT = textwrap.dedent("""
         "validate": runner.invoke(app, ["validate", bundle, "--no-ablation", "--json"]).exit_code,
         "providers": runner.invoke(app, ["providers", "--json"]).exit_code,
     }
-    print(json.dumps({"codes": codes, "torch_loaded": sys.modules.get("torch") is not None}))
+    train = runner.invoke(app, ["train", "--epochs", "1"])
+    loaded = sys.modules.get("torch") is not None
+    print(json.dumps({"train": [train.exit_code, train.output], "codes": codes, "torch_loaded": loaded}))
 """)
 
 
@@ -52,6 +54,10 @@ def test_onnx_only_commands_run_with_torch_blocked(tmp_path):
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert set(result["codes"].values()) == {0}, result["codes"]
     assert result["torch_loaded"] is False
+    assert (
+        result["train"][0] == 2
+        and "needs torch, which is not installed; pip install 'mmedge[torch]'" in result["train"][1]
+    )
     doc = json.loads((tmp_path / "bench" / "results.json").read_text())
     assert len(doc["results"]) == 2 * 2 * 2 and doc["eps"]["xnnpack"]["status"] == "unavailable"
     assert (tmp_path / "bench" / "report.html").is_file() and (tmp_path / "bench" / "plots" / "latency.png").is_file()

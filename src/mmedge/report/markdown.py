@@ -295,10 +295,15 @@ def bench_tables(doc: dict) -> str:
     header += ["samples/s", "load ms", "memory MB", "runs"]
     out = [table(header, rows)]
     s = doc["settings"]
+    spin = (
+        ""
+        if s.get("intra_op_spinning", True)
+        else " Thread pools do not spin between calls (spinning pools of one variant slow the next)."
+    )
     out.append(
         f"\nInterleaved: {s['rounds']} rounds x {s['calls_per_round']} calls per variant and batch size, after "
-        f"{s['warmup']} warm-up calls. Memory: RSS growth from loading the session and its first runs. Process "
-        f"peak RSS {doc['memory']['process_peak_rss_mb']:.0f} MB."
+        f"{s['warmup']} warm-up calls.{spin} Memory: RSS growth from loading the session and its first runs. "
+        f"Process peak RSS {doc['memory']['process_peak_rss_mb']:.0f} MB."
     )
     models = doc["models"]
     if any("accuracy" in m for m in models.values()):
@@ -310,7 +315,11 @@ def bench_tables(doc: dict) -> str:
             ),
         ]
     if doc["unavailable"]:
-        out += ["", "Not measured:", ""] + [f"- {u['model']} on {u['ep']}: {u['reason']}" for u in doc["unavailable"]]
+        grouped: dict[tuple[str, str], list[str]] = {}
+        for u in doc["unavailable"]:
+            grouped.setdefault((u["ep"], u["reason"]), []).append(u["model"])
+        out += ["", "Not measured:", ""]
+        out += [f"- {ep} ({', '.join(m)}): {reason}" for (ep, reason), m in grouped.items()]
     placed = [
         f"- {model} on {ep}: {p['nodes']} nodes — "
         + ", ".join(f"{prov} {n}" for prov, n in p["per_provider"].items())

@@ -32,7 +32,12 @@ def check_onnx_path(path: str | Path) -> Path:
 
 
 def open_session(
-    path: str | Path, ep: str = "cpu", threads: int = 0, allow_fallback: bool = False, profile_prefix: str | None = None
+    path: str | Path,
+    ep: str = "cpu",
+    threads: int = 0,
+    allow_fallback: bool = False,
+    profile_prefix: str | None = None,
+    config: dict[str, str] | None = None,
 ):
     """An InferenceSession on exactly ``ep`` (no silent CPU fallback unless ``allow_fallback``); raises if the file
     is not a loadable ONNX model, or if the EP cannot take it."""
@@ -47,6 +52,8 @@ def open_session(
         opts.inter_op_num_threads = 1
     if provider.name != "cpu" and not allow_fallback:
         opts.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+    for key, value in (config or {}).items():
+        opts.add_session_config_entry(key, value)
     if profile_prefix:
         opts.enable_profiling = True
         opts.profile_file_prefix = profile_prefix
