@@ -3,7 +3,7 @@ import json
 import pytest
 
 from mmedge.bundle import load_bundle
-from mmedge.errors import BudgetExceededError
+from mmedge.errors import BudgetExceededError, MmedgeError
 from mmedge.pipeline import run_recipe
 from mmedge.recipe import parse_recipe
 from tests.conftest import TINY
@@ -93,6 +93,20 @@ def test_latency_budget_that_cannot_be_met_fails_the_run(first_run):
     with pytest.raises(BudgetExceededError, match="over the budget"):
         run_recipe(recipe, progress="off")
     assert load_bundle(tmp / "bundle")  # the earlier bundle is untouched
+
+
+def test_step_bench_marks_a_target_this_onnxruntime_lacks_as_unavailable_when_allowed(tmp_path):
+    recipe = tiny_recipe(tmp_path, targets=["cpu", "nnapi"])
+    with pytest.raises(MmedgeError, match="'nnapi' is not in this onnxruntime"):
+        run_recipe(recipe, progress="off")
+    steps = [s.model_dump() for s in recipe.steps]
+    steps[3]["allow_missing"] = True
+    records = run_recipe(tiny_recipe(tmp_path, targets=["cpu", "nnapi"], steps=steps), progress="off")
+    bench = records[3].result.metrics
+    assert set(bench["targets"]) == {"cpu"} and "onnxruntime-android" in bench["unavailable"]["nnapi"]
+    m = load_bundle(tmp_path / "bundle").manifest["metrics"]
+    assert set(m["latency"]) == {"cpu"} and "nnapi" in m["latency_unavailable"]
+    assert "Not measured on nnapi" in (tmp_path / "bundle" / "report.md").read_text()
 
 
 def test_step_load_starts_a_chain_from_an_existing_checkpoint(tmp_path, tiny_checkpoints):

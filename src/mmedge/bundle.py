@@ -311,6 +311,8 @@ def shipped_metrics(ctx, model_path: Path) -> dict:
             }
             for ep, r in bench["targets"].items()
         }
+        if bench.get("unavailable"):
+            out["latency_unavailable"] = bench["unavailable"]
     return out
 
 

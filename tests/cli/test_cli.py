@@ -270,6 +270,6 @@ def test_providers_lists_cpu_as_available_and_mobile_eps_honestly_unavailable():
     for r in rows.values():  # what onnxruntime itself reports, never assumed
         assert r["available"] == (r["ort_name"] in have)
         assert (r["how_to_get"] is None) == r["available"]
-    assert rows["cpu"]["available"]
+    assert rows["cpu"]["available"] and rows["cuda"]["default_options"]["device_id"] == 0
     table = runner.invoke(app, ["providers"])
     assert table.exit_code == 0 and "XnnpackExecutionProvider" in table.output and "mmedge[gpu]" in table.output

@@ -247,6 +247,8 @@ def render_bundle_report(name: str, metrics: dict, ctx=None, plots: dict[str, st
                 out += ["", f"![{caption}](plots/{plots[kind]})"]
     if "latency" in m:
         out += ["", "## Latency", "", latency_section(m["latency"])]
+        for ep, reason in m.get("latency_unavailable", {}).items():
+            out.append(f"\nNot measured on {ep}: {reason}.")
         if "latency" in plots:
             out += ["", f"![latency per EP and batch size](plots/{plots['latency']})"]
     if m.get("mobile"):

@@ -29,20 +29,41 @@ PROVIDERS: dict[str, ExecutionProvider] = {
             "CUDAExecutionProvider",
             "install the GPU wheel: pip install 'mmedge[gpu]' "
             "(onnxruntime-gpu, on a machine with an NVIDIA GPU and CUDA)",
+            # the first GPU; cuDNN's exhaustive search picks the fastest conv kernels once, at load
+            {"device_id": 0, "cudnn_conv_algo_search": "EXHAUSTIVE"},
         ),
-        ExecutionProvider("tensorrt", "TensorrtExecutionProvider", "install onnxruntime-gpu with TensorRT libraries"),
-        ExecutionProvider("openvino", "OpenVINOExecutionProvider", "pip install onnxruntime-openvino"),
+        ExecutionProvider(
+            "tensorrt",
+            "TensorrtExecutionProvider",
+            "install onnxruntime-gpu with TensorRT libraries",
+            # building an engine takes seconds to minutes: keep it for the next session
+            {"device_id": 0, "trt_engine_cache_enable": True, "trt_engine_cache_path": ".mmedge/tensorrt-cache"},
+        ),
+        ExecutionProvider(
+            "openvino", "OpenVINOExecutionProvider", "pip install onnxruntime-openvino", {"device_type": "CPU"}
+        ),
         ExecutionProvider(
             "xnnpack",
             "XnnpackExecutionProvider",
             "use an onnxruntime build with XNNPACK (the Android/iOS packages, or a source build with --use_xnnpack)",
+            {"intra_op_num_threads": 1},  # XNNPACK's own pool; one thread is the usual phone setting at batch 1
         ),
         ExecutionProvider("nnapi", "NnapiExecutionProvider", "run on Android with the onnxruntime-android package"),
         ExecutionProvider(
-            "coreml", "CoreMLExecutionProvider", "run on macOS/iOS with the onnxruntime package for Apple platforms"
+            "coreml",
+            "CoreMLExecutionProvider",
+            "run on macOS/iOS with the onnxruntime package for Apple platforms",
+            {"ModelFormat": "MLProgram"},  # the newer format takes more operators than NeuralNetwork
         ),
-        ExecutionProvider("qnn", "QNNExecutionProvider", "pip install onnxruntime-qnn on a Qualcomm device"),
-        ExecutionProvider("dml", "DmlExecutionProvider", "pip install onnxruntime-directml on Windows"),
+        ExecutionProvider(
+            "qnn",
+            "QNNExecutionProvider",
+            "pip install onnxruntime-qnn on a Qualcomm device",
+            {"backend_path": "QnnHtp.dll"},  # the Hexagon NPU backend of the onnxruntime-qnn wheel
+        ),
+        ExecutionProvider(
+            "dml", "DmlExecutionProvider", "pip install onnxruntime-directml on Windows", {"device_id": 0}
+        ),
     )
 }
 
@@ -88,6 +109,7 @@ def listing() -> list[dict]:
             "ort_name": ep.ort_name,
             "available": ep.name in have,
             "how_to_get": None if ep.name in have else ep.how_to_get,
+            "default_options": dict(ep.options),
             "onnxruntime": ort.__version__,
         }
         for ep in PROVIDERS.values()
