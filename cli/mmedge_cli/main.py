@@ -61,9 +61,9 @@ def guarded(fn):
                 raise
             from rich.markup import escape
 
+            hint = escape(INSTALL_HINTS[root])
             err.print(
-                f"[bold red]error:[/] this command needs {root}, which is not installed; {escape(INSTALL_HINTS[root])}.",
-                highlight=False,
+                f"[bold red]error:[/] this command needs {root}, which is not installed; {hint}.", highlight=False
             )
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
@@ -190,7 +190,7 @@ def export(
         typer.Option(
             "--mobile",
             help="Also write the ONNX Runtime Mobile files (.ort, fixed-shape variant, operators config, "
-            "NNAPI/CoreML analysis) into OUT's folder + '-mobile'.",
+            "NNAPI/CoreML analysis) into the folder <OUT stem>-mobile next to OUT.",
         ),
     ] = False,
 ):
@@ -391,11 +391,11 @@ def bench(
     measured interleaved on real inputs."""
     import tempfile
 
-    from mmedge.runtime.bench import _unique_names, bench_matrix
+    from mmedge.runtime.bench import bench_matrix, model_names
     from mmedge.runtime.inputs import bench_inputs, npz_feeds
 
     paths = [_model_file(m) for m in models]
-    names = _unique_names(paths)
+    names = model_names(paths)
     feeds, sources = {}, {}
     for name, given, path in zip(names, models, paths, strict=True):
         if inputs is not None:

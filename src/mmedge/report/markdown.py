@@ -273,18 +273,18 @@ def render_bundle_report(name: str, metrics: dict, ctx=None, plots: dict[str, st
     return "\n".join(out) + "\n"
 
 
+def latency_cells(r: dict) -> list[str]:
+    """EP, threads, batch and p50/p90/p99 of one latency row."""
+    return [r["ep"], str(r["threads"]), str(r["batch"]), *(f"{r[k]:.3f}" for k in ("p50_ms", "p90_ms", "p99_ms"))]
+
+
 def bench_tables(doc: dict) -> str:
     """The `mmedge bench` results as Markdown: one latency row per model × EP × threads × batch, then what could
     not run and where the nodes ran."""
     rows = [
         [
             r["model"],
-            r["ep"],
-            str(r["threads"]),
-            str(r["batch"]),
-            f"{r['p50_ms']:.3f}",
-            f"{r['p90_ms']:.3f}",
-            f"{r['p99_ms']:.3f}",
+            *latency_cells(r),
             f"{r['p50_vs_first_model']:.2f}x",
             f"{r['throughput_per_s']:.0f}",
             f"{r['session_load_ms']:.1f}",

@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 from mmedge.errors import InputPathError, MissingDependencyError, MmedgeError
-from mmedge.report.markdown import bench_tables, mobile_section, pct, table
+from mmedge.report.markdown import bench_tables, latency_cells, mobile_section, pct, table
 
 SUPPORTED = {"mmedge.results": 1, "mmedge.bench-results": 1}
 PLOTS = {"pareto": "pareto.png", "latency": "latency.png", "sensitivity": "sensitivity.png"}
@@ -294,17 +294,7 @@ def render_markdown(doc: dict, plots: dict[str, str], plots_dir: str = "plots", 
             out.append(
                 table(
                     ["EP", "threads", "batch", "p50 ms", "p90 ms", "p99 ms"],
-                    [
-                        [
-                            r["ep"],
-                            str(r["threads"]),
-                            str(r["batch"]),
-                            f"{r['p50_ms']:.3f}",
-                            f"{r['p90_ms']:.3f}",
-                            f"{r['p99_ms']:.3f}",
-                        ]
-                        for r in rows
-                    ],
+                    [latency_cells(r) for r in rows],
                 )
             )
     figure("latency", "latency per EP and batch size")

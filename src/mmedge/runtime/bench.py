@@ -137,7 +137,8 @@ def time_interleaved(
                 t0 = time.perf_counter()
                 runner()
                 times[key].append((time.perf_counter() - t0) * 1e3)
-        if deadline is not None and r >= 2 and time.perf_counter() > deadline:
+        # a time budget ends the rounds early, but never before 3 rounds and 10 calls per variant
+        if deadline is not None and r >= 2 and (r + 1) * calls >= 10 and time.perf_counter() > deadline:
             break
     out = {}
     for key in runners:
@@ -215,7 +216,7 @@ RESULTS_SCHEMA = "mmedge.bench-results"
 RESULTS_VERSION = 1
 
 
-def _unique_names(paths: list[Path]) -> list[str]:
+def model_names(paths: list[Path]) -> list[str]:
     """Readable names for models: the file stem, or the bundle folder for a bundle's model.onnx."""
     names = []
     for p in paths:
