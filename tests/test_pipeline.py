@@ -207,6 +207,10 @@ def test_compression_chain_ships_a_bundle_that_reports_every_step_per_branch(tmp
     for heading in ("## Compression", "Quantization search", "Sensitivity", "Per modality branch"):
         assert heading in report
     assert {"plots/pareto.png", "plots/sensitivity.png", "plots/latency.png"} <= set(bundle.manifest["files"])
+    robust = bundle.manifest["metrics"]["robustness"]
+    assert [r["step"] for r in robust] == ["load", "prune.structured", "distill", "quantize.auto", "validate"]
+    assert all(r["image_missing"] < r["full"] and r["text_missing"] < r["full"] for r in robust)
+    assert "## Missing modalities" in report
     assert "(plots/pareto.png)" in report and "(plots/sensitivity.png)" in report
 
 

@@ -36,3 +36,38 @@ def test_step_train_writes_checkpoint_with_metrics_and_ablation(tiny_checkpoints
     m = ck.extra["metrics"]
     assert {"test", "image_blanked", "text_emptied", "history", "train_seconds"} <= set(m)
     assert 0 <= m["test"]["accuracy"] <= 1 and np.isfinite(m["history"][0]["loss"])
+
+
+def test_modality_dropout_blanks_images_and_empties_texts_in_the_share_asked_for(data_cfg):
+    import pytest
+
+    from mmedge.data import load_dataset
+
+    data = load_dataset(data_cfg)
+    vocab = WordVocab.build(data.train.texts)
+    for family in ("cnn-lstm", "vit-transformer"):
+        torch.manual_seed(0)
+        model = build_model(family, TINY[family], len(vocab), 12)
+        seen = {"rows": 0, "no_text": 0, "no_image": 0}
+        encode, forward = model.encode_image, model.forward_features
+
+        def encode_spy(image, encode=encode, seen=seen, model=model):
+            out = encode(image)
+            if model.training:  # the zero image rides last in the batch
+                assert float(image[-1].abs().sum()) == 0
+                seen["blank"] = out[-1:].detach()
+            return out
+
+        def forward_spy(features, ids, mask, forward=forward, seen=seen, model=model):
+            if model.training:
+                seen["rows"] += len(ids)
+                seen["no_text"] += int((mask.sum(1) == 0).sum())
+                same = (features.detach() - seen["blank"]).flatten(1).abs().amax(1) == 0
+                seen["no_image"] += int(same.sum())
+            return forward(features, ids, mask)
+
+        model.encode_image, model.forward_features = encode_spy, forward_spy
+        train_model(model, data, vocab, tiny_train_config(epochs=1, modality_dropout=0.4))
+        assert seen["rows"] > 1000
+        assert seen["no_text"] / seen["rows"] == pytest.approx(0.2, abs=0.03)
+        assert seen["no_image"] / seen["rows"] == pytest.approx(0.2, abs=0.03)

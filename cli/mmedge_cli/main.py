@@ -576,11 +576,28 @@ def run(
             help="When no quantized candidate meets the accuracy budget, keep the most accurate one, not fail.",
         ),
     ] = False,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help="Start from an existing model instead of training: onnx:PATH (the PyTorch steps are skipped).",
+        ),
+    ] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Bundle folder (default: the recipe's output).")] = None,
 ):
     """Run a whole recipe: train → export → validate → bench → bundle, with each step cached."""
-    from mmedge.recipe import load_recipe
+    from mmedge.recipe import load_recipe, parse_recipe
 
     r = load_recipe(recipe)
+    if model is not None or out_dir is not None:
+        data = json.loads(r.dump("json"))
+        if model is not None:
+            data["model"]["source"] = model
+        if out_dir is not None:
+            data["output"] = str(out_dir)
+        r = parse_recipe(data, f"recipe {r.name} with the command-line overrides")
+    if r.skipped_steps:
+        err.print(f"model source {r.model.source}: skipping {', '.join(r.skipped_steps)} (they need a PyTorch model)")
     if dry_run:
         sys.stdout.write(r.dump(fmt.value))
         return

@@ -278,7 +278,7 @@ def shipped_metrics(ctx, model_path: Path) -> dict:
         out["accuracy_drop_points"] = validate.get("accuracy_drop_points")
     if ref:
         out["reference"] = {
-            "framework": "pytorch",
+            "framework": "onnx" if ctx.reference().config.type == "load.onnx" else "pytorch",
             "test_accuracy": ref["test"]["accuracy"],
             "parameters": ref.get("parameters"),
         }
@@ -298,6 +298,9 @@ def shipped_metrics(ctx, model_path: Path) -> dict:
     mobile = ctx.metrics("mobile")
     if mobile:
         out["mobile"] = mobile
+    robust = robustness([(r.config.type, r.result.metrics) for r in ctx.records])
+    if len(robust) > 1:
+        out["robustness"] = robust
     compression = compression_metrics(ctx)
     if compression:
         out["compression"] = compression
@@ -314,6 +317,23 @@ def shipped_metrics(ctx, model_path: Path) -> dict:
         if bench.get("unavailable"):
             out["latency_unavailable"] = bench["unavailable"]
     return out
+
+
+def robustness(steps: list[tuple[str, dict]]) -> list[dict]:
+    """Test accuracy of every artifact the run made, complete and with one modality missing (image blank, text
+    empty), in pipeline order — whether compression made the model more fragile when a sensor or prompt drops."""
+    rows = []
+    for step_type, m in steps:
+        if all(isinstance(m.get(k), dict) for k in ("test", "image_blanked", "text_emptied")):
+            rows.append(
+                {
+                    "step": step_type,
+                    "full": m["test"]["accuracy"],
+                    "image_missing": m["image_blanked"]["accuracy"],
+                    "text_missing": m["text_emptied"]["accuracy"],
+                }
+            )
+    return rows
 
 
 def compression_metrics(ctx) -> dict:

@@ -63,8 +63,11 @@ class StepContext:
     allow_over_budget: bool = False  # keep the best result when no candidate meets the budget
 
     def reference(self) -> StepRecord | None:
-        """The step that made the PyTorch model this chain started from (train or load)."""
-        return next((r for r in self.records if r.result.artifact.kind == "torch-checkpoint"), None)
+        """The step that made the model this chain started from (train, load, or load.onnx)."""
+        return next(
+            (r for r in self.records if r.result.artifact.kind == "torch-checkpoint" or r.config.type == "load.onnx"),
+            None,
+        )
 
     def reference_metrics(self) -> dict:
         ref = self.reference()

@@ -19,7 +19,16 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from mmedge.data import DataConfig
 from mmedge.errors import InputPathError, RecipeError, closest
@@ -68,7 +77,7 @@ def register_step(config_cls: type[StepConfig], consumes: str | None, produces: 
 
 def load_steps() -> dict[str, StepEntry]:
     """Import the modules that define steps (they register themselves)."""
-    from mmedge import bundle, train  # noqa: F401
+    from mmedge import bundle, sources, train  # noqa: F401
     from mmedge.compress import auto, distill, optimize, prune, quantize  # noqa: F401
     from mmedge.export import mobile, onnx  # noqa: F401
     from mmedge.runtime import steps  # noqa: F401
@@ -79,6 +88,11 @@ def load_steps() -> dict[str, StepEntry]:
 class ModelSection(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     family: str = Field("cnn-lstm", description="Zoo family: 'cnn-lstm' or 'vit-transformer'.")
+    source: str | None = Field(
+        None,
+        description="Start from an existing model instead of the zoo: 'onnx:PATH' (the PyTorch steps are left out "
+        "of the chain). Default: the recipe trains the zoo family.",
+    )
     options: dict[str, Any] = Field(default_factory=dict, description="Family hyper-parameters (see the zoo).")
 
     @model_validator(mode="after")
@@ -86,6 +100,10 @@ class ModelSection(BaseModel):
         from mmedge.models import family_config
 
         family_config(self.family, self.options)  # raises a clear error for unknown names or options
+        if self.source is not None:
+            from mmedge.sources import parse_source
+
+            parse_source(self.source)
         return self
 
 
@@ -107,6 +125,7 @@ class Budgets(BaseModel):
 
 class Recipe(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+    _skipped: tuple[str, ...] = PrivateAttr(default=())  # steps the model source left out of the chain
 
     version: int = Field(1, ge=1, le=1, description="Recipe schema version.")
     name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Bundle name.")
@@ -167,6 +186,11 @@ class Recipe(BaseModel):
         return self
 
     @property
+    def skipped_steps(self) -> tuple[str, ...]:
+        """Steps of the recipe file that the model source left out (PyTorch steps for an onnx: source)."""
+        return self._skipped
+
+    @property
     def output_dir(self) -> Path:
         return self.output or Path("exported") / self.name
 
@@ -195,8 +219,17 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
         raise RecipeError(
             f"{source} must be a mapping of keys (name, model, data, steps, ...); it is a {type(data).__name__}."
         )
+    skipped: list[str] = []
+    model = data.get("model")
+    if isinstance(model, dict) and model.get("source") and isinstance(data.get("steps"), list):
+        from mmedge.sources import resolve_steps
+
+        data = dict(data)
+        data["steps"], skipped = resolve_steps(model["source"], data["steps"], load_steps())
     try:
-        return Recipe(**data)
+        recipe = Recipe(**data)
+        recipe._skipped = tuple(skipped)
+        return recipe
     except ValidationError as exc:
         raise RecipeError(
             f"{source} is invalid: {_describe(exc)}; fix it and check with `mmedge run RECIPE --dry-run`."

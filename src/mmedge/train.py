@@ -69,6 +69,14 @@ class TrainConfig(StepConfig):
         description="Fresh questions drawn per training image each epoch; they share one pass of the image encoder.",
     )
     threads: int = Field(0, ge=0, description="torch threads; 0 uses every core.")
+    modality_dropout: float = Field(
+        0.0,
+        ge=0,
+        le=0.5,
+        description="Share of training questions that see one modality removed — half of them with the image "
+        "blanked, half with the text emptied, the true answer kept — so the model degrades gracefully when a "
+        "camera frame or a prompt is missing at run time. 0 trains on complete pairs only.",
+    )
 
 
 def _tensors(
@@ -121,6 +129,21 @@ class Batch:
 
 
 LossFn = Callable[[torch.Tensor, Batch], torch.Tensor]
+
+
+def drop_modalities(
+    features: torch.Tensor, blank: torch.Tensor, batch: Batch, rate: float, pad_id: int, gen: torch.Generator
+) -> tuple[torch.Tensor, Batch]:
+    """Blank the image of ``rate / 2`` of the questions (their features become ``blank``, the encoding of an
+    all-zero image, as a missing frame is fed at run time) and empty the text of another ``rate / 2`` (all
+    padding, mask 0). The answers stay the true ones."""
+    u = torch.rand(len(batch.target), generator=gen)
+    no_image, no_text = u < rate / 2, (u >= rate / 2) & (u < rate)
+    keep = no_image.view(-1, *([1] * (features.dim() - 1)))
+    features = torch.where(keep, blank.expand_as(features), features)
+    ids = batch.input_ids.masked_fill(no_text[:, None], pad_id)
+    mask = batch.attention_mask.masked_fill(no_text[:, None], 0)
+    return features, Batch(batch.image, batch.shared, ids, mask, batch.target)
 
 
 def train_model(
@@ -182,8 +205,15 @@ def train_model(
                 torch.from_numpy(labels[rows]),
             )
             target = batch.target
-            features = model.encode_image(image)
-            logits = model.forward_features(features[shared], batch.input_ids, batch.attention_mask)
+            if cfg.modality_dropout > 0:
+                # the blank frame goes through the encoder with the real ones (same BatchNorm statistics)
+                encoded = model.encode_image(torch.cat([image, torch.zeros_like(image[:1])]))
+                features, batch = drop_modalities(
+                    encoded[:-1][shared], encoded[-1:], batch, cfg.modality_dropout, vocab.pad_id, gen
+                )
+            else:
+                features = model.encode_image(image)[shared]
+            logits = model.forward_features(features, batch.input_ids, batch.attention_mask)
             loss = F.cross_entropy(logits, target) if loss_fn is None else loss_fn(logits, batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()

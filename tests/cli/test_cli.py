@@ -273,3 +273,11 @@ def test_providers_lists_cpu_as_available_and_mobile_eps_honestly_unavailable():
     assert rows["cpu"]["available"] and rows["cuda"]["default_options"]["device_id"] == 0
     table = runner.invoke(app, ["providers"])
     assert table.exit_code == 0 and "XnnpackExecutionProvider" in table.output and "mmedge[gpu]" in table.output
+
+
+def test_run_with_an_onnx_model_source_skips_the_torch_steps_in_the_dry_run(tmp_path):
+    r = invoke("run", "--model", f"onnx:{REFERENCE_BUNDLE / 'model.onnx'}", "--out", tmp_path / "b", "--dry-run")
+    assert r.exit_code == 0, r.output
+    assert "skipping train, prune.structured, distill, export" in r.output
+    assert "type: load.onnx" in r.output and "type: train" not in r.output and f"output: {tmp_path / 'b'}" in r.output
+    assert_clean_failure(invoke("run", "--model", "keras:m.h5", "--dry-run"), 2, "'keras:m.h5' is not understood")

@@ -190,6 +190,28 @@ def mobile_section(mob: dict) -> list[str]:
     return out
 
 
+def robustness_section(rows: list[dict]) -> list[str]:
+    first = rows[0]
+    cells = [
+        [
+            r["step"],
+            pct(r["full"]),
+            f"{pct(r['image_missing'])} ({(r['image_missing'] - first['image_missing']) * 100:+.2f})",
+            f"{pct(r['text_missing'])} ({(r['text_missing'] - first['text_missing']) * 100:+.2f})",
+        ]
+        for r in rows
+    ]
+    return [
+        "",
+        "## Missing modalities",
+        "",
+        "Test accuracy of each artifact of the run with both inputs, with the image missing (a blank frame) and "
+        "with the text missing (an empty question); in brackets the change in points against the first model.",
+        "",
+        table(["artifact (step)", "both", "image missing", "text missing"], cells),
+    ]
+
+
 def render_bundle_report(name: str, metrics: dict, ctx=None, plots: dict[str, str] | None = None) -> str:
     m = metrics
     out = [f"# {name}", ""]
@@ -201,10 +223,10 @@ def render_bundle_report(name: str, metrics: dict, ctx=None, plots: dict[str, st
             f"({pct(m['sparsity']['model'])} of all); {m['sparsity']['note']}."
         )
     if "reference" in m:
-        out.append(
-            f"PyTorch reference: test accuracy {pct(m['reference']['test_accuracy'])}, "
-            f"{m['reference']['parameters']:,} parameters."
-        )
+        ref = m["reference"]
+        params = f", {ref['parameters']:,} parameters" if ref.get("parameters") else ""
+        source = "PyTorch" if ref["framework"] == "pytorch" else "ONNX source model"
+        out.append(f"{source} reference: test accuracy {pct(ref['test_accuracy'])}{params}.")
     if "accuracy" in m:
         out += [
             "",
@@ -237,6 +259,8 @@ def render_bundle_report(name: str, metrics: dict, ctx=None, plots: dict[str, st
             f"max abs diff {e['max_abs_diff']:.2e})."
         )
     plots = plots or {}
+    if m.get("robustness"):
+        out += robustness_section(m["robustness"])
     if m.get("compression"):
         out += compression_section(m["compression"])
         for kind, caption in (

@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 from mmedge.errors import InputPathError, MissingDependencyError, MmedgeError
-from mmedge.report.markdown import bench_tables, latency_cells, mobile_section, pct, table
+from mmedge.report.markdown import bench_tables, latency_cells, mobile_section, pct, robustness_section, table
 
 SUPPORTED = {"mmedge.results": 1, "mmedge.bench-results": 1}
 PLOTS = {"pareto": "pareto.png", "latency": "latency.png", "sensitivity": "sensitivity.png"}
@@ -309,6 +309,11 @@ def render_markdown(doc: dict, plots: dict[str, str], plots_dir: str = "plots", 
         )
         figure("sensitivity", "quantization sensitivity per branch")
     if doc["schema"] == "mmedge.results":
+        from mmedge.bundle import robustness
+
+        robust = robustness([(st["type"], st["metrics"]) for st in doc["steps"]])
+        if robust:
+            out += robustness_section(robust)
         mobile = _step_metrics(doc, "mobile")
         if mobile:
             out += mobile_section(mobile)

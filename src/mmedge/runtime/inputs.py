@@ -61,6 +61,16 @@ def npz_feeds(path: Path) -> dict[str, np.ndarray]:
         raise MmedgeError(f"{path} is not a readable .npz of arrays ({exc}); write it with numpy.savez.") from None
 
 
+def step_feeds(path, data_cfg=None) -> tuple[dict[str, np.ndarray], str]:
+    """(feeds, where they came from) for a pipeline step: the test split for a model mmedge exported, else
+    synthetic inputs (a model from elsewhere, without the tokenizer metadata), said so in the results."""
+    from mmedge.runtime.session import metadata_json
+
+    if metadata_json(open_session(path, "cpu"), "mmedge.tokenizer") is None:
+        return synthetic_feeds(path), "synthetic (the model carries no mmedge tokenizer metadata)"
+    return split_feeds(path, data_cfg), "test split samples"
+
+
 def bench_inputs(given: Path, model_path: Path) -> tuple[dict[str, np.ndarray], str]:
     """(feeds, where they came from) for ``mmedge bench``."""
     from mmedge.runtime.session import metadata_json

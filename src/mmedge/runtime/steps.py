@@ -11,7 +11,7 @@ from mmedge.errors import BudgetExceededError, MmedgeError
 from mmedge.recipe import StepConfig, register_step
 from mmedge.runtime.bench import bench_model
 from mmedge.runtime.evaluate import evaluate_model, parity
-from mmedge.runtime.inputs import split_feeds
+from mmedge.runtime.inputs import step_feeds
 
 
 class ValidateConfig(StepConfig):
@@ -73,7 +73,7 @@ def validate_step(cfg: ValidateConfig, ctx) -> StepResult:
 def bench_step(cfg: BenchConfig, ctx) -> StepResult:
     from mmedge.runtime.providers import available, resolve
 
-    feeds = split_feeds(ctx.artifact.path, ctx.recipe.data)
+    feeds, source = step_feeds(ctx.artifact.path, ctx.recipe.data)
     per_ep, unavailable, have = {}, {}, available()
     for ep in ctx.recipe.targets:
         if cfg.allow_missing and resolve(ep).name not in have:
@@ -103,5 +103,5 @@ def bench_step(cfg: BenchConfig, ctx) -> StepResult:
             f"{budget:g} ms; relax budgets.max_latency_ms or compress the model further."
         )
     within = budget is None or p50 <= budget
-    metrics = {"targets": per_ep, "unavailable": unavailable, "inputs": "test split samples", "within_budget": within}
+    metrics = {"targets": per_ep, "unavailable": unavailable, "inputs": source, "within_budget": within}
     return StepResult(ctx.artifact, metrics)

@@ -1,0 +1,91 @@
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from mmedge.bundle import load_bundle
+from mmedge.errors import InputPathError, MmedgeError, RecipeError
+from mmedge.pipeline import run_recipe
+from mmedge.recipe import parse_recipe
+
+
+def onnx_recipe(tmp_path, source, steps):
+    return parse_recipe(
+        {
+            "name": "from-onnx",
+            "model": {"source": f"onnx:{source}"},
+            "data": {"test_images": 200, "val_images": 100},
+            "budgets": {"max_accuracy_drop": 5.0},
+            "steps": steps,
+            "output": str(tmp_path / "bundle"),
+            "workdir": str(tmp_path / "runs"),
+        }
+    )
+
+
+def test_step_load_onnx_skips_the_torch_steps_and_ships_a_bundle(tmp_path, tiny_onnx):
+    recipe = onnx_recipe(
+        tmp_path,
+        tiny_onnx["cnn-lstm"],
+        [
+            {"type": "train"},
+            {"type": "export"},
+            {"type": "quantize.dynamic"},
+            {"type": "validate"},
+            {"type": "bench", "runs": 5, "warmup": 1, "batch_sizes": [1]},
+            # an untrained tiny model has near-tied logits, so an int8 rounding difference can flip an answer
+            {"type": "mobile", "min_agreement": 0.9},
+            {"type": "bundle", "samples": 2},
+        ],
+    )
+    assert recipe.skipped_steps == ("train", "export")
+    records = run_recipe(recipe, progress="off")
+    assert [r.config.type for r in records] == [
+        "load.onnx",
+        "quantize.dynamic",
+        "validate",
+        "bench",
+        "mobile",
+        "bundle",
+    ]
+    loaded = records[0].result.metrics
+    assert loaded["mmedge_metadata"] and 0 < loaded["test"]["accuracy"] <= 1
+    validated = records[2].result.metrics
+    assert validated["reference_accuracy"] == loaded["test"]["accuracy"]  # the source ONNX is the reference
+    assert validated["parity"]["argmax_agreement"] >= 0.9 and validated["within_budget"]
+    m = load_bundle(tmp_path / "bundle").manifest
+    assert m["model"]["lineage"] == ["load.onnx", "quantize.dynamic", "bundle"]
+    assert m["metrics"]["reference"]["framework"] == "onnx"
+    assert "ONNX source model reference" in (tmp_path / "bundle" / "report.md").read_text()
+    assert tiny_onnx["cnn-lstm"].is_file()  # the user's file is only read
+    parity = records[4].result.metrics["parity"]["model.ort"]
+    assert parity["rule"].startswith("int8 model") and parity["argmax_agreement"] >= 0.9
+
+
+def _foreign(path):
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    return path
+
+
+def test_onnx_from_elsewhere_is_benched_and_converted_and_scoring_says_what_is_missing(tmp_path):
+    model = _foreign(tmp_path / "relu.onnx")
+    steps = [{"type": "bench", "runs": 5, "warmup": 1, "batch_sizes": [1, 2]}, {"type": "mobile"}]
+    records = run_recipe(onnx_recipe(tmp_path, model, steps), progress="off")
+    assert records[0].result.metrics["mmedge_metadata"] is False
+    assert records[1].result.metrics["inputs"].startswith("synthetic")
+    assert records[2].result.metrics["parity"]["model.fixed.ort"]["max_abs_diff"] == 0.0
+    with pytest.raises(MmedgeError, match="carries no mmedge tokenizer metadata"):
+        run_recipe(onnx_recipe(tmp_path, model, [{"type": "validate"}]), progress="off")
+
+
+def test_model_source_that_is_not_understood_or_missing_is_refused(tmp_path):
+    with pytest.raises(RecipeError, match="'tf:x' is not understood"):
+        parse_recipe({"name": "r", "model": {"source": "tf:x"}, "steps": [{"type": "validate"}]})
+    recipe = onnx_recipe(tmp_path, tmp_path / "nope.onnx", [{"type": "validate"}])
+    with pytest.raises(InputPathError, match="is not an .onnx file that exists"):
+        run_recipe(recipe, progress="off")
