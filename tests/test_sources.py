@@ -89,3 +89,16 @@ def test_model_source_that_is_not_understood_or_missing_is_refused(tmp_path):
     recipe = onnx_recipe(tmp_path, tmp_path / "nope.onnx", [{"type": "validate"}])
     with pytest.raises(InputPathError, match="is not an .onnx file that exists"):
         run_recipe(recipe, progress="off")
+
+
+def test_a_changed_onnx_file_at_the_same_path_is_loaded_again(tmp_path, tiny_onnx):
+    import shutil
+
+    model = tmp_path / "m.onnx"
+    shutil.copyfile(tiny_onnx["cnn-lstm"], model)
+    steps = [{"type": "bench", "runs": 3, "warmup": 1, "batch_sizes": [1]}]
+    first = run_recipe(onnx_recipe(tmp_path, model, steps), progress="off")
+    assert all(r.cached for r in run_recipe(onnx_recipe(tmp_path, model, steps), progress="off"))
+    shutil.copyfile(tiny_onnx["vit-transformer"], model)
+    again = run_recipe(onnx_recipe(tmp_path, model, steps), progress="off")
+    assert not again[0].cached and again[0].result.metrics["size_bytes"] != first[0].result.metrics["size_bytes"]

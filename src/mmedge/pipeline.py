@@ -108,6 +108,9 @@ def _key(recipe: Recipe, previous: str, step: StepConfig) -> str:
     }
     if step.type == "bundle":
         payload["output"] = str(recipe.output_dir.resolve())
+    source = getattr(step, "path", None)  # load / load.onnx: a changed file at the same path re-runs the step
+    if isinstance(source, Path) and source.exists():
+        payload["source"] = fingerprint(source)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
