@@ -60,3 +60,18 @@ def trained_checkpoint(tmp_path_factory, data_cfg) -> Path:
     cfg = TrainConfig(epochs=8, batch_size=64, lr=3e-3, patience=99, augment=False, seed=0)
     options = {"hidden_size": 64, "fusion_dim": 128}
     return run_training("cnn-lstm", options, data_cfg, cfg, tmp_path_factory.mktemp("trained") / "ckpt", "off")[0]
+
+
+def relu_onnx(path: Path, dims=("n", 4)) -> Path:
+    """A one-node ONNX model from elsewhere (no mmedge metadata): y = relu(x), x float32 of shape ``dims``."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(dims))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(dims))],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    return path

@@ -1,11 +1,10 @@
-import onnx
 import pytest
-from onnx import TensorProto, helper
 
 from mmedge.bundle import load_bundle
 from mmedge.errors import InputPathError, MmedgeError, RecipeError
 from mmedge.pipeline import run_recipe
 from mmedge.recipe import parse_recipe
+from tests.conftest import relu_onnx
 
 
 def onnx_recipe(tmp_path, source, steps):
@@ -61,19 +60,8 @@ def test_step_load_onnx_skips_the_torch_steps_and_ships_a_bundle(tmp_path, tiny_
     assert parity["rule"].startswith("int8 model") and parity["argmax_agreement"] >= 0.9
 
 
-def _foreign(path):
-    graph = helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["y"])],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
-    )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
-    return path
-
-
 def test_onnx_from_elsewhere_is_benched_and_converted_and_scoring_says_what_is_missing(tmp_path):
-    model = _foreign(tmp_path / "relu.onnx")
+    model = relu_onnx(tmp_path / "relu.onnx")
     steps = [{"type": "bench", "runs": 5, "warmup": 1, "batch_sizes": [1, 2]}, {"type": "mobile"}]
     records = run_recipe(onnx_recipe(tmp_path, model, steps), progress="off")
     assert records[0].result.metrics["mmedge_metadata"] is False

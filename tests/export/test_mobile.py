@@ -3,7 +3,6 @@ import json
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
 
 from mmedge.export.mobile import (
     ANALYSIS,
@@ -17,6 +16,7 @@ from mmedge.export.mobile import (
     ort_session,
 )
 from mmedge.runtime.inputs import split_feeds
+from tests.conftest import relu_onnx
 
 
 @pytest.fixture(scope="module")
@@ -80,19 +80,8 @@ def test_mobile_analysis_is_structured_per_ep_and_fixing_shapes_helps(mobile_out
     assert all(s.startswith(("NNAPI", "CoreML")) for s in r["verdicts"]["fixed"].values())
 
 
-def _foreign_model(path, dims=("n", "k")):
-    graph = helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["y"])],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(dims))],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(dims))],
-    )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
-    return path
-
-
 def test_mobile_dimension_it_cannot_size_is_refused_naming_the_option(tmp_path):
-    model = _foreign_model(tmp_path / "m.onnx")
+    model = relu_onnx(tmp_path / "m.onnx", ("n", "k"))
     feeds = {"x": np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)}
     with pytest.raises(MobileError, match=r"dims: \{k: N\}"):
         build_mobile(model, tmp_path / "out", feeds)

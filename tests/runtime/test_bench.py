@@ -3,6 +3,7 @@ import pytest
 from mmedge.errors import MmedgeError
 from mmedge.runtime.bench import bench_model, percentiles, tile_batch
 from mmedge.runtime.inputs import split_feeds
+from tests.conftest import relu_onnx
 
 
 def test_percentiles_are_ordered():
@@ -32,18 +33,10 @@ def test_bench_refuses_batch_below_one(tiny_onnx):
 
 
 def test_foreign_model_without_samples_is_benched_on_synthetic_inputs_and_says_so(tmp_path):
-    import onnx
-    from onnx import TensorProto, helper
 
     from mmedge.runtime.inputs import bench_inputs
 
-    graph = helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["y"])],
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
-    )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(tmp_path / "m.onnx"))
+    relu_onnx(tmp_path / "m.onnx")
     feeds, source = bench_inputs(tmp_path / "m.onnx", tmp_path / "m.onnx")
     assert source.startswith("synthetic") and feeds["x"].shape == (1, 4)
     r = bench_model(tmp_path / "m.onnx", feeds, runs=5, warmup=1, batch_sizes=(1, 3))
