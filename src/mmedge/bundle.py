@@ -115,16 +115,18 @@ class BundleConfig(StepConfig):
 
 def _write_samples(folder: Path, model_path: Path, data_cfg, count: int) -> dict:
     from mmedge.data import load_dataset
-    from mmedge.data.digits_vqa import LABELS
     from mmedge.data.images import save_png
-    from mmedge.runtime.evaluate import feeds_for, model_vocab
+    from mmedge.runtime.evaluate import ModelInputs, feeds_for
     from mmedge.runtime.session import open_session, run
 
     sess = open_session(model_path, "cpu")
     split = load_dataset(data_cfg).test
     # One question per family from different images, so the samples cover every kind of question.
-    rows = np.asarray([i for i in range(len(split)) if i % 4 == (i // 4) % 4][:count])
-    feeds = feeds_for(split, model_vocab(sess), rows)
+    if split.family_names == ("parity", "comparison", "identity", "arithmetic"):
+        rows = np.asarray([i for i in range(len(split)) if i % 4 == (i // 4) % 4][:count])
+    else:  # spread over the split, which is sorted by label
+        rows = np.unique(np.linspace(0, len(split) - 1, min(count, len(split))).astype(int))
+    feeds = feeds_for(split, ModelInputs.of(sess), rows)
     logits = run(sess, feeds)[0]
     folder.mkdir()
     entries = []
@@ -135,8 +137,8 @@ def _write_samples(folder: Path, model_path: Path, data_cfg, count: int) -> dict
             {
                 "image": f"samples/{name}",
                 "text": split.texts[row],
-                "answer": LABELS[split.labels[row]],
-                "predicted": LABELS[int(logits[n].argmax())],
+                "answer": split.classes[split.labels[row]],
+                "predicted": split.classes[int(logits[n].argmax())],
                 "logits": [round(float(x), 5) for x in logits[n]],
             }
         )
@@ -150,34 +152,53 @@ def build_manifest(
 ) -> dict:
     spec = json.loads(metadata["mmedge.spec"])
     tok = json.loads(metadata["mmedge.tokenizer"])
+    task = json.loads(metadata.get("mmedge.task", "null")) or {
+        "type": "visual-question-answering",
+        "output": "logits over labels; argmax is the answer",
+    }
     return {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
         "name": name,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "mmedge_version": __version__,
-        "task": {"type": "visual-question-answering", "output": "logits over labels; argmax is the answer"},
+        "task": task,
         "model": {"file": model_path.name, "format": "onnx", "family": spec["family"], "lineage": list(lineage)},
         "inputs": spec["inputs"],
         "outputs": spec["outputs"],
         "preprocessing": {
             "image": spec["image"],
-            "text": {
-                "tokenizer": "word",
-                "vocab_file": "vocab.json",
-                "lowercase": tok["lowercase"],
-                "pattern": tok["pattern"],
-                "max_length": tok["max_length"],
-                "pad_id": tok["pad_id"],
-                "unk_id": tok["unk_id"],
-                "padding": "right",
-                "truncation": "right",
-                "attention_mask": "1 for real tokens, 0 for padding",
-            },
+            "text": text_preprocessing(tok),
         },
         "labels": json.loads(metadata["mmedge.labels"]),
         "samples": samples,
         "metrics": metrics,
+    }
+
+
+def text_preprocessing(tok: dict) -> dict:
+    """The manifest's recipe for turning text into input_ids and attention_mask."""
+    common = {
+        "max_length": tok["max_length"],
+        "pad_id": tok["pad_id"],
+        "padding": "right",
+        "truncation": "right",
+        "attention_mask": "1 for real tokens, 0 for padding",
+    }
+    if tok.get("type") == "hf":
+        return {
+            "tokenizer": "huggingface",
+            "tokenizer_file": "tokenizer.json",
+            "special_tokens": "added by the tokenizer's post-processor; the last one is kept when truncating",
+            **common,
+        }
+    return {
+        "tokenizer": "word",
+        "vocab_file": "vocab.json",
+        "lowercase": tok["lowercase"],
+        "pattern": tok["pattern"],
+        "unk_id": tok["unk_id"],
+        **common,
     }
 
 
@@ -202,7 +223,11 @@ def write_bundle(
     try:
         shutil.copyfile(model_path, tmp / "model.onnx")
         meta = model_metadata(open_session(tmp / "model.onnx", "cpu"))
-        (tmp / "vocab.json").write_text(json.dumps(json.loads(meta["mmedge.tokenizer"]), indent=1))
+        tok = json.loads(meta["mmedge.tokenizer"])
+        if tok.get("type") == "hf":  # the Hugging Face tokenizer file, verbatim: `tokenizers` reads it on the device
+            (tmp / "tokenizer.json").write_text(tok["json"])
+        else:
+            (tmp / "vocab.json").write_text(json.dumps(tok, indent=1))
         sample_info = _write_samples(tmp / "samples", tmp / "model.onnx", data_cfg, samples)
         (tmp / "report.md").write_text(report_md)
         for rel, src in (extra_files or {}).items():

@@ -28,6 +28,10 @@ class UnknownNameError(MmedgeError):
     """An unknown model family, dataset, step type or execution provider."""
 
 
+class UntrustedCodeError(MmedgeError):
+    """A model whose loading would import and run code the user has not said they trust."""
+
+
 class EpCannotRunError(MmedgeError):
     """An ONNX model that an execution provider cannot take (an operator it lacks, or no fallback allowed)."""
 

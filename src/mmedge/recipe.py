@@ -90,21 +90,29 @@ class ModelSection(BaseModel):
     family: str = Field("cnn-lstm", description="Zoo family: 'cnn-lstm' or 'vit-transformer'.")
     source: str | None = Field(
         None,
-        description="Start from an existing model instead of the zoo: 'onnx:PATH' (the PyTorch steps are left out "
-        "of the chain). Default: the recipe trains the zoo family.",
+        description="Start from a model outside the zoo: 'onnx:PATH' (an existing ONNX file; the PyTorch steps are "
+        "left out), 'hf:PATH' (a Hugging Face CLIP / VisionTextDualEncoder folder) or 'py:package.module:factory' "
+        "(any PyTorch module; needs --trust-code). Default: the recipe trains the zoo family.",
     )
-    options: dict[str, Any] = Field(default_factory=dict, description="Family hyper-parameters (see the zoo).")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Family hyper-parameters (see the zoo), or the options of the source."
+    )
 
     @model_validator(mode="after")
     def _check_family(self):
         from mmedge.models import family_config
 
-        family_config(self.family, self.options)  # raises a clear error for unknown names or options
         if self.source is not None:
             from mmedge.sources import parse_source
 
             parse_source(self.source)
+        family_config(self.family_name, self.options)  # raises a clear error for unknown names or options
         return self
+
+    @property
+    def family_name(self) -> str:
+        """The family steps build: the zoo family, or the hf:/py: source (onnx: sources build none)."""
+        return self.source if self.source and self.source.startswith(("hf:", "py:")) else self.family
 
 
 class Budgets(BaseModel):
@@ -225,7 +233,8 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
         from mmedge.sources import resolve_steps
 
         data = dict(data)
-        data["steps"], skipped = resolve_steps(model["source"], data["steps"], load_steps())
+        task = (model.get("options") or {}).get("task", "zero-shot")
+        data["steps"], skipped = resolve_steps(model["source"], data["steps"], load_steps(), task)
     try:
         recipe = Recipe(**data)
         recipe._skipped = tuple(skipped)

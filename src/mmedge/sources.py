@@ -1,4 +1,5 @@
-"""Where a recipe's model comes from: the zoo (trained by the recipe) or an existing ONNX file.
+"""Where a recipe's model comes from: the zoo (trained by the recipe), an existing ONNX file, a Hugging Face folder or
+a Python factory (the last two: ``mmedge.models.external``).
 
 ``model.source: onnx:PATH`` (or ``mmedge run --model onnx:PATH``) starts the chain from that file with the
 ``load.onnx`` step: the PyTorch steps (train, load, prune, distill, export) are left out of the chain — the
@@ -22,32 +23,55 @@ from mmedge.artifact import Artifact, StepResult
 from mmedge.errors import InputPathError, RecipeError
 from mmedge.recipe import StepConfig, register_step
 
-KINDS = ("onnx",)
+KINDS = ("onnx", "hf", "py")
+# Steps that rebuild or reshape a zoo model from its family options: a model from outside the zoo cannot be
+# rebuilt at a new width, so these are left out for hf: and py: sources.
+ZOO_ONLY = ("prune.structured", "prune.magnitude", "distill")
 
 
 def parse_source(source: str) -> tuple[str, str]:
-    """('onnx', PATH) from 'onnx:PATH'; an unknown prefix is a clear error."""
+    """(kind, value) from 'onnx:PATH', 'hf:PATH' or 'py:package.module:factory'; anything else is a clear error."""
     kind, sep, value = source.partition(":")
     if not sep or kind not in KINDS or not value.strip():
         raise RecipeError(
-            f"model source '{source}' is not understood; write 'onnx:PATH' for an existing ONNX file, or leave "
-            "model.source out to train the zoo family the recipe names."
+            f"model source '{source}' is not understood; write 'onnx:PATH' for an existing ONNX file, 'hf:PATH' for a "
+            "Hugging Face folder, 'py:package.module:factory' for a PyTorch module, or leave model.source out to "
+            "train the zoo family the recipe names."
         )
     return kind, value.strip()
 
 
-def resolve_steps(source: str, steps: list, registry: dict) -> tuple[list, list[str]]:
-    """The recipe's steps for a chain that starts from ``source``: (steps, types left out)."""
-    _, path = parse_source(source)
-    kept, skipped = [{"type": "load.onnx", "path": path}], []
+def resolve_steps(source: str, steps: list, registry: dict, task: str | None = None) -> tuple[list, list[str]]:
+    """The recipe's steps for a chain that starts from ``source``: (steps, types left out).
+
+    onnx: the file is loaded and every PyTorch step is left out. hf:/py: the zoo-only steps are left out; a
+    zero-shot Hugging Face model is loaded as it comes (load.model) instead of trained."""
+    kind, path = parse_source(source)
+    if kind == "onnx":
+        kept, skipped = [{"type": "load.onnx", "path": path}], []
+        for raw in steps:
+            tag = _tag(raw)
+            entry = registry.get(tag)
+            if entry is not None and (entry.consumes == "torch-checkpoint" or entry.produces == "torch-checkpoint"):
+                skipped.append(tag)
+            elif tag != "load.onnx":
+                kept.append(raw)
+        return kept, skipped
+    kept, skipped = [], []
     for raw in steps:
-        tag = raw.get("type") if isinstance(raw, dict) else getattr(raw, "type", None)
-        entry = registry.get(tag)
-        if entry is not None and (entry.consumes == "torch-checkpoint" or entry.produces == "torch-checkpoint"):
+        tag = _tag(raw)
+        if tag in ZOO_ONLY:
             skipped.append(tag)
-        elif tag != "load.onnx":
+        elif tag == "train" and kind == "hf" and task == "zero-shot":
+            kept.append({"type": "load.model"})
+            skipped.append("train")
+        else:
             kept.append(raw)
     return kept, skipped
+
+
+def _tag(raw) -> str | None:
+    return raw.get("type") if isinstance(raw, dict) else getattr(raw, "type", None)
 
 
 class LoadOnnxConfig(StepConfig):

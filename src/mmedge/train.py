@@ -23,8 +23,8 @@ from pydantic import Field
 
 from mmedge.artifact import Artifact, StepResult
 from mmedge.data import DataConfig, load_dataset
-from mmedge.data.digits_vqa import LABELS, VQASplit, make_questions
-from mmedge.data.text import WordVocab
+from mmedge.data.digits_vqa import FAMILIES, VQASplit, make_questions
+from mmedge.data.text import Tokenizer, WordVocab
 from mmedge.models import build_model
 from mmedge.models.checkpoint import load_checkpoint, save_checkpoint
 from mmedge.recipe import StepConfig, register_step
@@ -80,17 +80,17 @@ class TrainConfig(StepConfig):
 
 
 def _tensors(
-    split: VQASplit, vocab: WordVocab, rows: np.ndarray | None = None, texts: list[str] | None = None
+    split: VQASplit, vocab: Tokenizer, rows: np.ndarray | None = None, texts: list[str] | None = None, prep=None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     rows = np.arange(len(split)) if rows is None else rows
     texts = [split.texts[i] for i in rows] if texts is None else texts
     ids, mask = vocab.encode(texts)
-    return torch.from_numpy(split.pixels(rows)), torch.from_numpy(ids), torch.from_numpy(mask)
+    return torch.from_numpy(split.pixels(rows, prep)), torch.from_numpy(ids), torch.from_numpy(mask)
 
 
 @torch.no_grad()
 def predict_split(
-    model, split: VQASplit, vocab: WordVocab, blank_image: bool = False, empty_text: bool = False, batch_size: int = 512
+    model, split: VQASplit, vocab: Tokenizer, blank_image: bool = False, empty_text: bool = False, batch_size: int = 512
 ) -> np.ndarray:
     """Logits float32 (N, classes) for a whole split, optionally with one modality removed."""
     model.eval()
@@ -98,7 +98,7 @@ def predict_split(
     for start in range(0, len(split), batch_size):
         rows = np.arange(start, min(start + batch_size, len(split)))
         texts = [""] * len(rows) if empty_text else None
-        image, ids, mask = _tensors(split, vocab, rows, texts)
+        image, ids, mask = _tensors(split, vocab, rows, texts, model.spec().image)
         if blank_image:
             image = torch.zeros_like(image)
         out.append(model(image, ids, mask).float().numpy())
@@ -146,10 +146,31 @@ def drop_modalities(
     return features, Batch(batch.image, batch.shared, ids, mask, batch.target)
 
 
+def _steps(q_image: np.ndarray, grouped: bool, cfg: TrainConfig, gen: torch.Generator):
+    """One epoch's steps: (image rows, question rows, each question's index into the step's images).
+
+    Grouped (every image has ``questions_per_image`` questions): the image encoder runs once per image and its
+    features are shared by its questions. Otherwise each step is ``batch_size`` questions with their images."""
+    if grouped:
+        n_images = len(q_image) // cfg.questions_per_image
+        q_rows = np.argsort(q_image, kind="stable").reshape(n_images, cfg.questions_per_image)
+        order = torch.randperm(n_images, generator=gen).numpy()
+        per_step = max(1, cfg.batch_size // cfg.questions_per_image)
+        for start in range(0, len(order), per_step):
+            img_rows = order[start : start + per_step]
+            shared = torch.arange(len(img_rows)).repeat_interleave(cfg.questions_per_image)
+            yield img_rows, q_rows[img_rows].reshape(-1), shared
+        return
+    order = torch.randperm(len(q_image), generator=gen).numpy()
+    for start in range(0, len(order), cfg.batch_size):
+        rows = order[start : start + cfg.batch_size]
+        yield q_image[rows], rows, torch.arange(len(rows))
+
+
 def train_model(
     model,
     data,
-    vocab: WordVocab,
+    vocab: Tokenizer,
     cfg: TrainConfig,
     on_epoch: Callable[[dict], None] | None = None,
     loss_fn: LossFn | None = None,
@@ -163,8 +184,12 @@ def train_model(
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     gen = torch.Generator().manual_seed(cfg.seed)
     train = data.train
+    prep = model.spec().image  # images as the model takes them (size, color)
+    fresh_questions = train.family_names == FAMILIES  # digits-vqa asks new questions every epoch
     images_per_step = max(1, cfg.batch_size // cfg.questions_per_image)
-    steps_per_epoch = math.ceil(len(train.images) / images_per_step)
+    steps_per_epoch = (
+        math.ceil(len(train.images) / images_per_step) if fresh_questions else math.ceil(len(train) / cfg.batch_size)
+    )
     total = steps_per_epoch * cfg.epochs
     opt = torch.optim.AdamW([*model.parameters(), *extra_params], lr=cfg.lr, weight_decay=cfg.weight_decay)
 
@@ -183,20 +208,18 @@ def train_model(
         # Fresh questions every epoch: each image gets `questions_per_image` new ones, grouped by image so
         # that the image encoder runs once per image and its features are shared by its questions.
         rng = np.random.default_rng([cfg.seed, epoch])
-        q_image, texts, labels, _ = make_questions(train.digits, cfg.questions_per_image, rng)
+        if fresh_questions:
+            q_image, texts, labels, _ = make_questions(train.digits, cfg.questions_per_image, rng)
+        else:  # a dataset with its own questions: the same ones every epoch
+            q_image, texts, labels = train.image_index, list(train.texts), train.labels
         ids_all, mask_all = vocab.encode(texts)
         longest = int(mask_all.sum(1).max())  # drop all-padding columns: fewer LSTM/attention steps
         ids_all, mask_all = ids_all[:, :longest], mask_all[:, :longest]
-        q_rows = np.argsort(q_image, kind="stable").reshape(len(train.images), cfg.questions_per_image)
-        order = torch.randperm(len(train.images), generator=gen).numpy()
         loss_sum, hits, seen = 0.0, 0, 0
-        for start in range(0, len(order), images_per_step):
-            img_rows = order[start : start + images_per_step]
-            image = torch.from_numpy(train.images[img_rows][:, None].astype(np.float32) / 255.0)  # (b, 1, H, W)
+        for img_rows, rows, shared in _steps(q_image, fresh_questions, cfg, gen):
+            image = torch.from_numpy(train.pictures(img_rows, prep))  # (b, C, H, W)
             if cfg.augment:
                 image = augment(image, gen)
-            rows = q_rows[img_rows].reshape(-1)  # (b * q,) questions of these images, image-major
-            shared = torch.arange(len(img_rows)).repeat_interleave(cfg.questions_per_image)
             batch = Batch(
                 image,
                 shared,
@@ -205,15 +228,25 @@ def train_model(
                 torch.from_numpy(labels[rows]),
             )
             target = batch.target
-            if cfg.modality_dropout > 0:
+            if not hasattr(model, "encode_image"):  # a model from outside the zoo: whole forward passes
+                if cfg.modality_dropout > 0:
+                    pictures, batch = drop_modalities(
+                        image[shared], torch.zeros_like(image[:1]), batch, cfg.modality_dropout, vocab.pad_id, gen
+                    )
+                else:
+                    pictures = image[shared]
+                logits = model(pictures, batch.input_ids, batch.attention_mask)
+            elif cfg.modality_dropout > 0:
                 # the blank frame goes through the encoder with the real ones (same BatchNorm statistics)
                 encoded = model.encode_image(torch.cat([image, torch.zeros_like(image[:1])]))
                 features, batch = drop_modalities(
                     encoded[:-1][shared], encoded[-1:], batch, cfg.modality_dropout, vocab.pad_id, gen
                 )
+                logits = model.forward_features(features, batch.input_ids, batch.attention_mask)
             else:
-                features = model.encode_image(image)[shared]
-            logits = model.forward_features(features, batch.input_ids, batch.attention_mask)
+                logits = model.forward_features(
+                    model.encode_image(image)[shared], batch.input_ids, batch.attention_mask
+                )
             loss = F.cross_entropy(logits, target) if loss_fn is None else loss_fn(logits, batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -246,7 +279,7 @@ def train_model(
     return model, history
 
 
-def evaluate_with_ablation(model, split: VQASplit, vocab: WordVocab) -> dict:
+def evaluate_with_ablation(model, split: VQASplit, vocab: Tokenizer) -> dict:
     """Test accuracy, and accuracy with the image blanked and with the text emptied."""
     full = score(predict_split(model, split, vocab), split)
     no_image = score(predict_split(model, split, vocab, blank_image=True), split)
@@ -303,10 +336,7 @@ def run_training(
     progress: ProgressMode = "bar",
 ) -> tuple[Path, dict]:
     """Build, train, evaluate (with the modality ablation) and save a checkpoint folder."""
-    data = load_dataset(data_cfg)
-    vocab = WordVocab.build(data.train.texts)
-    torch.manual_seed(cfg.seed)
-    model = build_model(family, options, vocab_size=len(vocab), num_classes=len(LABELS))
+    data, vocab, model = build_for_data(family, options, data_cfg, cfg.seed)
     started = time.perf_counter()
     with _Progress(cfg.epochs, progress) as bar:
         model, history = train_model(model, data, vocab, cfg, on_epoch=bar.update)
@@ -320,26 +350,82 @@ def run_training(
         **evaluate_with_ablation(model, data.test, vocab),
         "history": history,
         "data": data_cfg.model_dump(mode="json"),
+        **skipped_rows(data),
     }
-    save_checkpoint(model, vocab, LABELS, out_dir, extra={"metrics": metrics, "train": cfg.model_dump(mode="json")})
+    save_checkpoint(
+        model, vocab, data.classes, out_dir, extra={"metrics": metrics, "train": cfg.model_dump(mode="json")}
+    )
     return out_dir, metrics
+
+
+def build_for_data(family: str, options: dict, data_cfg: DataConfig, seed: int = 0):
+    """(dataset, tokenizer, model): the family's own tokenizer (Hugging Face) or a word vocabulary built from the
+    training texts, and the model sized for it and for the dataset's labels (zero-shot: label prompts embedded)."""
+    from mmedge.models import family_config, get_family
+
+    data = load_dataset(data_cfg)
+    fam = get_family(family)
+    config = family_config(family, options)
+    vocab = fam.tokenizer(config) if fam.tokenizer else WordVocab.build(data.train.texts)
+    torch.manual_seed(seed)
+    model = build_model(family, config, vocab_size=len(vocab), num_classes=len(data.classes))
+    if hasattr(model, "prepare"):
+        model.prepare(data.classes, vocab)
+    return data, vocab, model
 
 
 @register_step(TrainConfig, consumes=None, produces="torch-checkpoint")
 def train_step(cfg: TrainConfig, ctx) -> StepResult:
     recipe = ctx.recipe
     path, metrics = run_training(
-        recipe.model.family, recipe.model.options, recipe.data, cfg, ctx.out_dir / "checkpoint", progress=ctx.progress
+        recipe.model.family_name,
+        recipe.model.options,
+        recipe.data,
+        cfg,
+        ctx.out_dir / "checkpoint",
+        progress=ctx.progress,
     )
     ckpt = load_checkpoint(path)
     _save_reference_logits(ckpt, recipe.data, ctx.out_dir)
     return StepResult(Artifact(path, "torch-checkpoint", ckpt.spec.to_json(), ("train",)), metrics)
 
 
+def skipped_rows(data) -> dict:
+    """The dataset rows left out with skip_bad_rows, counted in the results (nothing when none were)."""
+    if not data.skipped:
+        return {}
+    return {"skipped_rows": {"count": len(data.skipped), "rows": list(data.skipped[:50])}}
+
+
 def _save_reference_logits(ckpt, data_cfg: DataConfig, out_dir: Path) -> None:
     """PyTorch logits on the test split: later steps measure parity of every exported model against them."""
     logits = predict_split(ckpt.model, load_dataset(data_cfg).test, ckpt.vocab)
     np.save(out_dir / "reference_logits.npy", logits)
+
+
+class LoadModelConfig(StepConfig):
+    type: Literal["load.model"] = "load.model"
+
+
+@register_step(LoadModelConfig, consumes=None, produces="torch-checkpoint")
+def load_model_step(cfg: LoadModelConfig, ctx) -> StepResult:
+    """A model used as it comes (a zero-shot Hugging Face model, a pretrained py: factory): scored, not trained."""
+    recipe = ctx.recipe
+    family = recipe.model.family_name
+    data, vocab, model = build_for_data(family, recipe.model.options, recipe.data)
+    model.eval()
+    metrics = {
+        "family": model.spec().family,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        **evaluate_with_ablation(model, data.test, vocab),
+        "data": recipe.data.model_dump(mode="json"),
+        **skipped_rows(data),
+    }
+    path = ctx.out_dir / "checkpoint"
+    save_checkpoint(model, vocab, data.classes, path, extra={"metrics": metrics})
+    ckpt = load_checkpoint(path)
+    _save_reference_logits(ckpt, recipe.data, ctx.out_dir)
+    return StepResult(Artifact(path, "torch-checkpoint", ckpt.spec.to_json(), ("load.model",)), metrics)
 
 
 class LoadConfig(StepConfig):

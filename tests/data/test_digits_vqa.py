@@ -3,9 +3,8 @@ from collections import Counter, defaultdict
 import numpy as np
 import pytest
 
-from mmedge.data import DataConfig, load_dataset
+from mmedge.data import DataConfig
 from mmedge.data.digits_vqa import FAMILIES, LABELS, ask, build, load_digit_images
-from mmedge.errors import UnknownNameError
 
 
 @pytest.fixture(scope="module")
@@ -88,5 +87,5 @@ def test_sklearn_source_gives_28px_images():
 
 
 def test_unknown_dataset_name_is_refused():
-    with pytest.raises(UnknownNameError, match="unknown dataset 'digit-vqa'.*did you mean 'digits-vqa'"):
-        load_dataset(DataConfig(name="digit-vqa"))
+    with pytest.raises(ValueError, match="unknown dataset 'digit-vqa'.*did you mean 'digits-vqa'"):
+        DataConfig(name="digit-vqa")

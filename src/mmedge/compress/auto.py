@@ -122,11 +122,11 @@ class _Evaluator:
 
     def __init__(self, path: Path, data_cfg):
         from mmedge.data import load_dataset
-        from mmedge.runtime.evaluate import model_data_config, model_vocab
+        from mmedge.runtime.evaluate import ModelInputs, model_data_config
         from mmedge.runtime.session import open_session
 
         sess = open_session(path)
-        self.vocab = model_vocab(sess)
+        self.vocab = ModelInputs.of(sess)
         data = load_dataset(model_data_config(sess, data_cfg))
         self.test, self.val = data.test, data.val
         self._cache: dict = {}

@@ -199,7 +199,7 @@ def distill_step(cfg: DistillConfig, ctx) -> StepResult:
         student = current.model
     else:
         torch.manual_seed(cfg.seed)
-        family = cfg.student_family or ctx.recipe.model.family
+        family = cfg.student_family or ctx.recipe.model.family_name
         student = build_model(family, cfg.student, len(current.vocab), len(current.labels))
     loss_fn, extra = distill_loss(student, teacher, cfg, id_map(current.vocab, t_vocab))
     started = time.perf_counter()

@@ -294,7 +294,7 @@ class StaticQuantConfig(StepConfig):
 
 def calibration_feeds(path: Path, cfg: CalibrationConfig, data_cfg) -> dict[str, np.ndarray]:
     """Model inputs to calibrate on: a seeded draw from the training split, or the given .npz; checked."""
-    from mmedge.runtime.evaluate import feeds_for, model_data_config, model_vocab
+    from mmedge.runtime.evaluate import ModelInputs, feeds_for, model_data_config
     from mmedge.runtime.inputs import npz_feeds
     from mmedge.runtime.session import open_session
 
@@ -307,7 +307,7 @@ def calibration_feeds(path: Path, cfg: CalibrationConfig, data_cfg) -> dict[str,
         split = load_dataset(model_data_config(sess, data_cfg)).train
         rng = np.random.default_rng(cfg.seed)
         rows = rng.choice(len(split), size=min(cfg.samples, len(split)), replace=False)
-        feeds = feeds_for(split, model_vocab(sess), np.sort(rows))
+        feeds = feeds_for(split, ModelInputs.of(sess), np.sort(rows))
     n = min((len(v) for v in feeds.values()), default=0)
     if n == 0:
         raise MmedgeError("the calibration set is empty; give calibration.data an .npz with samples, or samples >= 1.")

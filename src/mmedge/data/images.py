@@ -66,22 +66,35 @@ def load_image(path: str | Path, prep: ImagePreprocessing, invert: bool = False)
     try:
         with Image.open(path) as img:
             img.load()
-            img = img.convert("L" if prep.channels == 1 else "RGB")
-            img = img.resize((prep.width, prep.height), Image.Resampling.BILINEAR)
-            pixels = np.asarray(img, dtype=np.float32)
+            pixels = to_model_pixels(img, prep)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageDecodeError(
             f"image {path} does not decode ({type(exc).__name__}); pass a valid PNG, JPEG or BMP file."
         ) from exc
     if invert:
         pixels = 255.0 - pixels
-    pixels = pixels[None] if prep.channels == 1 else pixels.transpose(2, 0, 1)  # (C, H, W)
-    x = pixels * prep.scale
+    return finish_pixels(pixels[None] * np.float32(prep.scale), prep)
+
+
+def to_model_pixels(image, prep: ImagePreprocessing) -> np.ndarray:
+    """A PIL image or uint8 array (H, W[, C]) as float32 (C, H, W) in 0..255: color mode and size of ``prep``."""
+    from PIL import Image
+
+    img = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
+    img = img.convert("L" if prep.channels == 1 else "RGB")
+    if img.size != (prep.width, prep.height):
+        img = img.resize((prep.width, prep.height), Image.Resampling.BILINEAR)
+    pixels = np.asarray(img, dtype=np.float32)
+    return pixels[None] if prep.channels == 1 else pixels.transpose(2, 0, 1)
+
+
+def finish_pixels(x: np.ndarray, prep: ImagePreprocessing) -> np.ndarray:
+    """Scaled pixels (B, C, H, W), normalized here unless the graph does it."""
     if not prep.normalize_in_graph:
         mean = np.asarray(prep.mean, np.float32)[:, None, None]
         std = np.asarray(prep.std, np.float32)[:, None, None]
         x = (x - mean) / std
-    return x[None].astype(np.float32)
+    return x.astype(np.float32)
 
 
 def looks_inverted(image: np.ndarray) -> bool:
@@ -92,7 +105,7 @@ def looks_inverted(image: np.ndarray) -> bool:
 
 
 def save_png(pixels: np.ndarray, path: Path) -> None:
-    """Write uint8 (H, W) pixels as a PNG."""
+    """Write uint8 (H, W) gray or (H, W, 3) RGB pixels as a PNG."""
     from PIL import Image
 
-    Image.fromarray(np.asarray(pixels, dtype=np.uint8), mode="L").save(path)
+    Image.fromarray(np.asarray(pixels, dtype=np.uint8)).save(path)

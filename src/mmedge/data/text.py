@@ -6,6 +6,7 @@ Id 0 is padding and id 1 stands for any word the vocabulary does not know.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections import Counter
@@ -95,3 +96,72 @@ class WordVocab:
 
 def tokenize(text: str, lowercase: bool = True) -> list[str]:
     return _TOKEN_RE.findall(text.lower() if lowercase else text)
+
+
+@dataclass(frozen=True)
+class HFTokenizer:
+    """A Hugging Face ``tokenizer.json`` run with the ``tokenizers`` package alone (no transformers, no torch)."""
+
+    json_text: str  # the tokenizer.json file, verbatim
+    max_length: int
+    pad_id: int = 0
+
+    @functools.cached_property
+    def _tok(self):
+        try:
+            from tokenizers import Tokenizer
+        except ModuleNotFoundError as exc:
+            from mmedge.errors import MissingDependencyError
+
+            raise MissingDependencyError(
+                "this model tokenizes with a Hugging Face tokenizer.json, which needs the tokenizers package; "
+                "run `pip install tokenizers` (or 'mmedge[hf]')."
+            ) from exc
+        tok = Tokenizer.from_str(self.json_text)
+        tok.no_padding()
+        tok.no_truncation()
+        return tok
+
+    def __len__(self) -> int:
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, texts: Sequence[str], length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids and mask, both int64 (B, T); special tokens added, truncated and right-padded to ``length``."""
+        length = self.max_length if length is None else length
+        ids = np.full((len(texts), length), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(texts), length), dtype=np.int64)
+        for row, enc in enumerate(self._tok.encode_batch(list(texts))):
+            toks = enc.ids
+            if len(toks) > length:  # keep the closing special token (CLIP pools at it, BERT expects it)
+                toks = toks[: length - 1] + toks[-1:]
+            ids[row, : len(toks)] = toks
+            mask[row, : len(toks)] = 1
+        return ids, mask
+
+    def to_json(self) -> dict:
+        return {"type": "hf", "max_length": self.max_length, "pad_id": self.pad_id, "json": self.json_text}
+
+    def save(self, path: Path) -> None:
+        """``path`` is a folder: tokenizer.json plus tokenizer_config (max length, pad id)."""
+        Path(path, "tokenizer.json").write_text(self.json_text)
+        Path(path, "tokenizer_mmedge.json").write_text(
+            json.dumps({"max_length": self.max_length, "pad_id": self.pad_id})
+        )
+
+    @classmethod
+    def load(cls, folder: Path) -> HFTokenizer:
+        extra = json.loads(Path(folder, "tokenizer_mmedge.json").read_text())
+        return cls(Path(folder, "tokenizer.json").read_text(), int(extra["max_length"]), int(extra["pad_id"]))
+
+
+Tokenizer = WordVocab | HFTokenizer
+
+
+def tokenizer_from_json(data: dict) -> Tokenizer:
+    """The tokenizer a model's metadata describes: mmedge's word vocabulary or a Hugging Face tokenizer."""
+    if data.get("type") == "hf":
+        try:
+            return HFTokenizer(data["json"], int(data["max_length"]), int(data.get("pad_id", 0)))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"the tokenizer metadata is malformed ({exc!r}); re-export the model.") from exc
+    return WordVocab.from_json(data)

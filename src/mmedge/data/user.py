@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mmedge.data.digits_vqa import DigitsVQA, VQASplit
 from mmedge.errors import InputPathError, MmedgeError
 
 COLUMNS = ("image", "text", "label")
@@ -106,10 +107,15 @@ def read_manifest(path: str | Path, skip_bad_rows: bool = False, labels: list[st
     path = Path(path)
     if not path.is_file():
         raise InputPathError(f"dataset manifest {path} does not exist; pass a .jsonl or .csv file.")
-    root = path.parent.resolve()
+    return _from_rows(_read_rows(path), path, path.parent.resolve(), skip_bad_rows, labels)
+
+
+def _from_rows(
+    rows_in: list[dict], path: Path, root: Path, skip_bad_rows: bool, labels: list[str] | None
+) -> UserDataset:
     known = set(labels) if labels is not None else None
     images, texts, names, rows, skipped = [], [], [], [], []
-    for row in _read_rows(path):
+    for row in rows_in:
         try:
             image, text, label = _check_row(row, root, known)
         except DataError as exc:
@@ -170,3 +176,181 @@ def stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
         for c, k, cnt in zip(classes, share, counts, strict=True)
     ]
     return np.sort(np.concatenate(picked))
+
+
+CAPTION_FILES = ("captions.jsonl", "captions.csv", "captions.tsv")
+
+
+def read_image_folder(folder: str | Path, skip_bad_rows: bool = False, labels: list[str] | None = None) -> UserDataset:
+    """A dataset from ``FOLDER/<label>/<image>`` plus a captions file in FOLDER that gives each image its text.
+
+    The captions file is ``captions.jsonl`` ({"image": "cat/1.png", "text": "..."} per line), ``captions.csv``
+    (header image,text) or ``captions.tsv`` (image<TAB>text, no header). The label is the image's sub-folder.
+    """
+    folder = Path(folder)
+    found = [folder / n for n in CAPTION_FILES if (folder / n).is_file()]
+    if not found:
+        raise DataError(
+            f"image folder {folder} has no captions file; add one of {', '.join(CAPTION_FILES)} that maps each "
+            "image path (relative to the folder) to its text."
+        )
+    path = found[0]
+    if path.suffix == ".tsv":
+        rows = []
+        for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+            if line.strip():
+                image, sep, text = line.partition("\t")
+                rows.append(
+                    {"image": image, "text": text, "__row__": n} if sep else {"__error__": "has no tab", "__row__": n}
+                )
+    else:
+        rows = _read_rows(path) if path.suffix == ".jsonl" else _read_csv_rows(path, ("image", "text"))
+    for row in rows:  # the label is the first folder of the image path
+        parts = Path(str(row.get("image") or "")).parts
+        if "__error__" not in row and len(parts) < 2:
+            row["__error__"] = f"names the image '{row.get('image')}', which is not inside a label sub-folder"
+        elif "__error__" not in row:
+            row["label"] = parts[0]
+    return _from_rows(rows, path, folder.resolve(), skip_bad_rows, labels)
+
+
+def _read_csv_rows(path: Path, columns: tuple[str, ...]) -> list[dict]:
+    reader = csv.DictReader(path.read_text(encoding="utf-8-sig").splitlines())
+    missing = [c for c in columns if c not in (reader.fieldnames or [])]
+    if missing:
+        raise DataError(f"{path} has no {', '.join(missing)} column(s); its header must name {', '.join(columns)}.")
+    return [{**row, "__row__": n} for n, row in enumerate(reader, start=1)]
+
+
+def decode_rgb(path: Path) -> np.ndarray:
+    """uint8 (H, W, 3) pixels of an image file (already checked to decode)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+IDX_NAMES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+FASHION_CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot")
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+def find_idx(folder: Path, name: str) -> Path | None:
+    for candidate in (folder / name, folder / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_idx_folder(folder: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """All images (N, H, W) uint8 and labels (N,) of an MNIST-format folder (train and t10k files, .gz or not)."""
+    folder = Path(folder)
+    images, labels = [], []
+    for images_name, labels_name in IDX_NAMES.values():
+        ip, lp = find_idx(folder, images_name), find_idx(folder, labels_name)
+        if ip is None or lp is None:
+            continue
+        im, lb = read_idx(ip), read_idx(lp)
+        if im.ndim != 3 or lb.ndim != 1 or len(im) != len(lb):
+            raise DataError(f"{ip.name} and {lp.name} in {folder} do not pair up (shapes {im.shape} and {lb.shape}).")
+        images.append(im)
+        labels.append(lb.astype(np.int64))
+    if not images:
+        raise DataError(
+            f"{folder} holds no MNIST-format files; it needs train-images-idx3-ubyte(.gz) with "
+            "train-labels-idx1-ubyte(.gz), or the t10k pair."
+        )
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def build_splits(cfg) -> DigitsVQA:
+    """train/val/test splits of a user dataset (or fashion-vqa), stratified by label and seeded."""
+    if cfg.name == "fashion-vqa":
+        if not FASHION_MNIST_DIR.is_dir():
+            raise InputPathError(
+                f"the fashion-vqa dataset reads {FASHION_MNIST_DIR}, which is not on this machine; install "
+                "Debian's dataset-fashion-mnist package (apt install dataset-fashion-mnist) or use digits-vqa."
+            )
+        return idx_vqa(FASHION_MNIST_DIR, FASHION_CLASSES, cfg)
+    path = Path(cfg.path)
+    if path.is_dir() and any(find_idx(path, n) for pair in IDX_NAMES.values() for n in pair):
+        names = cfg.labels or tuple(str(i) for i in range(10))
+        return idx_vqa(path, tuple(names), cfg)
+    if path.is_dir():
+        ds = read_image_folder(path, cfg.skip_bad_rows, cfg.labels)
+    elif path.is_file():
+        ds = read_manifest(path, cfg.skip_bad_rows, cfg.labels)
+    else:
+        raise InputPathError(
+            f"dataset {path} does not exist; pass a .jsonl/.csv manifest, an image folder with a captions file, "
+            "or a folder of MNIST-format IDX files."
+        )
+    labels = ds.label_ids()
+    test, val, train = _stratified_split(labels, cfg.test_fraction, cfg.val_fraction, cfg.seed, str(path))
+    images = np.empty(len(ds), dtype=object)
+    images[:] = [decode_rgb(p) for p in ds.images]
+    fams = np.zeros(len(ds), np.int64)
+
+    def split(rows: np.ndarray) -> VQASplit:
+        return VQASplit(
+            images, labels, rows, tuple(ds.texts[i] for i in rows), labels[rows], fams[rows], ds.classes, ("all",)
+        )
+
+    return DigitsVQA(split(train), split(val), split(test), str(path), cfg.seed, ds.skipped)
+
+
+def _stratified_split(labels: np.ndarray, test: float, val: float, seed: int, source: str):
+    """(test, val, train) row indices: every label contributes its share to each split, seeded."""
+    rng = np.random.default_rng(seed)
+    parts: tuple[list, list, list] = ([], [], [])
+    for c in np.unique(labels):
+        rows = rng.permutation(np.flatnonzero(labels == c))
+        # a label with fewer than 3 examples trains only; otherwise at least one example in test and in val
+        n_test = max(1, round(len(rows) * test)) if len(rows) >= 3 else 0
+        n_val = max(1, round(len(rows) * val)) if len(rows) >= 3 else 0
+        for part, chunk in zip(parts, np.split(rows, [n_test, n_test + n_val]), strict=True):
+            part.extend(chunk.tolist())
+    if not parts[0] or not parts[2]:
+        raise DataError(
+            f"{source} has too few examples to hold out a test split (a label needs 3 or more); add examples."
+        )
+    return tuple(np.sort(np.asarray(p, np.int64)) for p in parts)
+
+
+# Questions about a labelled picture: whether it shows a class (yes/no, balanced) or what it shows (the class).
+_IS = ("is this a {c}?", "does the image show a {c}?", "is it a {c}?")
+_WHAT = ("what is this?", "what does the image show?", "what is shown?")
+
+
+def idx_vqa(folder: Path, class_names: tuple[str, ...], cfg) -> DigitsVQA:
+    """A VQA set from labelled IDX pictures: per image one yes/no identity question and one naming question."""
+    images, digits = read_idx_folder(folder)
+    if digits.max() >= len(class_names):
+        raise DataError(
+            f"{folder} has labels up to {digits.max()} but only {len(class_names)} label names; set data.labels."
+        )
+    keep = stratified_subset(digits, cfg.max_images, cfg.seed)
+    images, digits = images[keep], digits[keep]
+    classes = ("no", "yes", *class_names)
+    test, val, train = _stratified_split(digits, cfg.test_fraction, cfg.val_fraction, cfg.seed, str(folder))
+    rng = np.random.default_rng(cfg.seed + 1)
+
+    def split(rows: np.ndarray) -> VQASplit:
+        index, texts, labels, fams = [], [], [], []
+        for i in rows:
+            other = int(rng.choice([c for c in range(len(class_names)) if c != digits[i]]))
+            yes = bool(rng.random() < 0.5)
+            shown = int(digits[i]) if yes else other
+            texts += [_IS[rng.integers(len(_IS))].format(c=class_names[shown]), _WHAT[rng.integers(len(_WHAT))]]
+            labels += [1 if yes else 0, 2 + int(digits[i])]
+            fams += [0, 1]
+            index += [i, i]
+        return VQASplit(
+            images, digits, np.asarray(index, np.int64), tuple(texts), np.asarray(labels, np.int64),
+            np.asarray(fams, np.int64), classes, ("identity", "naming"),
+        )  # fmt: skip
+
+    return DigitsVQA(split(train), split(val), split(test), str(folder), cfg.seed)

@@ -27,23 +27,12 @@ def main(argv: list[str]) -> int:
 
     ckpt = load_checkpoint(checkpoint)
     model, spec = ckpt.model, ckpt.spec
-    # Example inputs away from 0/1 so that torch.export does not specialize the dynamic sizes.
-    gen = torch.Generator().manual_seed(0)
-    batch, length = 3, spec.text_max_length
-    image = torch.rand(batch, *spec.input("image").shape[1:], generator=gen)
-    ids = torch.randint(2, len(ckpt.vocab), (batch, length), generator=gen)
-    mask = torch.ones_like(ids)
-    ids[0, length // 2 :], mask[0, length // 2 :] = 0, 0
-    dim_batch = torch.export.Dim("batch", min=1, max=65536)
-    dim_text = torch.export.Dim("text_length", min=1, max=spec.text_max_length)
-    dynamic_shapes = {
-        "image": {0: dim_batch},
-        "input_ids": {0: dim_batch, 1: dim_text},
-        "attention_mask": {0: dim_batch, 1: dim_text},
-    }
+    if hasattr(model, "export_embeddings"):
+        model.export_embeddings = True  # the graph also gives the embeddings the bundle splits at
+    args, dynamic_shapes = example_inputs(spec, len(ckpt.vocab))
     program = torch.onnx.export(
         model,
-        (image, ids, mask),
+        args,
         None,
         dynamo=True,
         opset_version=opset,
@@ -64,7 +53,7 @@ def main(argv: list[str]) -> int:
                 dim.dim_param = tensor.shape[axis]
     meta = {
         "mmedge.version": __version__,
-        "mmedge.family": ckpt.family,
+        "mmedge.family": spec.family,
         "mmedge.options": json.dumps(ckpt.options),
         "mmedge.labels": json.dumps(list(ckpt.labels)),
         "mmedge.preprocessing": json.dumps(spec.image.to_json()),
@@ -84,10 +73,49 @@ def main(argv: list[str]) -> int:
     del proto.metadata_props[:]
     for key, value in meta.items():
         proto.metadata_props.add(key=key, value=value)
+    if hasattr(model, "task"):
+        proto.metadata_props.add(key="mmedge.task", value=json.dumps(task_description(model.task)))
     proto.producer_name = "mmedge"
     proto.producer_version = __version__
     onnx.save_model(proto, out, save_as_external_data=False)
     return 0
+
+
+def example_inputs(spec, vocab_size: int):
+    """Example inputs for every input of the spec, and the dynamic shapes its named axes ask for.
+
+    Sizes away from 0/1 so that torch.export does not specialize the dynamic dimensions."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    dims: dict = {}
+    args, shapes = [], {}
+    for t in spec.inputs:
+        size = [(3 if d == "batch" else spec.text_max_length) if isinstance(d, str) else d for d in t.shape]
+        if t.dtype.startswith("float"):
+            x = torch.rand(*size, generator=gen)
+        elif t.name == "attention_mask":
+            x = torch.ones(*size, dtype=torch.int64)
+            x[0, size[1] // 2 :] = 0
+        else:
+            x = torch.randint(2, max(3, min(vocab_size, 1000)), size, generator=gen)
+        args.append(x)
+        shapes[t.name] = {}
+        for axis, name in t.dynamic_axes().items():
+            if name not in dims:
+                top = spec.text_max_length if name == "text_length" else 65536
+                dims[name] = torch.export.Dim(name, min=1, max=top)
+            shapes[t.name][axis] = dims[name]
+    return tuple(args), shapes
+
+
+def task_description(task: str) -> dict:
+    if task == "zero-shot":
+        return {
+            "type": "zero-shot-image-classification",
+            "output": "logits = scaled cosine similarity of the image with each label's prompt; argmax is the label",
+        }
+    return {"type": "image-text-classification", "output": "logits over labels; argmax is the answer"}
 
 
 if __name__ == "__main__":

@@ -101,7 +101,7 @@ def validate_export(checkpoint: Path, onnx_path: Path, cfg: ExportConfig) -> dic
 
     from mmedge.data import DataConfig, load_dataset
     from mmedge.models.checkpoint import load_checkpoint
-    from mmedge.runtime.evaluate import feeds_for, parity
+    from mmedge.runtime.evaluate import ModelInputs, feeds_for, parity
     from mmedge.runtime.session import open_session
 
     ckpt = load_checkpoint(checkpoint)
@@ -132,12 +132,13 @@ def validate_export(checkpoint: Path, onnx_path: Path, cfg: ExportConfig) -> dic
     # 3 + 4. shapes and values at every batch size x text length, on real test samples
     data_cfg = DataConfig(**ckpt.extra.get("metrics", {}).get("data", {}))
     split = load_dataset(data_cfg).test
+    inputs = ModelInputs(ckpt.vocab, spec.image, tuple(want_in))
     checks = []
     max_diff = 0.0
     for batch in cfg.batch_sizes:
         for length in cfg.text_lengths:
             rows = np.arange(batch) % len(split)
-            feeds = feeds_for(split, ckpt.vocab, rows, length=length)
+            feeds = feeds_for(split, inputs, rows, length=length)
             with torch.no_grad():
                 ref = ckpt.model(*(torch.from_numpy(feeds[t.name]) for t in spec.inputs)).numpy()
             try:

@@ -22,6 +22,8 @@ class ModelFamily:
     name: str
     config_cls: type[FamilyConfig]
     build: Callable[..., Any]  # (config, vocab_size, num_classes) -> nn.Module with .spec()
+    # (config) -> the model's own tokenizer; None: a word vocabulary is built from the training texts
+    tokenizer: Callable[..., Any] | None = None
 
 
 MODELS: dict[str, ModelFamily] = {}
@@ -42,6 +44,10 @@ def _load_zoo() -> None:
 
 def get_family(name: str) -> ModelFamily:
     _load_zoo()
+    if name.startswith(("py:", "hf:")):
+        from mmedge.models.external import external_family
+
+        return external_family(name)
     if name not in MODELS:
         raise UnknownNameError(
             f"unknown model family '{name}'{closest(name, list(MODELS))}; choose one of: {', '.join(sorted(MODELS))}."

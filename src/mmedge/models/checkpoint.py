@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from mmedge import __version__
-from mmedge.data.text import WordVocab
+from mmedge.data.text import HFTokenizer, Tokenizer, WordVocab
 from mmedge.errors import InputPathError, MmedgeError
 
-FILES = ("model.safetensors", "config.json", "vocab.json", "labels.json")
+FILES = ("model.safetensors", "config.json", "labels.json")
+TOKENIZER_FILES = ("vocab.json", "tokenizer.json")  # mmedge's word vocabulary, or a Hugging Face tokenizer
 
 
 @dataclass
@@ -21,7 +22,7 @@ class Checkpoint:
     model: Any  # torch.nn.Module in eval mode
     family: str
     options: dict
-    vocab: WordVocab
+    vocab: Tokenizer
     labels: tuple[str, ...]
     extra: dict  # training metrics and provenance
 
@@ -30,7 +31,7 @@ class Checkpoint:
         return self.model.spec()
 
 
-def save_checkpoint(model, vocab: WordVocab, labels: tuple[str, ...], path: Path, extra: dict | None = None) -> Path:
+def save_checkpoint(model, vocab: Tokenizer, labels: tuple[str, ...], path: Path, extra: dict | None = None) -> Path:
     """Write the checkpoint folder atomically (a temporary sibling, then rename)."""
     from safetensors.torch import save_file
 
@@ -51,7 +52,7 @@ def save_checkpoint(model, vocab: WordVocab, labels: tuple[str, ...], path: Path
             "extra": extra or {},
         }
         (tmp / "config.json").write_text(json.dumps(config, indent=1))
-        vocab.save(tmp / "vocab.json")
+        vocab.save(tmp if isinstance(vocab, HFTokenizer) else tmp / "vocab.json")
         (tmp / "labels.json").write_text(json.dumps(list(labels)))
         if path.exists():
             shutil.rmtree(path)
@@ -72,6 +73,8 @@ def load_checkpoint(path: Path) -> Checkpoint:
     if not path.is_dir():
         raise InputPathError(f"checkpoint folder {path} does not exist; pass a folder written by `mmedge train`.")
     missing = [f for f in FILES if not (path / f).is_file()]
+    if not any((path / f).is_file() for f in TOKENIZER_FILES):
+        missing.append(" or ".join(TOKENIZER_FILES))
     if missing:
         raise InputPathError(
             f"checkpoint folder {path} lacks {', '.join(missing)}; pass a folder written by `mmedge train`."
@@ -94,6 +97,5 @@ def load_checkpoint(path: Path) -> Checkpoint:
             "retrain it or restore its config.json."
         ) from None
     model.eval()
-    return Checkpoint(
-        model, config["family"], config["options"], WordVocab.load(path / "vocab.json"), labels, config.get("extra", {})
-    )
+    vocab = HFTokenizer.load(path) if (path / "tokenizer.json").is_file() else WordVocab.load(path / "vocab.json")
+    return Checkpoint(model, config["family"], config["options"], vocab, labels, config.get("extra", {}))

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from mmedge.data import DataConfig, load_dataset
-from mmedge.data.digits_vqa import FAMILIES, VQASplit
-from mmedge.data.text import WordVocab
+from mmedge.data.digits_vqa import VQASplit
+from mmedge.data.images import ImagePreprocessing
+from mmedge.data.text import Tokenizer, tokenizer_from_json
 from mmedge.errors import MmedgeError
 from mmedge.runtime.session import metadata_json, open_session, run
 
@@ -26,7 +27,9 @@ class Score:
 def score(logits: np.ndarray, split: VQASplit) -> Score:
     hit = logits.argmax(1) == split.labels
     per_family = {
-        name: float(hit[split.families == i].mean()) for i, name in enumerate(FAMILIES) if (split.families == i).any()
+        name: float(hit[split.families == i].mean())
+        for i, name in enumerate(split.family_names)
+        if (split.families == i).any()
     }
     return Score(float(hit.mean()), per_family)
 
@@ -55,14 +58,32 @@ def parity(candidate: np.ndarray, reference: np.ndarray) -> dict:
     }
 
 
-def model_vocab(sess) -> WordVocab:
+def model_vocab(sess) -> Tokenizer:
     tok = metadata_json(sess, "mmedge.tokenizer")
     if tok is None:
         raise MmedgeError(
             "this ONNX model carries no mmedge tokenizer metadata, so its test split cannot be "
             "built; validate a model written by `mmedge export`."
         )
-    return WordVocab.from_json(tok)
+    return tokenizer_from_json(tok)
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """What it takes to feed a model from a dataset: its tokenizer, image preprocessing and input names."""
+
+    tokenizer: Tokenizer
+    prep: ImagePreprocessing
+    names: tuple[str, ...]
+
+    @classmethod
+    def of(cls, sess) -> ModelInputs:
+        prep = metadata_json(sess, "mmedge.preprocessing")
+        return cls(
+            model_vocab(sess),
+            ImagePreprocessing.from_json(prep) if prep else ImagePreprocessing(),
+            tuple(i.name for i in sess.get_inputs()),
+        )
 
 
 def model_data_config(sess, override: DataConfig | None = None) -> DataConfig:
@@ -73,22 +94,29 @@ def model_data_config(sess, override: DataConfig | None = None) -> DataConfig:
 
 def feeds_for(
     split: VQASplit,
-    vocab: WordVocab,
+    vocab: Tokenizer | ModelInputs,
     rows: np.ndarray,
     blank_image: bool = False,
     empty_text: bool = False,
     length: int | None = None,
 ) -> dict[str, np.ndarray]:
-    image = split.pixels(rows)
+    """The model's inputs for some questions of a split; a ModelInputs also sizes the image and drops unused inputs."""
+    spec = vocab if isinstance(vocab, ModelInputs) else None
+    tokenizer = spec.tokenizer if spec else vocab
+    image = split.pixels(rows, spec.prep if spec else None)
     if blank_image:
         image = np.zeros_like(image)
     texts = [""] * len(rows) if empty_text else [split.texts[i] for i in rows]
-    ids, mask = vocab.encode(texts, length)
-    return {"image": image, "input_ids": ids, "attention_mask": mask}
+    ids, mask = tokenizer.encode(texts, length)
+    feeds = {"image": image, "input_ids": ids, "attention_mask": mask}
+    return {k: v for k, v in feeds.items() if k in spec.names} if spec else feeds
 
 
-def predict(sess, split: VQASplit, vocab: WordVocab, batch_size: int = 256, **ablation) -> np.ndarray:
+def predict(
+    sess, split: VQASplit, vocab: Tokenizer | ModelInputs | None = None, batch_size: int = 256, **ablation
+) -> np.ndarray:
     """Logits (N, classes) for a whole split."""
+    vocab = vocab if isinstance(vocab, ModelInputs) else ModelInputs.of(sess)
     out = []
     for start in range(0, len(split), batch_size):
         rows = np.arange(start, min(start + batch_size, len(split)))
@@ -101,7 +129,7 @@ def evaluate_model(
 ) -> tuple[dict, np.ndarray]:
     """Accuracy (and the modality ablation) of an exported model on a split; returns (metrics, logits)."""
     sess = open_session(path, ep)
-    vocab = model_vocab(sess)
+    vocab = ModelInputs.of(sess)
     cfg = model_data_config(sess, data)
     split = getattr(load_dataset(cfg), split_name)
     logits = predict(sess, split, vocab)

@@ -17,11 +17,11 @@ from mmedge.runtime.session import open_session
 def split_feeds(path, data_cfg=None, n: int = 64) -> dict[str, np.ndarray]:
     """The first ``n`` questions of the model's test split, tokenized with the model's vocabulary."""
     from mmedge.data import load_dataset
-    from mmedge.runtime.evaluate import feeds_for, model_data_config, model_vocab
+    from mmedge.runtime.evaluate import ModelInputs, feeds_for, model_data_config
 
     sess = open_session(path, "cpu")
     split = load_dataset(model_data_config(sess, data_cfg)).test
-    return feeds_for(split, model_vocab(sess), np.arange(min(n, len(split))))
+    return feeds_for(split, ModelInputs.of(sess), np.arange(min(n, len(split))))
 
 
 def bundle_feeds(bundle_dir: Path) -> dict[str, np.ndarray]:

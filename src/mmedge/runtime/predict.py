@@ -26,7 +26,7 @@ def predict_bundle(
     vocab = WordVocab.load(bundle.path(m["preprocessing"]["text"]["vocab_file"]))
     pixels = load_image(image, prep, invert=invert)  # (1, C, H, W)
     notes = []
-    if not invert and looks_inverted(pixels):
+    if not invert and prep.foreground == "light-on-dark" and looks_inverted(pixels):
         notes.append(
             "the image looks like a dark digit on a light background; the model expects light on dark, "
             "so pass --invert if the answer looks wrong"
