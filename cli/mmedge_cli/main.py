@@ -132,6 +132,11 @@ class Source(str, Enum):
     sklearn_digits = "sklearn-digits"
 
 
+class Task(str, Enum):
+    zero_shot = "zero-shot"
+    fusion_head = "fusion-head"
+
+
 class Fmt(str, Enum):
     yaml = "yaml"
     json = "json"
@@ -475,7 +480,9 @@ def report(
 def predict(
     bundle: Annotated[Path, typer.Argument(help="A bundle folder written by `mmedge run`.")],
     image: Annotated[Path, typer.Option(help="Image file (PNG/JPEG); a light digit on a dark background.")],
-    text: Annotated[str, typer.Option(help='The question, e.g. "is this digit even?".')],
+    text: Annotated[
+        str, typer.Option(help='The question, e.g. "is this digit even?" (a zero-shot bundle needs none).')
+    ] = "",
     invert: Annotated[bool, typer.Option(help="Invert the image first (for dark digits on light paper).")] = False,
     top: Annotated[int, typer.Option(min=1, help="How many answers to list.")] = 3,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
@@ -580,24 +587,63 @@ def run(
         str | None,
         typer.Option(
             "--model",
-            help="Start from an existing model instead of training: onnx:PATH (the PyTorch steps are skipped).",
+            help="Start from another model: onnx:PATH (an ONNX file; the PyTorch steps are skipped), hf:PATH (a "
+            "Hugging Face CLIP / VisionTextDualEncoder folder) or py:package.module:factory (needs --trust-code).",
         ),
     ] = None,
+    task: Annotated[
+        Task | None,
+        typer.Option(help="hf: models: zero-shot (label prompts, no training) or fusion-head (a trained head)."),
+    ] = None,
+    data_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            help="Your dataset instead of the recipe's: a JSONL/CSV manifest (image, text, label), an image folder "
+            "with a captions file, or a folder of MNIST-format IDX files.",
+        ),
+    ] = None,
+    skip_bad_rows: Annotated[
+        bool,
+        typer.Option("--skip-bad-rows", help="Leave out dataset rows that do not decode or have unknown labels."),
+    ] = False,
+    trust_code: Annotated[
+        bool,
+        typer.Option(
+            "--trust-code",
+            help="Allow importing the model's own code (py: factories, Hugging Face folders with auto_map); "
+            "only for code you trust.",
+        ),
+    ] = False,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Bundle folder (default: the recipe's output).")] = None,
 ):
     """Run a whole recipe: train → export → validate → bench → bundle, with each step cached."""
     from mmedge.recipe import load_recipe, parse_recipe
 
+    if trust_code:
+        from mmedge.models.external import trust_code as allow
+
+        allow()  # also reaches the export subprocess, which imports the model again
     r = load_recipe(recipe)
-    if model is not None or out_dir is not None:
+    if task is not None and not (model or r.model.source or "").startswith("hf:"):
+        raise MmedgeError("--task applies to Hugging Face models; add --model hf:PATH or leave --task out.")
+    if any(x is not None for x in (model, out_dir, data_path, task)) or skip_bad_rows:
         data = json.loads(r.dump("json"))
         if model is not None:
             data["model"]["source"] = model
+            if model.startswith(("hf:", "py:")):
+                data["model"]["options"] = {}  # the recipe's options are for its zoo family
+        if task is not None:
+            data["model"]["options"] = {**data["model"].get("options", {}), "task": task.value}
+        if data_path is not None:
+            data["data"] = {"name": "user", "path": str(data_path), "seed": r.data.seed}
+        if skip_bad_rows:
+            data["data"]["skip_bad_rows"] = True
         if out_dir is not None:
             data["output"] = str(out_dir)
         r = parse_recipe(data, f"recipe {r.name} with the command-line overrides")
     if r.skipped_steps:
-        err.print(f"model source {r.model.source}: skipping {', '.join(r.skipped_steps)} (they need a PyTorch model)")
+        err.print(f"model source {r.model.source}: skipping {', '.join(r.skipped_steps)} (not for this model source)")
     if dry_run:
         sys.stdout.write(r.dump(fmt.value))
         return

@@ -111,6 +111,11 @@ class BundleConfig(StepConfig):
         description="Real test inputs shipped as PNG + questions (and as an "
         ".npz of ready tensors) so an app can check its own preprocessing.",
     )
+    split: bool = Field(
+        False,
+        description="Dual encoders (hf:PATH): also ship vision.onnx, text.onnx and head.onnx (zero-shot: vision.onnx, "
+        "head.onnx and label_embeddings.npy), cut from the shipped model, so an app can embed images and texts apart.",
+    )
 
 
 def _write_samples(folder: Path, model_path: Path, data_cfg, count: int) -> dict:
@@ -237,6 +242,8 @@ def write_bundle(
         manifest["model"]["size_bytes"] = (tmp / "model.onnx").stat().st_size
         if "mobile" in metrics:
             manifest["variants"] = mobile_variants(metrics["mobile"], manifest["inputs"])
+        if "split" in metrics:
+            manifest["parts"] = metrics["split"]
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
         manifest["files"] = {
             p.relative_to(tmp).as_posix(): {"sha256": sha256(p), "bytes": p.stat().st_size} for p in files
@@ -301,6 +308,8 @@ def shipped_metrics(ctx, model_path: Path) -> dict:
         out["accuracy"]["split"] = f"test ({validate['samples']} questions on held-out images)"
         out["parity"] = validate.get("parity")
         out["accuracy_drop_points"] = validate.get("accuracy_drop_points")
+        if validate.get("embeddings"):
+            out["embeddings"] = validate["embeddings"]
     if ref:
         out["reference"] = {
             "framework": "onnx" if ctx.reference().config.type == "load.onnx" else "pytorch",
@@ -425,6 +434,13 @@ def bundle_step(cfg: BundleConfig, ctx) -> StepResult:
             "budgets.max_size_mb or compress the model further."
         )
     metrics = shipped_metrics(ctx, ctx.artifact.path)
+    parts = ctx.out_dir / "split"
+    if cfg.split:
+        from mmedge.export.split import split_model
+        from mmedge.runtime.inputs import step_feeds
+
+        parts.mkdir()
+        metrics["split"] = split_model(ctx.artifact.path, parts, step_feeds(ctx.artifact.path, recipe.data)[0])
     from mmedge.pipeline import results_document
     from mmedge.report.render import draw_plots
 
@@ -432,6 +448,8 @@ def bundle_step(cfg: BundleConfig, ctx) -> StepResult:
     plots = draw_plots(results_document(recipe, ctx.records), plots_dir)
     report = render_bundle_report(recipe.name, metrics, ctx, plots)
     extra = {f"plots/{name}": plots_dir / name for name in plots.values()}
+    if cfg.split:
+        extra.update({p.name: p for p in sorted(parts.iterdir())})
     mobile = next((r for r in reversed(ctx.records) if r.config.type == "mobile"), None)
     if mobile is not None:
         from mmedge.export.mobile import MOBILE_FILES

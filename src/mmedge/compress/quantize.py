@@ -183,6 +183,7 @@ def quantize_dynamic_model(src: Path, out: Path, cfg: DynamicQuantConfig) -> dic
             per_channel=cfg.per_channel,
             reduce_range=cfg.reduce_range,
             weight_type=QuantType.QInt8 if cfg.weight_type == "int8" else QuantType.QUInt8,
+            nodes_to_exclude=similarity_head(model),
             extra_options={"MatMulConstBOnly": True},
         )
     except Exception as exc:
@@ -404,6 +405,23 @@ def prepare(src: Path, out: Path) -> Path:
     return out
 
 
+def similarity_head(model) -> list[str]:
+    """Zero-shot dual encoders: the MatMul that scores the image embedding against the label embeddings stays in
+    float. It is classes x D — quantizing it saves nothing — and u8s8 MatMulInteger on a scaled unit vector lost
+    0.4 logits on a tiny CLIP (measured), which would also break the shipped label_embeddings.npy path."""
+    meta = {p.key: p.value for p in model.metadata_props}
+    if "zero-shot" not in meta.get("mmedge.task", ""):
+        return []
+    producer = {o: n for n in model.graph.node for o in n.output}
+    node, seen = producer.get("logits"), []
+    while node is not None and node.name not in seen:  # back from the logits through scale and casts
+        seen.append(node.name)
+        if node.op_type == "MatMul":
+            return [node.name]
+        node = next((producer[i] for i in node.input if i in producer), None)
+    return []
+
+
 def quantizable_nodes(prepared: Path) -> list[dict]:
     """Nodes a plan can quantize: name, op type, branch. MatMul/Conv/Gemm with a constant weight, LSTM, and
     Gather on a constant table (embeddings)."""
@@ -414,9 +432,12 @@ def quantizable_nodes(prepared: Path) -> list[dict]:
     model = onnx.load(str(prepared))
     consts = {i.name for i in model.graph.initializer}
     branches = node_branches(model)
+    keep_float = set(similarity_head(model))
     out = []
     for node in model.graph.node:
         op = node.op_type
+        if node.name in keep_float:
+            continue
         weighted = op in ("MatMul", "Conv", "Gemm") and len(node.input) > 1 and node.input[1] in consts
         table = op == "Gather" and node.input[0] in consts
         if not (weighted or table or op == "LSTM"):

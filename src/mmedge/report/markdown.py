@@ -190,6 +190,41 @@ def mobile_section(mob: dict) -> list[str]:
     return out
 
 
+def embeddings_section(emb: dict) -> list[str]:
+    """Dual encoders: how far compression moved the embeddings from the fp32 export."""
+    out = [
+        "",
+        f"## Embedding fidelity (against the {emb['against']} model)",
+        "",
+        "| embedding | items | mean cosine | min cosine | nearest-neighbour agreement |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, e in emb.items():
+        if isinstance(e, dict):
+            nn = pct(e["nn_agreement"]) if e.get("nn_agreement") is not None else "—"
+            out.append(f"| {name} | {e['items']} | {e['mean_cosine']:.4f} | {e['min_cosine']:.4f} | {nn} |")
+    return out
+
+
+def split_section(split: dict) -> list[str]:
+    """The dual encoder's parts: what each takes and gives, and that together they reproduce the whole model."""
+    out = ["", "## Parts (dual encoder split)", "", "| file | inputs | outputs | size |", "|---|---|---|---|"]
+    for name, part in split["files"].items():
+        out.append(
+            f"| `{name}` | {', '.join(part['inputs'])} | {', '.join(part['outputs'])} | {part['bytes'] / 1e6:.3f} MB |"
+        )
+    out.append("")
+    out.append(f"Run one after another, the parts give the whole model's logits within {split['max_abs_diff']:.1e}.")
+    if "label_embeddings" in split:
+        le = split["label_embeddings"]
+        out.append(
+            f"`{le['file']}` holds the {le['shape'][0]} label embeddings ({le['shape'][1]} wide) precomputed from the "
+            f"prompts: logits = {le['logit_scale']:.2f} × image_embeds · label_embeddings — the device runs only the "
+            "vision encoder."
+        )
+    return out
+
+
 def robustness_section(rows: list[dict]) -> list[str]:
     first = rows[0]
     cells = [
@@ -277,6 +312,10 @@ def render_bundle_report(name: str, metrics: dict, ctx=None, plots: dict[str, st
             out += ["", f"![latency per EP and batch size](plots/{plots['latency']})"]
     if m.get("mobile"):
         out += mobile_section(m["mobile"])
+    if m.get("embeddings"):
+        out += embeddings_section(m["embeddings"])
+    if m.get("split"):
+        out += split_section(m["split"])
     mach = m.get("measured_on", {})
     if mach:
         out += [

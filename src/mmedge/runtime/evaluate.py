@@ -144,3 +144,51 @@ def evaluate_model(
         metrics["image_blanked"] = score(predict(sess, split, vocab, blank_image=True), split).to_json()
         metrics["text_emptied"] = score(predict(sess, split, vocab, empty_text=True), split).to_json()
     return metrics, logits
+
+
+def embedding_fidelity(path: str | Path, reference: str | Path, data: DataConfig | None = None) -> dict:
+    """How close a compressed dual encoder's embeddings stay to the fp32 export's, per ``*_embeds`` output.
+
+    On the test split (each distinct image or text once): mean cosine between the two models' embeddings, and
+    nearest-neighbour agreement — the share of items whose closest other item is the same under both models, which
+    is what a retrieval or zero-shot app sees."""
+    sess, ref = open_session(path), open_session(reference)
+    names = [o.name for o in sess.get_outputs() if o.name.endswith("_embeds")]
+    if not names:
+        return {}
+    cfg = model_data_config(sess, data)
+    split = load_dataset(cfg).test
+    first = {t: i for i, t in reversed(list(enumerate(split.texts)))}
+    picks = {
+        "image_embeds": np.unique(split.image_index, return_index=True)[1],
+        "text_embeds": np.asarray(sorted(first.values())),
+    }
+    out = {}
+    for name in names:
+        rows = picks.get(name, np.arange(len(split)))
+        got, want = (_outputs(s, split, rows)[name] for s in (sess, ref))
+        out[name] = {**_embedding_parity(got, want), "items": len(rows)}
+    return out
+
+
+def _outputs(sess, split: VQASplit, rows: np.ndarray, batch_size: int = 128) -> dict[str, np.ndarray]:
+    inputs = ModelInputs.of(sess)
+    names = [o.name for o in sess.get_outputs()]
+    parts = [run(sess, feeds_for(split, inputs, rows[s : s + batch_size])) for s in range(0, len(rows), batch_size)]
+    return {n: np.concatenate([p[i] for p in parts]) for i, n in enumerate(names)}
+
+
+def _embedding_parity(got: np.ndarray, want: np.ndarray) -> dict:
+    def unit(x):
+        x = x.astype(np.float64)
+        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+    g, w = unit(got), unit(want)
+    sim_g, sim_w = g @ g.T, w @ w.T
+    np.fill_diagonal(sim_g, -np.inf)
+    np.fill_diagonal(sim_w, -np.inf)
+    return {
+        "mean_cosine": float((g * w).sum(1).mean()),
+        "min_cosine": float((g * w).sum(1).min()),
+        "nn_agreement": float((sim_g.argmax(1) == sim_w.argmax(1)).mean()) if len(g) > 2 else None,
+    }

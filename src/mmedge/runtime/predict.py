@@ -8,7 +8,7 @@ import numpy as np
 
 from mmedge.bundle import load_bundle
 from mmedge.data.images import ImagePreprocessing, load_image, looks_inverted
-from mmedge.data.text import WordVocab, tokenize
+from mmedge.data.text import HFTokenizer, WordVocab, tokenize
 from mmedge.runtime.session import open_session, run
 
 
@@ -23,7 +23,8 @@ def predict_bundle(
     bundle = load_bundle(bundle_dir)
     m = bundle.manifest
     prep = ImagePreprocessing.from_json(m["preprocessing"]["image"])
-    vocab = WordVocab.load(bundle.path(m["preprocessing"]["text"]["vocab_file"]))
+    text_cfg = m["preprocessing"]["text"]
+    takes_text = any(i["name"] == "input_ids" for i in m["inputs"])
     pixels = load_image(image, prep, invert=invert)  # (1, C, H, W)
     notes = []
     if not invert and prep.foreground == "light-on-dark" and looks_inverted(pixels):
@@ -31,13 +32,23 @@ def predict_bundle(
             "the image looks like a dark digit on a light background; the model expects light on dark, "
             "so pass --invert if the answer looks wrong"
         )
-    ids, mask = vocab.encode([text])
-    known = set(vocab.words)
-    unknown = [w for w in tokenize(text, vocab.lowercase) if w not in known]
-    if unknown:
-        notes.append(f"words not in the vocabulary were read as <unk>: {', '.join(unknown)}")
+    feeds = {"image": pixels}
+    if takes_text and text_cfg["tokenizer"] == "huggingface":  # tokenizer.json, run by the tokenizers package
+        tokenizer = HFTokenizer(
+            bundle.path(text_cfg["tokenizer_file"]).read_text(), int(text_cfg["max_length"]), int(text_cfg["pad_id"])
+        )
+        feeds["input_ids"], feeds["attention_mask"] = tokenizer.encode([text])
+    elif takes_text:
+        vocab = WordVocab.load(bundle.path(text_cfg["vocab_file"]))
+        feeds["input_ids"], feeds["attention_mask"] = vocab.encode([text])
+        known = set(vocab.words)
+        unknown = [w for w in tokenize(text, vocab.lowercase) if w not in known]
+        if unknown:
+            notes.append(f"words not in the vocabulary were read as <unk>: {', '.join(unknown)}")
+    elif text:
+        notes.append("this zero-shot model classifies the image against its labels; the text was not used")
     sess = open_session(bundle.model_path, ep)
-    logits = run(sess, {"image": pixels, "input_ids": ids, "attention_mask": mask})[0][0]
+    logits = run(sess, feeds)[0][0]
     probs = softmax(logits.astype(np.float64))
     order = np.argsort(-probs)[:top]
     labels = m["labels"]

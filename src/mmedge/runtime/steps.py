@@ -66,6 +66,13 @@ def validate_step(cfg: ValidateConfig, ctx) -> StepResult:
                 f"pipeline started from, over the budget of {budget:g}; relax budgets.max_accuracy_drop, compress "
                 "less, or pass --allow-over-budget."
             )
+    first = next((r for r in ctx.records if r.result.artifact.kind == "onnx"), None)
+    if first is not None and first.result.artifact.path != ctx.artifact.path:
+        from mmedge.runtime.evaluate import embedding_fidelity
+
+        fidelity = embedding_fidelity(ctx.artifact.path, first.result.artifact.path, ctx.recipe.data)
+        if fidelity:  # a dual encoder: how far compression moved its embeddings from the fp32 export
+            metrics["embeddings"] = {"against": first.config.type, **fidelity}
     return StepResult(ctx.artifact, metrics)
 
 

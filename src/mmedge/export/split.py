@@ -1,0 +1,107 @@
+"""Split a dual-encoder graph into the parts an app can run apart (no torch).
+
+A dual encoder exported by mmedge outputs its normalized embeddings next to the logits (``image_embeds``, and
+``text_embeds`` for a fusion head), so the graph can be cut there with ``onnx.utils.Extractor``:
+
+    vision.onnx   image -> image_embeds
+    text.onnx     input_ids, attention_mask -> text_embeds          (fusion head only)
+    head.onnx     image_embeds[, text_embeds] -> logits
+
+For zero-shot the head holds the label embeddings precomputed from the prompts; they also ship as
+``label_embeddings.npy`` (classes, D) with the logit scale, so an app can score an image embedding against the
+labels with one matrix product, or add labels embedded elsewhere. The parts are cut from the shipped (possibly
+quantized) model and must reproduce its logits on the given inputs, or nothing is written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mmedge.errors import MmedgeError
+
+PARTS = {
+    "vision.onnx": (("image",), ("image_embeds",)),
+    "text.onnx": (("input_ids", "attention_mask"), ("text_embeds",)),
+}
+
+
+def split_model(model_path: Path, out_dir: Path, feeds: dict[str, np.ndarray]) -> dict:
+    """Write the parts of ``model_path`` into ``out_dir``; returns what the manifest records about them."""
+    import onnx
+    from onnx.utils import Extractor
+
+    from mmedge.runtime.session import open_session
+
+    model = onnx.load(str(model_path))
+    outputs = [o.name for o in model.graph.output]
+    if "image_embeds" not in outputs:
+        raise MmedgeError(
+            "bundle.split needs a dual encoder whose graph outputs image_embeds (a Hugging Face model loaded with "
+            "hf:PATH); this model fuses its branches inside one graph, so leave split out."
+        )
+    inputs = [i.name for i in model.graph.input]
+    embeds = [n for n in ("image_embeds", "text_embeds") if n in outputs]
+    plan = {name: io for name, io in PARTS.items() if io[1][0] in outputs}
+    plan["head.onnx"] = (tuple(embeds), ("logits",))
+    written = {}
+    for name, (ins, outs) in plan.items():
+        part = Extractor(_batch_from(model, ins, inputs)).extract_model(list(ins), list(outs))
+        for prop in model.metadata_props:
+            part.metadata_props.add(key=prop.key, value=prop.value)
+        part.producer_name, part.producer_version = model.producer_name, model.producer_version
+        onnx.save_model(part, str(out_dir / name))
+        written[name] = {"inputs": list(ins), "outputs": list(outs), "bytes": (out_dir / name).stat().st_size}
+    # The parts, run one after another, must give the whole model's logits.
+    whole = open_session(model_path).run(None, {k: v for k, v in feeds.items() if k in inputs})
+    full = dict(zip(outputs, whole, strict=True))
+    got = {}
+    for name, (ins, _) in plan.items():
+        src = {k: (feeds[k] if k in feeds else got[k]) for k in ins}
+        got.update(zip(plan[name][1], open_session(out_dir / name).run(None, src), strict=True))
+    diff = float(np.abs(got["logits"] - full["logits"]).max())
+    if diff > 1e-4 * max(1.0, float(np.abs(full["logits"]).max())):
+        for name in plan:
+            (out_dir / name).unlink(missing_ok=True)
+        raise MmedgeError(f"the split parts give logits {diff:.2e} away from the whole model; ship it unsplit.")
+    info: dict = {"files": written, "max_abs_diff": diff}
+    if "text_embeds" not in outputs:  # zero-shot: recover the label embeddings and the scale from the head
+        dim = full["image_embeds"].shape[1]
+        cols = open_session(out_dir / "head.onnx").run(None, {"image_embeds": np.eye(dim, dtype=np.float32)})[0]
+        scale = np.linalg.norm(cols, axis=0)  # (classes,): each label embedding has unit length
+        labels = (cols / scale).T.astype(np.float32)  # (classes, D)
+        np.save(out_dir / "label_embeddings.npy", labels)
+        info["label_embeddings"] = {
+            "file": "label_embeddings.npy",
+            "shape": list(labels.shape),
+            "logit_scale": float(scale.mean()),
+            "logits": "logit_scale * image_embeds @ label_embeddings.T",
+        }
+    return info
+
+
+def _batch_from(model, part_inputs: tuple[str, ...], model_inputs: list[str]):
+    """A copy of ``model`` in which the batch size is read from one of the part's own inputs.
+
+    The exporter reads the shared batch dimension once, as Shape(first input)[0:1], and every branch uses it; a
+    text part cut from that graph would still need the image. Every input has the batch on axis 0, so any of the
+    part's inputs gives the same value."""
+    import onnx
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    own = next((i for i in part_inputs if i in model_inputs), None)
+    if own is None:  # the head's inputs are embeddings, (batch, D) as well
+        own = part_inputs[0]
+    for node in copy.graph.node:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if (
+            node.op_type == "Shape"
+            and node.input[0] in model_inputs
+            and node.input[0] not in part_inputs
+            and attrs.get("start", 0) == 0
+            and attrs.get("end") == 1
+        ):
+            node.input[0] = own
+    return copy
