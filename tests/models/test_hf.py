@@ -168,7 +168,7 @@ def test_hf_bundles_predict_with_tokenizers_only(zero_shot, fusion):
 
 
 def test_hf_folder_asking_for_its_own_code_needs_trust_code(tmp_path, monkeypatch):
-    monkeypatch.delenv("MMEDGE_TRUST_CODE", raising=False)
+    monkeypatch.setenv("MMEDGE_TRUST_CODE", "0")
     folder = tiny_hf_folder(tmp_path / "m", "clip")
     config = json.loads((folder / "config.json").read_text())
     config["auto_map"] = {"AutoModel": "modeling_mine.MyModel"}
