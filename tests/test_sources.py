@@ -4,7 +4,9 @@ from mmedge.bundle import load_bundle
 from mmedge.errors import InputPathError, MmedgeError, RecipeError
 from mmedge.pipeline import run_recipe
 from mmedge.recipe import parse_recipe
-from tests.conftest import relu_onnx
+from tests.conftest import TINY, relu_onnx
+
+TINY_CNN = TINY["cnn-lstm"]
 
 
 def onnx_recipe(tmp_path, source, steps):
@@ -90,3 +92,38 @@ def test_a_changed_onnx_file_at_the_same_path_is_loaded_again(tmp_path, tiny_onn
     shutil.copyfile(tiny_onnx["vit-transformer"], model)
     again = run_recipe(onnx_recipe(tmp_path, model, steps), progress="off")
     assert not again[0].cached and again[0].result.metrics["size_bytes"] != first[0].result.metrics["size_bytes"]
+
+
+def test_user_dataset_trains_a_zoo_model_with_bad_rows_skipped_and_counted(tmp_path, monkeypatch):
+    """`mmedge run --data MANIFEST`: the zoo cnn-lstm on the user's own rows (RGB PNGs resized to its 28x28 gray)."""
+    import json
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from mmedge_cli.main import app
+    from tests.conftest import digits_manifest
+
+    monkeypatch.chdir(tmp_path)
+    manifest = digits_manifest(tmp_path / "data", per_class=30, fmt="csv")
+    with manifest.open("a") as fh:
+        fh.write("images/missing.png,a digit,zero\n")
+    recipe = tmp_path / "r.yaml"
+    steps = [{"type": "train", "epochs": 3, "batch_size": 32, "augment": False}, {"type": "export"}]
+    steps += [{"type": "validate"}, {"type": "bundle", "samples": 4}]
+    recipe.write_text(yaml.safe_dump({"name": "mine", "model": {"options": TINY_CNN}, "steps": steps}))
+    runner = CliRunner()
+    res = runner.invoke(app, ["run", str(recipe), "--data", str(manifest)])
+    assert res.exit_code == 2 and "row 121 of data.csv names the image 'images/missing.png'" in res.output
+    assert "--skip-bad-rows" in res.output and "Traceback" not in res.output
+    res = runner.invoke(app, ["run", str(recipe), "--data", str(manifest), "--skip-bad-rows", "--out", "b"])
+    assert res.exit_code == 0, res.output
+    results = json.loads((tmp_path / ".mmedge/runs/mine/results.json").read_text())
+    train = results["steps"][0]["metrics"]
+    assert train["skipped_rows"]["count"] == 1 and train["skipped_rows"]["rows"][0]["row"] == 121
+    assert train["test"]["per_family"].keys() == {"all"}
+    manifest_json = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest_json["labels"] == ["one", "three", "two", "zero"]
+    sample = json.loads((tmp_path / "b/samples/samples.json").read_text())[0]
+    answer = runner.invoke(app, ["predict", "b", "--image", f"b/{sample['image']}", "--text", sample["text"], "--json"])
+    assert answer.exit_code == 0 and json.loads(answer.output)["answer"] == sample["predicted"]

@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 from mmedge.data.user import DataError, read_idx, read_manifest, stratified_subset
+from mmedge.errors import InputPathError
 
 
 def _dataset(tmp_path, rows, fmt="jsonl"):
@@ -90,3 +91,62 @@ def test_stratified_subset_keeps_every_label_in_its_share_and_is_seeded():
     assert (rows == stratified_subset(labels, 20, seed=3)).all() and not (
         rows == stratified_subset(labels, 20, seed=4)
     ).all()
+
+
+def _idx(path, array):
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
+
+
+def test_idx_folder_becomes_a_vqa_set_with_identity_and_naming_questions(tmp_path):
+    from mmedge.data import DataConfig, load_dataset
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 20)
+    _idx(tmp_path / "train-images-idx3-ubyte.gz", rng.integers(0, 255, (60, 28, 28)))
+    _idx(tmp_path / "train-labels-idx1-ubyte.gz", labels)
+    data = load_dataset(DataConfig(name="user", path=tmp_path, labels=("cat", "dog", "bird")))
+    assert data.classes == ("no", "yes", "cat", "dog", "bird")
+    test = data.test
+    assert test.family_names == ("identity", "naming") and len(test) == 2 * len(np.unique(test.image_index))
+    for text, label, fam, img in zip(test.texts, test.labels, test.families, test.image_index, strict=True):
+        shown = ("cat", "dog", "bird")[test.digits[img]]
+        if fam == 1:  # naming: the answer is the class
+            assert data.classes[label] == shown
+        else:  # identity: yes exactly when the question names the shown class
+            assert (data.classes[label] == "yes") == (shown in text)
+    assert np.bincount(test.digits[np.unique(test.image_index)]).tolist() == [4, 4, 4]  # stratified
+
+
+def test_image_folder_with_captions_takes_the_label_from_the_sub_folder(tmp_path):
+    from mmedge.data import DataConfig, load_dataset
+    from mmedge.data.images import ImagePreprocessing
+
+    lines = []
+    for label in ("cat", "dog"):
+        (tmp_path / label).mkdir()
+        for k in range(5):
+            Image.fromarray(np.full((10, 12, 3), 40 * k, np.uint8)).save(tmp_path / label / f"{k}.png")
+            lines.append(f"{label}/{k}.png\ta {label} number {k}")
+    (tmp_path / "captions.tsv").write_text("\n".join(lines) + "\n")
+    data = load_dataset(DataConfig(name="user", path=tmp_path))
+    assert data.classes == ("cat", "dog") and len(data.train) + len(data.val) + len(data.test) == 10
+    row = data.test.texts.index(next(t for t in data.test.texts if t.startswith("a dog")))
+    assert data.classes[data.test.labels[row]] == "dog"
+    pixels = data.test.pixels(np.array([row]), ImagePreprocessing(height=16, width=16, channels=3))
+    assert pixels.shape == (1, 3, 16, 16) and pixels.dtype == np.float32 and pixels.max() <= 1.0
+    (tmp_path / "captions.tsv").write_text("stray.png\tno label folder\n" + "\n".join(lines))
+    with pytest.raises(DataError, match="not inside a label sub-folder"):
+        load_dataset(DataConfig(name="user", path=tmp_path, seed=1))
+
+
+def test_fashion_vqa_names_the_package_when_absent_and_user_needs_a_path(tmp_path, monkeypatch):
+    from pydantic import ValidationError
+
+    from mmedge.data import DataConfig, load_dataset, user
+
+    monkeypatch.setattr(user, "FASHION_MNIST_DIR", tmp_path / "nowhere")
+    with pytest.raises(InputPathError, match="apt install dataset-fashion-mnist"):
+        load_dataset(DataConfig(name="fashion-vqa"))
+    with pytest.raises(ValidationError, match="data.path is needed"):
+        DataConfig(name="user")
