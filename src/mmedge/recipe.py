@@ -245,12 +245,16 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
         ) from None
 
 
-def load_recipe(path: str | Path | None = None) -> Recipe:
-    """A recipe from a YAML/TOML/JSON file, or a built-in one by name (default: digits-vqa)."""
+def load_recipe(path: str | Path | None = None, edit: Callable[[dict], dict] | None = None) -> Recipe:
+    """A recipe from a YAML/TOML/JSON file, or a built-in one by name (default: digits-vqa).
+
+    ``edit`` changes the raw data before it is parsed (command-line overrides), so that what depends on the model
+    source — which steps run — is decided on the final recipe."""
+    edit = edit or (lambda data: data)
     if path is None or str(path) in BUILTIN_RECIPES:
         name = BUILTIN_RECIPES[str(path or DEFAULT_RECIPE)]
         text = importlib.resources.files("mmedge.recipes").joinpath(name).read_text()
-        return parse_recipe(yaml.safe_load(text), f"built-in recipe {name}")
+        return parse_recipe(edit(yaml.safe_load(text)), f"built-in recipe {name}")
     path = Path(path)
     if not path.is_file():
         raise InputPathError(
@@ -265,4 +269,4 @@ def load_recipe(path: str | Path | None = None) -> Recipe:
             f"recipe {path} is not valid {'TOML' if path.suffix == '.toml' else 'YAML'} "
             f"({str(exc).splitlines()[0]}); fix its syntax."
         ) from None
-    return parse_recipe(data, f"recipe {path}")
+    return parse_recipe(edit(data) if isinstance(data, dict) else data, f"recipe {path}")

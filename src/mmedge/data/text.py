@@ -165,3 +165,13 @@ def tokenizer_from_json(data: dict) -> Tokenizer:
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"the tokenizer metadata is malformed ({exc!r}); re-export the model.") from exc
     return WordVocab.from_json(data)
+
+
+def english_sentences(n: int) -> list[str]:
+    """Up to ``n`` distinct English sentences of 6-30 words from the prose that ships with Python (pydoc_data)."""
+    from pydoc_data.topics import topics
+
+    text = " ".join(topics.values())
+    found = [" ".join(s.split()) for s in re.split(r"(?<=[.!?])\s+", text)]
+    good = [s for s in found if 6 <= len(s.split()) <= 30 and s[0].isupper() and not set(s) & set("{}[]=>*|\\")]
+    return list(dict.fromkeys(good))[:n]
