@@ -63,7 +63,7 @@ def _image(bundle, n=4):
     return np.load(bundle / "samples" / "inputs.npz")["image"][:n]
 
 
-def test_hf_zero_shot_clip_ships_a_vision_only_graph_with_label_embeddings(zero_shot):
+def test_step_load_model_takes_a_zero_shot_clip_to_a_vision_only_graph_with_label_embeddings(zero_shot):
     bundle, output, results = zero_shot
     steps = [s["type"] for s in results["steps"]]
     assert steps[0] == "load.model" and "train" not in steps and "prune.structured" not in steps
