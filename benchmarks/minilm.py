@@ -3,7 +3,8 @@
 The bar (issue 5) is Hugging Face Optimum's documented dynamic int8 recipe on this tower: about 3.9x smaller and
 2.5x faster than fp32 at 1 thread, mean cosine 0.994 to fp32, nearest-neighbour agreement 89 %. "Optimum-style"
 here is what that recipe runs: onnxruntime's quantize_dynamic with per-tensor int8 weights over its default
-operators. mmedge's variants use per-channel weight scales, then keep the MatMuls that cost most fidelity out
+operators. mmedge's variants use per-channel weight scales; then smooth the activation outliers into the weights
+first (SmoothQuant, alpha 1, ranges from 300 other sentences); or keep the MatMuls that cost most fidelity out
 of dynamic int8: in float (accuracy-aware fallback), or as weight-only int8 (MatMulNBits, activations stay
 float). Sensitivity: each weight MatMul quantized alone, mean cosine drop on the first 150 sentences. Sentences:
 English prose shipped with Python (pydoc_data.topics), split into sentences of 6-30 words; nothing is
@@ -29,12 +30,14 @@ import torch
 
 from _common import write_results
 from mmedge.compress.quantize import DynamicQuantConfig, quantize_dynamic_model
+from mmedge.compress.smooth import smooth_matmuls
 from mmedge.data.text import english_sentences
 from mmedge.report.markdown import table
 from mmedge.runtime.bench import bench_interleaved, machine_info
 from mmedge.runtime.session import open_session
 
 SENTENCES = 600
+CALIBRATION = 300  # further sentences whose activation ranges set the smoothing
 FALLBACK = 8  # most sensitive MatMuls kept out of dynamic int8 (8 of 36 reached cosine 0.997 in the search)
 
 
@@ -153,6 +156,19 @@ def main() -> None:
             paths["mmedge int8 per-channel"],
             DynamicQuantConfig(op_types=("MatMul", "Gather"), per_channel=True),
         )
+        calibration = english_sentences(SENTENCES + CALIBRATION)[SENTENCES:]  # not among the scored sentences
+        calib = {
+            k: v.astype(np.int64)
+            for k, v in tok(calibration, padding=True, return_tensors="np").items()
+            if k != "token_type_ids"
+        }
+        smooth_matmuls(paths["fp32"], tmp / "smoothed.onnx", calib, alpha=1.0)
+        paths["mmedge per-channel + smoothing"] = tmp / "smooth.onnx"
+        quantize_dynamic_model(
+            tmp / "smoothed.onnx",
+            paths["mmedge per-channel + smoothing"],
+            DynamicQuantConfig(op_types=("MatMul", "Gather"), per_channel=True),
+        )
         sensitive = sensitivity(paths["fp32"], {k: v[:150] for k, v in enc.items()}, tmp)[:FALLBACK]
         paths[f"mmedge per-channel, {FALLBACK} float MatMuls"] = tmp / "fallback.onnx"
         quantize_dynamic(
@@ -216,7 +232,10 @@ def main() -> None:
             table(["variant", "MB", "smaller", "p50 ms", "faster", "mean cosine", "min cosine", "NN agreement"], rows),
             "",
             "Bar from the issue (Optimum's recipe measured there): 3.9x smaller, 2.5x faster, cosine 0.994, NN 89 %; "
-            "mmedge's target: same size and speed, cosine >= 0.997, NN >= 95 %.",
+            "mmedge's target: same size and speed, cosine >= 0.997, NN >= 95 %. On this CPU (AVX2, no VNNI) "
+            "Optimum's recipe itself reaches only the optimum-style row; the fused-attention export "
+            "(onnxruntime.transformers optimizer on an eager-attention legacy export, measured separately) lifts "
+            "int8 to ~1.75x, not 2.5x: integer MatMul has no VNNI path here.",
             "",
             f"Most sensitive MatMuls (kept out of dynamic int8 in the last two rows): {', '.join(sensitive)}.",
             "",

@@ -28,9 +28,9 @@ def smooth_matmuls(src: Path, out: Path, feeds: dict[str, np.ndarray], alpha: fl
     consts = {i.name: i for i in graph.initializer}
     groups: dict[str, list] = {}  # activation tensor -> MatMuls that read it with a 2-D constant weight
     for node in graph.node:
-        if node.op_type == "MatMul" and node.input[1] in consts and node.input[0] not in consts:
-            if len(consts[node.input[1]].dims) == 2:
-                groups.setdefault(node.input[0], []).append(node)
+        weight = consts.get(node.input[1]) if node.op_type == "MatMul" else None
+        if weight is not None and len(weight.dims) == 2 and node.input[0] not in consts:
+            groups.setdefault(node.input[0], []).append(node)
     if not groups:
         onnx.save_model(model, str(out))
         return {"smoothed_activations": 0, "smoothed_matmuls": 0}
@@ -39,7 +39,7 @@ def smooth_matmuls(src: Path, out: Path, feeds: dict[str, np.ndarray], alpha: fl
     for node in graph.node:  # a weight read by two MatMuls of different groups cannot take two scalings
         for name in node.input:
             shared_weights[name] = shared_weights.get(name, 0) + 1
-    smoothed = 0
+    smoothed, activations = 0, 0
     for act, nodes in groups.items():
         if any(shared_weights[n.input[1]] > 1 for n in nodes):
             continue
@@ -59,8 +59,13 @@ def smooth_matmuls(src: Path, out: Path, feeds: dict[str, np.ndarray], alpha: fl
         for n in nodes:
             n.input[0] = mul_out
         smoothed += len(nodes)
+        activations += 1
     onnx.save_model(model, str(out))
-    return {"smoothed_activations": sum(1 for a in groups if f"{a}_smoothed"), "smoothed_matmuls": smoothed, "alpha": alpha}
+    return {
+        "smoothed_activations": activations,
+        "smoothed_matmuls": smoothed,
+        "alpha": alpha,
+    }
 
 
 def _activation_ranges(src: Path, names: list[str], feeds: dict[str, np.ndarray], batch: int, open_session) -> dict:
