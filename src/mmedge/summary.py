@@ -58,8 +58,18 @@ def onnx_summary(path: str | Path) -> dict:
         "op_types": dict(Counter(n.op_type for n in model.graph.node).most_common()),
         "parameters": params,
         "mmedge": {k: v for k, v in mmedge.items() if k not in ("tokenizer", "spec")},
-        "vocabulary_size": len(mmedge["tokenizer"]["words"]) if "tokenizer" in mmedge else None,
+        "vocabulary_size": _vocabulary_size(mmedge.get("tokenizer")),
     }
+
+
+def _vocabulary_size(tok) -> int | None:
+    """Words of mmedge's vocabulary, or entries of a Hugging Face tokenizer.json's model vocabulary."""
+    if not isinstance(tok, dict):
+        return None
+    if tok.get("type") == "hf":
+        vocab = (_maybe_json(tok.get("json", "{}")) or {}).get("model", {}).get("vocab")
+        return len(vocab) if isinstance(vocab, dict | list) else None
+    return len(tok["words"]) if "words" in tok else None
 
 
 def _maybe_json(value: str):

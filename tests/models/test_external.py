@@ -43,7 +43,7 @@ def test_worked_example_trains_exports_quantizes_validates_and_bundles(tmp_path,
         yaml.safe_dump(
             {
                 "name": "bow",
-                "data": {"name": "digits-vqa", "source": "sklearn-digits", "test_images": 200, "val_images": 100},
+                "data": {"name": "digits-vqa", "test_images": 200, "val_images": 100},
                 "budgets": {"max_accuracy_drop": 3},
                 "steps": [
                     {"type": "train", "epochs": 4, "lr": 0.005},

@@ -127,6 +127,8 @@ def test_hf_fusion_head_is_trained_split_in_three_and_quantized(fusion):
     head = ort.InferenceSession(str(bundle / "head.onnx")).run(None, {"image_embeds": img, "text_embeds": txt})[0]
     np.testing.assert_allclose(head, whole, atol=1e-4)
     assert "## Parts (dual encoder split)" in (bundle / "report.md").read_text()
+    shown = runner.invoke(app, ["inspect", str(bundle), "--json"])
+    assert shown.exit_code == 0 and json.loads(shown.output)["model"]["vocabulary_size"] == 20
 
 
 PREDICT = textwrap.dedent("""

