@@ -47,6 +47,9 @@ def test_smoothing_is_exact_in_float_and_cuts_int8_error_on_outlier_channels(tmp
 
     plain, smooth = int8_error(src), int8_error(tmp_path / "s.onnx")
     assert smooth < 0.7 * plain, (smooth, plain)  # measured on held-out rows, not the calibration ones
+    auto = smooth_matmuls(src, tmp_path / "a.onnx", {"x": x[:128]}, alpha=None)
+    assert sum(auto["alphas_chosen"].values()) == 2  # one choice per smoothed activation
+    assert int8_error(tmp_path / "a.onnx") <= plain  # the search may keep an activation as it is, never worse
 
 
 def test_a_model_without_weight_matmuls_is_left_as_it_is(tmp_path):

@@ -68,7 +68,7 @@ def test_minilm_dual_encoder_through_export_quantize_validate(minilm_dual_encode
                     {
                         "type": "quantize.dynamic",
                         "per_channel": True,
-                        "smooth_alpha": 1.0,
+                        "smooth_alpha": "auto",
                         "calibration_samples": 64,
                         "tolerance": {"min_agreement": 0.9},
                     },

@@ -15,9 +15,17 @@ from pathlib import Path
 
 import numpy as np
 
+ALPHAS = (0.0, 0.5, 0.75, 0.9, 1.0)  # searched per activation when alpha is None; 0.0 here means "leave it"
 
-def smooth_matmuls(src: Path, out: Path, feeds: dict[str, np.ndarray], alpha: float = 0.5, batch: int = 32) -> dict:
-    """Write ``src`` with every activation that feeds constant-weight MatMuls smoothed; returns what was done."""
+
+def smooth_matmuls(
+    src: Path, out: Path, feeds: dict[str, np.ndarray], alpha: float | None = 0.5, batch: int = 32
+) -> dict:
+    """Write ``src`` with every activation that feeds constant-weight MatMuls smoothed; returns what was done.
+
+    ``alpha=None`` picks, per activation, the alpha of ALPHAS (or no smoothing) whose simulated int8 MatMul output
+    (per-tensor uint8 activations, per-column int8 weights, as ORT's dynamic quantizer does) is closest to float
+    on the calibration rows."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -34,20 +42,31 @@ def smooth_matmuls(src: Path, out: Path, feeds: dict[str, np.ndarray], alpha: fl
     if not groups:
         onnx.save_model(model, str(out))
         return {"smoothed_activations": 0, "smoothed_matmuls": 0}
-    ranges = _activation_ranges(src, list(groups), feeds, batch, open_session)
+    ranges, samples = _activation_ranges(src, list(groups), feeds, batch, open_session)
     shared_weights = {}
     for node in graph.node:  # a weight read by two MatMuls of different groups cannot take two scalings
         for name in node.input:
             shared_weights[name] = shared_weights.get(name, 0) + 1
-    smoothed, activations = 0, 0
+    smoothed, activations, chosen = 0, 0, {}
     for act, nodes in groups.items():
         if any(shared_weights[n.input[1]] > 1 for n in nodes):
             continue
         weights = [numpy_helper.to_array(consts[n.input[1]]).astype(np.float32) for n in nodes]
         wmax = np.max([np.abs(w).max(axis=1) for w in weights], axis=0)  # (K,)
         amax = ranges[act]
-        scale = np.where((amax > 0) & (wmax > 0), amax**alpha / np.maximum(wmax, 1e-8) ** (1 - alpha), 1.0)
-        scale = np.clip(scale, 1e-4, 1e4).astype(np.float32)
+
+        if alpha is None:
+            errors = {
+                a: _int8_error(samples[act], weights, _scales(amax, wmax, a) if a else np.ones_like(amax))
+                for a in ALPHAS
+            }
+            best = min(errors, key=errors.get)
+            chosen[act] = best
+            if best == 0.0:
+                continue
+            scale = _scales(amax, wmax, best)
+        else:
+            scale = _scales(amax, wmax, alpha)
         for n, w in zip(nodes, weights, strict=True):
             consts[n.input[1]].CopyFrom(numpy_helper.from_array(w * scale[:, None], n.input[1]))
         inv = f"{act}_smooth_inv"
@@ -61,15 +80,38 @@ def smooth_matmuls(src: Path, out: Path, feeds: dict[str, np.ndarray], alpha: fl
         smoothed += len(nodes)
         activations += 1
     onnx.save_model(model, str(out))
-    return {
-        "smoothed_activations": activations,
-        "smoothed_matmuls": smoothed,
-        "alpha": alpha,
-    }
+    info = {"smoothed_activations": activations, "smoothed_matmuls": smoothed, "alpha": alpha}
+    if alpha is None:
+        info["alphas_chosen"] = {str(a): sum(1 for v in chosen.values() if v == a) for a in ALPHAS}
+    return info
+
+
+def _scales(amax: np.ndarray, wmax: np.ndarray, alpha: float) -> np.ndarray:
+    """s_k = max|X_k|^alpha / max|W_k|^(1 - alpha), 1 where a channel is all zero, kept within 1e-4..1e4."""
+    s = np.where((amax > 0) & (wmax > 0), amax**alpha / np.maximum(wmax, 1e-8) ** (1 - alpha), 1.0)
+    return np.clip(s, 1e-4, 1e4).astype(np.float32)
+
+
+def _int8_error(x: np.ndarray, weights: list[np.ndarray], scale: np.ndarray) -> float:
+    """Relative squared error of X @ W when X / s is quantized per tensor (uint8) and W * s per column (int8)."""
+    xs = x / scale
+    lo, hi = min(float(xs.min()), 0.0), max(float(xs.max()), 0.0)
+    step = (hi - lo) / 255 or 1.0
+    zero = np.round(-lo / step)
+    xq = (np.clip(np.round(xs / step) + zero, 0, 255) - zero) * step
+    err = ref = 0.0
+    for w in weights:
+        ws = w * scale[:, None]
+        col = np.maximum(np.abs(ws).max(axis=0), 1e-12) / 127
+        y = x @ w
+        err += float(((xq @ (np.round(ws / col) * col) - y) ** 2).sum())
+        ref += float((y**2).sum())
+    return err / max(ref, 1e-12)
 
 
 def _activation_ranges(src: Path, names: list[str], feeds: dict[str, np.ndarray], batch: int, open_session) -> dict:
-    """max |x| per last-axis channel of each named tensor over the calibration inputs: {name: (K,)}."""
+    """max |x| per last-axis channel of each named tensor over the calibration inputs ({name: (K,)}), and a sample
+    of its rows ({name: (M, K)}) for the alpha search."""
     import tempfile
 
     import onnx
@@ -85,9 +127,13 @@ def _activation_ranges(src: Path, names: list[str], feeds: dict[str, np.ndarray]
         sess = open_session(probe)
         n = min(len(v) for v in feeds.values())
         ranges: dict[str, np.ndarray] = {}
+        rows: dict[str, list] = {}
+        rng = np.random.default_rng(0)
         for start in range(0, n, batch):
             got = sess.run(names, {k: v[start : start + batch] for k, v in feeds.items()})
             for name, value in zip(names, got, strict=True):
-                m = np.abs(value.reshape(-1, value.shape[-1])).max(axis=0)
+                flat = value.reshape(-1, value.shape[-1])
+                m = np.abs(flat).max(axis=0)
                 ranges[name] = m if name not in ranges else np.maximum(ranges[name], m)
-    return ranges
+                rows.setdefault(name, []).append(flat[rng.choice(len(flat), min(len(flat), 256), replace=False)])
+    return ranges, {name: np.concatenate(r) for name, r in rows.items()}
