@@ -94,6 +94,8 @@ def test_factory_reference_and_return_value_are_checked(tmp_path, monkeypatch):
         build_model("py:my_factories:missing", {}, vocab_size=10, num_classes=3)
     with pytest.raises(RecipeError, match="cannot import no_such_module"):
         build_model("py:no_such_module:build", {}, vocab_size=10, num_classes=3)
+    with pytest.raises(RecipeError, match=r"the factory py:os:getcwd failed \(TypeError"):
+        build_model("py:os:getcwd", {}, vocab_size=10, num_classes=3)
     with pytest.raises(RecipeError, match="not a factory reference"):
         build_model("py:not a module", {}, vocab_size=10, num_classes=3)
 

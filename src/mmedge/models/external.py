@@ -82,7 +82,15 @@ def py_family(name: str) -> ModelFamily:
         raise RecipeError(f"{module_name} has no function '{attr}'; name the factory that returns (module, spec).")
 
     def build(cfg: ExternalOptions, vocab_size: int, num_classes: int):
-        made = factory(vocab_size=vocab_size, num_classes=num_classes, **cfg.model_dump())
+        try:
+            made = factory(vocab_size=vocab_size, num_classes=num_classes, **cfg.model_dump())
+        except Exception as exc:  # the user's code: whatever it raises is reported as one sentence
+            detail = str(exc).splitlines()[0][:160] if str(exc) else ""
+            raise RecipeError(
+                f"the factory {name} failed ({type(exc).__name__}: {detail})"
+                "; it is called as factory(vocab_size=..., num_classes=..., **model.options) and must return "
+                "(module, ModelSpec)."
+            ) from None
         return adopt(made, name, cfg.model_dump(), vocab_size, num_classes)
 
     return ModelFamily(name, ExternalOptions, build)
