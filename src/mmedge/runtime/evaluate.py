@@ -115,7 +115,8 @@ def feeds_for(
 def predict(
     sess, split: VQASplit, vocab: Tokenizer | ModelInputs | None = None, batch_size: int = 256, **ablation
 ) -> np.ndarray:
-    """Logits (N, classes) for a whole split."""
+    """Logits (N, classes) for a whole split. The model is fed as its own metadata says (tokenizer, image size,
+    inputs); a ModelInputs already read from it saves reading it again, and a bare tokenizer is not enough."""
     vocab = vocab if isinstance(vocab, ModelInputs) else ModelInputs.of(sess)
     out = []
     for start in range(0, len(split), batch_size):
