@@ -239,3 +239,17 @@ def test_a_budget_no_candidate_meets_stops_the_run_unless_over_budget_is_allowed
     auto, validate = records[3].result.metrics, records[4].result.metrics
     assert not auto["within_budget"] and not validate["within_budget"]
     assert auto["chosen"] == max(auto["candidates"], key=lambda c: c["test_accuracy"])["name"]
+
+
+def test_a_user_dataset_changed_in_place_reruns_the_chain(tmp_path):
+    from pathlib import Path
+
+    from mmedge.pipeline import source_fingerprints
+    from tests.conftest import digits_manifest
+
+    manifest = digits_manifest(tmp_path / "data", digits=(0, 1), per_class=6)
+    recipe = parse_recipe({"name": "fp", "data": {"name": "user", "path": str(manifest)}, "steps": [{"type": "train"}]})
+    before = source_fingerprints(recipe)
+    assert set(before) == {"data"}
+    Path(manifest).write_text(Path(manifest).read_text().replace("a digit", "a number"))
+    assert source_fingerprints(recipe)["data"] != before["data"]

@@ -96,7 +96,20 @@ def fingerprint(path: Path) -> str:
     return h.hexdigest()
 
 
-def _key(recipe: Recipe, previous: str, step: StepConfig) -> str:
+def source_fingerprints(recipe: Recipe) -> dict[str, str]:
+    """Content hashes of what the recipe reads from disk besides its steps' own paths: a Hugging Face model folder
+    and a user dataset (a manifest file, or a whole image/IDX folder). Changed in place, they re-run the chain.
+    Computed once per run: a model folder can be large."""
+    found = {}
+    source = recipe.model.source or ""
+    if source.startswith("hf:") and Path(source[3:]).exists():
+        found["model"] = fingerprint(Path(source[3:]))
+    if recipe.data.path is not None and Path(recipe.data.path).exists():
+        found["data"] = fingerprint(Path(recipe.data.path))
+    return found
+
+
+def _key(recipe: Recipe, previous: str, step: StepConfig, sources: dict[str, str] | None = None) -> str:
     payload = {
         "mmedge": __version__,
         "model": recipe.model.model_dump(mode="json"),
@@ -111,6 +124,8 @@ def _key(recipe: Recipe, previous: str, step: StepConfig) -> str:
     source = getattr(step, "path", None)  # load / load.onnx: a changed file at the same path re-runs the step
     if isinstance(source, Path) and source.exists():
         payload["source"] = fingerprint(source)
+    if sources:
+        payload["inputs"] = sources
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -152,8 +167,9 @@ def run_recipe(
     records: list[StepRecord] = []
     artifact: Artifact | None = None
     previous = ""
+    sources = source_fingerprints(recipe)
     for i, cfg in enumerate(recipe.steps, 1):
-        key = _key(recipe, previous, cfg)
+        key = _key(recipe, previous, cfg, sources)
         folder = root / f"{i:02d}-{cfg.type}-{key}"
         cached = None if force else _load_cached(folder)
         started = time.perf_counter()
