@@ -58,3 +58,26 @@ def test_a_model_without_weight_matmuls_is_left_as_it_is(tmp_path):
     info = smooth_matmuls(relu_onnx(tmp_path / "r.onnx"), tmp_path / "o.onnx", {"x": np.ones((2, 4), np.float32)})
     assert info == {"smoothed_activations": 0, "smoothed_matmuls": 0}
     assert (tmp_path / "o.onnx").is_file()
+
+
+def test_keep_float_leaves_the_least_faithful_matmul_in_float(tmp_path):
+    from mmedge.compress.quantize import DynamicQuantConfig, quantize_dynamic_model
+    from mmedge.compress.smooth import int8_sensitive_matmuls
+
+    rng = np.random.default_rng(0)
+    w1 = rng.normal(size=(16, 32)).astype(np.float32)
+    w2 = rng.normal(size=(32, 8)).astype(np.float32)
+    x = rng.normal(size=(256, 16)).astype(np.float32)
+    x[:, 3] *= 80.0  # mm1 reads the outlier channel; int8 leaves its other channels a few levels
+    src = _matmul_model(tmp_path / "m.onnx", w1, w2)
+    assert int8_sensitive_matmuls(src, {"x": x[:128]}) == ["mm1", "mm2"]
+    ref = open_session(src).run(None, {"x": x[128:]})[0]
+    errors = {}
+    for keep in (0, 1):
+        out = tmp_path / f"q{keep}.onnx"
+        cfg = DynamicQuantConfig(op_types=("MatMul",), per_channel=True, keep_float=keep)
+        info = quantize_dynamic_model(src, out, cfg, feeds={"x": x[:128]})
+        assert info.get("float_matmuls", []) == ["mm1"][:keep]
+        assert info["ops"].get("MatMul", 0) == keep  # the one left in float
+        errors[keep] = float(np.abs(open_session(out).run(None, {"x": x[128:]})[0] - ref).mean())
+    assert errors[1] < 0.5 * errors[0], errors
