@@ -73,8 +73,9 @@ class DynamicQuantConfig(StepConfig):
         0,
         ge=0,
         description="Accuracy-aware fallback: this many weight MatMuls stay float, those whose simulated int8 output "
-        "(after smoothing) is furthest from float on the calibration rows. On all-MiniLM-L6-v2 with smoothing, 2 of 36 "
-        "lifted nearest-neighbour agreement with fp32 from 92.8 to 95.0 % for 15 % more size.",
+        "(after smoothing) is furthest from float on the calibration rows. On all-MiniLM-L6-v2 with smoothing, keeping "
+        "2 of 36 lifted nearest-neighbour agreement with fp32 from 92.3 to 94.8 %, 4 to 95.3 % (3.87x smaller than "
+        "fp32 -> 3.36x / 3.11x).",
     )
     calibration_samples: int = Field(
         128,

@@ -124,8 +124,9 @@ def _scales(amax: np.ndarray, wmax: np.ndarray, alpha: float) -> np.ndarray:
     return np.clip(s, 1e-4, 1e4).astype(np.float32)
 
 
-def _int8_error(x: np.ndarray, weights: list[np.ndarray], scale: np.ndarray, saturation_free: bool = True) -> float:
-    """Relative squared error of X @ W when X / s is quantized per tensor (uint8) and W * s per column (int8)."""
+def _int8_error(x: np.ndarray, weights: list[np.ndarray], scale: np.ndarray) -> float:
+    """Relative squared error of X @ W when X / s is quantized per tensor (uint8) and W * s per column (int8, with
+    mmedge's saturation-free scales)."""
     xs = x / scale
     lo, hi = min(float(xs.min()), 0.0), max(float(xs.max()), 0.0)
     step = (hi - lo) / 255 or 1.0
@@ -134,7 +135,7 @@ def _int8_error(x: np.ndarray, weights: list[np.ndarray], scale: np.ndarray, sat
     err = ref = 0.0
     for w in weights:
         ws = w * scale[:, None]
-        col = saturation_free_scales(ws) if saturation_free else np.maximum(np.abs(ws).max(axis=0), 1e-12) / 127
+        col = saturation_free_scales(ws)
         y = x @ w
         err += float(((xq @ (np.round(ws / col) * col) - y) ** 2).sum())
         ref += float((y**2).sum())
