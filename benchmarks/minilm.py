@@ -187,6 +187,9 @@ def main() -> None:
             "products in a saturating int16, which the max-abs weight scales overflow (mmedge.compress.saturation); "
             "integer MatMul has no VNNI path here, so int8 is ~1.5-1.6x faster, not 2.5x.",
             "",
+            "The float MatMuls (keep_float) store their weights as float16, widened to float32 when the session "
+            "loads; they run in float32.",
+            "",
             *[f"{name}: {', '.join(nodes)}." for name, nodes in float_nodes.items()],
             "",
             f"Machine: {machine_info()['cpu']}, onnxruntime {machine_info()['onnxruntime']}.",

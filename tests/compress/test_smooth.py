@@ -73,11 +73,15 @@ def test_keep_float_leaves_the_least_faithful_matmul_in_float(tmp_path):
     assert int8_sensitive_matmuls(src, {"x": x[:128]}) == ["mm1", "mm2"]
     ref = open_session(src).run(None, {"x": x[128:]})[0]
     errors = {}
-    for keep in (0, 1):
-        out = tmp_path / f"q{keep}.onnx"
-        cfg = DynamicQuantConfig(op_types=("MatMul",), per_channel=True, keep_float=keep)
+    for keep, storage in ((0, "float16"), (1, "float16"), (1, "float32")):
+        out = tmp_path / f"q{keep}{storage}.onnx"
+        cfg = DynamicQuantConfig(op_types=("MatMul",), per_channel=True, keep_float=keep, keep_float_storage=storage)
         info = quantize_dynamic_model(src, out, cfg, feeds={"x": x[:128]})
         assert info.get("float_matmuls", []) == ["mm1"][:keep]
         assert info["ops"].get("MatMul", 0) == keep  # the one left in float
-        errors[keep] = float(np.abs(open_session(out).run(None, {"x": x[128:]})[0] - ref).mean())
-    assert errors[1] < 0.5 * errors[0], errors
+        # float16 storage: the weight sits behind a Cast that the session folds
+        casts = [n for n in onnx.load(str(out)).graph.node if n.op_type == "Cast" and n.input[0].endswith("_fp16")]
+        assert len(casts) == (keep if storage == "float16" else 0)
+        errors[keep, storage] = float(np.abs(open_session(out).run(None, {"x": x[128:]})[0] - ref).mean())
+    assert errors[1, "float32"] < 0.5 * errors[0, "float16"], errors
+    assert errors[1, "float16"] < 1.05 * errors[1, "float32"], errors  # float16 storage costs next to nothing

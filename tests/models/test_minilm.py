@@ -87,7 +87,7 @@ def test_minilm_dual_encoder_through_export_quantize_validate(minilm_dual_encode
     assert results["steps"][0]["type"] == "train"  # --task fusion-head: the head is trained, encoders frozen
     assert by_type["export"]["max_abs_diff"] < 1e-3
     fp32, int8 = by_type["export"]["size_bytes"], by_type["quantize.dynamic"]["size_bytes"]
-    assert fp32 > 90e6 and fp32 / int8 > 3.2  # int8 weights but two 1536x384 MatMuls: about 3.4x smaller
+    assert fp32 > 90e6 and fp32 / int8 > 3.4  # int8 weights but two float MatMuls (stored float16): ~3.7x smaller
     quantized = by_type["quantize.dynamic"]
     assert quantized["smoothing"]["smoothed_matmuls"] >= 36  # 6 layers x 6 MatMuls, + projections
     assert len(quantized["float_matmuls"]) == 2 and quantized["ops"]["MatMul"] >= 2
