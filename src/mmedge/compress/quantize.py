@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mmedge.artifact import Artifact, StepResult
 from mmedge.compress.onnx_check import Tolerance, check_rewrite
-from mmedge.compress.saturation import saturation_free_file
+from mmedge.compress.saturation import make_saturation_free, matmul_weights, saturation_free_file
 from mmedge.errors import MmedgeError, closest
 from mmedge.recipe import StepConfig, register_step
 
@@ -245,9 +245,15 @@ def quantize_dynamic_model(src: Path, out: Path, cfg: DynamicQuantConfig, data_c
     finally:
         prepared.unlink(missing_ok=True)
     safe = cfg.saturation_free and cfg.weight_type == "int8" and not cfg.reduce_range
-    requantized = saturation_free_file(out, model) if safe else 0
-    if kept_float and cfg.keep_float_storage == "float16":
-        _float16_weights(out, set(kept_float))
+    half = set(kept_float) if cfg.keep_float_storage == "float16" else set()
+    requantized = 0
+    if safe or half:  # both rewrites in one pass over the quantized file
+        quantized = onnx.load(str(out))
+        requantized = make_saturation_free(quantized, matmul_weights(model)) if safe else 0
+        if requantized + _float16_weights(quantized, half):
+            tmp = out.with_name(out.name + ".tmp")
+            onnx.save_model(quantized, str(tmp))
+            tmp.replace(out)
     copy_metadata(src, out, {"mmedge.precision": "int8-dynamic"})
     info = {
         "gemm_rewritten": rewritten,
@@ -260,13 +266,12 @@ def quantize_dynamic_model(src: Path, out: Path, cfg: DynamicQuantConfig, data_c
     return {**info, "smoothing": smoothing} if smoothing else info
 
 
-def _float16_weights(path: Path, nodes: set[str]) -> None:
-    """Store the constant weights of the MatMuls ``nodes`` of ``path`` as float16 behind a Cast to float32 (the
-    session folds the Cast when it loads, so the MatMuls still run in float32); rewritten through a temp file."""
+def _float16_weights(model, nodes: set[str]) -> int:
+    """Store, in place, the constant weights of the MatMuls ``nodes`` of ``model`` as float16 behind a Cast to
+    float32 (the session folds the Cast when it loads, so the MatMuls still run in float32). Returns how many."""
     import onnx
     from onnx import helper, numpy_helper
 
-    model = onnx.load(str(path))
     graph = model.graph
     consts = {i.name: i for i in graph.initializer}
     replaced = set()
@@ -287,9 +292,7 @@ def _float16_weights(path: Path, nodes: set[str]) -> None:
     used = {name for n in graph.node for name in n.input}
     for name in replaced - used:
         graph.initializer.remove(consts[name])
-    tmp = path.with_name(path.name + ".tmp")
-    onnx.save_model(model, str(tmp))
-    tmp.replace(path)
+    return len(replaced)
 
 
 def fp16_model(src: Path, out: Path, cfg: Fp16Config) -> dict:

@@ -66,22 +66,28 @@ def make_saturation_free(quantized, float_weights: dict[str, np.ndarray]) -> int
     return done
 
 
-def saturation_free_file(quantized: Path, float_model) -> int:
-    """``make_saturation_free`` on the model file ``quantized`` (rewritten in place through a temp file), with the
-    float weights taken from ``float_model`` (a path or a loaded ModelProto) — those feeding a MatMul."""
+def matmul_weights(float_model) -> dict[str, np.ndarray]:
+    """The constant weights feeding a MatMul in ``float_model`` (a path or a loaded ModelProto), by name."""
     import onnx
     from onnx import numpy_helper
 
     if not isinstance(float_model, onnx.ModelProto):
         float_model = onnx.load(str(float_model))
     consts = {i.name: i for i in float_model.graph.initializer}
-    weights = {
+    return {
         n.input[1]: numpy_helper.to_array(consts[n.input[1]]).astype(np.float32)
         for n in float_model.graph.node
         if n.op_type == "MatMul" and len(n.input) > 1 and n.input[1] in consts
     }
+
+
+def saturation_free_file(quantized: Path, float_model) -> int:
+    """``make_saturation_free`` on the model file ``quantized`` (rewritten in place through a temp file, and only
+    when a weight changed), with the float weights of ``float_model`` (a path or a loaded ModelProto)."""
+    import onnx
+
     model = onnx.load(str(quantized))
-    done = make_saturation_free(model, weights)
+    done = make_saturation_free(model, matmul_weights(float_model))
     if done:
         tmp = quantized.with_name(quantized.name + ".tmp")
         onnx.save_model(model, str(tmp))
