@@ -15,3 +15,76 @@ def test_step_optimize_keeps_outputs_and_metadata(tmp_path, tiny_onnx, family):
     feeds = split_feeds(src, n=16)
     np.testing.assert_allclose(open_session(out).run(None, feeds)[0], open_session(src).run(None, feeds)[0], atol=1e-4)
     assert metadata_json(open_session(out), "mmedge.labels")[0] == "no"
+
+
+def test_bert_attention_is_fused_with_heads_read_from_the_graph_then_quantized(tmp_path):
+    """A BERT exported as Optimum exports it (TorchScript exporter, eager attention): optimize reads 4 heads from
+    the graph, fuses each layer into one Attention kernel, and quantize.dynamic smooths and quantizes the fused
+    graph (QAttention with saturation-free weights) within a fidelity floor."""
+    import warnings
+
+    import onnx
+    import torch
+
+    transformers = pytest.importorskip("transformers")
+    from mmedge.compress.optimize import attention_heads
+    from mmedge.compress.quantize import DynamicQuantConfig, quantize_dynamic_model
+
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(
+        vocab_size=120,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        attn_implementation="eager",
+    )
+    bert = transformers.BertModel(cfg, add_pooling_layer=False).eval()
+
+    class Hidden(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids, attention_mask):
+            return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    ids = torch.randint(1, 120, (2, 7))
+    src = tmp_path / "bert.onnx"
+    axes = {0: "batch", 1: "sequence"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            Hidden(),
+            (ids, torch.ones_like(ids)),
+            str(src),
+            dynamo=False,
+            opset_version=17,
+            input_names=["input_ids", "attention_mask"],
+            output_names=["hidden"],
+            dynamic_axes={"input_ids": axes, "attention_mask": axes, "hidden": axes},
+        )
+    assert attention_heads(onnx.load(str(src))) == (4, 32)
+    fused = tmp_path / "fused.onnx"
+    info = optimize_model(src, fused, OptimizeConfig())
+    assert info["num_heads"] == 4 and info["ops"].get("Attention") == 2, info["ops"]
+    rng = np.random.default_rng(0)
+    feeds = {"input_ids": rng.integers(1, 120, (16, 11)), "attention_mask": np.ones((16, 11), np.int64)}
+    feeds["attention_mask"][:8, 8:] = 0  # padded rows
+    ref = open_session(src).run(None, feeds)[0]
+    np.testing.assert_allclose(open_session(fused).run(None, feeds)[0], ref, atol=1e-4)
+
+    calib = {"input_ids": rng.integers(1, 120, (32, 11)), "attention_mask": np.ones((32, 11), np.int64)}
+    q = tmp_path / "q.onnx"
+    qcfg = DynamicQuantConfig(
+        op_types=("MatMul", "Attention"), per_channel=True, smooth_alpha="auto", outlier_channels=2
+    )
+    qinfo = quantize_dynamic_model(fused, q, qcfg, feeds=calib)
+    assert qinfo["ops"].get("QAttention") == 2
+    assert qinfo["saturation_free_weights"] == 2 + qinfo["ops"]["MatMulInteger"]
+    assert qinfo["smoothing"]["smoothed_matmuls"] >= 2  # at least the two Attention inputs
+    got = open_session(q).run(None, feeds)[0]
+    mask = feeds["attention_mask"].astype(bool)
+    cos = (got * ref).sum(-1) / (np.linalg.norm(got, axis=-1) * np.linalg.norm(ref, axis=-1))
+    assert cos[mask].mean() > 0.99, cos[mask].mean()

@@ -64,13 +64,13 @@ def test_minilm_dual_encoder_through_export_quantize_validate(minilm_dual_encode
                 "steps": [
                     {"type": "train", "epochs": 3, "batch_size": 32, "lr": 0.01, "augment": False, "patience": 99},
                     {"type": "export", "text_lengths": [16, 48]},
-                    # per-channel int8 after smoothing the activation outliers into the weights, the two least
-                    # faithful MatMuls kept float
+                    # per-channel int8 after smoothing the activation outliers into the weights, the 4 channels
+                    # that set the int8 ranges split off into float where that halves the simulated error
                     {
                         "type": "quantize.dynamic",
                         "per_channel": True,
                         "smooth_alpha": "auto",
-                        "keep_float": 2,
+                        "outlier_channels": 4,
                         "calibration_samples": 64,
                         "tolerance": {"min_agreement": 0.9},
                     },
@@ -87,11 +87,12 @@ def test_minilm_dual_encoder_through_export_quantize_validate(minilm_dual_encode
     assert results["steps"][0]["type"] == "train"  # --task fusion-head: the head is trained, encoders frozen
     assert by_type["export"]["max_abs_diff"] < 1e-3
     fp32, int8 = by_type["export"]["size_bytes"], by_type["quantize.dynamic"]["size_bytes"]
-    assert fp32 > 90e6 and fp32 / int8 > 3.4  # int8 weights but two float MatMuls (stored float16): ~3.7x smaller
+    assert fp32 > 90e6 and fp32 / int8 > 3.6  # int8 weights, a few k-row float side MatMuls: ~3.8x smaller
     quantized = by_type["quantize.dynamic"]
     assert quantized["smoothing"]["smoothed_matmuls"] >= 36  # 6 layers x 6 MatMuls, + projections
-    assert len(quantized["float_matmuls"]) == 2 and quantized["ops"]["MatMul"] >= 2
-    assert quantized["saturation_free_weights"] >= 34  # every other weight MatMul of the text tower
+    split = quantized["smoothing"]["outlier_matmuls"]
+    assert split and quantized["ops"]["MatMul"] >= len(split)  # the side MatMuls stay float
+    assert quantized["saturation_free_weights"] >= 36  # every weight MatMul of the text tower
     text = by_type["validate"]["embeddings"]["text_embeds"]
     # Floors for per-channel dynamic int8 on this tower (measured: mean cosine ~0.99, NN agreement ~0.9).
     assert text["items"] > 20  # distinct test sentences

@@ -30,6 +30,12 @@ class OptimizeConfig(StepConfig):
         description="Run onnxruntime.transformers.optimizer first; 'auto' does so for models with "
         "LayerNormalization (transformer graphs).",
     )
+    num_heads: int = Field(
+        0,
+        ge=0,
+        description="Attention heads, for the Attention fusion; 0 reads them from the graph (the Reshape that "
+        "splits the heads) and falls back to ORT's own detection.",
+    )
     tolerance: Tolerance = Field(
         default_factory=lambda: Tolerance(max_accuracy_drop=0.1, min_agreement=0.999),
         description="Graph rewrites must not change answers; the gate is tight.",
@@ -40,16 +46,65 @@ def _has_layernorm(path: Path) -> bool:
     return "LayerNormalization" in op_histogram(path)
 
 
+def attention_heads(model) -> tuple[int, int]:
+    """(num_heads, hidden_size) of a transformer graph, 0 where unknown: the hidden size is the width of its
+    LayerNormalizations, the heads come from the Reshapes that split it into ``[..., heads or -1, head_dim]`` (a
+    constant shape, or a Concat of constants as torch.onnx writes it)."""
+    from collections import Counter
+
+    from onnx import numpy_helper
+
+    graph = model.graph
+    values = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    producer = {o: n for n in graph.node for o in n.output}
+
+    def const(name):  # an integer constant, looking through Unsqueeze
+        node = producer.get(name)
+        if name not in values and node is not None and node.op_type == "Unsqueeze":
+            name = node.input[0]
+        v = values.get(name)
+        return v.reshape(-1).tolist() if v is not None and v.dtype.kind == "i" else None
+
+    widths = Counter(
+        values[n.input[1]].size
+        for n in graph.node
+        if n.op_type.endswith("LayerNormalization") and len(n.input) > 1 and n.input[1] in values
+    )
+    hidden = widths.most_common(1)[0][0] if widths else 0
+    votes: Counter = Counter()
+    for node in graph.node:
+        if node.op_type != "Reshape" or not hidden:
+            continue
+        shape = const(node.input[1])
+        if shape is None and node.input[1] in producer and producer[node.input[1]].op_type == "Concat":
+            parts = [const(i) for i in producer[node.input[1]].input]
+            shape = [p[0] if p and len(p) == 1 else None for p in parts]
+        if not shape or len(shape) < 2 or not isinstance(shape[-1], int) or not 0 < shape[-1] < hidden:
+            continue
+        heads, rem = divmod(hidden, shape[-1])
+        if not rem and shape[-2] in (-1, heads):
+            votes[heads] += 1
+    return (votes.most_common(1)[0][0] if votes else 0), hidden
+
+
 def optimize_model(src: Path, out: Path, cfg: OptimizeConfig) -> dict:
     import onnxruntime as ort
 
     stage = src
-    fused = False
+    fused, heads = False, 0
     if cfg.transformer_fusions == "on" or (cfg.transformer_fusions == "auto" and _has_layernorm(src)):
+        import onnx
         from onnxruntime.transformers.optimizer import optimize_model as transformer_optimize
 
-        # model_type "bert" enables the generic fusions; num_heads/hidden_size 0 lets ORT infer them.
-        optimized = transformer_optimize(str(src), model_type="bert", num_heads=0, hidden_size=0, opt_level=0)
+        # model_type "bert" enables the generic fusions; num_heads/hidden_size 0 lets ORT try to infer them.
+        heads, hidden = attention_heads(onnx.load(str(src)))
+        heads = cfg.num_heads or heads
+        optimized = transformer_optimize(
+            str(src), model_type="bert", num_heads=heads, hidden_size=hidden if heads else 0, opt_level=0
+        )
         stage = out.with_name(out.stem + ".fused.onnx")
         optimized.save_model_to_file(str(stage))
         fused = True
@@ -67,6 +122,7 @@ def optimize_model(src: Path, out: Path, cfg: OptimizeConfig) -> dict:
     before, after = op_histogram(src), op_histogram(out)
     return {
         "transformer_fusions": fused,
+        "num_heads": heads if fused else None,
         "level": cfg.level,
         "nodes_before": sum(before.values()),
         "nodes_after": sum(after.values()),

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mmedge.artifact import Artifact, StepResult
 from mmedge.compress.onnx_check import Tolerance, check_rewrite
@@ -29,6 +29,11 @@ from mmedge.recipe import StepConfig, register_step
 
 # What ORT's dynamic quantizer handles (IntegerOpsRegistry), plus Gemm via the MatMul rewrite.
 DYNAMIC_OP_TYPES = ("MatMul", "Gemm", "LSTM", "Gather", "Conv", "Attention", "EmbedLayerNormalization", "Transpose")
+
+
+# Fused transformer kernels (com.microsoft Attention, SkipLayerNormalization, ...) defeat ONNX shape inference;
+# their outputs are float.
+DYNAMIC_EXTRA_OPTIONS = {"MatMulConstBOnly": True, "DefaultTensorType": 1}  # onnx.TensorProto.FLOAT
 
 
 def _check_op_types(value: tuple[str, ...], known: tuple[str, ...]) -> tuple[str, ...]:
@@ -69,6 +74,14 @@ class DynamicQuantConfig(StepConfig):
         "float. Off by default; on all-MiniLM-L6-v2 (saturation-free scales) the mean cosine to fp32 went from 0.9921 "
         "to 0.9973 (auto); 0.5 lowered it (0.979 with max-abs scales).",
     )
+    outlier_channels: int = Field(
+        0,
+        ge=0,
+        description="With smooth_alpha: per activation read only by MatMuls, this many input channels (the largest "
+        "max|x| * max|w|) are multiplied in float by a small side MatMul and leave the int8 product, whose ranges "
+        "they would set (LLM.int8()-style split; mmedge.compress.smooth). Costs a Gather, a k-row MatMul and an Add "
+        "per split MatMul.",
+    )
     keep_float: int = Field(
         0,
         ge=0,
@@ -94,6 +107,12 @@ class DynamicQuantConfig(StepConfig):
     @classmethod
     def _ops(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         return _check_op_types(v, DYNAMIC_OP_TYPES)
+
+    @model_validator(mode="after")
+    def _outliers_need_smoothing(self):
+        if self.outlier_channels and self.smooth_alpha is None:
+            raise ValueError("outlier_channels splits the activations that smoothing rewrites; set smooth_alpha too")
+        return self
 
 
 class Fp16Config(StepConfig):
@@ -219,12 +238,13 @@ def quantize_dynamic_model(src: Path, out: Path, cfg: DynamicQuantConfig, data_c
         from mmedge.compress.smooth import smooth_matmuls
 
         alpha = None if cfg.smooth_alpha == "auto" else cfg.smooth_alpha
-        smoothing = smooth_matmuls(prepared, prepared, feeds, alpha=alpha)
+        smoothing = smooth_matmuls(prepared, prepared, feeds, alpha=alpha, outlier_channels=cfg.outlier_channels)
         model = onnx.load(str(prepared))
+    side = smoothing.get("outlier_matmuls", []) if smoothing else []
     if cfg.keep_float:
         from mmedge.compress.smooth import int8_sensitive_matmuls
 
-        head = set(similarity_head(model))  # float anyway
+        head = set(similarity_head(model)) | set(side)  # float anyway
         kept_float = [n for n in int8_sensitive_matmuls(prepared, feeds) if n not in head][: cfg.keep_float]
     ops = [op for op in cfg.op_types if op != "Gemm"] + (["MatMul"] if "Gemm" in cfg.op_types else [])
     try:
@@ -235,8 +255,8 @@ def quantize_dynamic_model(src: Path, out: Path, cfg: DynamicQuantConfig, data_c
             per_channel=cfg.per_channel,
             reduce_range=cfg.reduce_range,
             weight_type=QuantType.QInt8 if cfg.weight_type == "int8" else QuantType.QUInt8,
-            nodes_to_exclude=similarity_head(model) + kept_float,
-            extra_options={"MatMulConstBOnly": True},
+            nodes_to_exclude=similarity_head(model) + kept_float + side,
+            extra_options=DYNAMIC_EXTRA_OPTIONS,
         )
     except Exception as exc:
         raise MmedgeError(
@@ -594,7 +614,7 @@ def quantize_plan(
                     nodes_to_quantize=dynamic,
                     per_channel=per_channel,
                     weight_type=QuantType.QInt8,
-                    extra_options={"MatMulConstBOnly": True},
+                    extra_options=DYNAMIC_EXTRA_OPTIONS,
                 )
                 saturation_free_file(out, current)
             elif current != prepared:

@@ -24,6 +24,9 @@ import numpy as np
 # 255 * 128 = 32640 <= 32767: a pair of products that always fits int16. Scaled pair sums stay within 127.5 so
 # that the rounded integer pair sums stay within 128.
 PAIR_LIMIT = 127.5
+# ORT ops that multiply uint8 activations by the int8 weight at input 1 with MLAS's u8s8 GEMM. QAttention's weights
+# come 7-bit from ORT (reduce_range) and get their 8th bit back where it cannot saturate.
+INTEGER_OPS = ("MatMulInteger", "QAttention")
 
 
 def saturation_free_scales(weight: np.ndarray, per_column: bool = True) -> np.ndarray:
@@ -46,7 +49,7 @@ def make_saturation_free(quantized, float_weights: dict[str, np.ndarray]) -> int
     from onnx import TensorProto, numpy_helper
 
     consts = {i.name: i for i in quantized.graph.initializer}
-    integer_inputs = {n.input[1] for n in quantized.graph.node if n.op_type == "MatMulInteger" and len(n.input) > 1}
+    integer_inputs = {n.input[1] for n in quantized.graph.node if n.op_type in INTEGER_OPS and len(n.input) > 1}
     done = 0
     for name, w in float_weights.items():
         q, s, z = (consts.get(f"{name}_{part}") for part in ("quantized", "scale", "zero_point"))
@@ -67,7 +70,8 @@ def make_saturation_free(quantized, float_weights: dict[str, np.ndarray]) -> int
 
 
 def matmul_weights(float_model) -> dict[str, np.ndarray]:
-    """The constant weights feeding a MatMul in ``float_model`` (a path or a loaded ModelProto), by name."""
+    """The constant weights feeding a MatMul (or a fused Attention) in ``float_model`` (a path or a loaded
+    ModelProto), by name."""
     import onnx
     from onnx import numpy_helper
 
@@ -77,7 +81,7 @@ def matmul_weights(float_model) -> dict[str, np.ndarray]:
     return {
         n.input[1]: numpy_helper.to_array(consts[n.input[1]]).astype(np.float32)
         for n in float_model.graph.node
-        if n.op_type == "MatMul" and len(n.input) > 1 and n.input[1] in consts
+        if n.op_type in ("MatMul", "Attention") and len(n.input) > 1 and n.input[1] in consts
     }
 
 
