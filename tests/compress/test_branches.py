@@ -44,3 +44,21 @@ def test_profiler_splits_kernel_time_by_branch(tiny_onnx):
     assert {"image", "text"} <= set(prof["share"])
     assert abs(sum(prof["share"].values()) - 1) < 0.01
     assert prof["share"]["image"] > 0.05 and prof["share"]["text"] > 0.05
+
+
+def test_torchscript_node_names_map_to_branches_even_without_the_parent_module():
+    from onnx import helper
+
+    from mmedge.compress.branches import OTHER, branches_from_names
+    from mmedge.models.spec import ModelSpec
+
+    spec = ModelSpec("hf:dual", (), (), {"image": ("hf.vision_model",), "text": ("hf.text_model",), "head": ("head",)})
+    names = [
+        "/text_model/encoder/layer.0/attention/self/query/MatMul",  # hf.text_model, run through a method of hf
+        "/hf/vision_model/embeddings/patch_embedding/Conv",
+        "/head/head.0/Gemm",
+        "/Concat",
+        "/text_modelling/MatMul",  # a prefix of the name, not of the module path
+    ]
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"], name=n) for n in names], "g", [], [])
+    assert list(branches_from_names(helper.make_model(graph), spec).values()) == ["text", "image", "head", OTHER, OTHER]

