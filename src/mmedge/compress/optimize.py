@@ -42,10 +42,6 @@ class OptimizeConfig(StepConfig):
     )
 
 
-def _has_layernorm(path: Path) -> bool:
-    return "LayerNormalization" in op_histogram(path)
-
-
 def attention_heads(model) -> tuple[int, int]:
     """(num_heads, hidden_size) of a transformer graph, 0 where unknown: the hidden size is the width of its
     LayerNormalizations, the heads come from the Reshapes that split it into ``[..., heads or -1, head_dim]`` (a
@@ -91,16 +87,18 @@ def attention_heads(model) -> tuple[int, int]:
 
 
 def optimize_model(src: Path, out: Path, cfg: OptimizeConfig) -> dict:
+    import onnx
     import onnxruntime as ort
 
+    model = onnx.load(str(src), load_external_data=False)
+    before = op_histogram(model)
     stage = src
     fused, heads = False, 0
-    if cfg.transformer_fusions == "on" or (cfg.transformer_fusions == "auto" and _has_layernorm(src)):
-        import onnx
+    if cfg.transformer_fusions == "on" or (cfg.transformer_fusions == "auto" and "LayerNormalization" in before):
         from onnxruntime.transformers.optimizer import optimize_model as transformer_optimize
 
         # model_type "bert" enables the generic fusions; num_heads/hidden_size 0 lets ORT try to infer them.
-        heads, hidden = attention_heads(onnx.load(str(src)))
+        heads, hidden = attention_heads(model)
         heads = cfg.num_heads or heads
         optimized = transformer_optimize(
             str(src), model_type="bert", num_heads=heads, hidden_size=hidden if heads else 0, opt_level=0
@@ -119,7 +117,7 @@ def optimize_model(src: Path, out: Path, cfg: OptimizeConfig) -> dict:
     if stage != src:
         stage.unlink(missing_ok=True)
     copy_metadata(src, out, {"mmedge.optimized": cfg.level})
-    before, after = op_histogram(src), op_histogram(out)
+    after = op_histogram(out)
     return {
         "transformer_fusions": fused,
         "num_heads": heads if fused else None,

@@ -185,10 +185,13 @@ def gemm_to_matmul(model):
     return rewritten
 
 
-def op_histogram(path: Path) -> dict[str, int]:
+def op_histogram(model) -> dict[str, int]:
+    """{op type: count} of a model file or a loaded ModelProto, most common first."""
     import onnx
 
-    return dict(Counter(n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node).most_common())
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model), load_external_data=False)
+    return dict(Counter(n.op_type for n in model.graph.node).most_common())
 
 
 def _pre_processed(src: Path, tmp: Path):
