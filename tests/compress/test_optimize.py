@@ -17,6 +17,19 @@ def test_step_optimize_keeps_outputs_and_metadata(tmp_path, tiny_onnx, family):
     assert metadata_json(open_session(out), "mmedge.labels")[0] == "no"
 
 
+def _loaded_ops(path, tmp_path) -> set[str]:
+    """Op types of ``path`` after ORT's full CPU graph optimization, as a session runs it."""
+    import onnx
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.optimized_model_filepath = str(tmp_path / "loaded.onnx")
+    opts.log_severity_level = 3
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return {n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node}
+
+
 def test_bert_attention_is_fused_with_heads_read_from_the_graph_then_quantized(tmp_path):
     """A BERT exported as Optimum exports it (TorchScript exporter, eager attention): optimize reads 4 heads from
     the graph, fuses each layer into one Attention kernel, and quantize.dynamic smooths and quantizes the fused
@@ -69,6 +82,16 @@ def test_bert_attention_is_fused_with_heads_read_from_the_graph_then_quantized(t
     fused = tmp_path / "fused.onnx"
     info = optimize_model(src, fused, OptimizeConfig())
     assert info["num_heads"] == 4 and info["ops"].get("Attention") == 2, info["ops"]
+    # residual adds stay apart from their LayerNormalization, also once ORT optimizes the file as it loads it
+    assert info["residual_sums"] == 4 and "SkipLayerNormalization" not in info["ops"], info["ops"]
+    assert "SkipLayerNormalization" not in _loaded_ops(fused, tmp_path)
+    as_add = onnx.load(str(fused))
+    for node in as_add.graph.node:
+        node.op_type = "Add" if node.op_type == "Sum" else node.op_type
+    onnx.save(as_add, str(tmp_path / "as_add.onnx"))
+    assert "SkipLayerNormalization" in _loaded_ops(tmp_path / "as_add.onnx", tmp_path)  # what ORT does to Add
+    kept = optimize_model(src, tmp_path / "skip.onnx", OptimizeConfig(fuse_skip_layernorm=True))
+    assert kept["ops"].get("SkipLayerNormalization") == 4 and "Sum" not in kept["ops"], kept["ops"]
     rng = np.random.default_rng(0)
     feeds = {"input_ids": rng.integers(1, 120, (16, 11)), "attention_mask": np.ones((16, 11), np.int64)}
     feeds["attention_mask"][:8, 8:] = 0  # padded rows

@@ -121,6 +121,41 @@ def test_outlier_split_is_exact_in_float_and_cuts_int8_error(tmp_path):
     assert errors[2] < 0.75 * errors[0], errors  # held-out rows; measured 0.63x
 
 
+def test_outlier_split_joins_a_residual_sum_after_the_bias(tmp_path):
+    """x -> MatMul -> Add(bias) -> Sum(., x) -> LayerNormalization, as optimize writes a residual block: the
+    float part of the split becomes a third input of the Sum, with no Add of its own and the bias Add still
+    right after the MatMul (where ORT folds it into the quantized MatMul)."""
+    rng = np.random.default_rng(3)
+    w = rng.normal(size=(16, 16)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+            helper.make_node("Add", ["h", "b"], ["hb"], name="bias"),
+            helper.make_node("Sum", ["hb", "x"], ["r"], name="residual"),
+            helper.make_node("LayerNormalization", ["r", "g", "beta"], ["y"], axis=-1),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 16])],
+        [
+            numpy_helper.from_array(w, "w"),
+            numpy_helper.from_array(rng.normal(size=16).astype(np.float32), "b"),
+            numpy_helper.from_array(np.ones(16, np.float32), "g"),
+            numpy_helper.from_array(np.zeros(16, np.float32), "beta"),
+        ],
+    )
+    src, out = tmp_path / "m.onnx", tmp_path / "s.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(src))
+    x = _heavy_tailed(rng, 512, 16, (3, 11))
+    info = smooth_matmuls(src, out, {"x": x[:256]}, alpha=None, outlier_channels=2)
+    assert info["outlier_matmuls"] == ["mm_outliers"]
+    nodes = {n.name: n for n in onnx.load(str(out)).graph.node}
+    assert list(nodes["residual"].input) == ["hb", "x", "mm_float_part"]
+    assert list(nodes["bias"].input) == ["h", "b"] and not [n for n in nodes.values() if n.name.endswith("_add")]
+    ref = open_session(src).run(None, {"x": x[256:]})[0]
+    np.testing.assert_allclose(open_session(out).run(None, {"x": x[256:]})[0], ref, rtol=1e-4, atol=1e-4)
+
+
 def test_outliers_are_split_only_where_that_pays(tmp_path):
     rng = np.random.default_rng(2)
     w1 = rng.normal(size=(16, 32)).astype(np.float32)

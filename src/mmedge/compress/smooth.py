@@ -120,7 +120,9 @@ def smooth_matmuls(
 
 def _side_matmuls(graph, act: str, act_name: str, nodes: list, weights: list[np.ndarray], idx: np.ndarray) -> list[str]:
     """Rewire each MatMul of ``nodes`` (weights already without rows ``idx``) to ``Y = MatMul(...) + Gather(act, idx)
-    @ W[idx]``, the float part of an outlier split. Returns the names of the side MatMuls."""
+    @ W[idx]``, the float part of an outlier split. The float part joins after the MatMul's bias Add, so ORT still
+    folds the bias into the quantized MatMul, and where a Sum (a residual add, see ``optimize``) reads the result
+    it becomes one more input of that Sum instead of a new Add. Returns the names of the side MatMuls."""
     from onnx import helper, numpy_helper
 
     graph.initializer.append(numpy_helper.from_array(idx.astype(np.int64), f"{act_name}_outlier_idx"))
@@ -130,20 +132,33 @@ def _side_matmuls(graph, act: str, act_name: str, nodes: list, weights: list[np.
     graph.node.insert(
         at, helper.make_node("Gather", [act, f"{act_name}_outlier_idx"], [gathered], name=gathered, axis=-1)
     )
+    consts = {i.name for i in graph.initializer}
+    outputs = {o.name for o in graph.output}
     names = []
     for n, w in zip(nodes, weights, strict=True):
-        y = n.output[0]
-        n.output[0] = f"{n.name}_int8_part"
         graph.initializer.append(numpy_helper.from_array(w[idx], f"{n.name}_outlier_weight"))
         side = helper.make_node(
             "MatMul", [gathered, f"{n.name}_outlier_weight"], [f"{n.name}_float_part"], name=f"{n.name}_outliers"
         )
-        add = helper.make_node("Add", [n.output[0], side.output[0]], [y], name=f"{n.name}_outliers_add")
-        pos = list(graph.node).index(n) + 1
-        graph.node.insert(pos, add)
-        graph.node.insert(pos, side)
+        graph.node.insert(list(graph.node).index(n) + 1, side)
         names.append(side.name)
+        last = n  # the MatMul, or the Add of its constant bias
+        readers = _readers(graph, n.output[0])
+        if len(readers) == 1 and readers[0].op_type == "Add" and any(i in consts for i in readers[0].input):
+            last = readers[0]
+        readers = _readers(graph, last.output[0])
+        if len(readers) == 1 and readers[0].op_type == "Sum" and last.output[0] not in outputs:
+            readers[0].input.append(side.output[0])
+            continue
+        y = last.output[0]
+        last.output[0] = f"{n.name}_int8_part"
+        add = helper.make_node("Add", [last.output[0], side.output[0]], [y], name=f"{n.name}_outliers_add")
+        graph.node.insert(list(graph.node).index(last) + 1, add)
     return names
+
+
+def _readers(graph, name: str) -> list:
+    return [node for node in graph.node if name in node.input]
 
 
 def int8_sensitive_matmuls(src: Path, feeds: dict[str, np.ndarray], batch: int = 32) -> list[str]:
