@@ -35,7 +35,7 @@ def test_smoothing_is_exact_in_float_and_cuts_int8_error_on_outlier_channels(tmp
     x[:, 3] *= 80.0  # one outlier channel, as transformer activations have
     src = _matmul_model(tmp_path / "m.onnx", w1, w2)
     info = smooth_matmuls(src, tmp_path / "s.onnx", {"x": x[:128]}, alpha=1.0)
-    assert info == {"smoothed_activations": 2, "smoothed_matmuls": 2, "alpha": 1.0}
+    assert info == {"smoothed_activations": 2, "smoothed_matmuls": 2, "folded_into_attention": 0, "alpha": 1.0}
     ref = open_session(src).run(None, {"x": x[128:]})[0]
     smoothed = open_session(tmp_path / "s.onnx").run(None, {"x": x[128:]})[0]
     np.testing.assert_allclose(smoothed, ref, rtol=1e-4, atol=1e-3 * np.abs(ref).max())
@@ -217,6 +217,11 @@ def test_fused_attention_is_smoothed_and_its_int8_weights_are_saturation_free(tm
     x[..., 5] *= 30.0  # an outlier channel in the Attention input
     info = smooth_matmuls(src, tmp_path / "s.onnx", {"x": x[:32]}, alpha=1.0)
     assert (info["smoothed_activations"], info["smoothed_matmuls"]) == (2, 2)  # the Attention and the MatMul
+    # the attention output's smoothing lives in the V columns of the Attention weights: one Mul, on x, is left
+    assert info["folded_into_attention"] == 1
+    assert [list(n.input) for n in onnx.load(str(tmp_path / "s.onnx")).graph.node if n.op_type == "Mul"] == [
+        ["x", "x_smooth_inv"]
+    ]
     ref = open_session(src).run(None, {"x": x[32:]})[0]
     np.testing.assert_allclose(
         open_session(tmp_path / "s.onnx").run(None, {"x": x[32:]})[0], ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max()

@@ -68,7 +68,7 @@ def test_minilm_dual_encoder_through_export_quantize_validate(minilm_dual_encode
                     {"type": "export", "text_lengths": [16, 48], "exporter": "torchscript"},
                     {"type": "optimize"},
                     # per-channel int8 after smoothing the activation outliers into the weights, the 4 channels
-                    # that set the int8 ranges split off into float where that cuts the simulated error threefold
+                    # that set the int8 ranges split off into float where that cuts the simulated error twofold
                     {
                         "type": "quantize.dynamic",
                         "op_types": ["MatMul", "Gather", "Attention", "EmbedLayerNormalization"],
@@ -93,9 +93,12 @@ def test_minilm_dual_encoder_through_export_quantize_validate(minilm_dual_encode
     fp32, int8 = by_type["export"]["size_bytes"], by_type["quantize.dynamic"]["size_bytes"]
     assert fp32 > 90e6 and fp32 / int8 > 3.6  # int8 weights, a few k-row float side MatMuls: ~3.8x smaller
     assert by_type["optimize"]["num_heads"] == 12 and by_type["optimize"]["ops"]["Attention"] == 6  # one per layer
+    # both residual adds of each text layer (and the vision tower's) stay apart from their LayerNormalization
+    assert by_type["optimize"]["residual_sums"] >= 12 and "SkipLayerNormalization" not in by_type["optimize"]["ops"]
     quantized = by_type["quantize.dynamic"]
     assert quantized["ops"]["QAttention"] == 6
     assert quantized["smoothing"]["smoothed_matmuls"] >= 24  # 6 layers x (Attention + 3 MatMuls)
+    assert quantized["smoothing"]["folded_into_attention"] == 6  # each attention output's smoothing is in V
     split = quantized["smoothing"]["outlier_matmuls"]
     assert split and quantized["ops"]["MatMul"] >= len(split)  # the side MatMuls stay float
     assert quantized["saturation_free_weights"] >= 24  # every weight of the text tower's Attention and MatMuls
