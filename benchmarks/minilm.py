@@ -47,6 +47,7 @@ OUTLIERS = 4  # input channels per split activation computed in float (outlier_c
 FALLBACK = 2  # weight MatMuls kept float (keep_float), of 36
 FUSED_KERNELS = ("Attention", "BiasGelu", "EmbedLayerNormalization", "Sum", "LayerNormalization", "MatMul")
 LENGTHS = (9, 18, 46, 65)  # tokens of the sentences timed at batch 1
+ROUNDS = 60  # interleaved timing rounds of 10 calls per variant and length
 
 
 class Encoder(torch.nn.Module):
@@ -173,7 +174,7 @@ def main() -> None:
                 "attention_mask": one["attention_mask"].astype(np.int64),
             }
             timed = bench_interleaved(
-                {n: str(p) for n, p in paths.items()}, feeds, "cpu", threads=1, batch_sizes=(1,), rounds=30
+                {n: str(p) for n, p in paths.items()}, feeds, "cpu", threads=1, batch_sizes=(1,), rounds=ROUNDS
             )
             lat[length] = {n: timed[n]["1"]["p50_ms"] for n in paths}
         rows, results = [], []
@@ -209,7 +210,7 @@ def main() -> None:
             "# all-MiniLM-L6-v2 text tower: fp32 vs dynamic int8",
             "",
             f"{len(texts)} English sentences (pydoc_data.topics); p50 at batch 1 on one sentence of about "
-            f"{', '.join(map(str, LENGTHS))} tokens, 1 thread, interleaved (30 rounds x 10 calls). Smaller and "
+            f"{', '.join(map(str, LENGTHS))} tokens, 1 thread, interleaved ({ROUNDS} rounds x 10 calls). Smaller and "
             "faster as multiples of the fp32 export every row starts from (TorchScript exporter, as Optimum exports).",
             "",
             table(
