@@ -163,9 +163,9 @@ def _side_matmuls(graph, act: str, act_name: str, nodes: list, weights: list[np.
 
 
 def _fold_into_attention(graph, consts: dict, act: str, nodes: list, inv: np.ndarray) -> bool:
-    """Divide ``act`` by ``1 / inv`` inside the fused ``Attention`` node that computes it, when it does and only
-    ``nodes`` read it: an attention output is softmax(QK^T) V, so scaling V's output columns (weight and bias)
-    scales its channels exactly, with no Mul left at run time. Returns whether it did."""
+    """Multiply ``act``'s channels by ``inv`` inside the fused ``Attention`` node that computes it, when one does
+    and only ``nodes`` read it: an attention output is softmax(QK^T) V, so scaling V's output columns (weight and
+    bias) scales its channels exactly, with no Mul left at run time. Returns whether it did."""
     from onnx import helper, numpy_helper
 
     attention = next((n for n in graph.node if act in n.output), None)
