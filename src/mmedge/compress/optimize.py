@@ -128,7 +128,7 @@ def optimize_model(src: Path, out: Path, cfg: OptimizeConfig) -> dict:
     import onnx
     import onnxruntime as ort
 
-    model = onnx.load(str(src), load_external_data=False)
+    model = onnx.load(str(src))
     before = op_histogram(model)
     stage = src
     fused, heads = False, 0
@@ -142,7 +142,7 @@ def optimize_model(src: Path, out: Path, cfg: OptimizeConfig) -> dict:
         options = FusionOptions("bert")
         options.enable_skip_layer_norm = options.enable_bias_skip_layer_norm = cfg.fuse_skip_layernorm
         optimized = transformer_optimize(
-            str(src),
+            model,  # rewritten in place; ``before`` and the heads are already read from it
             model_type="bert",
             num_heads=heads,
             hidden_size=hidden if heads else 0,
@@ -151,8 +151,6 @@ def optimize_model(src: Path, out: Path, cfg: OptimizeConfig) -> dict:
         )
         model = optimized.model
         fused = True
-    else:
-        model = onnx.load(str(src))
     sums = 0 if cfg.fuse_skip_layernorm else residual_sums(model)
     if fused or sums:
         stage = out.with_name(out.stem + ".fused.onnx")
