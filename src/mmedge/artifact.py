@@ -1,8 +1,8 @@
-"""Artifact (what a step produces) and StepResult (the artifact plus the step's measured figures)."""
+"""Artifact: what a step produces — a path, what it is, the model spec it follows and the steps that made it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,16 +22,3 @@ class Artifact:
     @classmethod
     def from_json(cls, d: dict) -> Artifact:
         return cls(Path(d["path"]), d["kind"], d["spec"], tuple(d["lineage"]))
-
-
-@dataclass(frozen=True)
-class StepResult:
-    artifact: Artifact
-    metrics: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict:
-        return {"artifact": self.artifact.to_json(), "metrics": self.metrics}
-
-    @classmethod
-    def from_json(cls, d: dict) -> StepResult:
-        return cls(Artifact.from_json(d["artifact"]), d["metrics"])

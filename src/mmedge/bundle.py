@@ -22,9 +22,9 @@ import numpy as np
 from pydantic import Field
 
 from mmedge import __version__
-from mmedge.artifact import Artifact, StepResult
+from mmedge.artifact import Artifact
 from mmedge.errors import BudgetExceededError, BundleError, InputPathError
-from mmedge.recipe import StepConfig, register_step
+from mmedge.steps.registry import StepConfig, StepContext, StepResult, register_step
 
 SCHEMA = "mmedge.bundle"
 SCHEMA_VERSION = 1
@@ -421,8 +421,8 @@ def compression_metrics(ctx) -> dict:
     return out
 
 
-@register_step(BundleConfig, consumes="onnx", produces="bundle")
-def bundle_step(cfg: BundleConfig, ctx) -> StepResult:
+@register_step(BundleConfig)
+def bundle_step(cfg: BundleConfig, ctx: StepContext) -> StepResult:
     from mmedge.report.markdown import render_bundle_report
 
     recipe = ctx.recipe

@@ -18,69 +18,14 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from mmedge import __version__
-from mmedge.artifact import Artifact, StepResult
-from mmedge.recipe import Recipe, StepConfig, load_steps
+from mmedge.artifact import Artifact
+from mmedge.recipe import Recipe
+from mmedge.steps.registry import StepConfig, StepContext, StepRecord, StepResult, get_step
 
 RESULTS_SCHEMA_VERSION = 1
-
-
-@dataclass
-class StepRecord:
-    index: int
-    config: StepConfig
-    key: str
-    folder: Path
-    result: StepResult
-    seconds: float
-    cached: bool
-
-    def to_json(self) -> dict:
-        return {
-            "index": self.index,
-            "type": self.config.type,
-            "config": self.config.model_dump(mode="json"),
-            "key": self.key,
-            "folder": str(self.folder),
-            "seconds": self.seconds,
-            "cached": self.cached,
-            **self.result.to_json(),
-        }
-
-
-@dataclass
-class StepContext:
-    recipe: Recipe
-    artifact: Artifact | None  # the current model artifact (None before the first model step)
-    out_dir: Path  # fresh, empty folder for this step's outputs
-    records: list[StepRecord] = field(default_factory=list)
-    progress: str = "bar"  # how training reports: bar, lines or off
-    allow_over_budget: bool = False  # keep the best result when no candidate meets the budget
-
-    def reference(self) -> StepRecord | None:
-        """The step that made the model this chain started from (train, load, or load.onnx)."""
-        return next(
-            (r for r in self.records if r.result.artifact.kind == "torch-checkpoint" or r.config.type == "load.onnx"),
-            None,
-        )
-
-    def reference_metrics(self) -> dict:
-        ref = self.reference()
-        return ref.result.metrics if ref else {}
-
-    def reference_logits(self) -> np.ndarray | None:
-        ref = self.reference()
-        path = ref.folder / "reference_logits.npy" if ref else None
-        return np.load(path) if path and path.is_file() else None
-
-    def metrics(self, step_type: str) -> dict:
-        """Metrics of the latest step of ``step_type`` so far ({} if none)."""
-        return next((r.result.metrics for r in reversed(self.records) if r.config.type == step_type), {})
 
 
 def fingerprint(path: Path) -> str:
@@ -139,14 +84,14 @@ def _relative(result: StepResult, tmp: Path) -> dict:
     return data
 
 
-def _load_cached(folder: Path) -> StepResult | None:
+def _load_cached(folder: Path, step: StepConfig) -> StepResult | None:
     marker = folder / "result.json"
     if not marker.is_file():
         return None
     data = json.loads(marker.read_text())
     if data["artifact"].pop("inside", False):
         data["artifact"]["path"] = str(folder / data["artifact"]["path"])
-    result = StepResult.from_json(data)
+    result = StepResult.from_json(data, get_step(step.type).metrics_cls)
     path = result.artifact.path
     # Gone, or changed since the step wrote it (by hand, or by another recipe writing the same output folder).
     if not path.exists() or data.get("fingerprint") != fingerprint(path):
@@ -161,7 +106,6 @@ def run_recipe(
     on_step: Callable[[StepRecord], None] | None = None,
     allow_over_budget: bool = False,
 ) -> list[StepRecord]:
-    steps = load_steps()
     root = recipe.workdir / recipe.name
     root.mkdir(parents=True, exist_ok=True)
     records: list[StepRecord] = []
@@ -171,7 +115,7 @@ def run_recipe(
     for i, cfg in enumerate(recipe.steps, 1):
         key = _key(recipe, previous, cfg, sources)
         folder = root / f"{i:02d}-{cfg.type}-{key}"
-        cached = None if force else _load_cached(folder)
+        cached = None if force else _load_cached(folder, cfg)
         started = time.perf_counter()
         if cached is None:
             shutil.rmtree(folder, ignore_errors=True)
@@ -179,7 +123,7 @@ def run_recipe(
             tmp.chmod(0o755)
             try:
                 ctx = StepContext(recipe, artifact, tmp, records, progress, allow_over_budget)
-                result = steps[cfg.type].run(cfg, ctx)
+                result = get_step(cfg.type).run(cfg, ctx)
                 seconds = time.perf_counter() - started
                 (tmp / "result.json").write_text(
                     json.dumps(
@@ -196,7 +140,7 @@ def run_recipe(
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
-            result = _load_cached(folder) or result
+            result = _load_cached(folder, cfg) or result
         else:
             result = cached
             seconds = json.loads((folder / "result.json").read_text()).get("seconds", 0.0)
@@ -207,7 +151,9 @@ def run_recipe(
         artifact = result.artifact
         # What follows depends on this step's output and figures, not only its config: a step that re-ran (its
         # folder was removed, or it is not deterministic, as timings are) invalidates everything after it.
-        measured = hashlib.sha256(json.dumps(result.metrics, sort_keys=True, default=str).encode()).hexdigest()
+        measured = hashlib.sha256(
+            json.dumps(result.to_json()["metrics"], sort_keys=True, default=str).encode()
+        ).hexdigest()
         previous = f"{key}:{fingerprint(result.artifact.path)}:{measured}"
     write_results(recipe, records, root / "results.json")
     from mmedge.report.render import write_report

@@ -1,11 +1,10 @@
-"""Recipe: the pydantic model of a pipeline file (YAML or TOML), and the registry of step configs.
+"""Recipe: the pydantic model of a pipeline file (YAML or TOML).
 
 A recipe is an ordered list of step configs plus the model, the data, the target execution providers,
 the budgets and the output folder. Every step config is frozen, forbids unknown keys and carries a
-``type`` tag and a ``version``. Steps register themselves where they are defined::
-
-    @register_step(TrainConfig, consumes=None, produces="torch-checkpoint")
-    def train(cfg, ctx) -> StepResult: ...
+``type`` tag and a ``version``. A step's config class is found through the step registry
+(``mmedge.steps.registry``), which imports only the modules of the steps a recipe names: parsing a recipe of
+ONNX steps needs no torch.
 """
 
 from __future__ import annotations
@@ -14,9 +13,8 @@ import importlib.resources
 import json
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import yaml
 from pydantic import (
@@ -32,6 +30,7 @@ from pydantic import (
 
 from mmedge.data import DataConfig
 from mmedge.errors import InputPathError, RecipeError, closest
+from mmedge.steps.registry import STEP_TABLE, StepConfig, get_step
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -40,49 +39,6 @@ else:  # pragma: no cover
 
 BUILTIN_RECIPES = {"digits-vqa": "digits-vqa.yaml", "vit-transformer": "vit-transformer.yaml"}
 DEFAULT_RECIPE = "digits-vqa"
-
-
-class StepConfig(BaseModel):
-    """Base of every step's config. Subclasses set ``type`` to their registered tag."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    type: str
-    version: int = Field(1, ge=1, description="Config schema version of this step type.")
-    type_tag: ClassVar[str] = ""
-
-
-@dataclass(frozen=True)
-class StepEntry:
-    config_cls: type[StepConfig]
-    run: Callable[..., Any]  # (cfg, ctx: StepContext) -> StepResult
-    consumes: str | None  # artifact kind it needs as input (None: starts a chain)
-    produces: str | None  # artifact kind it writes (None: passes its input through, adds metrics)
-
-
-STEPS: dict[str, StepEntry] = {}
-
-
-def register_step(config_cls: type[StepConfig], consumes: str | None, produces: str | None):
-    tag = config_cls.model_fields["type"].default
-    if not tag:
-        raise TypeError(f"{config_cls.__name__} needs a default for 'type'")
-
-    def wrap(fn):
-        STEPS[tag] = StepEntry(config_cls, fn, consumes, produces)
-        config_cls.type_tag = tag
-        return fn
-
-    return wrap
-
-
-def load_steps() -> dict[str, StepEntry]:
-    """Import the modules that define steps (they register themselves)."""
-    from mmedge import bundle, sources, train  # noqa: F401
-    from mmedge.compress import auto, distill, optimize, prune, quantize  # noqa: F401
-    from mmedge.export import mobile, onnx  # noqa: F401
-    from mmedge.runtime import steps  # noqa: F401
-
-    return STEPS
 
 
 class ModelSection(BaseModel):
@@ -150,22 +106,21 @@ class Recipe(BaseModel):
     def _parse_steps(cls, value: Any) -> tuple[StepConfig, ...]:
         if not isinstance(value, list | tuple):
             raise ValueError("steps must be a list of step tables")
-        registry = load_steps()
+        known = ", ".join(sorted(STEP_TABLE))
         parsed = []
         for i, raw in enumerate(value):
             if isinstance(raw, StepConfig):
                 parsed.append(raw)
                 continue
             if not isinstance(raw, dict) or "type" not in raw:
-                raise ValueError(f"step {i + 1} needs a 'type' (one of: {', '.join(sorted(registry))})")
+                raise ValueError(f"step {i + 1} needs a 'type' (one of: {known})")
             tag = raw["type"]
-            if tag not in registry:
+            if tag not in STEP_TABLE:
                 raise ValueError(
-                    f"step {i + 1} has unknown type '{tag}'{closest(str(tag), list(registry))}; "
-                    f"known types: {', '.join(sorted(registry))}"
+                    f"step {i + 1} has unknown type '{tag}'{closest(str(tag), list(STEP_TABLE))}; known types: {known}"
                 )
             try:
-                parsed.append(registry[tag].config_cls(**raw))
+                parsed.append(get_step(tag).config_cls(**raw))
             except ValidationError as exc:
                 raise ValueError(f"step {i + 1} ({tag}): {_describe(exc)}") from None
         return tuple(parsed)
@@ -183,7 +138,7 @@ class Recipe(BaseModel):
     def _check_chain(self):
         kind: str | None = None
         for i, step in enumerate(self.steps):
-            entry = STEPS[step.type]
+            entry = STEP_TABLE[step.type]
             if entry.consumes != kind and not (entry.consumes is None and kind is None):
                 have = f"gives a {kind}" if kind else "has no model yet"
                 raise ValueError(
@@ -234,7 +189,7 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
 
         data = dict(data)
         task = (model.get("options") or {}).get("task", "zero-shot")
-        data["steps"], skipped = resolve_steps(model["source"], data["steps"], load_steps(), task)
+        data["steps"], skipped = resolve_steps(model["source"], data["steps"], task)
     try:
         recipe = Recipe(**data)
         recipe._skipped = tuple(skipped)

@@ -19,9 +19,9 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from mmedge.artifact import Artifact, StepResult
+from mmedge.artifact import Artifact
 from mmedge.errors import InputPathError, RecipeError
-from mmedge.recipe import StepConfig, register_step
+from mmedge.steps.registry import STEP_TABLE, StepConfig, StepContext, StepResult, register_step
 
 KINDS = ("onnx", "hf", "py")
 # Steps that rebuild or reshape a zoo model from its family options: a model from outside the zoo cannot be
@@ -41,7 +41,7 @@ def parse_source(source: str) -> tuple[str, str]:
     return kind, value.strip()
 
 
-def resolve_steps(source: str, steps: list, registry: dict, task: str | None = None) -> tuple[list, list[str]]:
+def resolve_steps(source: str, steps: list, task: str | None = None) -> tuple[list, list[str]]:
     """The recipe's steps for a chain that starts from ``source``: (steps, types left out).
 
     onnx: the file is loaded and every PyTorch step is left out. hf:/py: the zoo-only steps are left out; a
@@ -51,8 +51,8 @@ def resolve_steps(source: str, steps: list, registry: dict, task: str | None = N
         kept, skipped = [{"type": "load.onnx", "path": path}], []
         for raw in steps:
             tag = _tag(raw)
-            entry = registry.get(tag)
-            if entry is not None and (entry.consumes == "torch-checkpoint" or entry.produces == "torch-checkpoint"):
+            decl = STEP_TABLE.get(tag)
+            if decl is not None and decl.torch:
                 skipped.append(tag)
             elif tag != "load.onnx":
                 kept.append(raw)
@@ -79,8 +79,8 @@ class LoadOnnxConfig(StepConfig):
     path: Path = Field(..., description="An existing .onnx file; the chain's reference model.")
 
 
-@register_step(LoadOnnxConfig, consumes=None, produces="onnx")
-def load_onnx_step(cfg: LoadOnnxConfig, ctx) -> StepResult:
+@register_step(LoadOnnxConfig)
+def load_onnx_step(cfg: LoadOnnxConfig, ctx: StepContext) -> StepResult:
     from mmedge.runtime.session import metadata_json, open_session
 
     src = Path(cfg.path)

@@ -21,14 +21,14 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from mmedge.artifact import Artifact, StepResult
+from mmedge.artifact import Artifact
 from mmedge.data import DataConfig, load_dataset
 from mmedge.data.digits_vqa import FAMILIES, VQASplit, make_questions
 from mmedge.data.text import Tokenizer, WordVocab
 from mmedge.models import build_model
 from mmedge.models.checkpoint import load_checkpoint, save_checkpoint
-from mmedge.recipe import StepConfig, register_step
 from mmedge.runtime.evaluate import score
+from mmedge.steps.registry import StepConfig, StepContext, StepResult, register_step
 
 
 class TrainConfig(StepConfig):
@@ -374,8 +374,8 @@ def build_for_data(family: str, options: dict, data_cfg: DataConfig, seed: int =
     return data, vocab, model
 
 
-@register_step(TrainConfig, consumes=None, produces="torch-checkpoint")
-def train_step(cfg: TrainConfig, ctx) -> StepResult:
+@register_step(TrainConfig)
+def train_step(cfg: TrainConfig, ctx: StepContext) -> StepResult:
     recipe = ctx.recipe
     path, metrics = run_training(
         recipe.model.family_name,
@@ -407,8 +407,8 @@ class LoadModelConfig(StepConfig):
     type: Literal["load.model"] = "load.model"
 
 
-@register_step(LoadModelConfig, consumes=None, produces="torch-checkpoint")
-def load_model_step(cfg: LoadModelConfig, ctx) -> StepResult:
+@register_step(LoadModelConfig)
+def load_model_step(cfg: LoadModelConfig, ctx: StepContext) -> StepResult:
     """A model used as it comes (a zero-shot Hugging Face model, a pretrained py: factory): scored, not trained."""
     recipe = ctx.recipe
     family = recipe.model.family_name
@@ -433,8 +433,8 @@ class LoadConfig(StepConfig):
     path: Path = Field(..., description="A checkpoint folder written by `mmedge train` (safetensors, no pickle).")
 
 
-@register_step(LoadConfig, consumes=None, produces="torch-checkpoint")
-def load_step(cfg: LoadConfig, ctx) -> StepResult:
+@register_step(LoadConfig)
+def load_step(cfg: LoadConfig, ctx: StepContext) -> StepResult:
     ckpt = load_checkpoint(cfg.path)
     data = load_dataset(ctx.recipe.data)
     metrics = {

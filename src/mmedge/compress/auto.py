@@ -24,7 +24,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from mmedge.artifact import Artifact, StepResult
+from mmedge.artifact import Artifact
 from mmedge.compress.onnx_check import Tolerance, check_rewrite
 from mmedge.compress.quantize import (
     DYNAMIC_OP_TYPES,
@@ -41,7 +41,7 @@ from mmedge.compress.quantize import (
 )
 from mmedge.errors import BudgetExceededError
 from mmedge.models.spec import check_branches
-from mmedge.recipe import StepConfig, register_step
+from mmedge.steps.registry import StepConfig, StepContext, StepResult, register_step
 
 Precision = Literal["auto", "fp32", "int8-dynamic", "int8-static"]
 
@@ -337,8 +337,8 @@ def auto_quantize(
         shutil.rmtree(work, ignore_errors=True)
 
 
-@register_step(AutoQuantConfig, consumes="onnx", produces="onnx")
-def quantize_auto_step(cfg: AutoQuantConfig, ctx) -> StepResult:
+@register_step(AutoQuantConfig)
+def quantize_auto_step(cfg: AutoQuantConfig, ctx: StepContext) -> StepResult:
     from mmedge.runtime.session import open_session
 
     src = ctx.artifact.path

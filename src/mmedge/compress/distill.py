@@ -18,9 +18,9 @@ from typing import Literal
 
 from pydantic import Field
 
-from mmedge.artifact import Artifact, StepResult
+from mmedge.artifact import Artifact
 from mmedge.errors import MmedgeError
-from mmedge.recipe import register_step
+from mmedge.steps.registry import StepContext, StepResult, register_step
 from mmedge.train import TrainConfig
 
 
@@ -178,8 +178,8 @@ def teacher_accuracy(teacher, vocab, split) -> float:
     return score(predict_split(teacher, split, vocab), split).accuracy
 
 
-@register_step(DistillConfig, consumes="torch-checkpoint", produces="torch-checkpoint")
-def distill_step(cfg: DistillConfig, ctx) -> StepResult:
+@register_step(DistillConfig)
+def distill_step(cfg: DistillConfig, ctx: StepContext) -> StepResult:
     import torch
 
     from mmedge.data import load_dataset

@@ -18,10 +18,10 @@ from typing import Literal
 
 from pydantic import Field
 
-from mmedge.artifact import Artifact, StepResult
+from mmedge.artifact import Artifact
 from mmedge.compress.onnx_check import Tolerance, check_rewrite
 from mmedge.compress.quantize import copy_metadata, op_histogram
-from mmedge.recipe import StepConfig, register_step
+from mmedge.steps.registry import StepConfig, StepContext, StepResult, register_step
 
 
 class OptimizeConfig(StepConfig):
@@ -178,8 +178,8 @@ def optimize_model(src: Path, out: Path, cfg: OptimizeConfig) -> dict:
     }
 
 
-@register_step(OptimizeConfig, consumes="onnx", produces="onnx")
-def optimize_step(cfg: OptimizeConfig, ctx) -> StepResult:
+@register_step(OptimizeConfig)
+def optimize_step(cfg: OptimizeConfig, ctx: StepContext) -> StepResult:
     src, out = ctx.artifact.path, ctx.out_dir / "model.onnx"
     info = optimize_model(src, out, cfg)
     metrics = check_rewrite("optimize", src, out, ctx.recipe.data, cfg.tolerance)

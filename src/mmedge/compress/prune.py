@@ -14,10 +14,10 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from mmedge.artifact import Artifact, StepResult
+from mmedge.artifact import Artifact
 from mmedge.errors import MmedgeError
 from mmedge.models.spec import BRANCHES, check_branches
-from mmedge.recipe import StepConfig, register_step
+from mmedge.steps.registry import StepConfig, StepContext, StepResult, register_step
 
 
 class MagnitudePruneConfig(StepConfig):
@@ -90,8 +90,8 @@ def magnitude_prune(model, cfg: MagnitudePruneConfig) -> dict:
     }
 
 
-@register_step(MagnitudePruneConfig, consumes="torch-checkpoint", produces="torch-checkpoint")
-def prune_magnitude_step(cfg: MagnitudePruneConfig, ctx) -> StepResult:
+@register_step(MagnitudePruneConfig)
+def prune_magnitude_step(cfg: MagnitudePruneConfig, ctx: StepContext) -> StepResult:
     from mmedge.models.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(ctx.artifact.path)
@@ -464,8 +464,8 @@ def _accumulate_gradients(model, data, vocab, cfg: StructuredPruneConfig) -> Non
         F.cross_entropy(model(image, ids, mask), torch.from_numpy(data.train.labels[rows])).backward()
 
 
-@register_step(StructuredPruneConfig, consumes="torch-checkpoint", produces="torch-checkpoint")
-def prune_structured_step(cfg: StructuredPruneConfig, ctx) -> StepResult:
+@register_step(StructuredPruneConfig)
+def prune_structured_step(cfg: StructuredPruneConfig, ctx: StepContext) -> StepResult:
     from mmedge.data import load_dataset
     from mmedge.models.checkpoint import load_checkpoint
 

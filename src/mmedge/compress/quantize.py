@@ -21,11 +21,11 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from mmedge.artifact import Artifact, StepResult
+from mmedge.artifact import Artifact
 from mmedge.compress.onnx_check import Tolerance, check_rewrite
 from mmedge.compress.saturation import make_saturation_free, matmul_weights, saturation_free_file
 from mmedge.errors import MmedgeError, closest
-from mmedge.recipe import StepConfig, register_step
+from mmedge.steps.registry import StepConfig, StepContext, StepResult, register_step
 
 # What ORT's dynamic quantizer handles (IntegerOpsRegistry), plus Gemm via the MatMul rewrite.
 DYNAMIC_OP_TYPES = ("MatMul", "Gemm", "LSTM", "Gather", "Conv", "Attention", "EmbedLayerNormalization", "Transpose")
@@ -340,13 +340,13 @@ def _onnx_step(name: str, rewrite, cfg, ctx) -> StepResult:
     return StepResult(Artifact(out, "onnx", ctx.artifact.spec, (*ctx.artifact.lineage, name)), metrics)
 
 
-@register_step(DynamicQuantConfig, consumes="onnx", produces="onnx")
-def quantize_dynamic_step(cfg: DynamicQuantConfig, ctx) -> StepResult:
+@register_step(DynamicQuantConfig)
+def quantize_dynamic_step(cfg: DynamicQuantConfig, ctx: StepContext) -> StepResult:
     return _onnx_step("quantize.dynamic", quantize_dynamic_model, cfg, ctx)
 
 
-@register_step(Fp16Config, consumes="onnx", produces="onnx")
-def quantize_fp16_step(cfg: Fp16Config, ctx) -> StepResult:
+@register_step(Fp16Config)
+def quantize_fp16_step(cfg: Fp16Config, ctx: StepContext) -> StepResult:
     return _onnx_step("quantize.fp16", fp16_model, cfg, ctx)
 
 
@@ -676,6 +676,6 @@ def quantize_static_model(src: Path, out: Path, cfg: StaticQuantConfig, data_cfg
     }
 
 
-@register_step(StaticQuantConfig, consumes="onnx", produces="onnx")
-def quantize_static_step(cfg: StaticQuantConfig, ctx) -> StepResult:
+@register_step(StaticQuantConfig)
+def quantize_static_step(cfg: StaticQuantConfig, ctx: StepContext) -> StepResult:
     return _onnx_step("quantize.static", lambda s, o, c: quantize_static_model(s, o, c, ctx.recipe.data), cfg, ctx)

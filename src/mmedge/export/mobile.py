@@ -33,9 +33,8 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from mmedge.artifact import StepResult
 from mmedge.errors import MmedgeError
-from mmedge.recipe import StepConfig, register_step
+from mmedge.steps.registry import StepConfig, StepContext, StepResult, register_step
 
 ORT_FILE = "model.ort"
 FIXED_ONNX = "model.fixed.onnx"
@@ -400,8 +399,8 @@ def build_mobile(
 MOBILE_FILES = (ORT_FILE, FIXED_ONNX, FIXED_ORT, OPS_CONFIG, ANALYSIS)
 
 
-@register_step(MobileConfig, consumes="onnx", produces=None)
-def mobile_step(cfg: MobileConfig, ctx) -> StepResult:
+@register_step(MobileConfig)
+def mobile_step(cfg: MobileConfig, ctx: StepContext) -> StepResult:
     from mmedge.runtime.inputs import step_feeds
 
     feeds, source = step_feeds(ctx.artifact.path, ctx.recipe.data)

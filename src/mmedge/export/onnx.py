@@ -17,9 +17,9 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, field_validator
 
-from mmedge.artifact import Artifact, StepResult
+from mmedge.artifact import Artifact
 from mmedge.errors import ExportValidationError, MmedgeError
-from mmedge.recipe import StepConfig, register_step
+from mmedge.steps.registry import StepConfig, StepContext, StepResult, register_step
 
 # ORT 1.2x-1.3x runs opsets up to ~21 on CPU; opset 23 attention fails there. 18 is what the dynamo
 # exporter emits natively for these models.
@@ -204,8 +204,8 @@ def zipped_size(path: Path) -> int:
     return len(zlib.compress(Path(path).read_bytes(), 6))
 
 
-@register_step(ExportConfig, consumes="torch-checkpoint", produces="onnx")
-def export_step(cfg: ExportConfig, ctx) -> StepResult:
+@register_step(ExportConfig)
+def export_step(cfg: ExportConfig, ctx: StepContext) -> StepResult:
     out = ctx.out_dir / "model.onnx"
     report = export_checkpoint(ctx.artifact.path, out, cfg)
     report["size_bytes"] = out.stat().st_size

@@ -6,12 +6,11 @@ from typing import Literal
 
 from pydantic import Field
 
-from mmedge.artifact import StepResult
 from mmedge.errors import BudgetExceededError, MmedgeError
-from mmedge.recipe import StepConfig, register_step
 from mmedge.runtime.bench import bench_model
 from mmedge.runtime.evaluate import evaluate_model, parity
 from mmedge.runtime.inputs import step_feeds
+from mmedge.steps.registry import StepConfig, StepContext, StepResult, register_step
 
 
 class ValidateConfig(StepConfig):
@@ -48,8 +47,8 @@ def accuracy_drop_points(candidate: float, reference: float) -> float:
     return round((reference - candidate) * 100, 4)
 
 
-@register_step(ValidateConfig, consumes="onnx", produces=None)
-def validate_step(cfg: ValidateConfig, ctx) -> StepResult:
+@register_step(ValidateConfig)
+def validate_step(cfg: ValidateConfig, ctx: StepContext) -> StepResult:
     metrics, logits = evaluate_model(ctx.artifact.path, ctx.recipe.data, ablation=cfg.ablation)
     ref = ctx.reference_logits()
     if ref is not None:
@@ -76,8 +75,8 @@ def validate_step(cfg: ValidateConfig, ctx) -> StepResult:
     return StepResult(ctx.artifact, metrics)
 
 
-@register_step(BenchConfig, consumes="onnx", produces=None)
-def bench_step(cfg: BenchConfig, ctx) -> StepResult:
+@register_step(BenchConfig)
+def bench_step(cfg: BenchConfig, ctx: StepContext) -> StepResult:
     from mmedge.runtime.providers import available, resolve
 
     feeds, source = step_feeds(ctx.artifact.path, ctx.recipe.data)

@@ -1,0 +1,1 @@
+"""Pipeline steps: the registry (``registry``, a leaf) and the steps that only need ONNX Runtime (``check``)."""
