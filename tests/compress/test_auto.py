@@ -1,5 +1,6 @@
 import pytest
 
+from mmedge.compress import auto
 from mmedge.compress.auto import AutoQuantConfig, _plan, auto_quantize
 from mmedge.compress.quantize import prepare, quantizable_nodes
 from mmedge.errors import BudgetExceededError, RecipeError
@@ -11,8 +12,9 @@ FAST = {"rounds": 3, "calibration": {"samples": 32}}
 
 def test_step_quantize_auto_keeps_a_candidate_within_budget_and_reports_sensitivity(tmp_path, tiny_onnx, data_cfg):
     src, out = tiny_onnx["cnn-lstm"], tmp_path / "auto.onnx"
-    ref = evaluate_model(src, data_cfg, ablation=False)[0]["test"]["accuracy"]
+    ref = evaluate_model(src, data_cfg, ablation=False)[0]["val"]["accuracy"]
     r = auto_quantize(src, out, AutoQuantConfig(**FAST), data_cfg, ref, 1.0, "cpu")
+    assert r["selection_split"] == "val" and r["reference_val_accuracy"] == ref
     names = [c["name"] for c in r["candidates"]]
     assert names[:3] == ["fp32", "int8-dynamic", "int8-static"]
     chosen = next(c for c in r["candidates"] if c["name"] == r["chosen"])
@@ -28,6 +30,58 @@ def test_step_quantize_auto_keeps_a_candidate_within_budget_and_reports_sensitiv
     assert all(isinstance(n["drop_points"], float) for n in nodes)
     assert {b["branch"] for b in r["sensitivity"]["branches"]} >= {"image", "text", "fusion", "head"}
     assert all("p50_ms" in c for c in r["candidates"] if c["within_budget"])
+    # the choice records its latency interval against the fastest, and the fastest's own ratio is 1 per round
+    lo, mid, hi = r["choice"]["latency_ratio"]
+    assert lo <= mid <= hi and r["choice"]["objective"] == "size"
+    fastest = next(c for c in r["candidates"] if c["name"] == r["choice"]["fastest"])
+    assert fastest["latency_ratio"] == [1.0, 1.0, 1.0]
+
+
+def test_quantize_auto_decides_before_it_scores_the_test_split(tmp_path, tiny_onnx, data_cfg, monkeypatch):
+    """No candidate has a test accuracy when the choice is made: the test split cannot have decided it."""
+    import mmedge.compress.auto as auto
+
+    seen = []
+    real = auto.choose
+
+    def spy(ok, *args):
+        seen.append([c.get("test_accuracy") for c in ok])
+        return real(ok, *args)
+
+    monkeypatch.setattr(auto, "choose", spy)
+    r = auto_quantize(tiny_onnx["cnn-lstm"], tmp_path / "a.onnx", AutoQuantConfig(**FAST), data_cfg, None, 1.0, "cpu")
+    assert seen and all(v is None for v in seen[0])
+    assert all(isinstance(c["test_accuracy"], float) for c in r["candidates"])  # scored afterwards, for the report
+
+
+class _Timing:
+    """Per-round ratio intervals (p10, p50, p90) of each candidate against another, as the harness reports them."""
+
+    def __init__(self, intervals):
+        self.intervals = intervals
+
+    def ratio_interval(self, a, b):
+        return (1.0, 1.0, 1.0) if a == b else self.intervals[(a, b)]
+
+
+def _cand(name, size, p50):
+    return {"name": name, "size_bytes": size, "p50_ms": p50}
+
+
+def test_choose_takes_the_smaller_when_the_latency_ratio_interval_includes_one():
+    fp32, int8 = _cand("fp32", 200, 0.100), _cand("int8", 60, 0.104)
+    timing = _Timing({("int8", "fp32"): (0.97, 1.04, 1.12)})  # spread covers 1.0: equally fast
+    for objective in ("size", "latency"):
+        best, rule = auto.choose([fp32, int8], objective, 0.0, timing)
+        assert best is int8, rule
+
+
+def test_choose_keeps_the_faster_when_the_interval_excludes_one_beyond_the_tolerance():
+    fp32, int8 = _cand("fp32", 200, 0.100), _cand("int8", 60, 0.111)
+    timing = _Timing({("int8", "fp32"): (1.08, 1.11, 1.15)})  # measurably 8-15 % slower in every round
+    assert auto.choose([fp32, int8], "latency", 0.05, timing)[0] is fp32
+    assert auto.choose([fp32, int8], "size", 0.05, timing)[0] is fp32  # slower by more than the 5 % tolerance
+    assert auto.choose([fp32, int8], "size", 0.10, timing)[0] is int8  # within a 10 % tolerance the size wins
 
 
 def test_quantize_auto_falls_back_to_float_and_then_fails_when_no_candidate_meets_the_budget(
@@ -43,8 +97,8 @@ def test_quantize_auto_falls_back_to_float_and_then_fails_when_no_candidate_meet
     )
     assert not r["within_budget"] and (tmp_path / "b.onnx").is_file()
     assert any("+fp32x" in c["name"] for c in r["candidates"])  # the fallback search ran
-    best = max(c["test_accuracy"] for c in r["candidates"])
-    assert next(c for c in r["candidates"] if c["name"] == r["chosen"])["test_accuracy"] == best
+    best = max(c["val_accuracy"] for c in r["candidates"])  # chosen on validation, never on test
+    assert next(c for c in r["candidates"] if c["name"] == r["chosen"])["val_accuracy"] == best
 
 
 def test_per_branch_precision_is_honoured(tmp_path, tiny_onnx):

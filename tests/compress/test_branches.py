@@ -1,7 +1,7 @@
 import onnx
 
-from mmedge.compress.branches import META_KEY, branch_sizes, node_branches
 from mmedge.runtime.bench import tile_batch
+from mmedge.runtime.branches import META_KEY, branch_sizes, node_branches
 from mmedge.runtime.inputs import split_feeds
 from mmedge.runtime.profile import branch_latency
 
@@ -49,8 +49,9 @@ def test_profiler_splits_kernel_time_by_branch(tiny_onnx):
 def test_torchscript_node_names_map_to_branches_even_without_the_parent_module():
     from onnx import helper
 
-    from mmedge.compress.branches import OTHER, branches_from_names
+    from mmedge.compress.branches import branches_from_names
     from mmedge.models.spec import ModelSpec
+    from mmedge.runtime.branches import OTHER
 
     spec = ModelSpec("hf:dual", (), (), {"image": ("hf.vision_model",), "text": ("hf.text_model",), "head": ("head",)})
     names = [

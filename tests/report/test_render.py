@@ -20,7 +20,7 @@ def test_pareto_front_keeps_only_points_nothing_beats_on_both_axes():
 def _pipeline_doc():
     return {
         "schema": "mmedge.results",
-        "schema_version": 1,
+        "schema_version": 2,
         "mmedge_version": "0",
         "recipe": {"name": "r"},
         "machine": {"cpu": "x", "logical_cores": 2, "os": "Linux", "onnxruntime": "1"},
@@ -91,7 +91,8 @@ def test_html_inlines_the_plots_and_escapes_text(tmp_path):
 
 
 def test_a_results_document_of_another_schema_version_is_refused(tmp_path):
-    doc = _pipeline_doc() | {"schema_version": 2}
-    (tmp_path / "r.json").write_text(json.dumps(doc))
-    with pytest.raises(MmedgeError, match="schema version 2, this mmedge reads version 1"):
-        load_results(tmp_path / "r.json")
+    for other in (1, 3):  # older and newer alike
+        doc = _pipeline_doc() | {"schema_version": other}
+        (tmp_path / "r.json").write_text(json.dumps(doc))
+        with pytest.raises(MmedgeError, match=f"schema version {other}, this mmedge reads version 2"):
+            load_results(tmp_path / "r.json")

@@ -1,17 +1,23 @@
-"""`quantize.auto`: the fastest quantized model within the accuracy budget, with the evidence.
+"""`quantize.auto`: the smallest (or fastest) quantized model within the accuracy budget, with the evidence.
+
+Every decision here is made on the validation split; the test split is scored once, after the choice, for the
+report.
 
 1. Build one candidate per scheme (int8 dynamic, int8 static QDQ), each honouring the recipe's per-branch
-   precision (e.g. image static, text dynamic, head float), and measure test accuracy and size.
+   precision (e.g. image static, text dynamic, head float), and measure its validation accuracy and size.
 2. Sensitivity: on the validation split, the accuracy drop when each quantizable node alone — and each
    modality branch alone — is quantized with each scheme.
-3. A scheme over budget falls back: its most sensitive nodes return to float, one at a time, until the test
-   accuracy is within budget; every step of that search is a candidate too.
-4. Every candidate within budget (and the float input) is timed interleaved on the target execution provider;
-   the fastest wins. If none is within budget the step fails, listing what it tried, unless over-budget
-   results are allowed.
+3. A scheme over budget falls back: its most sensitive nodes return to float, one at a time, until the
+   validation accuracy is within budget; every step of that search is a candidate too.
+4. Every candidate within budget (and the float input) is timed in alternating rounds on the target execution
+   provider. A latency difference counts only beyond the run-to-run spread: two candidates are equally fast unless
+   the p10-p90 interval of their per-round time ratio excludes 1.0. ``objective: size`` (default) takes the
+   smallest candidate not slower than the fastest by more than ``latency_tolerance``; ``objective: latency`` the
+   smallest of those equally fast as the fastest. If none is within budget the step fails, listing what it tried,
+   unless over-budget results are allowed.
 
-The budget is counted against the model the pipeline started from (its first PyTorch checkpoint), so the
-accuracy already spent by pruning and distillation counts too.
+The budget is a drop in validation accuracy against the model the pipeline started from (its first PyTorch
+checkpoint, or the loaded ONNX file), so the accuracy already spent by pruning and distillation counts too.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from mmedge.compress.quantize import (
 )
 from mmedge.errors import BudgetExceededError
 from mmedge.models.spec import check_branches
+from mmedge.runtime.bench import compare_latency
 from mmedge.steps.registry import StepConfig, StepContext, StepResult, register_step
 
 Precision = Literal["auto", "fp32", "int8-dynamic", "int8-static"]
@@ -79,19 +86,27 @@ class AutoQuantConfig(StepConfig):
     threads: int = Field(1, ge=1, description="Threads for timing; 1 is the usual edge setting and the least noisy.")
     batch_size: int = Field(1, ge=1, description="Batch size the latency ranking uses.")
     rounds: int = Field(20, ge=2, description="Interleaved timing rounds (10 calls each) per candidate.")
+    objective: Literal["size", "latency"] = Field(
+        "size",
+        description="What the choice optimizes among candidates within budget. 'size': the smallest candidate not "
+        "measurably slower than the fastest by more than latency_tolerance (a smaller file ships and loads faster "
+        "everywhere, while batch-1 speed ranks differ between CPUs). 'latency': the smallest of the candidates "
+        "measurably as fast as the fastest.",
+    )
     latency_tolerance: float = Field(
         0.05,
         ge=0,
         lt=1,
-        description="Candidates within this share of the fastest p50 count as equally fast and the smallest of "
-        "them wins: medians of the same model differ by a few percent between runs on a shared CPU.",
+        description="objective 'size': a candidate counts as fast enough unless it is slower than the fastest by "
+        "more than this share beyond the measured spread (its per-round ratio's p10 above 1 + tolerance).",
     )
     fallback: bool = Field(True, description="Return the most sensitive nodes to float until the budget holds.")
     min_agreement: float = Field(
         0.85,
         ge=0,
         le=1,
-        description="Least share of test answers a candidate must keep from its input. The accuracy budget is the "
+        description="Least share of validation answers a candidate must keep from its input. The accuracy budget "
+        "is the "
         "main guard; this one catches a candidate that keeps accuracy while changing many answers. Below 0.97 "
         "because small models with near-tied logits flip answers under int8 noise at unchanged accuracy (the "
         "built-in ViT keeps ~91%).",
@@ -118,7 +133,7 @@ class AutoQuantConfig(StepConfig):
 
 
 class _Evaluator:
-    """Accuracy of ONNX models on the test split and on the validation split (for the sensitivity ranking)."""
+    """Accuracy of ONNX models on the validation split (every decision) and the test split (the report only)."""
 
     def __init__(self, path: Path, data_cfg):
         from mmedge.data import load_dataset
@@ -131,7 +146,7 @@ class _Evaluator:
         self.test, self.val = data.test, data.val
         self._cache: dict = {}
 
-    def logits(self, path: Path, split: str = "test"):
+    def logits(self, path: Path, split: str = "val"):
         """Logits of a model on a split, computed once per (model, split)."""
         from mmedge.runtime.evaluate import predict
         from mmedge.runtime.session import open_session
@@ -141,7 +156,7 @@ class _Evaluator:
             self._cache[key] = predict(open_session(path), self.test if split == "test" else self.val, self.vocab)
         return self._cache[key]
 
-    def accuracy(self, path: Path, split: str = "test") -> float:
+    def accuracy(self, path: Path, split: str = "val") -> float:
         from mmedge.runtime.evaluate import score
 
         return score(self.logits(path, split), self.test if split == "test" else self.val).accuracy
@@ -169,7 +184,8 @@ def _plan(nodes: list[dict], scheme: str, cfg: AutoQuantConfig, fallback: frozen
 def auto_quantize(
     src: Path, out: Path, cfg: AutoQuantConfig, data_cfg, reference: float | None, budget: float, ep: str, budgets=None
 ) -> dict:
-    from mmedge.runtime.bench import bench_interleaved
+    """Build, gate and time the candidates; copy the chosen one to ``out``. ``reference`` is the validation accuracy
+    of the pipeline's first model (None: the input's)."""
     from mmedge.runtime.inputs import split_feeds
 
     work = Path(tempfile.mkdtemp(prefix="candidates-", dir=out.parent))
@@ -177,8 +193,8 @@ def auto_quantize(
         prepared = prepare(src, work / "prepared.onnx")
         nodes = quantizable_nodes(prepared)
         ev = _Evaluator(src, data_cfg)
-        input_test, input_val = ev.accuracy(src), ev.accuracy(src, "val")
-        ref = input_test if reference is None else reference
+        input_val = ev.accuracy(src)
+        ref = input_val if reference is None else reference
         cache = None
         if "int8-static" in cfg.schemes or "int8-static" in cfg.branch_precision.values():
             feeds = calibration_feeds(src, cfg.calibration, data_cfg)
@@ -197,41 +213,19 @@ def auto_quantize(
         # "fp32": every branch the recipe did not fix stays float (the input itself, unless a branch is fixed)
         base = _plan(nodes, "fp32", cfg)
         base_path = build(base) if base else src
-        candidates = [{"name": "fp32", "plan": base, "path": base_path, "test_accuracy": ev.accuracy(base_path)}]
+        candidates = [{"name": "fp32", "plan": base, "path": base_path, "val_accuracy": ev.accuracy(base_path)}]
         for scheme in cfg.schemes:
             plan = _plan(nodes, scheme, cfg)
             path = build(plan)
-            candidates.append({"name": scheme, "plan": plan, "path": path, "test_accuracy": ev.accuracy(path)})
+            candidates.append({"name": scheme, "plan": plan, "path": path, "val_accuracy": ev.accuracy(path)})
 
-        # Sensitivity on the validation split: each node alone, each branch alone.
-        sensitivity = {"split": "val", "input_val_accuracy": input_val, "nodes": [], "branches": []}
-        for scheme in cfg.schemes:
-            full = _plan(nodes, scheme, cfg)
-            for n in nodes:
-                if n["node"] not in full:
-                    continue
-                p = build({n["node"]: full[n["node"]]})
-                sensitivity["nodes"].append(
-                    {**n, "scheme": scheme, "drop_points": round((input_val - ev.accuracy(p, "val")) * 100, 4)}
-                )
-            for branch in sorted({n["branch"] for n in nodes}):
-                part = {k: v for k, v in full.items() if next(x for x in nodes if x["node"] == k)["branch"] == branch}
-                if part:
-                    p = build(part)
-                    sensitivity["branches"].append(
-                        {
-                            "branch": branch,
-                            "scheme": scheme,
-                            "nodes": len(part),
-                            "drop_points": round((input_val - ev.accuracy(p, "val")) * 100, 4),
-                        }
-                    )
+        sensitivity = _sensitivity(nodes, cfg, ev, build, input_val)
 
-        # Fallback: the most sensitive nodes back to float until the budget holds.
+        # Fallback: the most sensitive nodes back to float until the budget holds on validation.
         if cfg.fallback:
             for scheme in cfg.schemes:
                 base = next(c for c in candidates if c["name"] == scheme)
-                if drop(base["test_accuracy"]) <= budget:
+                if drop(base["val_accuracy"]) <= budget:
                     continue
                 ranked = sorted(
                     (s for s in sensitivity["nodes"] if s["scheme"] == scheme), key=lambda s: -s["drop_points"]
@@ -242,22 +236,21 @@ def auto_quantize(
                         continue  # the recipe fixed this branch's precision
                     kept.add(s["node"])
                     plan = _plan(nodes, scheme, cfg, frozenset(kept))
-                    name = f"{scheme}+fp32x{len(kept)}"
                     path = build(plan)
                     cand = {
-                        "name": name,
+                        "name": f"{scheme}+fp32x{len(kept)}",
                         "plan": plan,
                         "path": path,
-                        "test_accuracy": ev.accuracy(path),
+                        "val_accuracy": ev.accuracy(path),
                         "float_nodes": sorted(kept),
                     }
                     candidates.append(cand)
-                    if drop(cand["test_accuracy"]) <= budget:
+                    if drop(cand["val_accuracy"]) <= budget:
                         break
 
         input_answers = ev.logits(src).argmax(1)
         for c in candidates:
-            c["drop_points"] = drop(c["test_accuracy"])
+            c["drop_points"] = drop(c["val_accuracy"])
             c["size_bytes"] = Path(c["path"]).stat().st_size
             c["agreement"] = float((ev.logits(c["path"]).argmax(1) == input_answers).mean())
             c["within_budget"] = (
@@ -266,68 +259,78 @@ def auto_quantize(
                 and (budgets is None or budgets.max_size_mb is None or c["size_bytes"] <= budgets.max_size_mb * 1e6)
             )
         timed = [c for c in candidates if c["within_budget"]] or candidates
-        lat = bench_interleaved(
+        timing = compare_latency(
             {c["name"]: c["path"] for c in timed},
             split_feeds(src, data_cfg, n=64),
             ep,
             cfg.threads,
-            (cfg.batch_size,),
+            cfg.batch_size,
             rounds=cfg.rounds,
         )
         for c in timed:
-            c["p50_ms"] = lat[c["name"]][str(cfg.batch_size)]["p50_ms"]
+            t = timing.candidates[c["name"]]
+            c["p50_ms"] = t.p50_ms
+            c["latency_ratio"] = [t.ratio_p10, t.ratio_p50, t.ratio_p90]  # per-round ratio to the fastest
             if budgets is not None and budgets.max_latency_ms is not None and c["p50_ms"] > budgets.max_latency_ms:
                 c["within_budget"] = False
         ok = [c for c in candidates if c["within_budget"]]
         if ok:
-            fastest = min(c["p50_ms"] for c in ok)
-            tied = [c for c in ok if c["p50_ms"] <= fastest * (1 + cfg.latency_tolerance)]
-            best = min(tied, key=lambda c: (c["size_bytes"], c["p50_ms"]))
+            best, rule = choose(ok, cfg.objective, cfg.latency_tolerance, timing)
         elif cfg.allow_over_budget:
-            best = max(candidates, key=lambda c: c["test_accuracy"])
+            best = max(candidates, key=lambda c: c["val_accuracy"])
+            rule = "no candidate met the budget; the most accurate on validation is kept (allow_over_budget)"
         else:
             tried = "; ".join(
                 f"{c['name']}: -{c['drop_points']:.2f} pts, {c['size_bytes'] / 1e6:.3f} MB"
                 + (f", {c['p50_ms']:.3f} ms" if "p50_ms" in c else "")
                 for c in candidates
             )
-            top = max(candidates, key=lambda c: c["test_accuracy"])
+            top = max(candidates, key=lambda c: c["val_accuracy"])
             raise BudgetExceededError(
-                f"no quantized candidate meets the budget (at most {budget:g} accuracy points below "
-                f"{ref:.2%}): tried {tried}; the best reached {top['test_accuracy']:.2%} ({top['name']}); loosen the "
+                f"no quantized candidate meets the budget (at most {budget:g} validation accuracy points below "
+                f"{ref:.2%}): tried {tried}; the best reached {top['val_accuracy']:.2%} ({top['name']}); loosen the "
                 "budget, prune less, or pass --allow-over-budget."
             )
+        # Decided. The test split is scored now, for the report only.
+        for c in candidates:
+            c["test_accuracy"] = ev.accuracy(c["path"], "test")
         shutil.copyfile(best["path"], out)
         precision = "fp32" if not best["plan"] else "+".join(sorted(set(best["plan"].values())))
         copy_metadata(
             src, out, {"mmedge.precision": precision, "mmedge.plan": json.dumps(best["plan"], sort_keys=True)}
         )
-        table = [
-            {
-                k: c.get(k)
-                for k in (
-                    "name",
-                    "test_accuracy",
-                    "drop_points",
-                    "agreement",
-                    "size_bytes",
-                    "p50_ms",
-                    "within_budget",
-                    "float_nodes",
-                )
-            }
-            for c in candidates
-        ]
+        columns = (
+            "name",
+            "val_accuracy",
+            "test_accuracy",
+            "drop_points",
+            "agreement",
+            "size_bytes",
+            "p50_ms",
+            "latency_ratio",
+            "within_budget",
+            "float_nodes",
+        )
         return {
             "chosen": best["name"],
+            "selection_split": "val",
+            "choice": {
+                "objective": cfg.objective,
+                "latency_tolerance": cfg.latency_tolerance,
+                "rule": rule,
+                "fastest": timing.fastest,
+                "latency_ratio": best.get("latency_ratio"),
+                "timing": timing.to_json(),
+            },
             "within_budget": best["within_budget"],
             "budget_points": budget,
-            "reference_accuracy": ref,
-            "input_accuracy": input_test,
+            "reference_val_accuracy": ref,
+            "input_val_accuracy": input_val,
+            "input_test_accuracy": ev.accuracy(src, "test"),
             "ep": ep,
             "threads": cfg.threads,
             "batch_size": cfg.batch_size,
-            "candidates": table,
+            "candidates": [{k: c.get(k) for k in columns} for c in candidates],
             "plan": best["plan"],
             "sensitivity": sensitivity,
             "ops": op_histogram(out),
@@ -335,6 +338,54 @@ def auto_quantize(
         }
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def choose(ok: list[dict], objective: str, tolerance: float, timing) -> tuple[dict, str]:
+    """The chosen candidate among those within budget, and the rule that chose it in words.
+
+    A latency difference counts only beyond the measured spread: candidate c is slower than the fastest f only
+    when the p10 of its per-round ratio t(c)/t(f) is above 1 (plus the tolerance for the size objective)."""
+    fastest = min(ok, key=lambda c: c["p50_ms"])
+    limit = 1.0 + (tolerance if objective == "size" else 0.0)
+    fast_enough = [c for c in ok if c is fastest or timing.ratio_interval(c["name"], fastest["name"])[0] <= limit]
+    best = min(fast_enough, key=lambda c: (c["size_bytes"], c["p50_ms"]))
+    others = ", ".join(sorted(c["name"] for c in fast_enough if c is not best)) or "none"
+    if objective == "size":
+        rule = (
+            f"smallest within budget whose per-round latency ratio to the fastest ({fastest['name']}) has its p10 at "
+            f"most {limit:.2f}; also fast enough: {others}"
+        )
+    else:
+        rule = (
+            f"smallest of those measurably as fast as the fastest ({fastest['name']}: p10 of the per-round ratio "
+            f"at most 1.00); also as fast: {others}"
+        )
+    return best, rule
+
+
+def _sensitivity(nodes: list[dict], cfg: AutoQuantConfig, ev: _Evaluator, build, input_val: float) -> dict:
+    """Validation accuracy drop with each quantizable node alone, and each modality branch alone, quantized."""
+    out: dict = {"split": "val", "input_val_accuracy": input_val, "nodes": [], "branches": []}
+    for scheme in cfg.schemes:
+        full = _plan(nodes, scheme, cfg)
+        for n in nodes:
+            if n["node"] not in full:
+                continue
+            p = build({n["node"]: full[n["node"]]})
+            out["nodes"].append({**n, "scheme": scheme, "drop_points": round((input_val - ev.accuracy(p)) * 100, 4)})
+        for branch in sorted({n["branch"] for n in nodes}):
+            part = {k: v for k, v in full.items() if next(x for x in nodes if x["node"] == k)["branch"] == branch}
+            if part:
+                p = build(part)
+                out["branches"].append(
+                    {
+                        "branch": branch,
+                        "scheme": scheme,
+                        "nodes": len(part),
+                        "drop_points": round((input_val - ev.accuracy(p)) * 100, 4),
+                    }
+                )
+    return out
 
 
 @register_step(AutoQuantConfig)
@@ -347,7 +398,7 @@ def quantize_auto_step(cfg: AutoQuantConfig, ctx: StepContext) -> StepResult:
     budget = cfg.max_accuracy_drop if cfg.max_accuracy_drop is not None else recipe.budgets.max_accuracy_drop
     ep = cfg.ep or (recipe.targets[0] if recipe.targets else "cpu")
     open_session(src, ep).get_providers()  # the target EP must be installed before anything is timed on it
-    reference = ctx.reference_metrics().get("test", {}).get("accuracy")
+    reference = ctx.reference_metrics().get("val", {}).get("accuracy")  # the budget counts on validation
     allow = cfg.allow_over_budget or ctx.allow_over_budget
     info = auto_quantize(
         src,
@@ -359,7 +410,7 @@ def quantize_auto_step(cfg: AutoQuantConfig, ctx: StepContext) -> StepResult:
         ep,
         recipe.budgets,
     )
-    # The usual gate against the input model, for parity figures; the budget above is what decides.
+    # Parity and test figures against the input model, for the report; the budget above (validation) decided.
     loose = Tolerance(max_accuracy_drop=100.0, min_agreement=0.0)
     metrics = check_rewrite("quantize.auto", src, out, recipe.data, loose)
     metrics.update(info)
@@ -371,7 +422,7 @@ def quantize_auto_step(cfg: AutoQuantConfig, ctx: StepContext) -> StepResult:
 def _branch_sizes(path: Path) -> dict[str, int]:
     import onnx
 
-    from mmedge.compress.branches import branch_sizes
+    from mmedge.runtime.branches import branch_sizes
 
     return branch_sizes(onnx.load(str(path)))
 

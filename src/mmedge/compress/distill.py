@@ -34,7 +34,6 @@ class DistillConfig(TrainConfig):
         "close to the teacher.",
     )
     patience: int = Field(12, ge=1, description="Stop after this many epochs without a better validation accuracy.")
-    max_minutes: float = Field(2.5, gt=0, description="Wall-clock cap; the best epoch on validation is kept.")
     teacher: Literal["reference"] | Path = Field(
         "reference",
         description="'reference': the model this pipeline trained or loaded first; or a checkpoint folder; or an "
@@ -185,7 +184,7 @@ def distill_step(cfg: DistillConfig, ctx: StepContext) -> StepResult:
     from mmedge.data import load_dataset
     from mmedge.models import build_model
     from mmedge.models.checkpoint import load_checkpoint, save_checkpoint
-    from mmedge.train import _Progress, evaluate_with_ablation, train_model
+    from mmedge.train import _Progress, evaluate_with_ablation, stop_reason, train_model
 
     teacher, t_vocab, t_labels = load_teacher(cfg, ctx)
     current = load_checkpoint(ctx.artifact.path)
@@ -211,9 +210,10 @@ def distill_step(cfg: DistillConfig, ctx: StepContext) -> StepResult:
         "teacher": str(cfg.teacher),
         "teacher_test_accuracy": teacher_accuracy(teacher, t_vocab, data.test),
         "epochs_run": len(history),
+        "stopped": stop_reason(history, cfg.epochs),
         "train_seconds": time.perf_counter() - started,
         "best_val_accuracy": max(r["val_accuracy"] for r in history),
-        **evaluate_with_ablation(student, data.test, current.vocab),
+        **evaluate_with_ablation(student, data, current.vocab),
         "history": history,
     }
     out = save_checkpoint(

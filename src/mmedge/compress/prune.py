@@ -105,7 +105,7 @@ def _pruned_result(ckpt, metrics: dict, step: str, ctx, omit: str) -> StepResult
     from mmedge.models.checkpoint import save_checkpoint
     from mmedge.train import evaluate_with_ablation
 
-    metrics.update(evaluate_with_ablation(ckpt.model, load_dataset(ctx.recipe.data).test, ckpt.vocab))
+    metrics.update(evaluate_with_ablation(ckpt.model, load_dataset(ctx.recipe.data), ckpt.vocab))
     out = save_checkpoint(
         ckpt.model,
         ckpt.vocab,
@@ -354,7 +354,7 @@ def structured_prune(model, data, vocab, cfg: StructuredPruneConfig, progress: s
         pruner.head_pruning_ratio_dict[proj] = _head_schedule(heads, head_ratios[proj], cfg.iterative_steps)
     history = []
     tune = TrainConfig(
-        epochs=max(1, cfg.finetune_epochs), lr=cfg.lr, seed=cfg.seed, threads=cfg.threads, patience=99, max_minutes=30
+        epochs=max(1, cfg.finetune_epochs), lr=cfg.lr, seed=cfg.seed, threads=cfg.threads, patience=99
     )
     for step in range(cfg.iterative_steps):
         if cfg.importance == "taylor":

@@ -24,8 +24,9 @@ def main(argv: list[str]) -> int:
     import torch
 
     from mmedge import __version__
-    from mmedge.compress.branches import META_KEY, branches_from_names, branches_from_scopes
+    from mmedge.compress.branches import branches_from_names, branches_from_scopes
     from mmedge.models.checkpoint import load_checkpoint
+    from mmedge.runtime.branches import META_KEY
 
     ckpt = load_checkpoint(checkpoint)
     model, spec = ckpt.model, ckpt.spec

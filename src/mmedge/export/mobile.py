@@ -370,7 +370,7 @@ def build_mobile(
             FIXED_ORT: check_ort(written[FIXED_ONNX], sess, feeds, pad, cfg, quantized),
         }
         analysis = {"dynamic": usability(model_path), "fixed": usability(tmp / FIXED_ONNX)}
-        from mmedge.bundle import sha256
+        from mmedge.bundle.manifest import sha256
 
         result = {
             "source": model_path.name,

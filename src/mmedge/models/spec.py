@@ -10,8 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mmedge.data.images import ImagePreprocessing
-
-BRANCHES = ("image", "text", "fusion", "head")
+from mmedge.runtime.branches import BRANCHES
 
 
 def check_branches(names):

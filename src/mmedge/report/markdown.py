@@ -7,6 +7,11 @@ def pct(x: float | None) -> str:
     return "–" if x is None else f"{x * 100:.2f}%"
 
 
+def _ratio(r: list[float] | None) -> str:
+    """A per-round latency ratio interval, p10–p50–p90."""
+    return "–" if not r else f"{r[0]:.2f}–{r[1]:.2f}–{r[2]:.2f}"
+
+
 def table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -72,24 +77,39 @@ def compression_section(c: dict) -> list[str]:
         rows = [
             [
                 f"**{r['name']}**" if r["name"] == q["chosen"] else r["name"],
-                pct(r["test_accuracy"]),
+                pct(r["val_accuracy"]),
                 f"{r['drop_points']:.2f}",
                 pct(r.get("agreement")),
                 f"{r['size_bytes'] / 1e6:.3f}",
                 "–" if r.get("p50_ms") is None else f"{r['p50_ms']:.3f}",
+                _ratio(r.get("latency_ratio")),
                 "yes" if r["within_budget"] else "no",
+                pct(r["test_accuracy"]),
             ]
             for r in q["candidates"]
         ]
         out += [
             "",
-            f"Quantization search (`quantize.auto`, budget: {q['budget_points']:g} accuracy point"
-            f"{'' if q['budget_points'] == 1 else 's'} below the "
-            f"{pct(q['reference_accuracy'])} reference; p50 at batch {q['batch_size']}, {q['threads']} thread(s), "
-            f"'{q['ep']}', timed interleaved); chosen: **{q['chosen']}**.",
+            f"Quantization search (`quantize.auto`, decided on the {q['selection_split']} split: budget "
+            f"{q['budget_points']:g} accuracy point{'' if q['budget_points'] == 1 else 's'} below the "
+            f"{pct(q['reference_val_accuracy'])} reference; p50 at batch {q['batch_size']}, {q['threads']} "
+            f"thread(s), '{q['ep']}', timed in alternating rounds; latency ratio to the fastest as p10–p50–p90 of "
+            f"the rounds); chosen: **{q['chosen']}** (objective {q['choice']['objective']}: {q['choice']['rule']}). "
+            "Test accuracy was scored after the choice, for this report only.",
             "",
             table(
-                ["candidate", "test accuracy", "drop (points)", "same answers", "MB", "p50 ms", "within budget"], rows
+                [
+                    "candidate",
+                    "val accuracy",
+                    "drop (points)",
+                    "same answers",
+                    "MB",
+                    "p50 ms",
+                    "ratio to fastest",
+                    "within budget",
+                    "test accuracy",
+                ],
+                rows,
             ),
         ]
         sens = q.get("sensitivity") or {}
@@ -223,6 +243,23 @@ def split_section(split: dict) -> list[str]:
             "vision encoder."
         )
     return out
+
+
+def robustness(steps: list[tuple[str, dict]]) -> list[dict]:
+    """Test accuracy of every artifact the run made, complete and with one modality missing (image blank, text
+    empty), in pipeline order — whether compression made the model more fragile when a sensor or prompt drops."""
+    rows = []
+    for step_type, m in steps:
+        if all(isinstance(m.get(k), dict) for k in ("test", "image_blanked", "text_emptied")):
+            rows.append(
+                {
+                    "step": step_type,
+                    "full": m["test"]["accuracy"],
+                    "image_missing": m["image_blanked"]["accuracy"],
+                    "text_missing": m["text_emptied"]["accuracy"],
+                }
+            )
+    return rows
 
 
 def robustness_section(rows: list[dict]) -> list[str]:

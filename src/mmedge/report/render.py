@@ -23,7 +23,7 @@ from pathlib import Path
 from mmedge.errors import InputPathError, MissingDependencyError, MmedgeError
 from mmedge.report.markdown import bench_tables, latency_cells, mobile_section, pct, robustness_section, table
 
-SUPPORTED = {"mmedge.results": 1, "mmedge.bench-results": 1}
+SUPPORTED = {"mmedge.results": 2, "mmedge.bench-results": 1}
 PLOTS = {"pareto": "pareto.png", "latency": "latency.png", "sensitivity": "sensitivity.png"}
 
 
@@ -95,7 +95,7 @@ def accuracy_points(doc: dict) -> list[dict]:
     return [
         {
             "name": c["name"],
-            "accuracy": c["test_accuracy"],
+            "accuracy": c["test_accuracy"],  # scored after the choice, for the report
             "p50_ms": c["p50_ms"],
             "size_bytes": c["size_bytes"],
             "chosen": c["name"] == auto.get("chosen"),
@@ -309,7 +309,7 @@ def render_markdown(doc: dict, plots: dict[str, str], plots_dir: str = "plots", 
         )
         figure("sensitivity", "quantization sensitivity per branch")
     if doc["schema"] == "mmedge.results":
-        from mmedge.bundle import robustness
+        from mmedge.report.markdown import robustness
 
         robust = robustness([(st["type"], st["metrics"]) for st in doc["steps"]])
         if robust:

@@ -25,7 +25,7 @@ def split_feeds(path, data_cfg=None, n: int = 64) -> dict[str, np.ndarray]:
 
 
 def bundle_feeds(bundle_dir: Path) -> dict[str, np.ndarray]:
-    from mmedge.bundle import load_bundle
+    from mmedge.bundle.manifest import load_bundle
 
     bundle = load_bundle(bundle_dir)
     tensors = bundle.manifest.get("samples", {}).get("tensors")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmedge.bundle import load_bundle
+from mmedge.bundle.manifest import load_bundle
 from mmedge.data.images import ImagePreprocessing, load_image, looks_inverted
 from mmedge.data.text import HFTokenizer, WordVocab, tokenize
 from mmedge.runtime.session import open_session, run

@@ -17,7 +17,7 @@ def branch_latency(
     import onnx
     import onnxruntime as ort
 
-    from mmedge.compress.branches import node_branches
+    from mmedge.runtime.branches import node_branches
     from mmedge.runtime.providers import require
 
     provider = require(ep)

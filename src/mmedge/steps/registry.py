@@ -22,15 +22,12 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from mmedge.artifact import Artifact
-
-if TYPE_CHECKING:  # the recipe imports this module; at run time the context only carries one
-    from mmedge.recipe import Recipe
 
 
 @dataclass(frozen=True)
@@ -61,7 +58,7 @@ STEP_TABLE: dict[str, StepDecl] = {
     "validate": StepDecl("mmedge.steps.check", "onnx", None),
     "bench": StepDecl("mmedge.steps.check", "onnx", None),
     "mobile": StepDecl("mmedge.export.mobile", "onnx", None),
-    "bundle": StepDecl("mmedge.bundle", "onnx", "bundle"),
+    "bundle": StepDecl("mmedge.bundle.writer", "onnx", "bundle"),
 }
 
 
@@ -177,7 +174,7 @@ class StepRecord:
 class StepContext:
     """What a running step may read: the recipe, its input artifact, a fresh output folder and the steps before."""
 
-    recipe: Recipe
+    recipe: Any  # the mmedge.recipe.Recipe being run (the recipe imports this module, not the other way)
     artifact: Artifact | None  # the current model artifact (None before the first model step)
     out_dir: Path  # fresh, empty folder for this step's outputs
     records: list[StepRecord] = field(default_factory=list)

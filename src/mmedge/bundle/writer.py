@@ -1,19 +1,17 @@
-"""The shipped bundle: model.onnx, manifest.json, vocab.json, report.md and real sample inputs.
+"""Writing the shipped bundle (the ``bundle`` step): model.onnx, manifest.json, vocab.json, report.md and real
+sample inputs.
 
 An app needs nothing but ONNX Runtime and the manifest to feed the model: inputs with dtypes, shapes and
 dynamic axis names; how to preprocess the image; how to tokenize the text; the labels. The manifest also
 records the sha256 of every file and the figures measured before shipping, with the machine they were
-measured on. Reading and verifying a bundle needs no torch; every path in the manifest must stay inside
-the bundle folder.
+measured on. Reading a bundle back is ``mmedge.bundle.manifest``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import tempfile
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
@@ -23,83 +21,11 @@ from pydantic import Field
 
 from mmedge import __version__
 from mmedge.artifact import Artifact
-from mmedge.errors import BudgetExceededError, BundleError, InputPathError
+from mmedge.bundle.manifest import MANIFEST, SCHEMA, SCHEMA_VERSION, load_bundle, sha256
+from mmedge.errors import BudgetExceededError, BundleError
+from mmedge.provenance import collect
+from mmedge.report.markdown import robustness
 from mmedge.steps.registry import StepConfig, StepContext, StepResult, register_step
-
-SCHEMA = "mmedge.bundle"
-SCHEMA_VERSION = 1
-MANIFEST = "manifest.json"
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-@dataclass(frozen=True)
-class Bundle:
-    root: Path
-    manifest: dict
-
-    def path(self, relative: str) -> Path:
-        """A file named by the manifest; refused if it would lead outside the bundle folder."""
-        target = (self.root / relative).resolve()
-        if not target.is_relative_to(self.root.resolve()):
-            raise BundleError(
-                f"the manifest of {self.root} names '{relative}', which lies outside the bundle; "
-                "refusing to read it — rebuild the bundle with `mmedge run`."
-            )
-        return target
-
-    @property
-    def model_path(self) -> Path:
-        return self.path(self.manifest["model"]["file"])
-
-    def verify(self) -> list[str]:
-        """Problems found (missing files, checksum mismatches); empty when the bundle is intact."""
-        problems = []
-        for name, info in self.manifest.get("files", {}).items():
-            try:
-                path = self.path(name)
-            except BundleError as exc:
-                problems.append(str(exc))
-                continue
-            if not path.is_file():
-                problems.append(f"{name} is missing")
-            elif sha256(path) != info["sha256"]:
-                problems.append(f"{name} does not match its sha256 (changed or damaged)")
-        return problems
-
-
-def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
-    root = Path(path)
-    if root.is_file() and root.name == MANIFEST:
-        root = root.parent
-    if not root.exists():
-        raise InputPathError(f"bundle folder {root} does not exist; pass a folder written by `mmedge run`.")
-    if not (root / MANIFEST).is_file():
-        raise BundleError(
-            f"{root} has no {MANIFEST}, so it is not an mmedge bundle; pass a folder written by `mmedge run`."
-        )
-    try:
-        manifest = json.loads((root / MANIFEST).read_text())
-    except json.JSONDecodeError as exc:
-        raise BundleError(f"{root / MANIFEST} is not valid JSON ({exc.msg}); rebuild the bundle.") from None
-    if manifest.get("schema") != SCHEMA or manifest.get("schema_version") != SCHEMA_VERSION:
-        raise BundleError(
-            f"{root / MANIFEST} is not an mmedge bundle manifest of schema version {SCHEMA_VERSION}; "
-            "rebuild the bundle with this mmedge version."
-        )
-    bundle = Bundle(root, manifest)
-    if verify and (problems := bundle.verify()):
-        raise BundleError(
-            f"bundle {root} failed its checksum verification: {'; '.join(problems)}; rebuild it or "
-            "restore the original files."
-        )
-    return bundle
 
 
 class BundleConfig(StepConfig):
@@ -167,6 +93,8 @@ def build_manifest(
         "name": name,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "mmedge_version": __version__,
+        # where and with what the figures in this manifest were made: commit, package versions, CPU flags
+        "provenance": collect(),
         "task": task,
         "model": {"file": model_path.name, "format": "onnx", "family": spec["family"], "lineage": list(lineage)},
         "inputs": spec["inputs"],
@@ -353,23 +281,6 @@ def shipped_metrics(ctx, model_path: Path) -> dict:
     return out
 
 
-def robustness(steps: list[tuple[str, dict]]) -> list[dict]:
-    """Test accuracy of every artifact the run made, complete and with one modality missing (image blank, text
-    empty), in pipeline order — whether compression made the model more fragile when a sensor or prompt drops."""
-    rows = []
-    for step_type, m in steps:
-        if all(isinstance(m.get(k), dict) for k in ("test", "image_blanked", "text_emptied")):
-            rows.append(
-                {
-                    "step": step_type,
-                    "full": m["test"]["accuracy"],
-                    "image_missing": m["image_blanked"]["accuracy"],
-                    "text_missing": m["text_emptied"]["accuracy"],
-                }
-            )
-    return rows
-
-
 def compression_metrics(ctx) -> dict:
     """What the compression steps of this run did, per modality branch where they measured it."""
     out: dict = {}
@@ -406,9 +317,11 @@ def compression_metrics(ctx) -> dict:
             k: auto.get(k)
             for k in (
                 "chosen",
+                "selection_split",
+                "choice",
                 "within_budget",
                 "budget_points",
-                "reference_accuracy",
+                "reference_val_accuracy",
                 "ep",
                 "threads",
                 "batch_size",

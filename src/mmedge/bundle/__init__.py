@@ -1,0 +1,1 @@
+"""The shipped bundle: ``manifest`` reads and verifies one (device side); ``writer`` builds one (the bundle step)."""
