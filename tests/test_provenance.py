@@ -214,3 +214,26 @@ def test_package_versions_record_a_missing_package_as_none(monkeypatch):
         assert provenance.package_versions() == {"numpy": version("numpy"), "mmedge-no-such-distribution": None}
     finally:
         provenance.package_versions.cache_clear()
+
+
+@pytest.mark.parametrize("package", ["onnxruntime", "onnx", "torch"])
+def test_step_cache_key_changes_with_the_runtime_versions(monkeypatch, package):
+    from mmedge.pipeline import _key
+    from mmedge.recipe import load_recipe
+
+    recipe = load_recipe()
+    step = recipe.steps[0]
+    before = _key(recipe, "", step)
+    assert _key(recipe, "", step) == before
+    changed = {**provenance.package_versions(), package: "0.0.1"}
+    monkeypatch.setattr(provenance, "package_versions", lambda: changed)
+    assert _key(recipe, "", step) != before
+
+
+def test_results_document_records_the_provenance_once():
+    from mmedge.pipeline import results_document
+    from mmedge.recipe import load_recipe
+
+    doc = results_document(load_recipe(), [])
+    assert doc["provenance"]["cpu"]["flags"] == doc["machine"]["cpu_flags"]
+    assert doc["provenance"]["mmedge_version"] == doc["mmedge_version"] and "provenance" not in doc["machine"]

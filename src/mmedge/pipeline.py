@@ -55,8 +55,13 @@ def source_fingerprints(recipe: Recipe) -> dict[str, str]:
 
 
 def _key(recipe: Recipe, previous: str, step: StepConfig, sources: dict[str, str] | None = None) -> str:
+    from mmedge.provenance import package_versions
+
+    versions = package_versions()
     payload = {
         "mmedge": __version__,
+        # another onnxruntime, onnx or torch exports, quantizes and times differently: never reuse across them
+        "runtime": {name: versions[name] for name in ("onnxruntime", "onnxruntime-gpu", "onnx", "torch")},
         "model": recipe.model.model_dump(mode="json"),
         "data": recipe.data.model_dump(mode="json"),
         "targets": list(recipe.targets),
@@ -163,14 +168,16 @@ def run_recipe(
 
 
 def results_document(recipe: Recipe, records: list[StepRecord]) -> dict:
+    from mmedge.provenance import collect
     from mmedge.runtime.bench import machine_info
 
     return {
         "schema": "mmedge.results",
         "schema_version": RESULTS_SCHEMA_VERSION,
         "mmedge_version": __version__,
+        "provenance": collect(),
         "recipe": json.loads(recipe.dump("json")),
-        "machine": machine_info(),
+        "machine": machine_info(with_provenance=False),
         "steps": [r.to_json() for r in records],
     }
 
