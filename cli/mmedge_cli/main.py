@@ -399,7 +399,7 @@ def bench(
     measured interleaved on real inputs."""
     import tempfile
 
-    from mmedge.runtime.bench import bench_matrix, model_names
+    from mmedge.runtime.bench import bench_matrix, comparison_lines, model_names
     from mmedge.runtime.inputs import bench_inputs, npz_feeds
 
     paths = [_model_file(m) for m in models]
@@ -456,6 +456,9 @@ def bench(
     from mmedge.report.markdown import bench_tables
 
     out.print(bench_tables(doc), markup=False, highlight=False)
+    # which differences hold beyond the run-to-run spread (per-round ratios, p10-p90)
+    for line in comparison_lines(doc):
+        out.print(line, markup=False, highlight=False)
     if out_dir is not None:
         out.print(f"results, report and plots: {out_dir}")
 
