@@ -96,6 +96,15 @@ def test_bench_matrix_compares_the_models_of_each_ep_thread_and_batch_round_by_r
     assert len(fastest_rows) >= 4 and all(r["equally_fast_as_fastest"] for r in fastest_rows)
 
 
+def test_bench_matrix_comparison_lines_cover_every_group_with_several_models(matrix):
+    from mmedge.runtime.bench import comparison_lines
+
+    models, _, doc = matrix
+    lines = comparison_lines(doc)
+    assert len(lines) == 4 and all(line.startswith("cpu, ") and "fastest" in line for line in lines)
+    assert all(line.count(" (p10-p90 ") == len(models) - 1 for line in lines)
+
+
 def test_bench_matrix_records_the_provenance_once(matrix):
     _, _, doc = matrix
     assert doc["provenance"]["cpu"]["flags"] == doc["machine"]["cpu_flags"] and "provenance" not in doc["machine"]
@@ -317,6 +326,21 @@ def test_latency_comparison_round_trips_through_json():
     data = json.loads(json.dumps(c.to_json()))
     assert data["candidates"]["b"]["equally_fast_as_fastest"] is False and "p10-p90" in data["rule"]
     assert LatencyComparison.from_json(data) == c
+
+
+def test_describe_names_the_fastest_and_says_which_others_are_equally_fast():
+    from mmedge.runtime.bench import summarize
+
+    c = summarize(
+        {"fp32": _rounds([1.0] * 10), "int8": _rounds([2.0] * 10), "pruned": _rounds([0.9, 1.1] * 5)},
+        ep="cpu",
+        threads=1,
+        batch_size=1,
+    )
+    assert c.describe() == (
+        "cpu, 1 thread, batch 1, 10 rounds x 3 calls: fastest fp32; int8 2.00x, slower (p10-p90 2.00-2.00); "
+        "pruned 1.00x, equally fast (p10-p90 0.90-1.10)"
+    )
 
 
 # ---------------------------------------------------------------- the harness on real sessions (no timing claims)

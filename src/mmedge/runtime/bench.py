@@ -136,6 +136,22 @@ class LatencyComparison:
         """The candidates (the fastest among them) that are equally fast as the fastest, in candidate order."""
         return [name for name in self.candidates if self.equally_fast(name, self.fastest)]
 
+    def describe(self) -> str:
+        """One line: the fastest candidate, then each other one's per-round ratio to it with its p10-p90 interval,
+        e.g. "cpu, 1 thread, batch 1, 20 rounds x 10 calls: fastest fp32; int8 1.08x slower (p10-p90 1.03-1.12)"."""
+        threads = "default threads" if self.threads == 0 else f"{self.threads} thread{'s' * (self.threads != 1)}"
+        parts = []
+        for name, c in self.candidates.items():
+            if name == self.fastest:
+                continue
+            verdict = "equally fast" if self.equally_fast(name, self.fastest) else "slower"
+            parts.append(f"{name} {c.ratio_p50:.2f}x, {verdict} (p10-p90 {c.ratio_p10:.2f}-{c.ratio_p90:.2f})")
+        head = (
+            f"{self.ep}, {threads}, batch {self.batch_size}, {self.rounds} rounds x {self.calls_per_round} calls: "
+            f"fastest {self.fastest}"
+        )
+        return "; ".join([head, *parts])
+
     def to_json(self) -> dict:
         return {
             "ep": self.ep,
@@ -609,6 +625,11 @@ def bench_matrix(
         _add_ratios(doc["results"], times, batch, model_order, ep_order, rounds_run=len(next(iter(times.values()))))
     doc["memory"] = {"process_peak_rss_mb": _process_peak_rss_mb()}
     return doc
+
+
+def comparison_lines(doc: dict) -> list[str]:
+    """``LatencyComparison.describe`` for every group of a ``bench_matrix`` document with more than one model."""
+    return [LatencyComparison.from_json(c).describe() for c in doc.get("comparisons", []) if len(c["candidates"]) > 1]
 
 
 def _round_ratio(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]) -> list[float]:
