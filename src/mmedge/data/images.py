@@ -66,7 +66,7 @@ def load_image(path: str | Path, prep: ImagePreprocessing, invert: bool = False)
     try:
         with Image.open(path) as img:
             img.load()
-            pixels = to_model_pixels(img, prep)
+            pixels = to_model_pixels(upright(img), prep)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageDecodeError(
             f"image {path} does not decode ({type(exc).__name__}); pass a valid PNG, JPEG or BMP file."
@@ -74,6 +74,14 @@ def load_image(path: str | Path, prep: ImagePreprocessing, invert: bool = False)
     if invert:
         pixels = 255.0 - pixels
     return finish_pixels(pixels[None] * np.float32(prep.scale), prep)
+
+
+def upright(img):
+    """A PIL image turned as its EXIF orientation tag says: phones store pictures sideways and set that tag, so
+    without it a portrait photo reaches the model rotated (the file's other pixels are unchanged)."""
+    from PIL import ImageOps
+
+    return ImageOps.exif_transpose(img)
 
 
 def to_model_pixels(image, prep: ImagePreprocessing) -> np.ndarray:

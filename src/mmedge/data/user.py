@@ -6,22 +6,31 @@ Every image is decoded with Pillow when the manifest is read, so a bad row is re
 at once — or skipped with ``skip_bad_rows`` and counted — rather than failing in the middle of training.
 An empty dataset, or one with a single class, is refused. Evaluation and calibration subsets are drawn
 stratified by label and seeded.
+
+Train, validation and test are split by image, never by row: a picture asked several questions, or stored
+twice under two names (identical files count as one), lies in one split only, so the test split measures
+pictures the model has never seen. ``data.group_by`` names a column whose rows stay together instead (the
+same patient, scene or photo session), and a ``split`` column (train / val / test) is followed as written.
 """
 
 from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
+import io
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from mmedge.data.digits_vqa import DigitsVQA, VQASplit
+from mmedge.data.digits_vqa import SPLITS, DigitsVQA, VQASplit, split_info
+from mmedge.data.images import upright
 from mmedge.errors import InputPathError, MmedgeError
 
 COLUMNS = ("image", "text", "label")
+SPLIT_COLUMN = "split"  # optional: train / val / test per row, followed as written
 
 
 class DataError(MmedgeError):
@@ -37,6 +46,9 @@ class UserDataset:
     rows: tuple[int, ...]  # the manifest row each example came from (1 = first data row)
     classes: tuple[str, ...]  # sorted label names; a label's index is its class id
     skipped: tuple[dict, ...] = field(default=())  # {"row", "reason"} for rows left out with skip_bad_rows
+    image_keys: tuple[str, ...] = ()  # a digest of each row's image file: identical files share one key
+    groups: tuple[str, ...] | None = None  # each row's value of the group_by column, when one is named
+    splits: tuple[str, ...] | None = None  # each row's split column value (train/val/test), when it has one
 
     def __len__(self) -> int:
         return len(self.images)
@@ -75,13 +87,34 @@ def _read_rows(path: Path) -> list[dict]:
     raise DataError(f"{path} is neither .jsonl nor .csv; write the manifest as JSON lines or CSV with a header.")
 
 
-def _check_row(row: dict, root: Path, known: set[str] | None) -> tuple[Path, str, str]:
-    """(image path, text, label) of a row, or a DataError naming what is wrong with it."""
+def _image_key(image: Path, shown: str, seen: dict[Path, str | DataError]) -> str:
+    """A digest of the image file once it is known to decode; each file is read and decoded once."""
+    if image not in seen:
+        from PIL import Image, UnidentifiedImageError
+
+        data = image.read_bytes()
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                im.load()
+            seen[image] = hashlib.blake2b(data, digest_size=16).hexdigest()
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            seen[image] = DataError(f"names the image '{shown}', which does not decode ({type(exc).__name__})")
+    if isinstance(seen[image], DataError):
+        raise seen[image]
+    return seen[image]
+
+
+def _check_row(
+    row: dict, root: Path, known: set[str] | None, group_by: str | None, seen: dict
+) -> tuple[Path, str, str, str, str | None, str | None]:
+    """(image path, text, label, image key, group, split) of a row, or a DataError naming what is wrong with it."""
     if "__error__" in row:
         raise DataError(row["__error__"])
     missing = [c for c in COLUMNS if row.get(c) in (None, "")]
     if "text" in missing and row.get("text") == "":
         missing.remove("text")  # an empty question is a valid (missing-text) example
+    if group_by is not None and row.get(group_by) in (None, ""):
+        missing.append(group_by)
     if missing:
         raise DataError(f"has no {', '.join(missing)}")
     image = (root / str(row["image"])).resolve()
@@ -89,35 +122,67 @@ def _check_row(row: dict, root: Path, known: set[str] | None) -> tuple[Path, str
         raise DataError(f"names the image '{row['image']}', which lies outside the dataset folder {root}")
     if not image.is_file():
         raise DataError(f"names the image '{row['image']}', which does not exist")
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(image) as im:
-            im.load()
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise DataError(f"names the image '{row['image']}', which does not decode ({type(exc).__name__})") from None
+    key = _image_key(image, str(row["image"]), seen)
     label = str(row["label"])
     if known is not None and label not in known:
         raise DataError(f"has the label '{label}', which is not one of the known labels ({', '.join(sorted(known))})")
-    return image, str(row["text"]), label
+    split = row.get(SPLIT_COLUMN)
+    if split is not None and str(split).strip() not in SPLITS:
+        raise DataError(f"has the split '{split}', which is not one of {', '.join(SPLITS)}")
+    group = None if group_by is None else str(row[group_by])
+    return image, str(row["text"]), label, key, group, None if split is None else str(split).strip()
 
 
-def read_manifest(path: str | Path, skip_bad_rows: bool = False, labels: list[str] | None = None) -> UserDataset:
-    """A dataset from a JSONL/CSV manifest; ``labels`` (optional) is the closed set every row must use."""
+def read_manifest(
+    path: str | Path, skip_bad_rows: bool = False, labels: list[str] | None = None, group_by: str | None = None
+) -> UserDataset:
+    """A dataset from a JSONL/CSV manifest; ``labels`` (optional) is the closed set every row must use, ``group_by``
+    (optional) a column whose rows must stay in one split."""
     path = Path(path)
     if not path.is_file():
         raise InputPathError(f"dataset manifest {path} does not exist; pass a .jsonl or .csv file.")
-    return _from_rows(_read_rows(path), path, path.parent.resolve(), skip_bad_rows, labels)
+    return _from_rows(_read_rows(path), path, path.parent.resolve(), skip_bad_rows, labels, group_by)
+
+
+def _check_columns(rows_in: list[dict], path: Path, skip_bad_rows: bool, group_by: str | None) -> None:
+    """Refuse at once a group_by column the manifest lacks, and list every bad split value in one sentence."""
+    rows = [r for r in rows_in if "__error__" not in r]
+    if group_by is not None and rows and not any(group_by in r for r in rows):
+        have = sorted({k for r in rows for k in r if not k.startswith("__")})
+        raise DataError(
+            f"{path.name} has no '{group_by}' column to group by (it has: {', '.join(have)}); name one of its "
+            "columns in data.group_by."
+        )
+    if not any(SPLIT_COLUMN in r for r in rows):
+        return
+    for r in rows:  # with a split column, every row must say its split (a missing or null one is a bad value)
+        if r.get(SPLIT_COLUMN) is None:
+            r[SPLIT_COLUMN] = ""
+    bad = [(r["__row__"], r[SPLIT_COLUMN]) for r in rows if str(r[SPLIT_COLUMN]).strip() not in SPLITS]
+    if bad and not skip_bad_rows:
+        more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+        listed = ", ".join(f"{n} ('{v}')" for n, v in bad[:10]) + more
+        raise DataError(
+            f"{path.name} has split values other than {', '.join(SPLITS)} in row(s) {listed}; write train, val or "
+            "test in its split column, or pass --skip-bad-rows to leave those rows out."
+        )
 
 
 def _from_rows(
-    rows_in: list[dict], path: Path, root: Path, skip_bad_rows: bool, labels: list[str] | None
+    rows_in: list[dict],
+    path: Path,
+    root: Path,
+    skip_bad_rows: bool,
+    labels: list[str] | None,
+    group_by: str | None = None,
 ) -> UserDataset:
+    _check_columns(rows_in, path, skip_bad_rows, group_by)
     known = set(labels) if labels is not None else None
-    images, texts, names, rows, skipped = [], [], [], [], []
+    images, texts, names, rows, keys, groups, splits, skipped = [], [], [], [], [], [], [], []
+    seen: dict = {}  # image path -> digest or DataError: a picture asked many questions is decoded once
     for row in rows_in:
         try:
-            image, text, label = _check_row(row, root, known)
+            image, text, label, key, group, split = _check_row(row, root, known, group_by, seen)
         except DataError as exc:
             if not skip_bad_rows:
                 raise DataError(
@@ -130,7 +195,22 @@ def _from_rows(
         texts.append(text)
         names.append(label)
         rows.append(row["__row__"])
-    return _checked(UserDataset(root, tuple(images), tuple(texts), tuple(names), tuple(rows), (), tuple(skipped)), path)
+        keys.append(key)
+        groups.append(group)
+        splits.append(split)
+    ds = UserDataset(
+        root,
+        tuple(images),
+        tuple(texts),
+        tuple(names),
+        tuple(rows),
+        (),
+        tuple(skipped),
+        tuple(keys),
+        tuple(groups) if group_by is not None else None,
+        tuple(splits) if any(s is not None for s in splits) else None,
+    )
+    return _checked(ds, path)
 
 
 def _checked(ds: UserDataset, source: Path) -> UserDataset:
@@ -142,7 +222,7 @@ def _checked(ds: UserDataset, source: Path) -> UserDataset:
         raise DataError(
             f"{source} has a single class ('{classes[0]}'); a classifier needs examples of at least two labels."
         )
-    return UserDataset(ds.root, ds.images, ds.texts, ds.labels, ds.rows, classes, ds.skipped)
+    return replace(ds, classes=classes)
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -181,11 +261,14 @@ def stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
 CAPTION_FILES = ("captions.jsonl", "captions.csv", "captions.tsv")
 
 
-def read_image_folder(folder: str | Path, skip_bad_rows: bool = False, labels: list[str] | None = None) -> UserDataset:
+def read_image_folder(
+    folder: str | Path, skip_bad_rows: bool = False, labels: list[str] | None = None, group_by: str | None = None
+) -> UserDataset:
     """A dataset from ``FOLDER/<label>/<image>`` plus a captions file in FOLDER that gives each image its text.
 
     The captions file is ``captions.jsonl`` ({"image": "cat/1.png", "text": "..."} per line), ``captions.csv``
     (header image,text) or ``captions.tsv`` (image<TAB>text, no header). The label is the image's sub-folder.
+    A JSONL or CSV captions file may carry a split column and the group_by column, as a manifest does.
     """
     folder = Path(folder)
     found = [folder / n for n in CAPTION_FILES if (folder / n).is_file()]
@@ -211,7 +294,7 @@ def read_image_folder(folder: str | Path, skip_bad_rows: bool = False, labels: l
             row["__error__"] = f"names the image '{row.get('image')}', which is not inside a label sub-folder"
         elif "__error__" not in row:
             row["label"] = parts[0]
-    return _from_rows(rows, path, folder.resolve(), skip_bad_rows, labels)
+    return _from_rows(rows, path, folder.resolve(), skip_bad_rows, labels, group_by)
 
 
 def _read_csv_rows(path: Path, columns: tuple[str, ...]) -> list[dict]:
@@ -223,11 +306,11 @@ def _read_csv_rows(path: Path, columns: tuple[str, ...]) -> list[dict]:
 
 
 def decode_rgb(path: Path) -> np.ndarray:
-    """uint8 (H, W, 3) pixels of an image file (already checked to decode)."""
+    """uint8 (H, W, 3) pixels of an image file (already checked to decode), turned upright as its EXIF says."""
     from PIL import Image
 
     with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+        return np.asarray(upright(im).convert("RGB"), dtype=np.uint8)
 
 
 IDX_NAMES = {
@@ -267,7 +350,7 @@ def read_idx_folder(folder: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def build_splits(cfg) -> DigitsVQA:
-    """train/val/test splits of a user dataset (or fashion-vqa), stratified by label and seeded."""
+    """train/val/test splits of a user dataset (or fashion-vqa): by image (or group), stratified by label, seeded."""
     if cfg.name == "fashion-vqa":
         if not FASHION_MNIST_DIR.is_dir():
             raise InputPathError(
@@ -276,48 +359,145 @@ def build_splits(cfg) -> DigitsVQA:
             )
         return idx_vqa(FASHION_MNIST_DIR, FASHION_CLASSES, cfg)
     path = Path(cfg.path)
+    group_by = getattr(cfg, "group_by", None)
     if path.is_dir() and any(find_idx(path, n) for pair in IDX_NAMES.values() for n in pair):
+        if group_by is not None:
+            raise DataError(
+                f"{path} holds IDX files, which have no columns to group by; remove data.group_by (IDX images are "
+                "split by image)."
+            )
         names = cfg.labels or tuple(str(i) for i in range(10))
         return idx_vqa(path, tuple(names), cfg)
     if path.is_dir():
-        ds = read_image_folder(path, cfg.skip_bad_rows, cfg.labels)
+        ds = read_image_folder(path, cfg.skip_bad_rows, cfg.labels, group_by)
     elif path.is_file():
-        ds = read_manifest(path, cfg.skip_bad_rows, cfg.labels)
+        ds = read_manifest(path, cfg.skip_bad_rows, cfg.labels, group_by)
     else:
         raise InputPathError(
             f"dataset {path} does not exist; pass a .jsonl/.csv manifest, an image folder with a captions file, "
             "or a folder of MNIST-format IDX files."
         )
-    labels = ds.label_ids()
-    test, val, train = _stratified_split(labels, cfg.test_fraction, cfg.val_fraction, cfg.seed, str(path))
-    images = np.empty(len(ds), dtype=object)
-    images[:] = [decode_rgb(p) for p in ds.images]
+    return manifest_vqa(ds, cfg, str(path))
+
+
+def manifest_vqa(ds: UserDataset, cfg, source: str) -> DigitsVQA:
+    """Splits of a read manifest: whole images (or whole groups) go to one split, each image decoded once."""
+    labels = ds.label_ids()  # (N,) one per row (question)
+    keys, image_of_row = np.unique(np.asarray(ds.image_keys), return_inverse=True)  # identical files: one image
+    image_label = _rarest(image_of_row, labels, len(keys))  # (M,) the class an image shows, when it has one label
+    if ds.groups is None:
+        unit_of_row, noun, by = image_of_row, "image", "image (identical files count as one)"
+    else:
+        values, unit_of_row = np.unique(np.asarray(ds.groups), return_inverse=True)
+        noun, by = "group", f"the '{cfg.group_by}' column (the rows of one value stay in one split)"
+        _same_within(image_of_row, unit_of_row, ds, source, "image", f"'{cfg.group_by}' value", lambda u: values[u])
+    n_units = int(unit_of_row.max()) + 1
+    strata = _rarest(unit_of_row, labels, n_units)  # (units,) the stratum of each image (or group)
+    rng = np.random.default_rng(cfg.seed)
+    pct = "{:g} %".format
+    if ds.splits is None:
+        test_u, val_u, train_u = _draw(np.arange(n_units), strata, (cfg.test_fraction, cfg.val_fraction), rng)
+        rule = (
+            f"by {by}, stratified by label (an image's rarest answer), seeded (seed {cfg.seed}): "
+            f"{pct(cfg.test_fraction * 100)} for test, "
+            f"{pct(cfg.val_fraction * 100)} for validation, the rest train"
+        )
+        if len(test_u) == 0 or len(train_u) == 0:
+            raise DataError(
+                f"{source} has too few {noun}s to hold out a test split (a label needs 3 or more {noun}s); add "
+                "examples."
+            )
+    else:
+        split_of_row = np.asarray([SPLITS.index(s) for s in ds.splits])
+        _same_within(unit_of_row, split_of_row, ds, source, noun, "split", lambda k: SPLITS[k])
+        split_of_unit = np.zeros(n_units, np.int64)
+        split_of_unit[unit_of_row] = split_of_row
+        train_u, val_u, test_u = (np.flatnonzero(split_of_unit == k) for k in range(len(SPLITS)))
+        rule = f"as the manifest's split column says (every {noun} in one split)"
+        if len(val_u) == 0 and len(train_u) > 0:  # early stopping needs a validation split: drawn from train
+            val_u, train_u = _draw(train_u, strata[train_u], (cfg.val_fraction,), rng)
+            rule += (
+                f"; validation drawn from its train rows by {noun}, stratified by label, seeded (seed {cfg.seed}): "
+                f"{pct(cfg.val_fraction * 100)}"
+            )
+        for name, units in (("train", train_u), ("test", test_u)):
+            if len(units) == 0:
+                raise DataError(f"{source} has no row in the {name} split; mark some rows {name} in its split column.")
+    pictures = np.empty(len(keys), dtype=object)  # (M,) uint8 (H, W, 3) arrays of any size
+    for m, row in enumerate(np.unique(image_of_row, return_index=True)[1]):
+        pictures[m] = decode_rgb(ds.images[row])
     fams = np.zeros(len(ds), np.int64)
 
-    def split(rows: np.ndarray) -> VQASplit:
+    def split(units: np.ndarray) -> VQASplit:
+        rows = np.flatnonzero(np.isin(unit_of_row, units))  # in manifest order
+        shown = np.unique(image_of_row[rows])  # this split's own images: no other split holds them
         return VQASplit(
-            images, labels, rows, tuple(ds.texts[i] for i in rows), labels[rows], fams[rows], ds.classes, ("all",)
+            pictures[shown],
+            image_label[shown],
+            np.searchsorted(shown, image_of_row[rows]),
+            tuple(ds.texts[i] for i in rows),
+            labels[rows],
+            fams[rows],
+            ds.classes,
+            ("all",),
         )
 
-    return DigitsVQA(split(train), split(val), split(test), str(path), cfg.seed, ds.skipped)
+    splits = {"train": split(train_u), "val": split(val_u), "test": split(test_u)}
+    groups = None if ds.groups is None else {"train": len(train_u), "val": len(val_u), "test": len(test_u)}
+    info = split_info(rule, splits, groups)
+    return DigitsVQA(**splits, source=source, seed=cfg.seed, skipped=ds.skipped, split_info=info)
 
 
-def _stratified_split(labels: np.ndarray, test: float, val: float, seed: int, source: str):
-    """(test, val, train) row indices: every label contributes its share to each split, seeded."""
-    rng = np.random.default_rng(seed)
-    parts: tuple[list, list, list] = ([], [], [])
-    for c in np.unique(labels):
-        rows = rng.permutation(np.flatnonzero(labels == c))
-        # a label with fewer than 3 examples trains only; otherwise at least one example in test and in val
-        n_test = max(1, round(len(rows) * test)) if len(rows) >= 3 else 0
-        n_val = max(1, round(len(rows) * val)) if len(rows) >= 3 else 0
-        for part, chunk in zip(parts, np.split(rows, [n_test, n_test + n_val]), strict=True):
+def _rarest(unit_of_row: np.ndarray, labels: np.ndarray, n_units: int) -> np.ndarray:
+    """(n_units,) each unit's rarest label over the whole dataset (ties: the lowest label id).
+
+    With one label per image this is the image's label. With many questions per image the common answers
+    (yes, no) would put every image in one stratum; the rarest answer is what must reach each split."""
+    total = np.bincount(labels)
+    width = len(total)
+    pairs = np.unique(unit_of_row * width + labels)
+    units, label = np.divmod(pairs, width)
+    order = np.lexsort((label, total[label], units))  # per unit: the rarest label first, then the lowest id
+    first = np.unique(units[order], return_index=True)[1]
+    out = np.zeros(n_units, np.int64)
+    out[units[order][first]] = label[order][first]
+    return out
+
+
+def _same_within(owner, value, ds: UserDataset, source: str, noun: str, column: str, show) -> None:
+    """Refuse an image (or group) whose rows carry two values (splits, groups): it would be trained and tested on."""
+    order = np.argsort(owner, kind="stable")
+    starts = np.flatnonzero(np.r_[True, owner[order][1:] != owner[order][:-1]])
+    mixed = np.flatnonzero(np.minimum.reduceat(value[order], starts) != np.maximum.reduceat(value[order], starts))
+    if len(mixed) == 0:
+        return
+    rows = order[starts[mixed[0]] : (starts[mixed[0] + 1] if mixed[0] + 1 < len(starts) else len(order))]
+    a, b = rows[0], rows[np.flatnonzero(value[rows] != value[rows[0]])[0]]
+    what = f"'{ds.images[a].relative_to(ds.root)}'" if noun == "image" else f"'{ds.groups[a]}'"
+    raise DataError(
+        f"{source}: the {noun} {what} has the {column} '{show(value[a])}' in row {ds.rows[a]} but "
+        f"'{show(value[b])}' in row {ds.rows[b]}; give all its rows the same {column}, so that no image is both "
+        "trained and tested on."
+    )
+
+
+def _draw(units: np.ndarray, strata: np.ndarray, fractions: tuple[float, ...], rng) -> list[np.ndarray]:
+    """``units`` cut into one part per fraction plus the rest, every stratum contributing its share (at least one
+    unit each); a stratum with too few units to give each part one goes wholly to the rest. Seeded by ``rng``."""
+    parts: list[list] = [[] for _ in range(len(fractions) + 1)]
+    for c in np.unique(strata):
+        mine = rng.permutation(units[strata == c])
+        if len(mine) > len(fractions):
+            cuts, start = [], 0
+            for f in fractions:
+                start += min(max(1, round(len(mine) * f)), len(mine) - start - 1)  # the rest keeps one
+                cuts.append(start)
+            chunks = np.split(mine, cuts)
+        else:
+            chunks = [mine[:0]] * len(fractions) + [mine]
+        for part, chunk in zip(parts, chunks, strict=True):
             part.extend(chunk.tolist())
-    if not parts[0] or not parts[2]:
-        raise DataError(
-            f"{source} has too few examples to hold out a test split (a label needs 3 or more); add examples."
-        )
-    return tuple(np.sort(np.asarray(p, np.int64)) for p in parts)
+    return [np.sort(np.asarray(p, np.int64)) for p in parts]
 
 
 # Questions about a labelled picture: whether it shows a class (yes/no, balanced) or what it shows (the class).
@@ -326,7 +506,9 @@ _WHAT = ("what is this?", "what does the image show?", "what is shown?")
 
 
 def idx_vqa(folder: Path, class_names: tuple[str, ...], cfg) -> DigitsVQA:
-    """A VQA set from labelled IDX pictures: per image one yes/no identity question and one naming question."""
+    """A VQA set from labelled IDX pictures: per image one yes/no identity question and one naming question.
+
+    Split by image, stratified by class, seeded; each split holds its own pictures."""
     images, digits = read_idx_folder(folder)
     if digits.max() >= len(class_names):
         raise DataError(
@@ -335,22 +517,30 @@ def idx_vqa(folder: Path, class_names: tuple[str, ...], cfg) -> DigitsVQA:
     keep = stratified_subset(digits, cfg.max_images, cfg.seed)
     images, digits = images[keep], digits[keep]
     classes = ("no", "yes", *class_names)
-    test, val, train = _stratified_split(digits, cfg.test_fraction, cfg.val_fraction, cfg.seed, str(folder))
+    rng = np.random.default_rng(cfg.seed)
+    test, val, train = _draw(np.arange(len(digits)), digits, (cfg.test_fraction, cfg.val_fraction), rng)
+    if len(test) == 0 or len(train) == 0:
+        raise DataError(f"{folder} has too few images to hold out a test split (a class needs 3 or more); add images.")
     rng = np.random.default_rng(cfg.seed + 1)
 
     def split(rows: np.ndarray) -> VQASplit:
         index, texts, labels, fams = [], [], [], []
-        for i in rows:
+        for k, i in enumerate(rows):
             other = int(rng.choice([c for c in range(len(class_names)) if c != digits[i]]))
             yes = bool(rng.random() < 0.5)
             shown = int(digits[i]) if yes else other
             texts += [_IS[rng.integers(len(_IS))].format(c=class_names[shown]), _WHAT[rng.integers(len(_WHAT))]]
             labels += [1 if yes else 0, 2 + int(digits[i])]
             fams += [0, 1]
-            index += [i, i]
+            index += [k, k]
         return VQASplit(
-            images, digits, np.asarray(index, np.int64), tuple(texts), np.asarray(labels, np.int64),
+            images[rows], digits[rows], np.asarray(index, np.int64), tuple(texts), np.asarray(labels, np.int64),
             np.asarray(fams, np.int64), classes, ("identity", "naming"),
         )  # fmt: skip
 
-    return DigitsVQA(split(train), split(val), split(test), str(folder), cfg.seed)
+    splits = {"train": split(train), "val": split(val), "test": split(test)}
+    rule = (
+        f"by image, stratified by class, seeded (seed {cfg.seed}): {cfg.test_fraction * 100:g} % for test, "
+        f"{cfg.val_fraction * 100:g} % for validation, the rest train (of {len(digits):,} images)"
+    )
+    return DigitsVQA(**splits, source=str(folder), seed=cfg.seed, split_info=split_info(rule, splits))
