@@ -1,7 +1,8 @@
 """PyTorch eager vs ONNX Runtime fp32 on the default model, batch 1 and 32, interleaved in one run.
 
-Both runtimes get the same real test inputs and the same thread count. Rounds alternate the order
-(A B, B A, ...) so drift on a shared machine hits both alike; medians and ratios are reported.
+Both runtimes get the same real test inputs and the same thread count. They are timed by mmedge's comparison
+harness (``compare_callables``): rounds alternate the order (A B, B A, ...) so drift on a shared machine hits both
+alike; medians are reported, and the ratio round by round with its p10-p90 interval.
 
     python benchmarks/latency.py         -> benchmarks/results/latency.{json,md}
 """
@@ -10,20 +11,19 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import numpy as np
 import torch
 
-from _common import write_results
+from _common import machine_sentence, write_results
 from mmedge.models.checkpoint import load_checkpoint
 from mmedge.pipeline import run_recipe
+from mmedge.provenance import collect
 from mmedge.recipe import load_recipe
 from mmedge.report.markdown import table
-from mmedge.runtime.bench import machine_info, tile_batch
+from mmedge.runtime.bench import compare_callables, machine_info, tile_batch
 from mmedge.runtime.inputs import split_feeds
 from mmedge.runtime.session import open_session
 
@@ -33,6 +33,7 @@ WARMUP = 30
 
 
 def main() -> None:
+    provenance = collect()  # the code as it was when the run started
     records = run_recipe(load_recipe(), progress=False)  # cached after `make demo`
     export = next(i for i, r in enumerate(records) if r.config.type == "export")
     ckpt_path = records[export - 1].result.artifact.path  # the PyTorch model that export turned into ONNX
@@ -40,7 +41,12 @@ def main() -> None:
     model = load_checkpoint(ckpt_path).model.eval()
     samples = split_feeds(onnx_path, n=64)
     rows = []
-    data = {"model": str(onnx_path), "machine": machine_info(), "torch": torch.__version__, "results": []}
+    data = {
+        "model": str(onnx_path),
+        "provenance": provenance,
+        "machine": machine_info(with_provenance=False),
+        "results": [],
+    }
     for threads in sorted({1, os.cpu_count() or 1}):
         torch.set_num_threads(threads)
         sess = open_session(onnx_path, "cpu", threads=threads)
@@ -55,21 +61,18 @@ def main() -> None:
             def run_ort(sess=sess, feeds=feeds):
                 sess.run(None, feeds)
 
-            variants = {"pytorch-eager": run_torch, "onnxruntime": run_ort}
-            times: dict[str, list[float]] = {k: [] for k in variants}
-            for fn in variants.values():
-                for _ in range(WARMUP):
-                    fn()
-            for r in range(ROUNDS):
-                order = list(variants) if r % 2 == 0 else list(reversed(variants))
-                for name in order:
-                    for _ in range(CALLS_PER_ROUND):
-                        t0 = time.perf_counter()
-                        variants[name]()
-                        times[name].append((time.perf_counter() - t0) * 1e3)
-            med = {k: float(np.median(v)) for k, v in times.items()}
-            p90 = {k: float(np.percentile(v, 90)) for k, v in times.items()}
-            ratio = med["onnxruntime"] / med["pytorch-eager"]
+            c = compare_callables(
+                {"pytorch-eager": run_torch, "onnxruntime": run_ort},
+                ep="cpu",
+                threads=threads,
+                batch_size=batch,
+                rounds=ROUNDS,
+                calls_per_round=CALLS_PER_ROUND,
+                warmup=WARMUP,
+            )
+            med = {k: t.p50_ms for k, t in c.candidates.items()}
+            p90 = {k: t.p90_ms for k, t in c.candidates.items()}
+            lo, ratio, hi = c.ratio_interval("onnxruntime", "pytorch-eager")  # per round: ORT time / torch time
             data["results"].append(
                 {
                     "threads": threads,
@@ -77,7 +80,10 @@ def main() -> None:
                     "median_ms": med,
                     "p90_ms": p90,
                     "ort_over_torch": ratio,
-                    "calls": ROUNDS * CALLS_PER_ROUND,
+                    "ort_over_torch_p10_p90": [lo, hi],
+                    "equally_fast": c.equally_fast("onnxruntime", "pytorch-eager"),
+                    "calls": c.rounds * c.calls_per_round,
+                    "comparison": c.to_json(),
                 }
             )
             rows.append(
@@ -88,21 +94,21 @@ def main() -> None:
                     f"{med['onnxruntime']:.3f}",
                     f"{p90['pytorch-eager']:.3f}",
                     f"{p90['onnxruntime']:.3f}",
-                    f"{ratio:.2f}×",
+                    f"{ratio:.2f}× ({lo:.2f}–{hi:.2f})",
                 ]
             )
     md = "\n".join(
         [
             "# Latency — PyTorch eager vs ONNX Runtime fp32 (the default recipe's exported model)",
             "",
-            f"Interleaved: {ROUNDS} rounds × {CALLS_PER_ROUND} calls per variant, alternating order; real test inputs.",
+            f"Interleaved: {ROUNDS} rounds × {CALLS_PER_ROUND} calls per variant, alternating order; real test inputs. "
+            "ORT / torch: the median over rounds of the ratio within a round, with its p10–p90 interval.",
             "",
             table(
                 ["threads", "batch", "torch p50 ms", "ORT p50 ms", "torch p90 ms", "ORT p90 ms", "ORT / torch"], rows
             ),
             "",
-            f"Machine: {data['machine']['cpu']}, {data['machine']['logical_cores']} logical cores; torch "
-            f"{torch.__version__}, onnxruntime {data['machine']['onnxruntime']}.",
+            f"{machine_sentence(provenance)} torch {provenance['packages']['torch']}.",
             "",
         ]
     )

@@ -12,14 +12,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import write_results
+from _common import machine_sentence, write_results
 from mmedge.pipeline import run_recipe
+from mmedge.provenance import collect
 from mmedge.recipe import load_recipe
 from mmedge.report.markdown import table
 from mmedge.runtime.bench import machine_info
 
 
 def main() -> None:
+    provenance = collect()  # the code as it was when the run started
     base = load_recipe()
     with tempfile.TemporaryDirectory() as tmp:
         recipe = base.model_copy(update={"workdir": Path(tmp) / "runs", "output": Path(tmp) / "bundle"})
@@ -33,7 +35,8 @@ def main() -> None:
         "recipe": base.name,
         "total_seconds": round(total, 2),
         "steps": steps,
-        "machine": machine_info(),
+        "provenance": provenance,
+        "machine": machine_info(with_provenance=False),
         "test_accuracy": val["test"]["accuracy"],
         "epochs_run": train["epochs_run"],
     }
@@ -45,8 +48,9 @@ def main() -> None:
                 ["step", "seconds"], [[s["step"], f"{s['seconds']:.1f}"] for s in steps] + [["total", f"{total:.1f}"]]
             ),
             "",
-            f"Test accuracy {val['test']['accuracy']:.2%} after {train['epochs_run']} epochs. "
-            f"Machine: {data['machine']['cpu']}, {data['machine']['logical_cores']} logical cores.",
+            f"Test accuracy {val['test']['accuracy']:.2%} after {train['epochs_run']} epochs.",
+            "",
+            machine_sentence(provenance),
             "",
         ]
     )

@@ -15,8 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import write_results
+from _common import machine_sentence, write_results
 from mmedge.data import DataConfig
+from mmedge.provenance import collect
 from mmedge.report.markdown import pct, table
 from mmedge.runtime.bench import machine_info
 from mmedge.train import TrainConfig, run_training
@@ -26,6 +27,7 @@ EPOCHS = 20
 
 
 def main() -> None:
+    provenance = collect()  # the code as it was when the run started
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for rate in RATES:
@@ -63,10 +65,11 @@ def main() -> None:
             "",
             table(["modality_dropout", "epochs", "both inputs", "image missing", "text missing"], rows),
             "",
-            f"Machine: {machine_info()['cpu']}.",
+            machine_sentence(provenance),
         ]
     )
-    write_results("robustness", {"runs": runs, "machine": machine_info()}, md + "\n")
+    data = {"runs": runs, "provenance": provenance, "machine": machine_info(with_provenance=False)}
+    write_results("robustness", data, md + "\n")
 
 
 if __name__ == "__main__":
