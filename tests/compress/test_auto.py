@@ -2,7 +2,8 @@ import pytest
 
 from mmedge.compress import auto
 from mmedge.compress.auto import AutoQuantConfig, _plan, auto_quantize
-from mmedge.compress.quantize import prepare, quantizable_nodes
+from mmedge.compress.quantize.graph import prepare
+from mmedge.compress.quantize.plan import quantizable_nodes
 from mmedge.errors import BudgetExceededError, RecipeError
 from mmedge.recipe import parse_recipe
 from mmedge.runtime.evaluate import evaluate_model
@@ -57,8 +58,8 @@ def test_quantize_auto_decides_before_it_scores_the_test_split(tmp_path, tiny_on
 class _Timing:
     """Per-round ratio intervals (p10, p50, p90) of each candidate against another, as the harness reports them."""
 
-    def __init__(self, intervals):
-        self.intervals = intervals
+    def __init__(self, intervals, rounds=20):
+        self.intervals, self.rounds = intervals, rounds
 
     def ratio_interval(self, a, b):
         return (1.0, 1.0, 1.0) if a == b else self.intervals[(a, b)]
@@ -82,6 +83,8 @@ def test_choose_keeps_the_faster_when_the_interval_excludes_one_beyond_the_toler
     assert auto.choose([fp32, int8], "latency", 0.05, timing)[0] is fp32
     assert auto.choose([fp32, int8], "size", 0.05, timing)[0] is fp32  # slower by more than the 5 % tolerance
     assert auto.choose([fp32, int8], "size", 0.10, timing)[0] is int8  # within a 10 % tolerance the size wins
+    few = _Timing({("int8", "fp32"): (1.08, 1.11, 1.15)}, rounds=2)
+    assert auto.choose([fp32, int8], "latency", 0.0, few)[0] is int8  # two rounds cannot tell them apart
 
 
 def test_quantize_auto_falls_back_to_float_and_then_fails_when_no_candidate_meets_the_budget(
@@ -130,7 +133,7 @@ def test_quantize_auto_config_errors_are_recipe_errors():
 
 
 def test_quantize_auto_ships_the_per_branch_mix_it_was_given(tmp_path, tiny_onnx, data_cfg):
-    from mmedge.compress.quantize import op_histogram
+    from mmedge.compress.quantize.graph import op_histogram
 
     mix = {"image": "int8-static", "text": "int8-dynamic", "head": "fp32"}
     cfg = AutoQuantConfig(**FAST, branch_precision=mix)

@@ -96,3 +96,26 @@ def test_a_results_document_of_another_schema_version_is_refused(tmp_path):
         (tmp_path / "r.json").write_text(json.dumps(doc))
         with pytest.raises(MmedgeError, match=f"schema version {other}, this mmedge reads version 2"):
             load_results(tmp_path / "r.json")
+
+
+def test_bundle_report_states_the_split_rule_and_which_split_decided():
+    from mmedge.report.markdown import render_bundle_report
+
+    metrics = {
+        "size_bytes": 120_000,
+        "reference": {"framework": "pytorch", "test_accuracy": 0.985, "parameters": 150_000},
+        "data_split": {
+            "rule": "by image, seeded (seed 0)",
+            "images": {"train": 3750, "val": 250, "test": 1000},
+            "rows": {"train": 15000, "val": 1000, "test": 4000},
+        },
+        "accuracy": {
+            "split": "test (4000 questions on held-out images)",
+            "test": {"accuracy": 0.98, "per_family": {}},
+        },
+        "accuracy_drop_points": 0.5,
+        "gate": {"split": "val", "accuracy_drop_points": 0.3},
+    }
+    md = render_bundle_report("r", metrics)
+    assert "Data split by image, seeded (seed 0): train 3,750 images (15,000 questions), val 250 images" in md
+    assert "0.50 points on test (reported), 0.30 on validation (what the budget decided on)." in md

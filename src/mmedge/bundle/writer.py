@@ -236,6 +236,8 @@ def shipped_metrics(ctx, model_path: Path) -> dict:
         out["accuracy"]["split"] = f"test ({validate['samples']} questions on held-out images)"
         out["parity"] = validate.get("parity")
         out["accuracy_drop_points"] = validate.get("accuracy_drop_points")
+        if validate.get("gate"):  # the budget was decided on validation; the test drop above is reported only
+            out["gate"] = validate["gate"]
         if validate.get("embeddings"):
             out["embeddings"] = validate["embeddings"]
     if ref:
@@ -244,6 +246,8 @@ def shipped_metrics(ctx, model_path: Path) -> dict:
             "test_accuracy": ref["test"]["accuracy"],
             "parameters": ref.get("parameters"),
         }
+        if ref.get("split"):
+            out["data_split"] = ref["split"]
     if export:
         out["export"] = {
             "opset": export.get("opset"),

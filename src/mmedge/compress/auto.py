@@ -32,22 +32,18 @@ from pydantic import Field, field_validator
 
 from mmedge.artifact import Artifact
 from mmedge.compress.onnx_check import Tolerance, check_rewrite
-from mmedge.compress.quantize import (
+from mmedge.compress.quantize.calibration import CalibrationConfig, calibrate, calibration_feeds
+from mmedge.compress.quantize.graph import copy_metadata, op_histogram, prepare
+from mmedge.compress.quantize.plan import (
     DYNAMIC_OP_TYPES,
     STATIC_OP_TYPES,
-    CalibrationConfig,
-    _check_op_types,
-    calibrate,
-    calibration_feeds,
-    copy_metadata,
-    op_histogram,
-    prepare,
     quantizable_nodes,
     quantize_plan,
 )
+from mmedge.compress.quantize.plan import check_op_types as _check_op_types
 from mmedge.errors import BudgetExceededError
 from mmedge.models.spec import check_branches
-from mmedge.runtime.bench import compare_latency
+from mmedge.runtime.bench import MIN_ROUNDS_FOR_A_DIFFERENCE, compare_latency
 from mmedge.steps.registry import StepConfig, StepContext, StepResult, register_step
 
 Precision = Literal["auto", "fp32", "int8-dynamic", "int8-static"]
@@ -347,7 +343,10 @@ def choose(ok: list[dict], objective: str, tolerance: float, timing) -> tuple[di
     when the p10 of its per-round ratio t(c)/t(f) is above 1 (plus the tolerance for the size objective)."""
     fastest = min(ok, key=lambda c: c["p50_ms"])
     limit = 1.0 + (tolerance if objective == "size" else 0.0)
-    fast_enough = [c for c in ok if c is fastest or timing.ratio_interval(c["name"], fastest["name"])[0] <= limit]
+    if timing.rounds < MIN_ROUNDS_FOR_A_DIFFERENCE:  # too few rounds to tell any two apart: size decides
+        fast_enough = list(ok)
+    else:
+        fast_enough = [c for c in ok if c is fastest or timing.ratio_interval(c["name"], fastest["name"])[0] <= limit]
     best = min(fast_enough, key=lambda c: (c["size_bytes"], c["p50_ms"]))
     others = ", ".join(sorted(c["name"] for c in fast_enough if c is not best)) or "none"
     if objective == "size":

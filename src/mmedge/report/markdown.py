@@ -12,6 +12,12 @@ def _ratio(r: list[float] | None) -> str:
     return "–" if not r else f"{r[0]:.2f}–{r[1]:.2f}–{r[2]:.2f}"
 
 
+def describe_split(split: dict) -> str:
+    """One sentence: how the data set was split, and what each split holds."""
+    parts = ", ".join(f"{n} {split['images'][n]:,} images ({split['rows'][n]:,} questions)" for n in split["images"])
+    return f"Data split {split['rule']}: {parts}."
+
+
 def table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -305,6 +311,7 @@ def render_bundle_report(name: str, metrics: dict, ctx=None, plots: dict[str, st
             "## Accuracy (ONNX Runtime, CPU)",
             "",
             m["accuracy"]["split"] + ".",
+            *([describe_split(m["data_split"])] if m.get("data_split") else []),
             "",
             accuracy_section(m["accuracy"]),
             "",
@@ -312,8 +319,13 @@ def render_bundle_report(name: str, metrics: dict, ctx=None, plots: dict[str, st
         ]
         if m.get("accuracy_drop_points") is not None:
             out.append(
-                f"\nAccuracy drop against the PyTorch model the pipeline started from: "
-                f"{m['accuracy_drop_points']:.2f} points."
+                f"\nAccuracy drop against the model the pipeline started from: {m['accuracy_drop_points']:.2f} "
+                "points on test (reported)"
+                + (
+                    f", {m['gate']['accuracy_drop_points']:.2f} on validation (what the budget decided on)."
+                    if m.get("gate")
+                    else "."
+                )
             )
     if m.get("parity"):
         p = m["parity"]

@@ -203,3 +203,76 @@ def _embedding_parity(got: np.ndarray, want: np.ndarray) -> dict:
         "min_cosine": float((g * w).sum(1).min()),
         "nn_agreement": float((sim_g.argmax(1) == sim_w.argmax(1)).mean()) if len(g) > 2 else None,
     }
+
+
+def per_answer(logits: np.ndarray, split: VQASplit) -> dict:
+    """Accuracy per true answer and the confusion table (rows: true answer, columns: predicted), by label name."""
+    labels = list(split.classes)
+    pred = logits.argmax(1)
+    n = len(labels)
+    confusion = np.zeros((n, n), dtype=np.int64)
+    np.add.at(confusion, (split.labels, pred), 1)
+    accuracy = {labels[i]: float(confusion[i, i] / confusion[i].sum()) for i in range(n) if confusion[i].sum() > 0}
+    return {"labels": labels, "accuracy": accuracy, "confusion": confusion.tolist()}
+
+
+def validate_model(
+    path: str | Path,
+    data: DataConfig | None = None,
+    ep: str = "cpu",
+    ablation: bool = True,
+    reference: str | Path | None = None,
+) -> dict:
+    """What `mmedge validate` reports for an .onnx file: test accuracy (with the modality ablation), accuracy per
+    answer and the confusion table, and parity with a reference (another .onnx, or a .npy of logits on the same
+    split). ``data`` scores on another data set than the one the model's metadata names (e.g. a user's)."""
+    metrics, logits = evaluate_model(path, data, ep=ep, ablation=ablation)
+    sess = open_session(path, ep)
+    split = load_dataset(model_data_config(sess, data)).test
+    metrics["per_answer"] = per_answer(logits, split)
+    ref_acc = metadata_json(sess, "mmedge.reference_accuracy")
+    ref_name = "the PyTorch model at export" if ref_acc is not None else None
+    if reference is not None:
+        reference = Path(reference)
+        if reference.suffix == ".npy":
+            if not reference.is_file():
+                raise MmedgeError(
+                    f"reference file {reference} does not exist; pass an .onnx model or a .npy of logits."
+                )
+            ref_logits = np.load(reference, allow_pickle=False)
+        else:
+            _, ref_logits = evaluate_model(reference, data, ep=ep, ablation=False)
+        metrics["parity"] = parity(logits, ref_logits)
+        ref_acc, ref_name = score(ref_logits, split).accuracy, str(reference)
+    if ref_acc is not None:
+        metrics["reference"] = ref_name
+        metrics["reference_accuracy"] = ref_acc
+        metrics["accuracy_drop_points"] = round((ref_acc - metrics["test"]["accuracy"]) * 100, 4)
+    return metrics
+
+
+def validate_samples(bundle_root: str | Path, manifest: dict, ep: str = "cpu") -> dict:
+    """A bundle checked against its own samples, with nothing but the bundle: each sample's recorded inputs are run
+    and the answers and logits compared with those recorded when the bundle was built."""
+    import json
+
+    root = Path(bundle_root)
+    info = manifest.get("samples") or {}
+    if not info.get("tensors") or not info.get("file"):
+        raise MmedgeError(f"bundle {root} ships no samples; validate it on a data set with --data PATH.")
+    rows = json.loads((root / info["file"]).read_text())
+    with np.load(root / info["tensors"], allow_pickle=False) as npz:
+        feeds = {k: npz[k] for k in npz.files}
+    sess = open_session(root / manifest["model"]["file"], ep)
+    names = {i.name for i in sess.get_inputs()}
+    logits = run(sess, {k: v for k, v in feeds.items() if k in names})[0]
+    want = np.asarray([r["logits"] for r in rows], dtype=np.float64)
+    labels = manifest.get("labels") or []
+    answers = [labels[i] if i < len(labels) else str(i) for i in logits.argmax(1)]
+    return {
+        "samples": len(rows),
+        "providers": sess.get_providers(),
+        "same_answers": float(np.mean([a == r["predicted"] for a, r in zip(answers, rows, strict=True)])),
+        "correct": float(np.mean([a == r["answer"] for a, r in zip(answers, rows, strict=True)])),
+        "max_abs_diff": float(np.abs(logits.astype(np.float64) - want).max()),
+    }
