@@ -3,8 +3,8 @@
     <workdir>/<recipe name>/<NN>-<type>-<key>/   one folder per step; result.json marks it finished
     <workdir>/<recipe name>/results.json          every step's metrics and timing, merged
 
-A step's key hashes the mmedge version, the model and data sections, the previous step's key and output
-(a content hash) and the step's own config, so editing one step re-runs it and everything after it, and
+A step's key hashes the mmedge, onnxruntime, onnx and torch versions, the model and data sections, the previous
+step's key and output (a content hash) and the step's own config, so editing one step re-runs it and everything after it, and
 nothing before it. A step
 runs in a temporary folder that is renamed only when it succeeds: an interrupted run leaves no step that
 looks finished.

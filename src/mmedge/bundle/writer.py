@@ -229,7 +229,7 @@ def shipped_metrics(ctx, model_path: Path) -> dict:
     out: dict = {
         "size_bytes": model_path.stat().st_size,
         "zip_bytes": zipped_size(model_path),
-        "measured_on": machine_info(),
+        "measured_on": machine_info(with_provenance=False),  # the manifest records the provenance once, at its top
     }
     if validate:
         out["accuracy"] = {k: validate[k] for k in ("test", "image_blanked", "text_emptied") if k in validate}

@@ -259,9 +259,12 @@ def render_markdown(doc: dict, plots: dict[str, str], plots_dir: str = "plots", 
     else:
         out = [f"# {doc['recipe']['name']} — pipeline results", "", f"mmedge {doc['mmedge_version']}."]
     out.append(
-        f"Machine: {m.get('cpu')} ({m.get('logical_cores')} logical cores), {m.get('os')}, onnxruntime "
-        f"{m.get('onnxruntime')}."
+        f"Machine: {m.get('cpu_summary') or m.get('cpu')} ({m.get('logical_cores')} logical cores), {m.get('os')}, "
+        f"onnxruntime {m.get('onnxruntime')}."
     )
+    git = (doc.get("provenance") or {}).get("git") or {}
+    if git.get("commit"):
+        out.append(f"Code: commit {git['commit'][:12]}{' (uncommitted changes)' if git.get('dirty') else ''}.")
     if note:
         out += ["", note]
 
