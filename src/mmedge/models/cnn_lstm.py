@@ -6,50 +6,20 @@
                       -> Linear (B, classes)                                           head
 
 Global pooling before the concat keeps the fused width small whatever the image size. ``x.mean((2, 3))``
-rather than AdaptiveAvgPool2d + flatten: the latter hides the conv channels behind a Reshape.
+rather than AdaptiveAvgPool2d + flatten: the latter hides the conv channels behind a Reshape. The options
+(:class:`~mmedge.models.options.CnnLstmConfig`) live in ``mmedge.models.options`` so recipes validate them
+without torch.
 """
 
 from __future__ import annotations
 
 import torch
-from pydantic import Field, field_validator
 from torch import nn
 
 from mmedge.data.images import ImagePreprocessing
-from mmedge.models import FamilyConfig, register_model
+from mmedge.models.options import CnnLstmConfig
+from mmedge.models.registry import register_model
 from mmedge.models.spec import ModelSpec, image_text_spec
-
-
-class CnnLstmConfig(FamilyConfig):
-    conv_channels: tuple[int, ...] = Field(
-        (16, 32, 64, 64),
-        min_length=1,
-        description="Output channels per 3x3 conv block; a 2x2 max-pool follows "
-        "every block but the last (28 -> 14 -> 7 -> 3), so the last block sees the whole digit before global "
-        "pooling. Measured: (32, 64, 64) without the last pool stalled near 97% at twice the cost.",
-    )
-    embed_dim: int = Field(64, ge=1, description="Word embedding width; the vocabulary is ~50 words.")
-    hidden_size: int = Field(
-        128, ge=1, description="LSTM hidden size; the text branch carries the question's operator and operand."
-    )
-    fusion_dim: int | tuple[int, int] = Field(
-        256,
-        description="Width of the two fusion layers (one number, or one per layer after structured pruning). "
-        "Arithmetic questions make the fusion MLP learn a digit x operand lookup, which needs the width and depth.",
-    )
-    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout on the fused representation.")
-    max_text_length: int = Field(12, ge=1, description="Longest question in tokens; longer ones are truncated.")
-    image_size: int = Field(28, ge=8, description="Input height and width in pixels.")
-
-    @field_validator("fusion_dim")
-    @classmethod
-    def _positive(cls, v):
-        if min(v if isinstance(v, tuple) else (v,)) < 1:
-            raise ValueError(f"fusion widths must be >= 1, not {v}")
-        return v
-
-    def fusion_widths(self) -> tuple[int, int]:
-        return self.fusion_dim if isinstance(self.fusion_dim, tuple) else (self.fusion_dim, self.fusion_dim)
 
 
 class ImageNormalize(nn.Module):

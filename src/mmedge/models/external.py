@@ -2,6 +2,10 @@
 folder, see ``mmedge.models.hf``). Each becomes a model family on the fly, so train, export, quantize, validate,
 bench and bundle work on it unchanged.
 
+Turning a name into a family imports no torch and no user code: the name, the trust rule and a Hugging Face folder's
+config.json are checked here, so a recipe that names one is parsed (and dry-run) without torch, and the factory's
+module or :mod:`mmedge.models.hf` is imported only when the model is built.
+
 The factory is called as ``factory(vocab_size=..., num_classes=..., **options)`` and returns ``(module, spec)``:
 a ``torch.nn.Module`` whose ``forward`` takes the spec's inputs in order and returns the logits, and the
 :class:`~mmedge.models.spec.ModelSpec` (inputs, outputs, dynamic axes, image preprocessing, branch map).
@@ -14,19 +18,21 @@ for this process and the export subprocess) — as Hugging Face's ``trust_remote
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import re
 import sys
 from pathlib import Path
 from typing import Any
 
-from pydantic import ConfigDict
-
-from mmedge.errors import RecipeError, UntrustedCodeError
-from mmedge.models import FamilyConfig, ModelFamily
+from mmedge.errors import InputPathError, RecipeError, UntrustedCodeError
+from mmedge.models.options import ExternalOptions, HFOptions
+from mmedge.models.registry import ModelFamily
 
 TRUST_ENV = "MMEDGE_TRUST_CODE"
 _FACTORY = re.compile(r"^py:([A-Za-z_][\w.]*):([A-Za-z_]\w*)$")
+# Hugging Face model_type -> the transformers class that loads it: the image-text dual encoders mmedge supports
+HF_ARCHITECTURES = {"clip": "CLIPModel", "vision-text-dual-encoder": "VisionTextDualEncoderModel"}
 
 
 def code_trusted() -> bool:
@@ -49,12 +55,6 @@ def require_trust(what: str) -> None:
         )
 
 
-class ExternalOptions(FamilyConfig):
-    """Keyword arguments passed to the factory as they are."""
-
-    model_config = ConfigDict(frozen=True, extra="allow")
-
-
 def parse_factory(name: str) -> tuple[str, str]:
     match = _FACTORY.match(name)
     if not match:
@@ -66,22 +66,12 @@ def parse_factory(name: str) -> tuple[str, str]:
 
 
 def py_family(name: str) -> ModelFamily:
+    """The family of a factory reference: checked now, its module imported only when the model is built."""
     module_name, attr = parse_factory(name)
     require_trust(f"the recipe names the Python model {name}")
-    if os.getcwd() not in sys.path:  # a factory next to the recipe imports as `python -m` would find it
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise RecipeError(
-            f"cannot import {module_name} for the model {name} ({exc}); install the package or run mmedge from "
-            "the folder that holds it."
-        ) from None
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise RecipeError(f"{module_name} has no function '{attr}'; name the factory that returns (module, spec).")
 
     def build(cfg: ExternalOptions, vocab_size: int, num_classes: int):
+        factory = load_factory(name, module_name, attr)
         try:
             made = factory(vocab_size=vocab_size, num_classes=num_classes, **cfg.model_dump())
         except Exception as exc:  # the user's code: whatever it raises is reported as one sentence
@@ -94,6 +84,23 @@ def py_family(name: str) -> ModelFamily:
         return adopt(made, name, cfg.model_dump(), vocab_size, num_classes)
 
     return ModelFamily(name, ExternalOptions, build)
+
+
+def load_factory(name: str, module_name: str, attr: str):
+    """Import the factory's module (running its code: callers have checked trust) and return the factory."""
+    if os.getcwd() not in sys.path:  # a factory next to the recipe imports as `python -m` would find it
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise RecipeError(
+            f"cannot import {module_name} for the model {name} ({exc}); install the package or run mmedge from "
+            "the folder that holds it."
+        ) from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise RecipeError(f"{module_name} has no function '{attr}'; name the factory that returns (module, spec).")
+    return factory
 
 
 def adopt(made: Any, family: str, options: dict, vocab_size: int, num_classes: int):
@@ -122,12 +129,58 @@ def adopt(made: Any, family: str, options: dict, vocab_size: int, num_classes: i
     return module
 
 
+def read_hf_config(path: Path) -> dict:
+    """A Hugging Face folder's config.json; a missing folder or a broken file is one clear sentence."""
+    if not path.is_dir() or not (path / "config.json").is_file():
+        raise InputPathError(
+            f"Hugging Face model folder {path} does not exist or has no config.json; pass hf:PATH to a folder "
+            "written by save_pretrained (nothing is downloaded)."
+        )
+    try:
+        return json.loads((path / "config.json").read_text())
+    except json.JSONDecodeError as exc:
+        raise RecipeError(f"{path / 'config.json'} is not valid JSON ({exc.msg}); restore the model folder.") from None
+
+
+def hf_family(path: Path) -> ModelFamily:
+    """The family of a Hugging Face folder: its config is checked now, transformers and torch load when built."""
+    config = read_hf_config(path)
+    remote = bool(config.get("auto_map"))
+    if remote:
+        require_trust(f"the Hugging Face model {path} asks to run its own code (auto_map in config.json)")
+    kind = config.get("model_type")
+    if kind not in HF_ARCHITECTURES and not remote:
+        raise RecipeError(
+            f"the Hugging Face model {path} is a '{kind}'; mmedge loads image-text dual encoders: "
+            f"{', '.join(HF_ARCHITECTURES.values())}."
+        )
+    # remote code names its own class in auto_map, which transformers' AutoModel follows
+    architecture = "AutoModel" if remote else HF_ARCHITECTURES[kind]
+
+    def build(cfg: HFOptions, vocab_size: int, num_classes: int):
+        from mmedge.models.hf import HFDualEncoder
+
+        model = HFDualEncoder.from_folder(path, cfg, num_classes, kind, architecture, remote)
+        model.family, model.vocab_size = f"hf:{path}", vocab_size
+        return model
+
+    def tokenizer(cfg: HFOptions):
+        from mmedge.models.hf import load_tokenizer
+
+        return load_tokenizer(path, cfg.text_max_length)
+
+    return ModelFamily(f"hf:{path}", HFOptions, build, tokenizer)
+
+
+def is_external(name: str) -> bool:
+    """Whether ``name`` is a ``py:`` or ``hf:`` source rather than a zoo family."""
+    return name.startswith(("py:", "hf:"))
+
+
 def external_family(name: str) -> ModelFamily | None:
-    """The family behind a ``py:`` or ``hf:`` name, or None for zoo names."""
+    """The family behind a ``py:`` or ``hf:`` name, or None for zoo names. Imports no torch and no user code."""
     if name.startswith("py:"):
         return py_family(name)
     if name.startswith("hf:"):
-        from mmedge.models.hf import hf_family
-
         return hf_family(Path(name[3:]))
     return None

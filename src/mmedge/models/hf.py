@@ -14,7 +14,8 @@ the zoo models are: pixels scaled to [0, 1], resized to the processor's size; me
 graph. The tokenizer is the folder's ``tokenizer.json``, run on the device with the ``tokenizers`` package.
 
 Nothing is downloaded: the folder must hold config.json, the weights and tokenizer.json (or a tokenizer that
-transformers can convert to one, offline).
+transformers can convert to one, offline). The folder is checked, without torch, by
+``mmedge.models.external.hf_family``; this module is imported only to build the model or load its tokenizer.
 """
 
 from __future__ import annotations
@@ -22,78 +23,18 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Literal
 
 import torch
-from pydantic import Field
 from torch import nn
 
 from mmedge.data.images import ImagePreprocessing
 from mmedge.data.text import HFTokenizer
-from mmedge.errors import InputPathError, MissingDependencyError, RecipeError
-from mmedge.models import FamilyConfig, ModelFamily
+from mmedge.errors import InputPathError, MissingDependencyError
+from mmedge.models.options import HFOptions
 from mmedge.models.spec import ModelSpec, TensorSpec
 
-SUPPORTED = {"clip": "CLIPModel", "vision-text-dual-encoder": "VisionTextDualEncoderModel"}
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-class HFOptions(FamilyConfig):
-    task: Literal["zero-shot", "fusion-head"] = Field(
-        "zero-shot",
-        description="zero-shot: image-label similarity against label prompts (no training); fusion-head: an MLP "
-        "on image and text embeddings, trained on the recipe's data.",
-    )
-    prompt: str = Field(
-        "a photo of a {label}.",
-        description="zero-shot: the text each label becomes; CLIP was trained on captions, so a caption-like "
-        "prompt scores better than the bare label.",
-    )
-    text_max_length: int = Field(
-        32, ge=4, le=512, description="Longest text in tokens (special tokens included); longer ones are truncated."
-    )
-    head_hidden: int = Field(256, ge=1, description="fusion-head: width of the MLP's hidden layer.")
-    freeze_encoders: bool = Field(
-        True, description="fusion-head: train only the head; the pretrained encoders stay as they are."
-    )
-
-
-def _folder(path: Path) -> dict:
-    if not path.is_dir() or not (path / "config.json").is_file():
-        raise InputPathError(
-            f"Hugging Face model folder {path} does not exist or has no config.json; pass hf:PATH to a folder "
-            "written by save_pretrained (nothing is downloaded)."
-        )
-    try:
-        return json.loads((path / "config.json").read_text())
-    except json.JSONDecodeError as exc:
-        raise RecipeError(f"{path / 'config.json'} is not valid JSON ({exc.msg}); restore the model folder.") from None
-
-
-def hf_family(path: Path) -> ModelFamily:
-    config = _folder(path)
-    remote = bool(config.get("auto_map"))
-    if remote:
-        from mmedge.models.external import require_trust
-
-        require_trust(f"the Hugging Face model {path} asks to run its own code (auto_map in config.json)")
-    kind = config.get("model_type")
-    if kind not in SUPPORTED and not remote:
-        raise RecipeError(
-            f"the Hugging Face model {path} is a '{kind}'; mmedge loads image-text dual encoders: "
-            f"{', '.join(SUPPORTED.values())}."
-        )
-
-    def build(cfg: HFOptions, vocab_size: int, num_classes: int):
-        model = HFDualEncoder.from_folder(path, cfg, num_classes, remote)
-        model.family, model.vocab_size = f"hf:{path}", vocab_size
-        return model
-
-    def tokenizer(cfg: HFOptions) -> HFTokenizer:
-        return load_tokenizer(path, cfg.text_max_length)
-
-    return ModelFamily(f"hf:{path}", HFOptions, build, tokenizer)
 
 
 def load_tokenizer(path: Path, max_length: int) -> HFTokenizer:
@@ -175,7 +116,11 @@ class HFDualEncoder(nn.Module):
                     p.requires_grad_(False)
 
     @classmethod
-    def from_folder(cls, path: Path, cfg: HFOptions, num_classes: int, remote: bool = False) -> HFDualEncoder:
+    def from_folder(
+        cls, path: Path, cfg: HFOptions, num_classes: int, kind: str, architecture: str, remote: bool = False
+    ) -> HFDualEncoder:
+        """Load the folder (checked by ``mmedge.models.external.hf_family``) with the transformers class named
+        ``architecture``; ``remote`` lets the folder's own code run (the caller has checked trust)."""
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local folder only; never reach for the hub
         try:
             import transformers
@@ -185,8 +130,7 @@ class HFDualEncoder(nn.Module):
             ) from exc
         transformers.logging.set_verbosity_error()  # mmedge reports what matters; no per-load progress bars
         transformers.logging.disable_progress_bar()
-        kind = _folder(path).get("model_type")
-        loader = transformers.AutoModel if remote else getattr(transformers, SUPPORTED[kind])
+        loader = getattr(transformers, architecture)
         model = loader.from_pretrained(str(path), local_files_only=True, trust_remote_code=remote)
         model.eval()
         vision = getattr(model.config, "vision_config", None)

@@ -9,82 +9,23 @@
 Attention uses separate q/k/v/out Linear layers (not nn.MultiheadAttention) so that heads can be pruned
 channel-wise later. The learned query token is always present, so a question that is empty still yields a
 representation (and, with cross-attention, still looks at the image). The padding mask is additive and
-finite (-1e4, not -inf): an -inf mask ruins int8 calibration and overflows float16.
+finite (-1e4, not -inf): an -inf mask ruins int8 calibration and overflows float16. The options
+(:class:`~mmedge.models.options.VitTransformerConfig`) live in ``mmedge.models.options`` so recipes validate them
+without torch.
 """
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-from pydantic import Field, model_validator
 from torch import nn
 
 from mmedge.data.images import ImagePreprocessing
-from mmedge.models import FamilyConfig, register_model
 from mmedge.models.cnn_lstm import ImageNormalize
+from mmedge.models.options import VitTransformerConfig
+from mmedge.models.registry import register_model
 from mmedge.models.spec import ModelSpec, image_text_spec
 
 MASK_VALUE = -1e4
-
-
-class VitTransformerConfig(FamilyConfig):
-    dim: int = Field(64, ge=8, description="Token width of both encoders; small enough for ~2 minutes of CPU training.")
-    heads: int = Field(4, ge=1, description="Attention heads per block (dim must divide evenly).")
-    patch_size: int = Field(
-        7, ge=1, description="Square patch side in pixels; 7 gives 4x4 = 16 patches of a 28x28 digit."
-    )
-    patch_embed: Literal["linear", "conv-stem"] = Field(
-        "linear",
-        description="'linear': one strided conv per patch (the original ViT). 'conv-stem': stride-2 3x3 "
-        "conv + BatchNorm blocks down to the same grid (Xiao et al. 2021); it learned digits faster when trained on "
-        "digit labels, but not on digits-vqa's questions, where 'linear' with learned positions did better.",
-    )
-    image_positions: Literal["learned", "sincos"] = Field(
-        "learned", description="Learned position table, or fixed 2-D sin-cos positions (Beyer et al. 2022)."
-    )
-    image_layers: int = Field(2, ge=0, description="Self-attention blocks in the image encoder.")
-    text_layers: int = Field(2, ge=0, description="Self-attention blocks in the text encoder.")
-    fusion_layers: int = Field(1, ge=1, description="Cross-attention blocks (text attends to image patches).")
-    fusion: Literal["cross", "concat"] = Field(
-        "cross", description="'cross': cross-attention fusion; 'concat': concatenate pooled image and text features."
-    )
-    mlp_ratio: int = Field(2, ge=1, description="Feed-forward width as a multiple of dim.")
-    dropout: float = Field(
-        0.0,
-        ge=0.0,
-        lt=1.0,
-        description="Dropout inside blocks; 0 because this small model "
-        "underfits 3,750 training images and dropout slowed it further.",
-    )
-    block_heads: tuple[int, ...] | None = Field(
-        None,
-        description="Heads per block (image blocks, then text, then fusion) when they differ, as after structured "
-        "pruning removes whole heads; each head keeps dim / heads channels. None: `heads` everywhere.",
-    )
-    block_mlp: tuple[int, ...] | None = Field(
-        None, description="Feed-forward width per block, in the same order, when it differs. None: dim * mlp_ratio."
-    )
-    max_text_length: int = Field(12, ge=1, description="Longest question in tokens (size of the position table).")
-    image_size: int = Field(28, ge=8, description="Input height and width in pixels.")
-
-    @model_validator(mode="after")
-    def _check(self):
-        if self.dim % self.heads or self.dim % 4:
-            raise ValueError(f"dim {self.dim} must be divisible by 4 and by heads {self.heads}")
-        if self.image_size % self.patch_size:
-            raise ValueError(f"image_size {self.image_size} is not divisible by patch_size {self.patch_size}")
-        blocks = self.image_layers + self.text_layers + (self.fusion_layers if self.fusion == "cross" else 0)
-        for name in ("block_heads", "block_mlp"):
-            widths = getattr(self, name)
-            if widths is not None and (len(widths) != blocks or min(widths, default=1) < 1):
-                raise ValueError(f"{name} needs {blocks} positive numbers (one per block), not {list(widths)}")
-        if self.patch_embed == "conv-stem" and self.patch_size & (self.patch_size - 1):
-            raise ValueError(
-                f"patch_embed 'conv-stem' needs a power-of-two patch_size, not {self.patch_size}; "
-                "use patch_embed 'linear'"
-            )
-        return self
 
 
 class Attention(nn.Module):

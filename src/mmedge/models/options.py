@@ -1,0 +1,144 @@
+"""The options of every model family — the zoo's and the ``hf:`` / ``py:`` sources' — importable without torch.
+
+A recipe's ``model.options`` are validated when the recipe is parsed, and parsing a recipe needs no torch. A family
+module defines an ``nn.Module`` subclass, which needs torch the moment the class is defined, so a family's options
+cannot live beside its module and still be read without torch. They live here instead, in one module that imports
+only pydantic: the registry's table (:mod:`mmedge.models.registry`) names each zoo family's options class, and the
+family module registers its model with that same class (a test checks that they agree).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class FamilyConfig(BaseModel):
+    """Base of every family's hyper-parameters. Sizes that come from the data are filled in by the caller."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class CnnLstmConfig(FamilyConfig):
+    """cnn-lstm (:mod:`mmedge.models.cnn_lstm`): conv image branch, Embedding + LSTM text branch, MLP fusion."""
+
+    conv_channels: tuple[int, ...] = Field(
+        (16, 32, 64, 64),
+        min_length=1,
+        description="Output channels per 3x3 conv block; a 2x2 max-pool follows "
+        "every block but the last (28 -> 14 -> 7 -> 3), so the last block sees the whole digit before global "
+        "pooling. Measured: (32, 64, 64) without the last pool stalled near 97% at twice the cost.",
+    )
+    embed_dim: int = Field(64, ge=1, description="Word embedding width; the vocabulary is ~50 words.")
+    hidden_size: int = Field(
+        128, ge=1, description="LSTM hidden size; the text branch carries the question's operator and operand."
+    )
+    fusion_dim: int | tuple[int, int] = Field(
+        256,
+        description="Width of the two fusion layers (one number, or one per layer after structured pruning). "
+        "Arithmetic questions make the fusion MLP learn a digit x operand lookup, which needs the width and depth.",
+    )
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout on the fused representation.")
+    max_text_length: int = Field(12, ge=1, description="Longest question in tokens; longer ones are truncated.")
+    image_size: int = Field(28, ge=8, description="Input height and width in pixels.")
+
+    @field_validator("fusion_dim")
+    @classmethod
+    def _positive(cls, v):
+        if min(v if isinstance(v, tuple) else (v,)) < 1:
+            raise ValueError(f"fusion widths must be >= 1, not {v}")
+        return v
+
+    def fusion_widths(self) -> tuple[int, int]:
+        return self.fusion_dim if isinstance(self.fusion_dim, tuple) else (self.fusion_dim, self.fusion_dim)
+
+
+class VitTransformerConfig(FamilyConfig):
+    """vit-transformer (:mod:`mmedge.models.vit_transformer`): ViT image encoder, transformer text encoder, fusion."""
+
+    dim: int = Field(64, ge=8, description="Token width of both encoders; small enough for ~2 minutes of CPU training.")
+    heads: int = Field(4, ge=1, description="Attention heads per block (dim must divide evenly).")
+    patch_size: int = Field(
+        7, ge=1, description="Square patch side in pixels; 7 gives 4x4 = 16 patches of a 28x28 digit."
+    )
+    patch_embed: Literal["linear", "conv-stem"] = Field(
+        "linear",
+        description="'linear': one strided conv per patch (the original ViT). 'conv-stem': stride-2 3x3 "
+        "conv + BatchNorm blocks down to the same grid (Xiao et al. 2021); it learned digits faster when trained on "
+        "digit labels, but not on digits-vqa's questions, where 'linear' with learned positions did better.",
+    )
+    image_positions: Literal["learned", "sincos"] = Field(
+        "learned", description="Learned position table, or fixed 2-D sin-cos positions (Beyer et al. 2022)."
+    )
+    image_layers: int = Field(2, ge=0, description="Self-attention blocks in the image encoder.")
+    text_layers: int = Field(2, ge=0, description="Self-attention blocks in the text encoder.")
+    fusion_layers: int = Field(1, ge=1, description="Cross-attention blocks (text attends to image patches).")
+    fusion: Literal["cross", "concat"] = Field(
+        "cross", description="'cross': cross-attention fusion; 'concat': concatenate pooled image and text features."
+    )
+    mlp_ratio: int = Field(2, ge=1, description="Feed-forward width as a multiple of dim.")
+    dropout: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Dropout inside blocks; 0 because this small model "
+        "underfits 3,750 training images and dropout slowed it further.",
+    )
+    block_heads: tuple[int, ...] | None = Field(
+        None,
+        description="Heads per block (image blocks, then text, then fusion) when they differ, as after structured "
+        "pruning removes whole heads; each head keeps dim / heads channels. None: `heads` everywhere.",
+    )
+    block_mlp: tuple[int, ...] | None = Field(
+        None, description="Feed-forward width per block, in the same order, when it differs. None: dim * mlp_ratio."
+    )
+    max_text_length: int = Field(12, ge=1, description="Longest question in tokens (size of the position table).")
+    image_size: int = Field(28, ge=8, description="Input height and width in pixels.")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.dim % self.heads or self.dim % 4:
+            raise ValueError(f"dim {self.dim} must be divisible by 4 and by heads {self.heads}")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is not divisible by patch_size {self.patch_size}")
+        blocks = self.image_layers + self.text_layers + (self.fusion_layers if self.fusion == "cross" else 0)
+        for name in ("block_heads", "block_mlp"):
+            widths = getattr(self, name)
+            if widths is not None and (len(widths) != blocks or min(widths, default=1) < 1):
+                raise ValueError(f"{name} needs {blocks} positive numbers (one per block), not {list(widths)}")
+        if self.patch_embed == "conv-stem" and self.patch_size & (self.patch_size - 1):
+            raise ValueError(
+                f"patch_embed 'conv-stem' needs a power-of-two patch_size, not {self.patch_size}; "
+                "use patch_embed 'linear'"
+            )
+        return self
+
+
+class HFOptions(FamilyConfig):
+    """``hf:PATH`` (:mod:`mmedge.models.hf`): a Hugging Face dual encoder, zero-shot or with a trained fusion head."""
+
+    task: Literal["zero-shot", "fusion-head"] = Field(
+        "zero-shot",
+        description="zero-shot: image-label similarity against label prompts (no training); fusion-head: an MLP "
+        "on image and text embeddings, trained on the recipe's data.",
+    )
+    prompt: str = Field(
+        "a photo of a {label}.",
+        description="zero-shot: the text each label becomes; CLIP was trained on captions, so a caption-like "
+        "prompt scores better than the bare label.",
+    )
+    text_max_length: int = Field(
+        32, ge=4, le=512, description="Longest text in tokens (special tokens included); longer ones are truncated."
+    )
+    head_hidden: int = Field(256, ge=1, description="fusion-head: width of the MLP's hidden layer.")
+    freeze_encoders: bool = Field(
+        True, description="fusion-head: train only the head; the pretrained encoders stay as they are."
+    )
+
+
+class ExternalOptions(FamilyConfig):
+    """``py:package.module:factory`` (:mod:`mmedge.models.external`): keyword arguments passed to the factory as
+    they are. Only the factory knows which it takes, so they are checked when it is called, not when parsed."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
