@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from mmedge.errors import RecipeError, UnknownNameError
-from mmedge.models import MODELS, build_model, get_family
+from mmedge.models import FAMILY_TABLE, MODELS, build_model, get_family
+from mmedge.models.registry import register_model
 from tests.conftest import TINY
 
 
@@ -57,9 +58,30 @@ def test_vit_attention_uses_separate_qkv_linears():
 
 
 def test_unknown_family_suggests_the_closest():
-    with pytest.raises(UnknownNameError, match="did you mean 'cnn-lstm'"):
+    with pytest.raises(UnknownNameError, match="did you mean 'cnn-lstm'.*choose one of: cnn-lstm, vit-transformer"):
         get_family("cnn_lstm")
-    assert {"cnn-lstm", "vit-transformer"} <= set(MODELS)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_TABLE))
+def test_family_table_and_register_model_agree(family):
+    """Recipe parsing reads the table; building reads what the module registered: both must name the same thing."""
+    decl = FAMILY_TABLE[family]
+    fam = get_family(family)
+    assert fam is MODELS[family] and fam.config_cls is decl.options
+    assert fam.build.__module__ == decl.module and fam.build.family == family
+
+
+def test_every_registered_family_is_in_the_table():
+    for family in FAMILY_TABLE:
+        get_family(family)
+    assert set(MODELS) == set(FAMILY_TABLE)
+
+
+def test_register_model_refuses_a_family_the_table_does_not_declare():
+    with pytest.raises(TypeError, match="not declared so in FAMILY_TABLE"):
+        register_model("resnet", FAMILY_TABLE["cnn-lstm"].options)
+    with pytest.raises(TypeError, match="not declared so in FAMILY_TABLE"):
+        register_model("cnn-lstm", FAMILY_TABLE["vit-transformer"].options)
 
 
 def test_bad_family_options_are_a_recipe_error():
