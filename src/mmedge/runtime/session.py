@@ -1,8 +1,13 @@
-"""ONNX Runtime sessions with explicit providers and checked inputs (no torch)."""
+"""ONNX Runtime sessions with explicit providers and checked inputs, and the ONNX file helpers every side shares:
+session options, a model's metadata as a dict, and writing a model file atomically (no torch)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +36,47 @@ def check_onnx_path(path: str | Path) -> Path:
     return path
 
 
+# ORT's graph optimization levels by the names recipes use.
+OPTIMIZATION_LEVELS = {
+    "disabled": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
+
+
+def session_options(
+    threads: int = 0,
+    *,
+    level: str | None = None,
+    optimized_path: str | Path | None = None,
+    profile_prefix: str | None = None,
+    config: dict[str, str] | None = None,
+):
+    """``onnxruntime.SessionOptions`` as mmedge makes every session: ORT's own warnings off (they would interleave
+    with mmedge's one-sentence errors); ``threads`` intra-op threads and one inter-op thread (0: ORT's defaults),
+    since batch-1 edge timing is most stable that way; ``level`` one of OPTIMIZATION_LEVELS (None: ORT's default,
+    all); ``optimized_path`` to write the graph as optimized; ``profile_prefix`` to profile; ``config`` session
+    config entries."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    if level is not None:
+        opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPTIMIZATION_LEVELS[level])
+    if optimized_path is not None:
+        opts.optimized_model_filepath = str(optimized_path)
+    if profile_prefix:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
+    for key, value in (config or {}).items():
+        opts.add_session_config_entry(key, value)
+    return opts
+
+
 def open_session(
     path: str | Path,
     ep: str = "cpu",
@@ -45,18 +91,10 @@ def open_session(
 
     path = check_onnx_path(path)
     provider = require(ep)
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
+    config = dict(config or {})
     if provider.name != "cpu" and not allow_fallback:
-        opts.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
-    for key, value in (config or {}).items():
-        opts.add_session_config_entry(key, value)
-    if profile_prefix:
-        opts.enable_profiling = True
-        opts.profile_file_prefix = profile_prefix
+        config["session.disable_cpu_ep_fallback"] = "1"
+    opts = session_options(threads, config=config, profile_prefix=profile_prefix)
     try:
         sess = ort.InferenceSession(str(path), opts, providers=[(provider.ort_name, dict(provider.options))])
     except Exception as exc:  # ORT raises several private exception types for a bad file
@@ -94,13 +132,56 @@ def _is_onnx(path: Path) -> bool:
     return len(model.graph.node) > 0
 
 
-def model_metadata(sess) -> dict[str, str]:
-    return dict(sess.get_modelmeta().custom_metadata_map)
+def model_metadata(source) -> dict[str, str]:
+    """A model's metadata props (labels, tokenizer, preprocessing, ...) as a dict, from an InferenceSession, a loaded
+    onnx ModelProto or a model file."""
+    if hasattr(source, "get_modelmeta"):
+        return dict(source.get_modelmeta().custom_metadata_map)
+    if not hasattr(source, "metadata_props"):
+        import onnx
+
+        source = onnx.load(str(source), load_external_data=False)
+    return {p.key: p.value for p in source.metadata_props}
 
 
-def metadata_json(sess, key: str, default=None):
-    raw = model_metadata(sess).get(key)
+def metadata_json(source, key: str, default=None):
+    """One metadata value, JSON-decoded, of a session, ModelProto or model file; ``default`` where it is absent."""
+    raw = model_metadata(source).get(key)
     return default if raw is None else json.loads(raw)
+
+
+def set_metadata(model, meta: dict[str, str]) -> None:
+    """Replace, in place, the metadata props of an onnx ModelProto with ``meta``."""
+    del model.metadata_props[:]
+    for key, value in meta.items():
+        model.metadata_props.add(key=key, value=value)
+
+
+@contextlib.contextmanager
+def replacing(path: str | Path) -> Iterator[Path]:
+    """A temporary file beside ``path`` to write to. When the block ends without error the file replaces ``path``
+    in one rename, so a reader (or a run that was interrupted) never sees a half-written model; otherwise it is
+    removed and ``path`` is left as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        tmp.chmod(0o644)  # mkstemp makes it private; a shipped model is readable
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_onnx(model, path: str | Path) -> Path:
+    """Write an onnx ModelProto to ``path`` atomically (see ``replacing``), weights inside the file."""
+    import onnx
+
+    with replacing(path) as tmp:
+        onnx.save_model(model, str(tmp), save_as_external_data=False)
+    return Path(path)
 
 
 def check_feeds(sess, feeds: dict[str, np.ndarray]) -> None:
