@@ -18,14 +18,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import machine_sentence, write_results
-from mmedge.compress.quantize import (
-    DynamicQuantConfig,
-    Fp16Config,
-    StaticQuantConfig,
-    fp16_model,
-    quantize_dynamic_model,
-    quantize_static_model,
-)
+from mmedge.compress.quantize.dynamic import DynamicQuantConfig, quantize_dynamic_model
+from mmedge.compress.quantize.fp16 import Fp16Config, fp16_model
+from mmedge.compress.quantize.static import StaticQuantConfig, quantize_static_model
 from mmedge.export.onnx import export_checkpoint
 from mmedge.pipeline import run_recipe
 from mmedge.provenance import collect

@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from mmedge.compress.quantize import Fp16Config, fp16_model
+from mmedge.compress.quantize.fp16 import Fp16Config, fp16_model
 from mmedge.report.render import write_report
 from mmedge.runtime.bench import bench_matrix
 from mmedge.runtime.evaluate import evaluate_model

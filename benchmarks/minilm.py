@@ -35,7 +35,7 @@ import torch
 
 from _common import machine_sentence, write_results
 from mmedge.compress.optimize import OptimizeConfig, optimize_model
-from mmedge.compress.quantize import DynamicQuantConfig, quantize_dynamic_model
+from mmedge.compress.quantize.dynamic import DynamicQuantConfig, quantize_dynamic_model
 from mmedge.data.text import english_sentences
 from mmedge.provenance import collect
 from mmedge.report.markdown import table

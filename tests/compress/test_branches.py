@@ -28,7 +28,7 @@ def test_branch_sizes_add_up_to_the_weights(tiny_onnx):
 
 
 def test_rewritten_nodes_inherit_the_branch_they_came_from(tmp_path, tiny_onnx):
-    from mmedge.compress.quantize import DynamicQuantConfig, quantize_dynamic_model
+    from mmedge.compress.quantize.dynamic import DynamicQuantConfig, quantize_dynamic_model
 
     quantize_dynamic_model(tiny_onnx["cnn-lstm"], tmp_path / "q.onnx", DynamicQuantConfig())
     model = onnx.load(str(tmp_path / "q.onnx"))

@@ -6,7 +6,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from mmedge.compress.quantize import DynamicQuantConfig, quantize_dynamic_model
+from mmedge.compress.quantize.dynamic import DynamicQuantConfig, quantize_dynamic_model
 from mmedge.compress.saturation import saturation_free_file, saturation_free_scales
 from mmedge.runtime.session import open_session
 

@@ -39,7 +39,7 @@ def test_cuda_bench_runs_on_cuda_with_io_binding(tiny_onnx):
 
 
 def test_cuda_outputs_match_cpu_and_fp16_stays_close(tmp_path, tiny_onnx):
-    from mmedge.compress.quantize import Fp16Config, fp16_model
+    from mmedge.compress.quantize.fp16 import Fp16Config, fp16_model
     from mmedge.runtime.session import open_session
 
     path = tiny_onnx["vit-transformer"]

@@ -24,8 +24,8 @@ import numpy as np
 # 255 * 128 = 32640 <= 32767: a pair of products that always fits int16. Scaled pair sums stay within 127.5 so
 # that the rounded integer pair sums stay within 128.
 PAIR_LIMIT = 127.5
-# ORT ops that multiply uint8 activations by the int8 weight at input 1 with MLAS's u8s8 GEMM. QAttention's weights
-# come 7-bit from ORT (reduce_range) and get their 8th bit back where it cannot saturate.
+# ORT ops that multiply uint8 activations by the int8 weight at input 1 with MLAS's u8s8 GEMM. ORT quantizes
+# QAttention's weights as MatMul's (8-bit, per channel when asked; onnxruntime 1.32), so they saturate alike.
 INTEGER_OPS = ("MatMulInteger", "QAttention")
 
 
@@ -86,14 +86,14 @@ def matmul_weights(float_model) -> dict[str, np.ndarray]:
 
 
 def saturation_free_file(quantized: Path, float_model) -> int:
-    """``make_saturation_free`` on the model file ``quantized`` (rewritten in place through a temp file, and only
-    when a weight changed), with the float weights of ``float_model`` (a path or a loaded ModelProto)."""
+    """``make_saturation_free`` on the model file ``quantized`` (rewritten atomically, and only when a weight
+    changed), with the float weights of ``float_model`` (a path or a loaded ModelProto)."""
     import onnx
+
+    from mmedge.runtime.session import save_onnx
 
     model = onnx.load(str(quantized))
     done = make_saturation_free(model, matmul_weights(float_model))
     if done:
-        tmp = quantized.with_name(quantized.name + ".tmp")
-        onnx.save_model(model, str(tmp))
-        tmp.replace(quantized)
+        save_onnx(model, quantized)
     return done

@@ -7,11 +7,18 @@ fix. Smoothing moves the range from the activation into the weight, exactly: for
 channel factor ``s``, ``Y = (X / s) (diag(s) W)``. ``s_k = max|X_k|^alpha / max|W_k|^(1 - alpha)`` balances
 the two (alpha 0.5 is the paper's default). The division is one Mul on the activation, shared by every MatMul
 that reads it; the ranges ``max|X_k|`` come from running the float model on calibration inputs.
+
+Every choice here (the alpha per activation, whether to split outliers, which MatMuls stay float) compares
+simulated int8 outputs, so the simulation quantizes the weights as the dynamic step will (:class:`WeightQuantizer`:
+per tensor or per column, saturation-free or max-abs scales, 7 or 8 bits, signed or not): a choice tuned for
+another quantizer than the one that runs is tuned for the wrong error.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -26,6 +33,55 @@ ALPHAS = (0.0, 0.5, 0.75, 0.9, 1.0)  # searched per activation when alpha is Non
 SPLIT_GAIN = 2.0
 
 
+@dataclass(frozen=True)
+class WeightQuantizer:
+    """How ORT's dynamic quantizer (with mmedge's saturation-free rewrite) stores a (K, N) MatMul weight, as the
+    quantize.dynamic step configures it; the defaults are that step's. Weights of fused Attention nodes follow the
+    same settings."""
+
+    per_channel: bool = False  # one scale per output column (N), else one for the tensor
+    saturation_free: bool = True  # mmedge's scales (signed 8-bit only); else ORT's max-abs scales
+    reduce_range: bool = False  # 7-bit weights
+    weight_type: Literal["int8", "uint8"] = "int8"
+
+    def describe(self) -> str:
+        scales = "saturation-free" if self._saturation_free else "max-abs"
+        bits = "7-bit" if self.reduce_range else "8-bit"
+        return f"{'per-channel' if self.per_channel else 'per-tensor'} {bits} {self.weight_type}, {scales} scales"
+
+    @property
+    def _saturation_free(self) -> bool:  # what quantize.dynamic applies it to
+        return self.saturation_free and self.weight_type == "int8" and not self.reduce_range
+
+    def fake_quant(self, w: np.ndarray) -> np.ndarray:
+        """``w`` (K, N) as the quantized model holds it: quantized to the integer grid and scaled back (float64)."""
+        w = w.astype(np.float64)
+        axis = 0 if self.per_channel else None  # reduce over K: one scale per column
+        if self.weight_type == "uint8":  # asymmetric, zero point inside [0, qmax]
+            qmax = 127 if self.reduce_range else 255
+            lo, hi = np.minimum(w.min(axis=axis), 0.0), np.maximum(w.max(axis=axis), 0.0)
+            scale = np.where(hi > lo, (hi - lo) / qmax, 1.0)
+            zero = np.round(-lo / scale)
+            return (np.clip(np.round(w / scale) + zero, 0, qmax) - zero) * scale
+        if self._saturation_free:
+            scale = saturation_free_scales(w, per_column=self.per_channel).astype(np.float64)
+        else:  # ORT's symmetric int8: [-127, 127], or [-64, 64] with reduce_range
+            qmax = 64 if self.reduce_range else 127
+            scale = np.abs(w).max(axis=axis) / qmax
+            scale = np.where(scale > 0, scale, 1.0)
+        qmax = 64 if self.reduce_range else 127
+        return np.clip(np.round(w / scale), -qmax, qmax) * scale
+
+
+def fake_quant_activation(x: np.ndarray) -> np.ndarray:
+    """``x`` as ORT's DynamicQuantizeLinear sees it: one uint8 scale and zero point for the whole tensor, its range
+    widened to include 0."""
+    lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+    step = (hi - lo) / 255 or 1.0
+    zero = np.round(-lo / step)
+    return (np.clip(np.round(x / step) + zero, 0, 255) - zero) * step
+
+
 def smooth_matmuls(
     src: Path,
     out: Path,
@@ -33,13 +89,14 @@ def smooth_matmuls(
     alpha: float | None = 0.5,
     batch: int = 32,
     outlier_channels: int = 0,
+    weights: WeightQuantizer = WeightQuantizer(),
 ) -> dict:
     """Write ``src`` with every activation that feeds constant-weight MatMuls (or fused Attention nodes) smoothed;
     returns what was done.
 
     ``alpha=None`` picks, per activation, the alpha of ALPHAS (or no smoothing) whose simulated int8 MatMul output
-    (per-tensor uint8 activations, per-column int8 weights, as ORT's dynamic quantizer does) is closest to float
-    on the calibration rows.
+    (per-tensor uint8 activations as ORT's dynamic quantizer makes them, weights as ``weights`` says) is closest
+    to float on the calibration rows.
 
     ``outlier_channels=k`` also splits each activation read only by MatMuls (LLM.int8(), Dettmers et al. 2022): its
     k input channels with the largest ``max|X_k| * max|W_k|`` leave the int8 product (the smoothing Mul zeroes
@@ -60,7 +117,13 @@ def smooth_matmuls(
         weight = consts.get(node.input[1]) if node.op_type in ("MatMul", "Attention") else None
         if weight is not None and len(weight.dims) == 2 and node.input[0] not in consts:
             groups.setdefault(node.input[0], []).append(node)
-    info = {"smoothed_activations": 0, "smoothed_matmuls": 0, "folded_into_attention": 0, "alpha": alpha}
+    info = {
+        "smoothed_activations": 0,
+        "smoothed_matmuls": 0,
+        "folded_into_attention": 0,
+        "alpha": alpha,
+        "simulated_weights": weights.describe(),
+    }
     if not groups:
         onnx.save_model(model, str(out))
         return info
@@ -74,13 +137,13 @@ def smooth_matmuls(
     for act, nodes in groups.items():
         if any(shared_weights[n.input[1]] > 1 for n in nodes):
             continue
-        weights = [numpy_helper.to_array(consts[n.input[1]]).astype(np.float32) for n in nodes]
-        wmax = np.max([np.abs(w).max(axis=1) for w in weights], axis=0)  # (K,)
+        ws = [numpy_helper.to_array(consts[n.input[1]]).astype(np.float32) for n in nodes]
+        wmax = np.max([np.abs(w).max(axis=1) for w in ws], axis=0)  # (K,)
         amax = ranges[act]
         x = samples[act]
 
-        def search(split, weights=weights, amax=amax, wmax=wmax, x=x):  # -> (alpha, simulated error)
-            errors = {a: _int8_error(x, weights, _scales(amax, wmax, a, split), split) for a in candidates}
+        def search(split, ws=ws, amax=amax, wmax=wmax, x=x):  # -> (alpha, simulated error)
+            errors = {a: _int8_error(x, ws, _scales(amax, wmax, a, split), weights, split) for a in candidates}
             return min(errors.items(), key=lambda kv: kv[1])
 
         split = np.zeros(len(amax), bool)
@@ -97,7 +160,7 @@ def smooth_matmuls(
         scale = _scales(amax, wmax, best, split)
         inv = (1.0 / scale) * ~split  # split channels leave the int8 product
         act_name = act.replace("/", "_").strip("_")
-        for n, w in zip(nodes, weights, strict=True):
+        for n, w in zip(nodes, ws, strict=True):
             consts[n.input[1]].CopyFrom(numpy_helper.from_array(w * (scale * ~split)[:, None], n.input[1]))
         info["smoothed_matmuls"] += len(nodes)
         info["smoothed_activations"] += 1
@@ -113,7 +176,7 @@ def smooth_matmuls(
         for n in nodes:
             n.input[0] = mul.output[0]
         if split.any():
-            side += _side_matmuls(graph, act, act_name, nodes, weights, np.flatnonzero(split))
+            side += _side_matmuls(graph, act, act_name, nodes, ws, np.flatnonzero(split))
     onnx.save_model(model, str(out))
     if alpha is None:
         info["alphas_chosen"] = {str(a): sum(1 for v in chosen.values() if v == a) for a in ALPHAS}
@@ -200,10 +263,12 @@ def _readers(graph, name: str) -> list:
     return [node for node in graph.node if name in node.input]
 
 
-def int8_sensitive_matmuls(src: Path, feeds: dict[str, np.ndarray], batch: int = 32) -> list[str]:
+def int8_sensitive_matmuls(
+    src: Path, feeds: dict[str, np.ndarray], batch: int = 32, weights: WeightQuantizer = WeightQuantizer()
+) -> list[str]:
     """Names of the constant-weight MatMuls of ``src``, least faithful under dynamic int8 first: the relative error
-    of each one's output when its input is quantized per tensor (uint8) and its weight per column (int8), simulated
-    on the calibration rows. On all-MiniLM-L6-v2 the top three were the three whose float fallback helped most
+    of each one's output when its input is quantized per tensor (uint8) and its weight as ``weights`` says,
+    simulated on the calibration rows. On all-MiniLM-L6-v2 the top three were the three whose float fallback helped most
     when measured one by one end to end (36 re-quantizations), at the cost of one forward pass."""
     import onnx
     from onnx import numpy_helper
@@ -226,7 +291,7 @@ def int8_sensitive_matmuls(src: Path, feeds: dict[str, np.ndarray], batch: int =
     error = {}
     for n in nodes:
         w = numpy_helper.to_array(consts[n.input[1]]).astype(np.float32)
-        error[n.name] = _int8_error(samples[n.input[0]], [w], np.ones(w.shape[0], np.float32))
+        error[n.name] = _int8_error(samples[n.input[0]], [w], np.ones(w.shape[0], np.float32), weights)
     return sorted(error, key=error.get, reverse=True)
 
 
@@ -240,21 +305,22 @@ def _scales(amax: np.ndarray, wmax: np.ndarray, alpha: float, split: np.ndarray 
     return np.clip(s, 1e-4, 1e4).astype(np.float32)
 
 
-def _int8_error(x: np.ndarray, weights: list[np.ndarray], scale: np.ndarray, split: np.ndarray | None = None) -> float:
-    """Relative squared error of X @ W when X / s is quantized per tensor (uint8) and W * s per column (int8, with
-    mmedge's saturation-free scales); ``split`` channels are computed in float instead (their error is zero)."""
+def _int8_error(
+    x: np.ndarray,
+    weights: list[np.ndarray],
+    scale: np.ndarray,
+    quantizer: WeightQuantizer,
+    split: np.ndarray | None = None,
+) -> float:
+    """Relative squared error of X @ W when X / s is quantized per tensor (uint8) and W * s as ``quantizer`` says;
+    ``split`` channels are computed in float instead (their error is zero)."""
     keep = np.ones(x.shape[1], bool) if split is None else ~split
-    xs = x * keep / scale
-    lo, hi = min(float(xs.min()), 0.0), max(float(xs.max()), 0.0)
-    step = (hi - lo) / 255 or 1.0
-    zero = np.round(-lo / step)
-    xq = (np.clip(np.round(xs / step) + zero, 0, 255) - zero) * step
+    xq = fake_quant_activation(x * keep / scale)
     err = ref = 0.0
     for w in weights:
-        ws = w * (scale * keep)[:, None]
-        col = saturation_free_scales(ws)
         y = x @ w
-        err += float(((xq @ (np.round(ws / col) * col) + x[:, ~keep] @ w[~keep] - y) ** 2).sum())
+        wq = quantizer.fake_quant(w * (scale * keep)[:, None])
+        err += float(((xq @ wq + x[:, ~keep] @ w[~keep] - y) ** 2).sum())
         ref += float((y**2).sum())
     return err / max(ref, 1e-12)
 
