@@ -3,7 +3,8 @@ import pytest
 
 from mmedge.compress.optimize import OptimizeConfig, optimize_model
 from mmedge.runtime.inputs import split_feeds
-from mmedge.runtime.session import metadata_json, open_session
+from mmedge.runtime.providers import PROVIDERS
+from mmedge.runtime.session import metadata_json, open_session, session_options
 
 
 @pytest.mark.parametrize("family", ["cnn-lstm", "vit-transformer"])
@@ -15,6 +16,13 @@ def test_step_optimize_keeps_outputs_and_metadata(tmp_path, tiny_onnx, family):
     feeds = split_feeds(src, n=16)
     np.testing.assert_allclose(open_session(out).run(None, feeds)[0], open_session(src).run(None, feeds)[0], atol=1e-4)
     assert metadata_json(open_session(out), "mmedge.labels")[0] == "no"
+    if family == "cnn-lstm":  # no transformer fusions: standard ONNX ops, which any EP may load
+        assert info["portable"] and info["non_standard_ops"] == [] and info["loads_on"] == list(PROVIDERS)
+    else:  # the fusions write ORT contrib ops (a GELU here), which only the CPU and CUDA EPs run
+        assert not info["portable"] and "com.microsoft:BiasGelu" in info["non_standard_ops"]
+        assert info["loads_on"] == ["cpu", "cuda"]
+        plain = optimize_model(src, tmp_path / "plain.onnx", OptimizeConfig(transformer_fusions="off"))
+        assert plain["portable"] and plain["non_standard_ops"] == [] and plain["loads_on"] == list(PROVIDERS)
 
 
 def _loaded_ops(path, tmp_path) -> set[str]:
@@ -22,10 +30,7 @@ def _loaded_ops(path, tmp_path) -> set[str]:
     import onnx
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.optimized_model_filepath = str(tmp_path / "loaded.onnx")
-    opts.log_severity_level = 3
+    opts = session_options(level="all", optimized_path=tmp_path / "loaded.onnx")
     ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     return {n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node}
 
@@ -41,7 +46,7 @@ def test_bert_attention_is_fused_with_heads_read_from_the_graph_then_quantized(t
 
     transformers = pytest.importorskip("transformers")
     from mmedge.compress.optimize import attention_heads
-    from mmedge.compress.quantize import DynamicQuantConfig, quantize_dynamic_model
+    from mmedge.compress.quantize.dynamic import DynamicQuantConfig, quantize_dynamic_model
 
     torch.manual_seed(0)
     cfg = transformers.BertConfig(
@@ -82,6 +87,7 @@ def test_bert_attention_is_fused_with_heads_read_from_the_graph_then_quantized(t
     fused = tmp_path / "fused.onnx"
     info = optimize_model(src, fused, OptimizeConfig())
     assert info["num_heads"] == 4 and info["ops"].get("Attention") == 2, info["ops"]
+    assert "com.microsoft:Attention" in info["non_standard_ops"] and info["loads_on"] == ["cpu", "cuda"]
     # residual adds stay apart from their LayerNormalization, also once ORT optimizes the file as it loads it
     assert info["residual_sums"] == 4 and "SkipLayerNormalization" not in info["ops"], info["ops"]
     assert "SkipLayerNormalization" not in _loaded_ops(fused, tmp_path)

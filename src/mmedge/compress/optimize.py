@@ -1,8 +1,11 @@
 """The `optimize` step: ONNX Runtime's offline graph optimizations, and for transformer graphs the fusions
 of ``onnxruntime.transformers.optimizer`` (LayerNorm, GELU, ...), which ships inside onnxruntime.
 
-Only the ``basic`` level is portable: ``extended`` and ``all`` write fused kernels that exist on the CPU
-execution provider alone, so a model optimized that way must not ship to other EPs.
+Which execution providers can run the result depends on what was written, and the step's metrics say it
+(``portable``, ``loads_on``): the ``basic`` level alone writes standard ONNX ops, which any EP may load; the
+transformer fusions (on by default for transformer graphs) write ORT contrib ops (``com.microsoft`` Attention,
+BiasGelu, ...) that only the CPU and CUDA EPs have kernels for; ``extended`` and ``all`` write kernels of the CPU
+EP alone. For an NPU or mobile target, set ``transformer_fusions: off``.
 
 Residual adds stay apart from their LayerNormalization: ORT's ``SkipLayerNormalization`` CPU kernel (onnxruntime
 1.32, one thread, hidden size 384) took 43 / 81 / 197 / 351 us at 9 / 18 / 65 / 128 rows against 27 / 42 / 64 /
@@ -20,7 +23,9 @@ from pydantic import Field
 
 from mmedge.artifact import Artifact
 from mmedge.compress.onnx_check import Tolerance, check_rewrite
-from mmedge.compress.quantize import copy_metadata, op_histogram
+from mmedge.compress.quantize.graph import copy_metadata, op_histogram
+from mmedge.runtime.providers import STANDARD_DOMAINS, eps_running
+from mmedge.runtime.session import session_options
 from mmedge.steps.registry import StepConfig, StepContext, StepResult, register_step
 
 
@@ -34,7 +39,8 @@ class OptimizeConfig(StepConfig):
     transformer_fusions: Literal["auto", "on", "off"] = Field(
         "auto",
         description="Run onnxruntime.transformers.optimizer first; 'auto' does so for models with "
-        "LayerNormalization (transformer graphs).",
+        "LayerNormalization (transformer graphs). Its fused kernels are ORT contrib ops that only the CPU and CUDA "
+        "EPs run (the metrics' loads_on); 'off' keeps the graph portable to every EP.",
     )
     num_heads: int = Field(
         0,
@@ -155,18 +161,13 @@ def optimize_model(src: Path, out: Path, cfg: OptimizeConfig) -> dict:
     if fused or sums:
         stage = out.with_name(out.stem + ".fused.onnx")
         onnx.save_model(model, str(stage))
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = {
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }[cfg.level]
-    opts.optimized_model_filepath = str(out)
+    opts = session_options(level=cfg.level, optimized_path=out)
     ort.InferenceSession(str(stage), opts, providers=["CPUExecutionProvider"])
     if stage != src:
         stage.unlink(missing_ok=True)
     copy_metadata(src, out, {"mmedge.optimized": cfg.level})
-    after = op_histogram(out)
+    optimized = onnx.load(str(out), load_external_data=False)
+    after = op_histogram(optimized)
     return {
         "transformer_fusions": fused,
         "num_heads": heads if fused else None,
@@ -175,6 +176,18 @@ def optimize_model(src: Path, out: Path, cfg: OptimizeConfig) -> dict:
         "nodes_before": sum(before.values()),
         "nodes_after": sum(after.values()),
         "ops": after,
+        **portability(optimized),
+    }
+
+
+def portability(model) -> dict:
+    """Which EPs can run ``model`` (an onnx ModelProto): ``portable`` when it holds standard ONNX ops only (any EP
+    may load it), the ops outside the standard (``domain:op``) and ``loads_on``, the EPs with a kernel for each."""
+    ops = {(n.domain, n.op_type) for n in model.graph.node}
+    return {
+        "portable": all(domain in STANDARD_DOMAINS for domain, _ in ops),
+        "non_standard_ops": sorted(f"{d}:{op}" for d, op in ops if d not in STANDARD_DOMAINS),
+        "loads_on": eps_running(ops),
     }
 
 

@@ -7,9 +7,37 @@ number is only ever reported under an EP that ran it.
 
 from __future__ import annotations
 
+import platform
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from mmedge.errors import MmedgeError, UnknownNameError, closest
+
+# Standard ONNX op domains: every EP may be handed these (whether it takes a given node is for a session to say).
+STANDARD_DOMAINS = frozenset({"", "ai.onnx"})
+ANY_OP = frozenset({"*"})  # in ExecutionProvider.extra_ops: every op of the domain
+# ORT's contrib ops that onnxruntime.transformers' fusions write, all with a CUDA kernel as well as a CPU one.
+TRANSFORMER_CONTRIB_OPS = frozenset(
+    {
+        "Attention",
+        "MultiHeadAttention",
+        "SkipLayerNormalization",
+        "SkipSimplifiedLayerNormalization",
+        "EmbedLayerNormalization",
+        "BiasGelu",
+        "FastGelu",
+        "Gelu",
+        "QuickGelu",
+        "BiasAdd",
+        "FusedMatMul",
+    }
+)
+
+
+def qnn_backend_path(system: str | None = None) -> str:
+    """The QNN Hexagon (HTP) backend library as onnxruntime-qnn ships it on ``system`` (``platform.system()``
+    spelling; default this machine): a DLL on Windows on Arm, a shared object on Linux and Android."""
+    return "QnnHtp.dll" if (system or platform.system()) == "Windows" else "libQnnHtp.so"
 
 
 @dataclass(frozen=True)
@@ -18,12 +46,20 @@ class ExecutionProvider:
     ort_name: str
     how_to_get: str
     options: dict = field(default_factory=dict)
+    # Ops beyond standard ONNX the EP has kernels for, as {domain: op types}.
+    extra_ops: dict[str, frozenset[str]] = field(default_factory=dict)
 
 
 PROVIDERS: dict[str, ExecutionProvider] = {
     ep.name: ep
     for ep in (
-        ExecutionProvider("cpu", "CPUExecutionProvider", "it ships with every onnxruntime wheel"),
+        ExecutionProvider(
+            "cpu",
+            "CPUExecutionProvider",
+            "it ships with every onnxruntime wheel",
+            # ORT's contrib ops (fusions, quantized kernels) and the NCHWc layout ops of its level-3 optimizations
+            extra_ops={"com.microsoft": ANY_OP, "com.microsoft.nchwc": ANY_OP},
+        ),
         ExecutionProvider(
             "cuda",
             "CUDAExecutionProvider",
@@ -31,6 +67,7 @@ PROVIDERS: dict[str, ExecutionProvider] = {
             "(onnxruntime-gpu, on a machine with an NVIDIA GPU and CUDA)",
             # the first GPU; cuDNN's exhaustive search picks the fastest conv kernels once, at load
             {"device_id": 0, "cudnn_conv_algo_search": "EXHAUSTIVE"},
+            extra_ops={"com.microsoft": TRANSFORMER_CONTRIB_OPS},
         ),
         ExecutionProvider(
             "tensorrt",
@@ -59,7 +96,7 @@ PROVIDERS: dict[str, ExecutionProvider] = {
             "qnn",
             "QNNExecutionProvider",
             "pip install onnxruntime-qnn on a Qualcomm device",
-            {"backend_path": "QnnHtp.dll"},  # the Hexagon NPU backend of the onnxruntime-qnn wheel
+            {"backend_path": qnn_backend_path()},  # the Hexagon NPU backend of the onnxruntime-qnn package
         ),
         ExecutionProvider(
             "dml", "DmlExecutionProvider", "pip install onnxruntime-directml on Windows", {"device_id": 0}
@@ -96,6 +133,18 @@ def require(name: str) -> ExecutionProvider:
             f"{', '.join(available())}); to get it, {ep.how_to_get}."
         )
     return ep
+
+
+def eps_running(ops: Iterable[tuple[str, str]]) -> list[str]:
+    """Short names of the registered EPs that have a kernel for every (domain, op type) in ``ops``: all of them for a
+    graph of standard ONNX ops, the CPU and CUDA EPs for ORT's transformer fusions, the CPU EP alone for its other
+    contrib ops (NCHWc layouts, quantized kernels)."""
+    special = {(domain, op) for domain, op in ops if domain not in STANDARD_DOMAINS}
+
+    def runs(ep: ExecutionProvider) -> bool:
+        return all({op, "*"} & ep.extra_ops.get(domain, frozenset()) for domain, op in special)
+
+    return [ep.name for ep in PROVIDERS.values() if runs(ep)]
 
 
 def listing() -> list[dict]:
