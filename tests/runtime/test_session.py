@@ -65,3 +65,75 @@ def test_missing_and_extra_inputs_are_reported(tiny_onnx):
                 "pixels": np.zeros(1),
             },
         )
+
+
+def test_session_options_carry_threads_level_and_config_entries(tmp_path):
+    import onnxruntime as ort
+
+    from mmedge.runtime.session import session_options
+
+    config = {"session.use_env_allocators": "1"}
+    opts = session_options(2, level="basic", optimized_path=tmp_path / "o.onnx", config=config)
+    assert (opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level) == (2, 1, 3)
+    assert opts.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    assert opts.optimized_model_filepath == str(tmp_path / "o.onnx")
+    assert opts.get_session_config_entry("session.use_env_allocators") == "1"
+    default = session_options()
+    assert default.intra_op_num_threads == 0
+    assert default.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+
+
+def test_metadata_reads_alike_from_a_session_a_model_and_a_file(tmp_path):
+    import onnx
+
+    from mmedge.runtime.session import metadata_json, model_metadata, save_onnx, set_metadata
+    from tests.conftest import relu_onnx
+
+    model = onnx.load(str(relu_onnx(tmp_path / "r.onnx")))
+    set_metadata(model, {"mmedge.labels": '["a", "b"]', "other": "x"})
+    path = save_onnx(model, tmp_path / "m.onnx")
+    want = {"mmedge.labels": '["a", "b"]', "other": "x"}
+    assert model_metadata(model) == model_metadata(path) == model_metadata(open_session(path)) == want
+    assert metadata_json(path, "mmedge.labels") == ["a", "b"] and metadata_json(path, "missing", 7) == 7
+
+
+def test_save_onnx_replaces_the_file_whole_or_not_at_all(tmp_path, monkeypatch):
+    import onnx
+
+    from mmedge.runtime.session import replacing, save_onnx
+    from tests.conftest import relu_onnx
+
+    path = relu_onnx(tmp_path / "m.onnx")
+    before = path.read_bytes()
+    with pytest.raises(RuntimeError), replacing(path) as tmp:
+        tmp.write_bytes(before[:10])  # a half-written model, then the writer fails
+        raise RuntimeError("interrupted")
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
+    model = onnx.load(str(path))
+    model.doc_string = "rewritten"
+    save_onnx(model, path)
+    assert onnx.load(str(path)).doc_string == "rewritten" and [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize(
+    ("system", "library"),
+    [("Windows", "QnnHtp.dll"), ("Linux", "libQnnHtp.so"), ("Android", "libQnnHtp.so")],
+)
+def test_qnn_backend_library_is_named_as_the_os_ships_it(system, library):
+    import platform
+
+    from mmedge.runtime.providers import qnn_backend_path
+
+    assert qnn_backend_path(system) == library
+    assert resolve("qnn").options["backend_path"] == qnn_backend_path(platform.system())
+
+
+def test_eps_running_a_graph_follow_its_non_standard_ops():
+    from mmedge.runtime.providers import PROVIDERS, eps_running
+
+    assert eps_running([("", "MatMul"), ("ai.onnx", "Relu")]) == list(PROVIDERS)
+    assert eps_running([("", "MatMul"), ("com.microsoft", "Attention")]) == ["cpu", "cuda"]
+    assert eps_running([("com.microsoft", "DynamicQuantizeLSTM")]) == ["cpu"]
+    assert eps_running([("com.microsoft.nchwc", "Conv")]) == ["cpu"]
+    assert eps_running([("com.example", "Custom")]) == []
