@@ -71,3 +71,58 @@ def test_failed_export_leaves_no_file(tmp_path):
 def test_export_config_needs_two_distinct_sizes():
     with pytest.raises(ValueError):
         ExportConfig(batch_sizes=(2, 2))
+
+
+TWO_OUTPUTS = """
+import dataclasses
+
+from mmedge.examples.bow_fusion import BowFusion, build as build_bow
+from mmedge.models.spec import TensorSpec
+
+
+class WithEmbedding(BowFusion):
+    def forward(self, image, input_ids, attention_mask):  # the logits, then the image embedding (B, W)
+        x = (image - 0.1307) / 0.3081
+        return super().forward(image, input_ids, attention_mask), self.image(x).mean((2, 3))
+
+
+def build(vocab_size, num_classes, width=8):
+    _, spec = build_bow(vocab_size, num_classes, width)
+    embeds = TensorSpec("image_embeds", "float32", ("batch", width))
+    return WithEmbedding(vocab_size, num_classes, width), dataclasses.replace(spec, outputs=(*spec.outputs, embeds))
+"""
+
+
+def test_validation_compares_every_output_not_only_the_first(tmp_path, tiny_checkpoints, monkeypatch):
+    """A graph whose second output drifts from PyTorch while its logits stay exact is refused, naming that output."""
+    from onnx import helper, numpy_helper
+
+    from mmedge.models import build_model
+    from mmedge.models.checkpoint import load_checkpoint, save_checkpoint
+
+    (tmp_path / "two_outputs_model.py").write_text(TWO_OUTPUTS)
+    monkeypatch.chdir(tmp_path)  # the export subprocess imports the factory from its working folder
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("MMEDGE_TRUST_CODE", "1")
+    base = load_checkpoint(tiny_checkpoints["cnn-lstm"])  # its vocabulary, labels and data set
+    model = build_model("py:two_outputs_model:build", {}, base.model.vocab_size, base.model.num_classes)
+    ckpt = save_checkpoint(model, base.vocab, base.labels, tmp_path / "ckpt", base.extra)
+    cfg = ExportConfig(batch_sizes=(1, 3), text_lengths=(4, 9))
+    report = export_checkpoint(ckpt, tmp_path / "m.onnx", cfg)
+    assert report["outputs"] == ["logits", "image_embeds"]
+    assert all(set(c["max_abs_diff_by_output"]) == {"logits", "image_embeds"} for c in report["checks"])
+
+    drifted = onnx.load(str(tmp_path / "m.onnx"))
+    for node in drifted.graph.node:  # the graph computes the exact embedding as before, for the logits too ...
+        for i, name in enumerate(node.output):
+            node.output[i] = "image_embeds_exact" if name == "image_embeds" else name
+        for i, name in enumerate(node.input):
+            node.input[i] = "image_embeds_exact" if name == "image_embeds" else name
+    # ... and outputs it 1 % off
+    drifted.graph.initializer.append(numpy_helper.from_array(np.array(1.01, np.float32), "drift"))
+    drifted.graph.node.append(helper.make_node("Mul", ["image_embeds_exact", "drift"], ["image_embeds"]))
+    onnx.save(drifted, str(tmp_path / "drifted.onnx"))
+    with pytest.raises(ExportValidationError) as info:
+        validate_export(ckpt, tmp_path / "drifted.onnx", cfg)
+    assert len(info.value.failures) == 4  # every size; the logits pass
+    assert all("output 'image_embeds' max abs diff" in f for f in info.value.failures)

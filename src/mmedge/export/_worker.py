@@ -27,6 +27,7 @@ def main(argv: list[str]) -> int:
     from mmedge.compress.branches import branches_from_names, branches_from_scopes
     from mmedge.models.checkpoint import load_checkpoint
     from mmedge.runtime.branches import META_KEY
+    from mmedge.runtime.session import set_metadata
 
     ckpt = load_checkpoint(checkpoint)
     model, spec = ckpt.model, ckpt.spec
@@ -78,11 +79,9 @@ def main(argv: list[str]) -> int:
     for node in proto.graph.node:
         del node.metadata_props[:]
         node.doc_string = ""
-    del proto.metadata_props[:]
-    for key, value in meta.items():
-        proto.metadata_props.add(key=key, value=value)
     if hasattr(model, "task"):
-        proto.metadata_props.add(key="mmedge.task", value=json.dumps(task_description(model.task)))
+        meta["mmedge.task"] = json.dumps(task_description(model.task))
+    set_metadata(proto, meta)
     proto.producer_name = "mmedge"
     proto.producer_version = __version__
     onnx.save_model(proto, out, save_as_external_data=False)
