@@ -63,13 +63,12 @@ class WeightQuantizer:
             scale = np.where(hi > lo, (hi - lo) / qmax, 1.0)
             zero = np.round(-lo / scale)
             return (np.clip(np.round(w / scale) + zero, 0, qmax) - zero) * scale
+        qmax = 64 if self.reduce_range else 127  # ORT's symmetric int8: [-127, 127], [-64, 64] with reduce_range
         if self._saturation_free:
             scale = saturation_free_scales(w, per_column=self.per_channel).astype(np.float64)
-        else:  # ORT's symmetric int8: [-127, 127], or [-64, 64] with reduce_range
-            qmax = 64 if self.reduce_range else 127
+        else:
             scale = np.abs(w).max(axis=axis) / qmax
             scale = np.where(scale > 0, scale, 1.0)
-        qmax = 64 if self.reduce_range else 127
         return np.clip(np.round(w / scale), -qmax, qmax) * scale
 
 
