@@ -18,7 +18,7 @@ TINY = {
 def tiny_train_config(**kw):
     from mmedge.train import TrainConfig
 
-    return TrainConfig(**{"epochs": 1, "max_minutes": 0.5, "batch_size": 256, "seed": 0, **kw})
+    return TrainConfig(**{"epochs": 1, "batch_size": 256, "seed": 0, **kw})
 
 
 @pytest.fixture(scope="session")

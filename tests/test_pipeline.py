@@ -15,7 +15,7 @@ def tiny_recipe(tmp_path, bench_runs=15, **over):
         "model": {"family": "cnn-lstm", "options": TINY["cnn-lstm"]},
         "data": {"test_images": 200, "val_images": 100},
         "steps": [
-            {"type": "train", "epochs": 1, "max_minutes": 0.5, "batch_size": 256},
+            {"type": "train", "epochs": 1, "batch_size": 256},
             {"type": "export", "batch_sizes": [1, 3], "text_lengths": [5, 12]},
             {"type": "validate"},
             {"type": "bench", "runs": bench_runs, "warmup": 2, "batch_sizes": [1, 4]},

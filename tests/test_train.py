@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from mmedge.data.text import WordVocab
@@ -31,11 +32,22 @@ def test_training_is_seeded_and_beats_chance(data_cfg):
     assert runs[0][-1]["val_accuracy"] > 1 / 12 * 3  # chance is 1/12; the yes/no prior alone is ~0.4
 
 
-def test_step_train_writes_checkpoint_with_metrics_and_ablation(tiny_checkpoints):
+def test_step_train_writes_checkpoint_with_metrics_and_ablation(tiny_checkpoints, data_cfg):
+    from mmedge.data import load_dataset
+    from mmedge.runtime.evaluate import score
+    from mmedge.train import predict_split
+
     ck = load_checkpoint(tiny_checkpoints["cnn-lstm"])
     m = ck.extra["metrics"]
-    assert {"test", "image_blanked", "text_emptied", "history", "train_seconds"} <= set(m)
-    assert 0 <= m["test"]["accuracy"] <= 1 and np.isfinite(m["history"][0]["loss"])
+    assert {"val", "test", "image_blanked", "text_emptied", "history", "train_seconds"} <= set(m)
+    assert np.isfinite(m["history"][0]["loss"]) and m["stopped"] == "epochs" and m["epochs_run"] == len(m["history"])
+    # the recorded figures are the saved model's: re-scoring the checkpoint gives them again
+    data = load_dataset(data_cfg)
+    for split in ("val", "test"):
+        again = score(predict_split(ck.model, getattr(data, split), ck.vocab), getattr(data, split)).accuracy
+        assert again == pytest.approx(m[split]["accuracy"], abs=1e-9)
+    assert m["val"]["accuracy"] == pytest.approx(m["best_val_accuracy"], abs=0.002)  # the best epoch was kept
+    assert m["test"]["accuracy"] > 1 / 12  # above chance after one epoch
 
 
 def test_modality_dropout_blanks_images_and_empties_texts_in_the_share_asked_for(data_cfg):

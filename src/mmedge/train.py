@@ -434,7 +434,7 @@ def train_step(cfg: TrainConfig, ctx: StepContext) -> StepResult:
 
 def skipped_rows(data) -> dict:
     """How the data set was split (rule and counts), and the rows left out with skip_bad_rows (when any were)."""
-    out = {"split": data.split_info.to_json()} if data.split_info is not None else {}
+    out = {"data_split": data.split_info.to_json()} if data.split_info is not None else {}
     if data.skipped:
         out["skipped_rows"] = {"count": len(data.skipped), "rows": list(data.skipped[:50])}
     return out

@@ -18,8 +18,12 @@ def invoke(*args):
 
 
 def assert_clean_failure(result, code, *phrases):
+    """Exit ``code`` with one error line naming the problem: no traceback, no exception but the exit itself."""
     assert result.exit_code == code, result.output
-    assert ("Traceback" not in result.output and result.exception is None) or isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output, result.output
+    assert result.exception is None or (isinstance(result.exception, SystemExit) and result.exception.code == code)
+    errors = [line for line in result.output.splitlines() if line.startswith(("error:", "internal error:"))]
+    assert len(errors) == 1 and errors[0].startswith("error:"), result.output  # one user error, not a bug report
     for phrase in phrases:
         assert phrase in result.output, result.output
 

@@ -46,7 +46,7 @@ def test_worked_example_trains_exports_quantizes_validates_and_bundles(tmp_path,
                 "data": {"name": "digits-vqa", "test_images": 200, "val_images": 100},
                 "budgets": {"max_accuracy_drop": 3},
                 "steps": [
-                    {"type": "train", "epochs": 4, "lr": 0.005},
+                    {"type": "train", "epochs": 8, "lr": 0.005},
                     {"type": "prune.structured"},
                     {"type": "export"},
                     {"type": "quantize.dynamic", "tolerance": {"min_agreement": 0.9, "max_accuracy_drop": 3}},

@@ -246,8 +246,8 @@ def shipped_metrics(ctx, model_path: Path) -> dict:
             "test_accuracy": ref["test"]["accuracy"],
             "parameters": ref.get("parameters"),
         }
-        if ref.get("split"):
-            out["data_split"] = ref["split"]
+        if ref.get("data_split"):
+            out["data_split"] = ref["data_split"]
     if export:
         out["export"] = {
             "opset": export.get("opset"),
