@@ -3,7 +3,7 @@ import shutil
 
 import pytest
 
-from mmedge.bundle import load_bundle
+from mmedge.bundle.manifest import load_bundle
 from mmedge.errors import BundleError, InputPathError
 from mmedge.runtime.evaluate import evaluate_model
 from tests.conftest import REFERENCE_BUNDLE

@@ -1,6 +1,6 @@
 import pytest
 
-from mmedge.bundle import load_bundle
+from mmedge.bundle.manifest import load_bundle
 from mmedge.errors import InputPathError, MmedgeError, RecipeError
 from mmedge.pipeline import run_recipe
 from mmedge.recipe import parse_recipe
