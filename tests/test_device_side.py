@@ -119,7 +119,10 @@ workdir: {tmp_path / "runs"}
     )
     assert "quantize.dynamic" in _ok(_mmedge("run", str(recipe), "--dry-run", cwd=tmp_path))
     assert "type: train" in _ok(_mmedge("run", "--dry-run", cwd=tmp_path))  # the default recipe parses too
-    _ok(_mmedge("run", str(recipe), cwd=tmp_path))
+    run = _mmedge("run", str(recipe), cwd=tmp_path)
+    _ok(run)
+    assert "Plots not drawn" in run.stderr  # no matplotlib in [cpu]: the bundle ships without PNGs and says so
+    assert "Plots not drawn" in (tmp_path / "out" / "report.md").read_text()
     scored = json.loads(_ok(_mmedge("validate", str(tmp_path / "out"), "--json", "--no-ablation", cwd=tmp_path)))
     assert scored["test"]["accuracy"] > 0.9
     results = tmp_path / "runs" / "onnx-only" / "results.json"

@@ -47,7 +47,13 @@ def test_step_bundle_pipeline_runs_every_step_and_ships_a_verified_bundle(first_
     assert m["metrics"]["parity"]["argmax_agreement"] >= 0.999
     assert m["metrics"]["latency"]["cpu"]["batches"]["1"]["p50_ms"] > 0
     results = json.loads((tmp / "runs" / "tiny" / "results.json").read_text())
-    assert results["schema_version"] == 1 and len(results["steps"]) == 6
+    assert results["schema_version"] == 2 and len(results["steps"]) == 6
+    # every results file and bundle says what made its figures: code, packages, the CPU and its flags
+    for prov in (results["provenance"], m["provenance"]):
+        assert prov["packages"]["onnxruntime"] and prov["cpu"]["summary"] and "commit" in prov["git"]
+        assert isinstance(prov["cpu"]["flags"], list)
+    validated = next(s for s in results["steps"] if s["type"] == "validate")["metrics"]
+    assert validated["gate"]["split"] == "val" and m["metrics"]["gate"]["split"] == "val"
     assert "plots/latency.png" in m["files"] and "![latency per EP" in (tmp / "bundle" / "report.md").read_text()
     assert (tmp / "runs" / "tiny" / "report.md").is_file() and (
         tmp / "runs" / "tiny" / "plots" / "latency.png"

@@ -156,7 +156,11 @@ def train(
         typer.Option(min=0.01, help="Optional wall-clock cap on training (default: none; epochs and early stopping)."),
     ] = None,
     source: Annotated[
-        Source, typer.Option(help="Digit images: the 5,000 MNIST digits shipped with mmedge, or scikit-learn's digits (needs mmedge[data]).")
+        Source,
+        typer.Option(
+            help="Digit images: the 5,000 MNIST digits shipped with mmedge, or scikit-learn's digits "
+            "(needs mmedge[data])."
+        ),
     ] = Source.mnist,
     data_seed: Annotated[int, typer.Option(help="Seeds the data split and questions.")] = 0,
 ):

@@ -4,10 +4,9 @@
     <workdir>/<recipe name>/results.json          every step's metrics and timing, merged
 
 A step's key hashes the mmedge, onnxruntime, onnx and torch versions, the model and data sections, the previous
-step's key and output (a content hash) and the step's own config, so editing one step re-runs it and everything after it, and
-nothing before it. A step
-runs in a temporary folder that is renamed only when it succeeds: an interrupted run leaves no step that
-looks finished.
+step's key and output (a content hash) and the step's own config, so editing one step re-runs it and everything
+after it, and nothing before it. A step runs in a temporary folder that is renamed only when it succeeds: an
+interrupted run leaves no step that looks finished.
 """
 
 from __future__ import annotations
@@ -23,6 +22,7 @@ from pathlib import Path
 from mmedge import __version__
 from mmedge.artifact import Artifact
 from mmedge.recipe import Recipe
+from mmedge.runtime.session import replacing
 from mmedge.steps.registry import StepConfig, StepContext, StepRecord, StepResult, get_step
 
 RESULTS_SCHEMA_VERSION = 2  # 2: decisions on validation (selection_split, gate), provenance
@@ -183,6 +183,5 @@ def results_document(recipe: Recipe, records: list[StepRecord]) -> dict:
 
 
 def write_results(recipe: Recipe, records: list[StepRecord], path: Path) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results_document(recipe, records), indent=1, default=str))
-    tmp.replace(path)
+    with replacing(path) as tmp:  # readers see the old results or the new, never half of them
+        tmp.write_text(json.dumps(results_document(recipe, records), indent=1, default=str))

@@ -7,7 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 from mmedge.errors import NotOnnxError
-from mmedge.runtime.session import check_onnx_path
+from mmedge.runtime.session import check_onnx_path, model_metadata
 
 
 def onnx_summary(path: str | Path) -> dict:
@@ -44,7 +44,7 @@ def onnx_summary(path: str | Path) -> dict:
         for d in init.dims:
             n *= d
         params += n
-    meta = {p.key: p.value for p in model.metadata_props}
+    meta = model_metadata(model)
     mmedge = {k.removeprefix("mmedge."): _maybe_json(v) for k, v in meta.items() if k.startswith("mmedge.")}
     return {
         "path": str(path),

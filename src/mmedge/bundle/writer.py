@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,7 +23,7 @@ from pydantic import Field
 from mmedge import __version__
 from mmedge.artifact import Artifact
 from mmedge.bundle.manifest import MANIFEST, SCHEMA, SCHEMA_VERSION, load_bundle, sha256
-from mmedge.errors import BudgetExceededError, BundleError
+from mmedge.errors import BudgetExceededError, BundleError, MissingDependencyError
 from mmedge.provenance import collect
 from mmedge.report.markdown import robustness
 from mmedge.steps.registry import StepConfig, StepContext, StepResult, register_step
@@ -362,8 +363,14 @@ def bundle_step(cfg: BundleConfig, ctx: StepContext) -> StepResult:
     from mmedge.report.render import draw_plots
 
     plots_dir = Path(tempfile.mkdtemp(prefix="plots-", dir=ctx.out_dir))
-    plots = draw_plots(results_document(recipe, ctx.records), plots_dir)
+    try:
+        plots, note = draw_plots(results_document(recipe, ctx.records), plots_dir), None
+    except MissingDependencyError as exc:  # a [cpu]-only install ships the bundle without PNGs, and says so
+        plots, note = {}, f"Plots not drawn: {exc}"
+        print(f"note: {note}", file=sys.stderr, flush=True)
     report = render_bundle_report(recipe.name, metrics, ctx, plots)
+    if note:
+        report = report.rstrip("\n") + f"\n\n{note}\n"
     extra = {f"plots/{name}": plots_dir / name for name in plots.values()}
     if cfg.split:
         extra.update({p.name: p for p in sorted(parts.iterdir())})

@@ -353,9 +353,7 @@ def structured_prune(model, data, vocab, cfg: StructuredPruneConfig, progress: s
     for proj, heads in num_heads.items():
         pruner.head_pruning_ratio_dict[proj] = _head_schedule(heads, head_ratios[proj], cfg.iterative_steps)
     history = []
-    tune = TrainConfig(
-        epochs=max(1, cfg.finetune_epochs), lr=cfg.lr, seed=cfg.seed, threads=cfg.threads, patience=99
-    )
+    tune = TrainConfig(epochs=max(1, cfg.finetune_epochs), lr=cfg.lr, seed=cfg.seed, threads=cfg.threads, patience=99)
     for step in range(cfg.iterative_steps):
         if cfg.importance == "taylor":
             _accumulate_gradients(model, data, vocab, cfg)

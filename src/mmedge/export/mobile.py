@@ -206,11 +206,9 @@ def ort_session(path: Path):
     """An InferenceSession on a .ort file the way a device loads it (saved runtime optimizations replayed)."""
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.intra_op_num_threads = 1
-    for key, value in SESSION_CONFIG.items():
-        opts.add_session_config_entry(key, value)
+    from mmedge.runtime.session import session_options
+
+    opts = session_options(1, config=SESSION_CONFIG)
     try:
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from mmedge.errors import MmedgeError
+from mmedge.runtime.session import model_metadata, set_metadata
 
 PARTS = {
     "vision.onnx": (("image",), ("image_embeds",)),
@@ -48,8 +49,7 @@ def split_model(model_path: Path, out_dir: Path, feeds: dict[str, np.ndarray]) -
     written = {}
     for name, (ins, outs) in plan.items():
         part = Extractor(_batch_from(model, ins, inputs)).extract_model(list(ins), list(outs))
-        for prop in model.metadata_props:
-            part.metadata_props.add(key=prop.key, value=prop.value)
+        set_metadata(part, model_metadata(model))
         part.producer_name, part.producer_version = model.producer_name, model.producer_version
         onnx.save_model(part, str(out_dir / name))
         written[name] = {"inputs": list(ins), "outputs": list(outs), "bytes": (out_dir / name).stat().st_size}

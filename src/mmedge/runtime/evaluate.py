@@ -75,14 +75,18 @@ class ModelInputs:
     tokenizer: Tokenizer
     prep: ImagePreprocessing
     names: tuple[str, ...]
+    image: str = "image"  # the model's image input: its one float input of rank 4, whatever it is called
 
     @classmethod
     def of(cls, sess) -> ModelInputs:
         prep = metadata_json(sess, "mmedge.preprocessing")
+        inputs = sess.get_inputs()
+        images = [i.name for i in inputs if i.type == "tensor(float)" and len(i.shape) == 4]
         return cls(
             model_vocab(sess),
             ImagePreprocessing.from_json(prep) if prep else ImagePreprocessing(),
-            tuple(i.name for i in sess.get_inputs()),
+            tuple(i.name for i in inputs),
+            images[0] if len(images) == 1 else "image",
         )
 
 
@@ -108,7 +112,7 @@ def feeds_for(
         image = np.zeros_like(image)
     texts = [""] * len(rows) if empty_text else [split.texts[i] for i in rows]
     ids, mask = tokenizer.encode(texts, length)
-    feeds = {"image": image, "input_ids": ids, "attention_mask": mask}
+    feeds = {spec.image if spec else "image": image, "input_ids": ids, "attention_mask": mask}
     return {k: v for k, v in feeds.items() if k in spec.names} if spec else feeds
 
 

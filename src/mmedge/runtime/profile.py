@@ -19,17 +19,14 @@ def branch_latency(
 
     from mmedge.runtime.branches import node_branches
     from mmedge.runtime.providers import require
+    from mmedge.runtime.session import session_options
 
     provider = require(ep)
     with tempfile.TemporaryDirectory(prefix="mmedge-profile-") as tmp:
-        opts = ort.SessionOptions()
         # the graph as ORT runs it (fused, re-laid-out nodes), to map the profiler's node names to branches
-        opts.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
-        opts.log_severity_level = 3
-        opts.enable_profiling = True
-        opts.profile_file_prefix = str(Path(tmp) / "profile")
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
+        opts = session_options(
+            threads, optimized_path=Path(tmp) / "optimized.onnx", profile_prefix=str(Path(tmp) / "profile")
+        )
         sess = ort.InferenceSession(str(path), opts, providers=[(provider.ort_name, dict(provider.options))])
         for _ in range(runs):
             sess.run(None, feeds)

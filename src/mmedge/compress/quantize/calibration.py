@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
@@ -78,20 +77,14 @@ def calibration_feeds(path: Path, cfg: CalibrationConfig, data_cfg) -> dict[str,
 
 def _training_draw(sess, cfg: CalibrationConfig, data_cfg) -> dict[str, np.ndarray]:
     """``cfg.samples`` training questions as the model's inputs. The dataset's images go to the model's image
-    input whatever its name: its one float input of rank 4, (B, C, H, W)."""
+    input whatever its name (ModelInputs finds its one float input of rank 4, (B, C, H, W))."""
     from mmedge.data import load_dataset
     from mmedge.data.user import stratified_subset
     from mmedge.runtime.evaluate import ModelInputs, feeds_for, model_data_config
 
     split = load_dataset(model_data_config(sess, data_cfg)).train
     rows = stratified_subset(split.labels, cfg.samples, cfg.seed)  # every answer in its share, seeded
-    model_inputs = ModelInputs.of(sess)
-    images = [i.name for i in sess.get_inputs() if i.type == "tensor(float)" and len(i.shape) == 4]
-    feeds = feeds_for(split, replace(model_inputs, names=(*model_inputs.names, "image")), rows)
-    image = feeds.pop("image")
-    if len(images) == 1:
-        feeds[images[0]] = image
-    return feeds
+    return feeds_for(split, ModelInputs.of(sess), rows)
 
 
 class CalibrationReader:
