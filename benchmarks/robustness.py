@@ -1,8 +1,8 @@
 """Missing-modality robustness of the default cnn-lstm, trained with and without `modality_dropout`.
 
 Every run uses the same seed, data, epochs and early stopping (no wall-clock cap); the only difference is the share
-of training questions that see the image blanked or the text emptied. Test accuracy is reported with both inputs, with the image
-missing (a blank frame) and with the text missing (an empty question).
+of training questions that see the image blanked or the text emptied. Test accuracy is reported with both inputs,
+with the image missing (a blank frame) and with the text missing (an empty question).
 
     python benchmarks/robustness.py    -> benchmarks/results/robustness.{json,md}
 """

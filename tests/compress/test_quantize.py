@@ -140,7 +140,6 @@ def _renamed_input(src, dst, old: str, new: str):
 
 def test_static_quantization_calibrates_a_model_whose_image_input_has_another_name(tmp_path, tiny_onnx, data_cfg):
     from mmedge.errors import MmedgeError
-
     from mmedge.runtime.evaluate import evaluate_model
 
     src = _renamed_input(tiny_onnx["cnn-lstm"], tmp_path / "pixels.onnx", "image", "pixel_values")
