@@ -112,3 +112,28 @@ def test_mobile_ort_that_does_not_reproduce_its_onnx_is_not_kept(tmp_path, tiny_
     with pytest.raises(MobileError, match="does not reproduce the model"):
         build_mobile(path, tmp_path / "out", split_feeds(path, n=4))
     assert not any((tmp_path / "out").iterdir())
+
+
+def test_mobile_saves_at_the_basic_level_and_says_so_when_onnxruntime_cannot_replay_its_fusions(
+    tmp_path, tiny_onnx, monkeypatch, capsys
+):
+    """onnxruntime can save fusion records for a static int8 graph that it then cannot replay; the step converts
+    again at the basic level (no fusions saved) and records that, instead of failing or hiding it."""
+    import mmedge.export.mobile as mobile
+
+    real, calls = mobile.ort_session, []
+
+    def first_load_fails(path):
+        calls.append(path.name)
+        if len(calls) == 1:
+            raise MobileError(f"{path.name} does not load in onnxruntime (... in the runtime optimization recor)")
+        return real(path)
+
+    monkeypatch.setattr(mobile, "ort_session", first_load_fails)
+    src = tiny_onnx["cnn-lstm"]
+    r = build_mobile(src, tmp_path / "m", split_feeds(src, n=16))
+    assert r["optimization_level"] == "basic" and "basic optimization level" in r["optimization_note"]
+    assert "basic optimization level" in capsys.readouterr().err
+    assert r["parity"][ORT_FILE]["max_abs_diff"] <= 1e-4 and (tmp_path / "m" / ORT_FILE).is_file()
+    ok = build_mobile(src, tmp_path / "n", split_feeds(src, n=16))  # a model that replays keeps the default
+    assert ok["optimization_level"] == "all" and ok["optimization_note"] is None

@@ -25,7 +25,9 @@ import contextlib
 import io
 import json
 import logging
+import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Literal
@@ -81,12 +83,14 @@ class MobileConfig(StepConfig):
         1e-4, gt=0, description="Largest absolute output difference allowed between a .ort and its float .onnx."
     )
     quantized_rtol: float = Field(
-        0.01,
+        0.02,
         gt=0,
         description="Largest output difference for an int8-quantized model, as a share of the largest |output| of the "
         ".onnx: the .ort's fused integer kernels (e.g. DynamicQuantizeMatMul, DynamicQuantizeLSTM) round in another "
-        "order than the separate ops of the .onnx. Measured: the int8 cnn-lstm's .ort differs by up to 0.146 on "
-        "logits reaching 39 (0.4 %), with every answer the same.",
+        "order than the separate ops of the .onnx, and a static QDQ model saved at the basic level runs unfused. "
+        "Measured on digits-vqa (onnxruntime 1.32): the int8-dynamic cnn-lstm within 0.4 % of the largest logit, "
+        "its int8-static QDQ variant at the basic level within 1.25 % (0.73 on logits reaching 59), every answer "
+        "the same.",
     )
     min_agreement: float = Field(
         0.99, gt=0, le=1, description="Share of answers (argmax) a quantized model's .ort must give as its .onnx."
@@ -162,8 +166,25 @@ def _quiet_tools():
             lg.setLevel(level)
 
 
-def convert_to_ort(models: list[Path], out_dir: Path, target_platform: str) -> dict[str, Path]:
-    """ORT-format files (Runtime optimization style) and the operators config for ``models``."""
+# The environment variable through which onnxruntime's converter takes its graph optimization level.
+LEVEL_ENV = "ORT_CONVERT_ONNX_MODELS_TO_ORT_OPTIMIZATION_LEVEL"
+
+
+def convert_to_ort(models: list[Path], out_dir: Path, target_platform: str, level: str = "all") -> dict[str, Path]:
+    """ORT-format files (Runtime optimization style, saved at graph optimization ``level``) and the operators
+    config for ``models``."""
+    before = os.environ.get(LEVEL_ENV)
+    os.environ[LEVEL_ENV] = level
+    try:
+        return _convert_to_ort(models, out_dir, target_platform)
+    finally:
+        if before is None:
+            os.environ.pop(LEVEL_ENV, None)
+        else:
+            os.environ[LEVEL_ENV] = before
+
+
+def _convert_to_ort(models: list[Path], out_dir: Path, target_platform: str) -> dict[str, Path]:
     from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
 
     with tempfile.TemporaryDirectory(prefix="mmedge-ort-") as tmp:
@@ -187,7 +208,8 @@ def convert_to_ort(models: list[Path], out_dir: Path, target_platform: str) -> d
                 ) from None
         written = {}
         for m in models:
-            produced = converted / f"{m.stem}.with_runtime_opt.ort"
+            level = os.environ[LEVEL_ENV]  # the converter names a non-default level in the file name
+            produced = converted / f"{m.stem}{'' if level == 'all' else '.' + level}.with_runtime_opt.ort"
             written[m.name] = out_dir / f"{m.stem}.ort"
             shutil.move(produced, written[m.name])
         config = next(converted.glob("required_operators*.config"))
@@ -342,8 +364,9 @@ def build_mobile(
     """Write the mobile files for ``model_path`` into ``out_dir`` (created; must not hold them yet) and
     return the analysis (also written as mobile.json). Nothing is left behind on failure."""
     import onnx
+    import onnxruntime as ort
 
-    from mmedge.runtime.session import metadata_json, open_session, run
+    from mmedge.runtime.session import metadata_json, open_session, run, session_options
 
     cfg = cfg or MobileConfig()
     sess = open_session(model_path, "cpu")
@@ -361,7 +384,29 @@ def build_mobile(
         shutil.copyfile(model_path, source)
         make_fixed(source, tmp / FIXED_ONNX, dims)
         open_session(tmp / FIXED_ONNX, "cpu")  # a fixed model that does not load is caught here, not on a phone
+        level, level_note = "all", None
         written = convert_to_ort([source, tmp / FIXED_ONNX], tmp, cfg.target_platform)
+        try:
+            for path in written.values():
+                ort_session(path)
+        except MobileError as exc:
+            # onnxruntime 1.32 saves QDQ fusion records for some static int8 graphs that it then cannot replay; at
+            # the basic level no fusion is saved, the device runs the QDQ graph as written, and the results say so.
+            if "runtime optimization" not in str(exc):
+                raise
+            for path in written.values():
+                path.unlink()
+            level = "basic"
+            level_note = (
+                "saved at the basic optimization level: onnxruntime could not replay the fusions it saved for this "
+                "model at the default level (all), so the device runs it without them"
+            )
+            print(f"note: mobile: {level_note}.", file=sys.stderr, flush=True)
+            written = convert_to_ort([source, tmp / FIXED_ONNX], tmp, cfg.target_platform, level)
+            # the .ort files must reproduce the model as they run it: the .onnx at the same level, unfused
+            sess = ort.InferenceSession(
+                str(model_path), session_options(level=level), providers=["CPUExecutionProvider"]
+            )
         source.unlink()
         parity = {
             ORT_FILE: check_ort(written["model.onnx"], sess, feeds, pad, cfg, quantized),
@@ -374,6 +419,8 @@ def build_mobile(
             "source": model_path.name,
             "source_sha256": sha256(model_path),
             "optimization_style": "runtime",
+            "optimization_level": level,
+            "optimization_note": level_note,
             "target_platform": cfg.target_platform,
             "session_config": SESSION_CONFIG,
             "fixed_dims": dims,
