@@ -28,6 +28,7 @@ from mmedge.compress.quantize.plan import (
     quantize_plan,
 )
 from mmedge.errors import MmedgeError
+from mmedge.results import StaticQuantMetrics
 from mmedge.steps.registry import StepConfig, StepContext, StepResult, register_step
 
 
@@ -106,9 +107,12 @@ def quantize_static_model(src: Path, out: Path, cfg: StaticQuantConfig, data_cfg
     }
 
 
-@register_step(StaticQuantConfig)
+@register_step(StaticQuantConfig, StaticQuantMetrics)
 def quantize_static_step(cfg: StaticQuantConfig, ctx: StepContext) -> StepResult:
     src, out = ctx.artifact.path, ctx.out_dir / "model.onnx"
     info = quantize_static_model(src, out, cfg, ctx.recipe.data)
     metrics = {**check_rewrite("quantize.static", src, out, ctx.recipe.data, cfg.tolerance), **info}
-    return StepResult(Artifact(out, "onnx", ctx.artifact.spec, (*ctx.artifact.lineage, "quantize.static")), metrics)
+    return StepResult(
+        Artifact(out, "onnx", ctx.artifact.spec, (*ctx.artifact.lineage, "quantize.static")),
+        StaticQuantMetrics.model_validate(metrics),
+    )
