@@ -21,8 +21,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from mmedge.artifact import Artifact
-from mmedge.compress.onnx_check import Tolerance, check_rewrite
+from mmedge.compress.onnx_check import Tolerance, gated_result
 from mmedge.compress.quantize.graph import copy_metadata, op_histogram
 from mmedge.results import OptimizeMetrics
 from mmedge.runtime.providers import STANDARD_DOMAINS, eps_running
@@ -195,10 +194,4 @@ def portability(model) -> dict:
 @register_step(OptimizeConfig, OptimizeMetrics)
 def optimize_step(cfg: OptimizeConfig, ctx: StepContext) -> StepResult:
     src, out = ctx.artifact.path, ctx.out_dir / "model.onnx"
-    info = optimize_model(src, out, cfg)
-    metrics = check_rewrite("optimize", src, out, ctx.recipe.data, cfg.tolerance)
-    metrics.update(info)
-    return StepResult(
-        Artifact(out, "onnx", ctx.artifact.spec, (*ctx.artifact.lineage, "optimize")),
-        OptimizeMetrics.model_validate(metrics),
-    )
+    return gated_result(ctx, "optimize", out, cfg.tolerance, OptimizeMetrics, optimize_model(src, out, cfg))
