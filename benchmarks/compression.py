@@ -55,7 +55,7 @@ def variants(records, work: Path) -> dict[str, Path]:
     fp16_model(student, work / "fp16.onnx", Fp16Config())
     out["fp16"] = work / "fp16.onnx"
     if "quantize.auto" in by_type:
-        out[f"auto ({by_type['quantize.auto'].result.metrics['chosen']}), shipped"] = by_type[
+        out[f"auto ({by_type['quantize.auto'].result.metrics.chosen}), shipped"] = by_type[
             "quantize.auto"
         ].result.artifact.path
     return out

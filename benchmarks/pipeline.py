@@ -37,8 +37,8 @@ def main() -> None:
         "steps": steps,
         "provenance": provenance,
         "machine": machine_info(with_provenance=False),
-        "test_accuracy": val["test"]["accuracy"],
-        "epochs_run": train["epochs_run"],
+        "test_accuracy": val.test.accuracy,
+        "epochs_run": train.epochs_run,
     }
     md = "\n".join(
         [
@@ -48,7 +48,7 @@ def main() -> None:
                 ["step", "seconds"], [[s["step"], f"{s['seconds']:.1f}"] for s in steps] + [["total", f"{total:.1f}"]]
             ),
             "",
-            f"Test accuracy {val['test']['accuracy']:.2%} after {train['epochs_run']} epochs.",
+            f"Test accuracy {val.test.accuracy:.2%} after {train.epochs_run} epochs.",
             "",
             machine_sentence(provenance),
             "",

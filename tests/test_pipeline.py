@@ -77,12 +77,12 @@ def test_step_mobile_files_ship_in_the_bundle_with_their_analysis(first_run):
 
 def test_step_validate_reports_parity_and_ablation(first_run):
     v = first_run[2][2].result.metrics
-    assert v["parity"]["max_abs_diff"] < 1e-3 and {"image_blanked", "text_emptied"} <= set(v)
+    assert v.parity.max_abs_diff < 1e-3 and v.image_blanked is not None and v.text_emptied is not None
 
 
 def test_step_bench_reports_each_batch(first_run):
     b = first_run[2][3].result.metrics
-    assert set(b["targets"]["cpu"]["batches"]) == {"1", "4"} and b["inputs"] == "test split samples"
+    assert set(b.targets["cpu"]["batches"]) == {"1", "4"} and b.inputs == "test split samples"
 
 
 def test_rerun_skips_finished_steps_and_reruns_only_what_changed(first_run):
@@ -109,7 +109,7 @@ def test_step_bench_marks_a_target_this_onnxruntime_lacks_as_unavailable_when_al
     steps[3]["allow_missing"] = True
     records = run_recipe(tiny_recipe(tmp_path, targets=["cpu", "nnapi"], steps=steps), progress="off")
     bench = records[3].result.metrics
-    assert set(bench["targets"]) == {"cpu"} and "onnxruntime-android" in bench["unavailable"]["nnapi"]
+    assert set(bench.targets) == {"cpu"} and "onnxruntime-android" in bench.unavailable["nnapi"]
     m = load_bundle(tmp_path / "bundle").manifest["metrics"]
     assert set(m["latency"]) == {"cpu"} and "nnapi" in m["latency_unavailable"]
     assert "Not measured on nnapi" in (tmp_path / "bundle" / "report.md").read_text()
@@ -129,9 +129,9 @@ def test_step_load_starts_a_chain_from_an_existing_checkpoint(tmp_path, tiny_che
         }
     )
     records = run_recipe(recipe, progress="off")
-    assert records[0].result.metrics["family"] == "vit-transformer"
-    assert records[2].result.metrics["parity"]["argmax_agreement"] >= 0.999
-    assert records[2].result.metrics["accuracy_drop_points"] <= 0.5
+    assert records[0].result.metrics.family == "vit-transformer"
+    assert records[2].result.metrics.parity.argmax_agreement >= 0.999
+    assert records[2].result.metrics.accuracy_drop_points <= 0.5
 
 
 def test_a_step_that_reruns_invalidates_the_steps_after_it(first_run):
@@ -172,9 +172,9 @@ def test_prune_magnitude_in_a_recipe_reports_sparsity_and_zip_size(tmp_path, tin
     )
     records = run_recipe(recipe, progress="off")
     pruned = records[1].result.metrics
-    assert pruned["sparsity_reached"] == pytest.approx(0.5, abs=0.01) and "test" in pruned
-    assert records[2].result.metrics["zip_bytes"] < records[2].result.metrics["size_bytes"]
-    assert records[3].result.metrics["parity"]["samples"] == 800
+    assert pruned.sparsity_reached == pytest.approx(0.5, abs=0.01) and pruned.test is not None
+    assert records[2].result.metrics.zip_bytes < records[2].result.metrics.size_bytes
+    assert records[3].result.metrics.parity.samples == 800
 
 
 def test_compression_chain_ships_a_bundle_that_reports_every_step_per_branch(tmp_path, trained_checkpoint):
@@ -200,10 +200,10 @@ def test_compression_chain_ships_a_bundle_that_reports_every_step_per_branch(tmp
     )
     records = run_recipe(recipe, progress="off")
     pruned = records[1].result.metrics
-    assert pruned["options_after"]["hidden_size"] == 48 and pruned["parameters_after"] < pruned["parameters_before"]
-    assert records[2].result.metrics["teacher_test_accuracy"] > 0.6
+    assert pruned.options_after["hidden_size"] == 48 and pruned.parameters_after < pruned.parameters_before
+    assert records[2].result.metrics.teacher_test_accuracy > 0.6
     auto = records[4].result.metrics
-    assert auto["within_budget"] and auto["sensitivity"]["nodes"] and auto["latency_share"]
+    assert auto.within_budget and auto.sensitivity["nodes"] and auto.latency_share
     bundle = load_bundle(tmp_path / "bundle")
     c = bundle.manifest["metrics"]["compression"]
     assert set(c) == {"structured_pruning", "distillation", "quantization"}
@@ -243,8 +243,8 @@ def test_a_budget_no_candidate_meets_stops_the_run_unless_over_budget_is_allowed
     records = run_recipe(recipe, progress="off", allow_over_budget=True)
     assert [r.cached for r in records][:3] == [True, True, True]  # the failed step alone re-ran
     auto, validate = records[3].result.metrics, records[4].result.metrics
-    assert not auto["within_budget"] and not validate["within_budget"]
-    assert auto["chosen"] == max(auto["candidates"], key=lambda c: c["val_accuracy"])["name"]
+    assert not auto.within_budget and not validate.within_budget
+    assert auto.chosen == max(auto.candidates, key=lambda c: c.val_accuracy).name
 
 
 def test_a_user_dataset_changed_in_place_reruns_the_chain(tmp_path):

@@ -5,6 +5,7 @@ import yaml
 
 from mmedge.errors import InputPathError, RecipeError, UnknownNameError
 from mmedge.recipe import BUILTIN_RECIPES, load_recipe, parse_recipe
+from mmedge.results import METRICS
 from mmedge.steps.registry import STEP_TABLE, get_step
 
 
@@ -94,3 +95,4 @@ def test_step_table_and_decorators_agree():
         entry = get_step(tag)
         assert entry.tag == tag and entry.config_cls.type_tag == tag
         assert entry.run.__module__ == decl.module, f"{tag} is registered in {entry.run.__module__}, not {decl.module}"
+        assert entry.metrics_cls is METRICS[tag]  # the typed metrics the reports read back

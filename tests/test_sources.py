@@ -49,16 +49,17 @@ def test_step_load_onnx_skips_the_torch_steps_and_ships_a_bundle(tmp_path, tiny_
         "bundle",
     ]
     loaded = records[0].result.metrics
-    assert loaded["mmedge_metadata"] and 0 < loaded["test"]["accuracy"] <= 1
+    assert loaded.mmedge_metadata and loaded.test.accuracy > 0.9 and loaded.val is not None
     validated = records[2].result.metrics
-    assert validated["reference_accuracy"] == loaded["test"]["accuracy"]  # the source ONNX is the reference
-    assert validated["parity"]["argmax_agreement"] >= 0.9 and validated["within_budget"]
+    assert validated.reference_accuracy == loaded.test.accuracy  # the source ONNX is the reference
+    assert validated.gate.reference_accuracy == loaded.val.accuracy  # and its validation accuracy decides
+    assert validated.parity.argmax_agreement >= 0.9 and validated.within_budget
     m = load_bundle(tmp_path / "bundle").manifest
     assert m["model"]["lineage"] == ["load.onnx", "quantize.dynamic", "bundle"]
     assert m["metrics"]["reference"]["framework"] == "onnx"
     assert "ONNX source model reference" in (tmp_path / "bundle" / "report.md").read_text()
     assert tiny_onnx["cnn-lstm"].is_file()  # the user's file is only read
-    parity = records[4].result.metrics["parity"]["model.ort"]
+    parity = records[4].result.metrics.parity["model.ort"]
     assert parity["rule"].startswith("int8 model") and parity["argmax_agreement"] >= 0.9
 
 
@@ -66,9 +67,9 @@ def test_onnx_from_elsewhere_is_benched_and_converted_and_scoring_says_what_is_m
     model = relu_onnx(tmp_path / "relu.onnx")
     steps = [{"type": "bench", "runs": 5, "warmup": 1, "batch_sizes": [1, 2]}, {"type": "mobile"}]
     records = run_recipe(onnx_recipe(tmp_path, model, steps), progress="off")
-    assert records[0].result.metrics["mmedge_metadata"] is False
-    assert records[1].result.metrics["inputs"].startswith("synthetic")
-    assert records[2].result.metrics["parity"]["model.fixed.ort"]["max_abs_diff"] == 0.0
+    assert records[0].result.metrics.mmedge_metadata is False
+    assert records[1].result.metrics.inputs.startswith("synthetic")
+    assert records[2].result.metrics.parity["model.fixed.ort"]["max_abs_diff"] == 0.0
     with pytest.raises(MmedgeError, match="carries no mmedge tokenizer metadata"):
         run_recipe(onnx_recipe(tmp_path, model, [{"type": "validate"}]), progress="off")
 
@@ -91,7 +92,7 @@ def test_a_changed_onnx_file_at_the_same_path_is_loaded_again(tmp_path, tiny_onn
     assert all(r.cached for r in run_recipe(onnx_recipe(tmp_path, model, steps), progress="off"))
     shutil.copyfile(tiny_onnx["vit-transformer"], model)
     again = run_recipe(onnx_recipe(tmp_path, model, steps), progress="off")
-    assert not again[0].cached and again[0].result.metrics["size_bytes"] != first[0].result.metrics["size_bytes"]
+    assert not again[0].cached and again[0].result.metrics.size_bytes != first[0].result.metrics.size_bytes
 
 
 def test_user_dataset_trains_a_zoo_model_with_bad_rows_skipped_and_counted(tmp_path, monkeypatch):

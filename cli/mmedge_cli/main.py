@@ -685,17 +685,17 @@ def run(
         allow_over_budget=allow_over_budget,
     )
     val = next((x.result.metrics for x in reversed(records) if x.config.type == "validate"), None)
-    if val:
+    if val is not None and val.test is not None:
         ablation = ", ".join(
-            f"{label} {val[key]['accuracy']:.2%}"
-            for key, label in (("image_blanked", "image blanked"), ("text_emptied", "text emptied"))
-            if key in val
+            f"{label} {score.accuracy:.2%}"
+            for score, label in ((val.image_blanked, "image blanked"), (val.text_emptied, "text emptied"))
+            if score is not None
         )
-        out.print(f"test accuracy {val['test']['accuracy']:.2%}" + (f" ({ablation})" if ablation else ""))
-        if val.get("within_budget") is False:
+        out.print(f"test accuracy {val.test.accuracy:.2%}" + (f" ({ablation})" if ablation else ""))
+        if val.within_budget is False:
             out.print(
-                f"[yellow]over the accuracy budget: {val['accuracy_drop_points']:.2f} points below the reference, "
-                "kept because of --allow-over-budget[/]"
+                f"[yellow]over the accuracy budget: {val.gate.accuracy_drop_points:.2f} validation points below the "
+                "reference, kept because of --allow-over-budget[/]"
             )
     if any(x.config.type == "bundle" for x in records):
         out.print(f"bundle: {r.output_dir}")

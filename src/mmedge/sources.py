@@ -21,6 +21,7 @@ from pydantic import Field
 
 from mmedge.artifact import Artifact
 from mmedge.errors import InputPathError, RecipeError
+from mmedge.results import LoadOnnxMetrics
 from mmedge.steps.registry import STEP_TABLE, StepConfig, StepContext, StepResult, register_step
 
 KINDS = ("onnx", "hf", "py")
@@ -79,7 +80,7 @@ class LoadOnnxConfig(StepConfig):
     path: Path = Field(..., description="An existing .onnx file; the chain's reference model.")
 
 
-@register_step(LoadOnnxConfig)
+@register_step(LoadOnnxConfig, LoadOnnxMetrics)
 def load_onnx_step(cfg: LoadOnnxConfig, ctx: StepContext) -> StepResult:
     from mmedge.runtime.session import metadata_json, open_session
 
@@ -103,4 +104,4 @@ def load_onnx_step(cfg: LoadOnnxConfig, ctx: StepContext) -> StepResult:
         scored, logits = evaluate_model(out, ctx.recipe.data)
         metrics.update(scored)
         np.save(ctx.out_dir / "reference_logits.npy", logits)
-    return StepResult(Artifact(out, "onnx", spec, ("load.onnx",)), metrics)
+    return StepResult(Artifact(out, "onnx", spec, ("load.onnx",)), LoadOnnxMetrics.model_validate(metrics))

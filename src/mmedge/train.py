@@ -24,6 +24,7 @@ from mmedge.data import DataConfig, load_dataset
 from mmedge.data.digits_vqa import FAMILIES, VQASplit, make_questions
 from mmedge.data.text import Tokenizer, WordVocab
 from mmedge.models.checkpoint import load_checkpoint, save_checkpoint
+from mmedge.results import ModelMetrics, TrainMetrics
 from mmedge.runtime.evaluate import score
 from mmedge.steps.registry import StepConfig, StepContext, StepResult, register_step
 
@@ -416,7 +417,7 @@ def build_for_data(family: str, options: dict, data_cfg: DataConfig, seed: int =
     return data, vocab, model
 
 
-@register_step(TrainConfig)
+@register_step(TrainConfig, TrainMetrics)
 def train_step(cfg: TrainConfig, ctx: StepContext) -> StepResult:
     recipe = ctx.recipe
     path, metrics = run_training(
@@ -429,7 +430,9 @@ def train_step(cfg: TrainConfig, ctx: StepContext) -> StepResult:
     )
     ckpt = load_checkpoint(path)
     _save_reference_logits(ckpt, recipe.data, ctx.out_dir)
-    return StepResult(Artifact(path, "torch-checkpoint", ckpt.spec.to_json(), ("train",)), metrics)
+    return StepResult(
+        Artifact(path, "torch-checkpoint", ckpt.spec.to_json(), ("train",)), TrainMetrics.model_validate(metrics)
+    )
 
 
 def skipped_rows(data) -> dict:
@@ -450,7 +453,7 @@ class LoadModelConfig(StepConfig):
     type: Literal["load.model"] = "load.model"
 
 
-@register_step(LoadModelConfig)
+@register_step(LoadModelConfig, ModelMetrics)
 def load_model_step(cfg: LoadModelConfig, ctx: StepContext) -> StepResult:
     """A model used as it comes (a zero-shot Hugging Face model, a pretrained py: factory): scored, not trained."""
     recipe = ctx.recipe
@@ -468,7 +471,9 @@ def load_model_step(cfg: LoadModelConfig, ctx: StepContext) -> StepResult:
     save_checkpoint(model, vocab, data.classes, path, extra={"metrics": metrics})
     ckpt = load_checkpoint(path)
     _save_reference_logits(ckpt, recipe.data, ctx.out_dir)
-    return StepResult(Artifact(path, "torch-checkpoint", ckpt.spec.to_json(), ("load.model",)), metrics)
+    return StepResult(
+        Artifact(path, "torch-checkpoint", ckpt.spec.to_json(), ("load.model",)), ModelMetrics.model_validate(metrics)
+    )
 
 
 class LoadConfig(StepConfig):
@@ -476,7 +481,7 @@ class LoadConfig(StepConfig):
     path: Path = Field(..., description="A checkpoint folder written by `mmedge train` (safetensors, no pickle).")
 
 
-@register_step(LoadConfig)
+@register_step(LoadConfig, ModelMetrics)
 def load_step(cfg: LoadConfig, ctx: StepContext) -> StepResult:
     ckpt = load_checkpoint(cfg.path)
     data = load_dataset(ctx.recipe.data)
@@ -487,4 +492,5 @@ def load_step(cfg: LoadConfig, ctx: StepContext) -> StepResult:
         **skipped_rows(data),
     }
     _save_reference_logits(ckpt, ctx.recipe.data, ctx.out_dir)
-    return StepResult(Artifact(Path(cfg.path).resolve(), "torch-checkpoint", ckpt.spec.to_json(), ("load",)), metrics)
+    artifact = Artifact(Path(cfg.path).resolve(), "torch-checkpoint", ckpt.spec.to_json(), ("load",))
+    return StepResult(artifact, ModelMetrics.model_validate(metrics))

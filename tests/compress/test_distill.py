@@ -98,6 +98,6 @@ def test_distill_step_trains_a_fresh_smaller_student_from_another_family(tmp_pat
     )
     records = run_recipe(recipe, progress="off")
     m = records[1].result.metrics
-    assert m["family"] == "vit-transformer" and m["parameters"] < records[0].result.metrics["parameters"]
+    assert m.family == "vit-transformer" and m.parameters < records[0].result.metrics.parameters
     student = load_checkpoint(records[1].result.artifact.path)
     assert student.family == "vit-transformer" and student.options["dim"] == 8 and student.options["image_layers"] == 0

@@ -17,6 +17,67 @@ def test_pareto_front_keeps_only_points_nothing_beats_on_both_axes():
     assert pareto_front(pts) == {"fast", "accurate", "middle"}
 
 
+def _candidate(name, test_accuracy, p50_ms, size_bytes):
+    return {
+        "name": name,
+        "val_accuracy": test_accuracy,
+        "test_accuracy": test_accuracy,
+        "drop_points": 0.0,
+        "agreement": 1.0,
+        "size_bytes": size_bytes,
+        "p50_ms": p50_ms,
+        "latency_ratio": None,
+        "within_budget": p50_ms is not None,
+        "float_nodes": None,
+    }
+
+
+def _auto_metrics(**fields):
+    """A quantize.auto metrics document as results.json holds it (the fields a test does not set: neutral)."""
+    score = {"accuracy": 0.98, "per_family": {}}
+    parity = {
+        "max_abs_diff": 0.0,
+        "mean_abs_diff": 0.0,
+        "mean_cosine": 1.0,
+        "sqnr_db": float("inf"),
+        "argmax_agreement": 1.0,
+        "samples": 10,
+    }
+    base = {
+        "val": score,
+        "test": score,
+        "gate": {"split": "val", "accuracy": 0.98, "accuracy_drop_points": 0.0, "input_accuracy": 0.98, "agreement": 1},
+        "parity": parity,
+        "input_accuracy": 0.98,
+        "accuracy_drop_points": 0.0,
+        "size_bytes": 60_000,
+        "input_size_bytes": 200_000,
+        "ops": {"MatMul": 1},
+        "selection_split": "val",
+        "choice": {
+            "objective": "size",
+            "latency_tolerance": 0.05,
+            "rule": "smallest",
+            "fastest": "fp32",
+            "latency_ratio": [1.0, 1.0, 1.0],
+            "timing": {},
+        },
+        "within_budget": True,
+        "budget_points": 1.0,
+        "reference_val_accuracy": 0.98,
+        "input_val_accuracy": 0.98,
+        "input_test_accuracy": 0.98,
+        "ep": "cpu",
+        "threads": 1,
+        "batch_size": 1,
+        "plan": {},
+        "quantizable_nodes": 1,
+        "branch_sizes": {},
+        "latency_share": {},
+    }
+    return {**base, **fields}
+
+
 def _pipeline_doc():
     return {
         "schema": "mmedge.results",
@@ -30,21 +91,21 @@ def _pipeline_doc():
                 "type": "quantize.auto",
                 "seconds": 1.0,
                 "cached": False,
-                "metrics": {
-                    "chosen": "int8-dynamic",
-                    "candidates": [
-                        {"name": "fp32", "test_accuracy": 0.98, "p50_ms": 0.2, "size_bytes": 200_000},
-                        {"name": "int8-dynamic", "test_accuracy": 0.975, "p50_ms": 0.15, "size_bytes": 60_000},
-                        {"name": "int8-static", "test_accuracy": 0.97, "p50_ms": 0.3, "size_bytes": 50_000},
-                        {"name": "untimed", "test_accuracy": 0.5, "p50_ms": None, "size_bytes": 1},
+                "metrics": _auto_metrics(
+                    chosen="int8-dynamic",
+                    candidates=[
+                        _candidate("fp32", 0.98, 0.2, 200_000),
+                        _candidate("int8-dynamic", 0.975, 0.15, 60_000),
+                        _candidate("int8-static", 0.97, 0.3, 50_000),
+                        _candidate("untimed", 0.5, None, 1),
                     ],
-                    "sensitivity": {
+                    sensitivity={
                         "branches": [
                             {"branch": "image", "scheme": "int8-static", "nodes": 4, "drop_points": 0.4},
                             {"branch": "text", "scheme": "int8-dynamic", "nodes": 2, "drop_points": 0.1},
                         ]
                     },
-                },
+                ),
             },
             {
                 "index": 2,
@@ -60,7 +121,10 @@ def _pipeline_doc():
                                 "32": {"p50_ms": 1.0, "p90_ms": 1.2, "p99_ms": 2.0},
                             },
                         }
-                    }
+                    },
+                    "unavailable": {},
+                    "inputs": "test split samples",
+                    "within_budget": True,
                 },
             },
         ],
@@ -79,6 +143,15 @@ def test_pipeline_results_render_all_three_plots_and_mark_the_shipped_variant(tm
     assert "| image | int8-static | 4 | 0.40 |" in md
     assert load_results(tmp_path / "results.json") == json.loads(json.dumps(doc))
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_results_document_whose_step_metrics_do_not_fit_their_schema_is_refused(tmp_path):
+    doc = _pipeline_doc()
+    metrics = doc["steps"][0]["metrics"]
+    metrics["picked"] = metrics.pop("chosen")  # a renamed key
+    (tmp_path / "r.json").write_text(json.dumps(doc))
+    with pytest.raises(MmedgeError, match=r"step 1 \(quantize.auto\) do not fit its schema \(chosen: Field required"):
+        load_results(tmp_path / "r.json")
 
 
 def test_html_inlines_the_plots_and_escapes_text(tmp_path):

@@ -26,6 +26,17 @@ from mmedge.bundle.manifest import MANIFEST, SCHEMA, SCHEMA_VERSION, load_bundle
 from mmedge.errors import BudgetExceededError, BundleError, MissingDependencyError
 from mmedge.provenance import collect
 from mmedge.report.markdown import robustness
+from mmedge.results import (
+    AutoQuantMetrics,
+    BenchMetrics,
+    BundleMetrics,
+    DistillMetrics,
+    ExportMetrics,
+    MagnitudePruneMetrics,
+    MobileMetrics,
+    StructuredPruneMetrics,
+    ValidateMetrics,
+)
 from mmedge.steps.registry import StepConfig, StepContext, StepResult, register_step
 
 
@@ -219,59 +230,64 @@ def mobile_variants(mobile: dict, inputs: list[dict]) -> list[dict]:
     ]
 
 
-def shipped_metrics(ctx, model_path: Path) -> dict:
-    """The figures the manifest records, from the steps that measured them in this run."""
+def _typed(ctx: StepContext, step_type: str):
+    """The typed metrics of the latest ``step_type`` step of this run, or None."""
+    record = ctx.latest(step_type)
+    return record.result.metrics if record else None
+
+
+def _json(model) -> dict | None:
+    return None if model is None else model.model_dump(mode="json")
+
+
+def shipped_metrics(ctx: StepContext, model_path: Path) -> dict:
+    """The figures the manifest records, from the typed metrics of the steps that measured them in this run."""
+    from mmedge.export.onnx import zipped_size
     from mmedge.runtime.bench import machine_info
 
-    validate, bench, export = ctx.metrics("validate"), ctx.metrics("bench"), ctx.metrics("export")
-    ref = ctx.reference_metrics()
-    from mmedge.export.onnx import zipped_size
-
+    validate: ValidateMetrics | None = _typed(ctx, "validate")
+    bench: BenchMetrics | None = _typed(ctx, "bench")
+    export: ExportMetrics | None = _typed(ctx, "export")
+    reference = ctx.reference()
     out: dict = {
         "size_bytes": model_path.stat().st_size,
         "zip_bytes": zipped_size(model_path),
         "measured_on": machine_info(with_provenance=False),  # the manifest records the provenance once, at its top
     }
-    if validate:
-        out["accuracy"] = {k: validate[k] for k in ("test", "image_blanked", "text_emptied") if k in validate}
-        out["accuracy"]["split"] = f"test ({validate['samples']} questions on held-out images)"
-        out["parity"] = validate.get("parity")
-        out["accuracy_drop_points"] = validate.get("accuracy_drop_points")
-        if validate.get("gate"):  # the budget was decided on validation; the test drop above is reported only
-            out["gate"] = validate["gate"]
-        if validate.get("embeddings"):
-            out["embeddings"] = validate["embeddings"]
-    if ref:
+    if validate is not None:
+        scores = {"test": validate.test, "image_blanked": validate.image_blanked, "text_emptied": validate.text_emptied}
+        out["accuracy"] = {k: v.model_dump(mode="json") for k, v in scores.items() if v is not None}
+        out["accuracy"]["split"] = f"test ({validate.samples} questions on held-out images)"
+        out["parity"] = _json(validate.parity)
+        out["accuracy_drop_points"] = validate.accuracy_drop_points
+        if validate.gate is not None:  # the budget was decided on validation; the test drop above is reported only
+            out["gate"] = _json(validate.gate)
+        if validate.embeddings:
+            out["embeddings"] = validate.embeddings
+    if reference is not None:
+        ref = reference.result.metrics
         out["reference"] = {
-            "framework": "onnx" if ctx.reference().config.type == "load.onnx" else "pytorch",
-            "test_accuracy": ref["test"]["accuracy"],
-            "parameters": ref.get("parameters"),
+            "framework": "onnx" if reference.config.type == "load.onnx" else "pytorch",
+            "test_accuracy": ref.test.accuracy if ref.test is not None else None,
+            "parameters": getattr(ref, "parameters", None),
         }
-        if ref.get("data_split"):
-            out["data_split"] = ref["data_split"]
-    if export:
-        out["export"] = {
-            "opset": export.get("opset"),
-            "max_abs_diff": export.get("max_abs_diff"),
-            "checks": len(export.get("checks", [])),
-        }
-    pruned = ctx.metrics("prune.magnitude")
-    if pruned:
-        out["sparsity"] = {
-            "weights": pruned["sparsity_reached"],
-            "model": pruned["model_sparsity"],
-            "note": pruned["note"],
-        }
-    mobile = ctx.metrics("mobile")
-    if mobile:
-        out["mobile"] = mobile
-    robust = robustness([(r.config.type, r.result.metrics) for r in ctx.records])
+        if getattr(ref, "data_split", None):
+            out["data_split"] = ref.data_split
+    if export is not None:
+        out["export"] = {"opset": export.opset, "max_abs_diff": export.max_abs_diff, "checks": len(export.checks)}
+    pruned: MagnitudePruneMetrics | None = _typed(ctx, "prune.magnitude")
+    if pruned is not None:
+        out["sparsity"] = {"weights": pruned.sparsity_reached, "model": pruned.model_sparsity, "note": pruned.note}
+    mobile: MobileMetrics | None = _typed(ctx, "mobile")
+    if mobile is not None:
+        out["mobile"] = _json(mobile)
+    robust = robustness([(r.config.type, r.result.to_json()["metrics"]) for r in ctx.records])
     if len(robust) > 1:
         out["robustness"] = robust
     compression = compression_metrics(ctx)
     if compression:
         out["compression"] = compression
-    if bench:
+    if bench is not None:
         out["latency"] = {
             ep: {
                 "threads": r["threads"],
@@ -279,67 +295,61 @@ def shipped_metrics(ctx, model_path: Path) -> dict:
                 "batches": r["batches"],
                 "peak_rss_mb": r["memory"]["peak_rss_mb"],
             }
-            for ep, r in bench["targets"].items()
+            for ep, r in bench.targets.items()
         }
-        if bench.get("unavailable"):
-            out["latency_unavailable"] = bench["unavailable"]
+        if bench.unavailable:
+            out["latency_unavailable"] = bench.unavailable
     return out
 
 
-def compression_metrics(ctx) -> dict:
+def compression_metrics(ctx: StepContext) -> dict:
     """What the compression steps of this run did, per modality branch where they measured it."""
     out: dict = {}
-    pruned = ctx.metrics("prune.structured")
-    if pruned:
+    pruned: StructuredPruneMetrics | None = _typed(ctx, "prune.structured")
+    if pruned is not None:
         out["structured_pruning"] = {
-            k: pruned.get(k)
-            for k in (
-                "ratio",
-                "branch_ratios",
-                "importance",
-                "parameters_before",
-                "parameters_after",
-                "macs_before",
-                "macs_after",
-                "dropped_blocks",
-                "per_branch",
-                "options_before",
-                "options_after",
-            )
+            "ratio": pruned.ratio,
+            "branch_ratios": pruned.branch_ratios,
+            "importance": pruned.importance,
+            "parameters_before": pruned.parameters_before,
+            "parameters_after": pruned.parameters_after,
+            "macs_before": pruned.macs_before,
+            "macs_after": pruned.macs_after,
+            "dropped_blocks": pruned.dropped_blocks,
+            "per_branch": pruned.per_branch,
+            "options_before": pruned.options_before,
+            "options_after": pruned.options_after,
+            "test_accuracy": pruned.test.accuracy if pruned.test is not None else None,
         }
-        out["structured_pruning"]["test_accuracy"] = pruned["test"]["accuracy"]
-    distilled = ctx.metrics("distill")
-    if distilled:
+    distilled: DistillMetrics | None = _typed(ctx, "distill")
+    if distilled is not None:
         out["distillation"] = {
-            "teacher_test_accuracy": distilled["teacher_test_accuracy"],
-            "student_test_accuracy": distilled["test"]["accuracy"],
-            "student_parameters": distilled["parameters"],
-            "epochs_run": distilled["epochs_run"],
+            "teacher_test_accuracy": distilled.teacher_test_accuracy,
+            "student_test_accuracy": distilled.test.accuracy if distilled.test is not None else None,
+            "student_parameters": distilled.parameters,
+            "epochs_run": distilled.epochs_run,
         }
-    auto = ctx.metrics("quantize.auto")
-    if auto:
+    auto: AutoQuantMetrics | None = _typed(ctx, "quantize.auto")
+    if auto is not None:
         out["quantization"] = {
-            k: auto.get(k)
-            for k in (
-                "chosen",
-                "selection_split",
-                "choice",
-                "within_budget",
-                "budget_points",
-                "reference_val_accuracy",
-                "ep",
-                "threads",
-                "batch_size",
-                "candidates",
-                "sensitivity",
-                "branch_sizes",
-                "latency_share",
-            )
+            "chosen": auto.chosen,
+            "selection_split": auto.selection_split,
+            "choice": _json(auto.choice),
+            "within_budget": auto.within_budget,
+            "budget_points": auto.budget_points,
+            "reference_val_accuracy": auto.reference_val_accuracy,
+            "ep": auto.ep,
+            "threads": auto.threads,
+            "batch_size": auto.batch_size,
+            "candidates": [c.model_dump(mode="json") for c in auto.candidates],
+            "sensitivity": auto.sensitivity,
+            "branch_sizes": auto.branch_sizes,
+            "latency_share": auto.latency_share,
         }
     return out
 
 
-@register_step(BundleConfig)
+@register_step(BundleConfig, BundleMetrics)
 def bundle_step(cfg: BundleConfig, ctx: StepContext) -> StepResult:
     from mmedge.report.markdown import render_bundle_report
 
@@ -378,7 +388,7 @@ def bundle_step(cfg: BundleConfig, ctx: StepContext) -> StepResult:
     if mobile is not None:
         from mmedge.export.mobile import MOBILE_FILES
 
-        if mobile.result.metrics.get("source_sha256") != sha256(ctx.artifact.path):
+        if mobile.result.metrics.source_sha256 != sha256(ctx.artifact.path):
             raise BundleError(
                 "the mobile step converted another model than the one being shipped; move the mobile step after "
                 "the last step that changes the model (export, quantize)."
@@ -397,5 +407,5 @@ def bundle_step(cfg: BundleConfig, ctx: StepContext) -> StepResult:
     )
     return StepResult(
         Artifact(out.resolve(), "bundle", ctx.artifact.spec, (*ctx.artifact.lineage, "bundle")),
-        {"path": str(out), "files": sorted(load_bundle(out).manifest["files"])},
+        BundleMetrics(path=str(out), files=sorted(load_bundle(out).manifest["files"])),
     )

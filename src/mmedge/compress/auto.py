@@ -43,6 +43,7 @@ from mmedge.compress.quantize.plan import (
 from mmedge.compress.quantize.plan import check_op_types as _check_op_types
 from mmedge.errors import BudgetExceededError
 from mmedge.models.spec import check_branches
+from mmedge.results import AutoQuantMetrics
 from mmedge.runtime.bench import MIN_ROUNDS_FOR_A_DIFFERENCE, compare_latency
 from mmedge.steps.registry import StepConfig, StepContext, StepResult, register_step
 
@@ -387,7 +388,7 @@ def _sensitivity(nodes: list[dict], cfg: AutoQuantConfig, ev: _Evaluator, build,
     return out
 
 
-@register_step(AutoQuantConfig)
+@register_step(AutoQuantConfig, AutoQuantMetrics)
 def quantize_auto_step(cfg: AutoQuantConfig, ctx: StepContext) -> StepResult:
     from mmedge.runtime.session import open_session
 
@@ -397,7 +398,8 @@ def quantize_auto_step(cfg: AutoQuantConfig, ctx: StepContext) -> StepResult:
     budget = cfg.max_accuracy_drop if cfg.max_accuracy_drop is not None else recipe.budgets.max_accuracy_drop
     ep = cfg.ep or (recipe.targets[0] if recipe.targets else "cpu")
     open_session(src, ep).get_providers()  # the target EP must be installed before anything is timed on it
-    reference = ctx.reference_metrics().get("val", {}).get("accuracy")  # the budget counts on validation
+    first = ctx.reference()  # the budget counts on validation, against the model the chain started from
+    reference = first.result.metrics.val.accuracy if first and first.result.metrics.val else None
     allow = cfg.allow_over_budget or ctx.allow_over_budget
     info = auto_quantize(
         src,
@@ -415,7 +417,10 @@ def quantize_auto_step(cfg: AutoQuantConfig, ctx: StepContext) -> StepResult:
     metrics.update(info)
     metrics["branch_sizes"] = _branch_sizes(out)
     metrics["latency_share"] = _latency_share(out, recipe.data, ep, cfg.threads, cfg.batch_size)
-    return StepResult(Artifact(out, "onnx", ctx.artifact.spec, (*ctx.artifact.lineage, "quantize.auto")), metrics)
+    return StepResult(
+        Artifact(out, "onnx", ctx.artifact.spec, (*ctx.artifact.lineage, "quantize.auto")),
+        AutoQuantMetrics.model_validate(metrics),
+    )
 
 
 def _branch_sizes(path: Path) -> dict[str, int]:

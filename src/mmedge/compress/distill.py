@@ -20,6 +20,7 @@ from pydantic import Field
 
 from mmedge.artifact import Artifact
 from mmedge.errors import MmedgeError
+from mmedge.results import DistillMetrics
 from mmedge.steps.registry import StepContext, StepResult, register_step
 from mmedge.train import TrainConfig
 
@@ -177,7 +178,7 @@ def teacher_accuracy(teacher, vocab, split) -> float:
     return score(predict_split(teacher, split, vocab), split).accuracy
 
 
-@register_step(DistillConfig)
+@register_step(DistillConfig, DistillMetrics)
 def distill_step(cfg: DistillConfig, ctx: StepContext) -> StepResult:
     import torch
 
@@ -224,4 +225,7 @@ def distill_step(cfg: DistillConfig, ctx: StepContext) -> StepResult:
         extra={**current.extra, "distill": {k: v for k, v in metrics.items() if k != "history"}},
     )
     spec = student.spec().to_json()
-    return StepResult(Artifact(out, "torch-checkpoint", spec, (*ctx.artifact.lineage, "distill")), metrics)
+    return StepResult(
+        Artifact(out, "torch-checkpoint", spec, (*ctx.artifact.lineage, "distill")),
+        DistillMetrics.model_validate(metrics),
+    )

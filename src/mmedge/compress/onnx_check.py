@@ -67,3 +67,14 @@ def check_rewrite(step: str, before: Path, after: Path, data_cfg, tol: Tolerance
     metrics["size_bytes"] = after.stat().st_size
     metrics["input_size_bytes"] = before.stat().st_size
     return metrics
+
+
+def gated_result(ctx, step: str, out: Path, tol: Tolerance, metrics_cls, info: dict):
+    """The StepResult of an ONNX rewrite of the chain's model into ``out``: gated by ``check_rewrite``, its figures
+    with the rewrite's own ``info`` as the step's typed metrics."""
+    from mmedge.artifact import Artifact
+    from mmedge.steps.registry import StepResult
+
+    metrics = {**check_rewrite(step, ctx.artifact.path, out, ctx.recipe.data, tol), **info}
+    artifact = Artifact(out, "onnx", ctx.artifact.spec, (*ctx.artifact.lineage, step))
+    return StepResult(artifact, metrics_cls.model_validate(metrics))

@@ -21,9 +21,9 @@ from typing import Literal
 
 from pydantic import Field
 
-from mmedge.artifact import Artifact
-from mmedge.compress.onnx_check import Tolerance, check_rewrite
+from mmedge.compress.onnx_check import Tolerance, gated_result
 from mmedge.compress.quantize.graph import copy_metadata, op_histogram
+from mmedge.results import OptimizeMetrics
 from mmedge.runtime.providers import STANDARD_DOMAINS, eps_running
 from mmedge.runtime.session import session_options
 from mmedge.steps.registry import StepConfig, StepContext, StepResult, register_step
@@ -191,10 +191,7 @@ def portability(model) -> dict:
     }
 
 
-@register_step(OptimizeConfig)
+@register_step(OptimizeConfig, OptimizeMetrics)
 def optimize_step(cfg: OptimizeConfig, ctx: StepContext) -> StepResult:
     src, out = ctx.artifact.path, ctx.out_dir / "model.onnx"
-    info = optimize_model(src, out, cfg)
-    metrics = check_rewrite("optimize", src, out, ctx.recipe.data, cfg.tolerance)
-    metrics.update(info)
-    return StepResult(Artifact(out, "onnx", ctx.artifact.spec, (*ctx.artifact.lineage, "optimize")), metrics)
+    return gated_result(ctx, "optimize", out, cfg.tolerance, OptimizeMetrics, optimize_model(src, out, cfg))

@@ -17,6 +17,7 @@ from pydantic import Field, field_validator
 from mmedge.artifact import Artifact
 from mmedge.errors import MmedgeError
 from mmedge.models.spec import BRANCHES, check_branches
+from mmedge.results import METRICS, MagnitudePruneMetrics, StructuredPruneMetrics
 from mmedge.steps.registry import StepConfig, StepContext, StepResult, register_step
 
 
@@ -90,7 +91,7 @@ def magnitude_prune(model, cfg: MagnitudePruneConfig) -> dict:
     }
 
 
-@register_step(MagnitudePruneConfig)
+@register_step(MagnitudePruneConfig, MagnitudePruneMetrics)
 def prune_magnitude_step(cfg: MagnitudePruneConfig, ctx: StepContext) -> StepResult:
     from mmedge.models.checkpoint import load_checkpoint
 
@@ -114,7 +115,9 @@ def _pruned_result(ckpt, metrics: dict, step: str, ctx, omit: str) -> StepResult
         extra={**ckpt.extra, step: {k: v for k, v in metrics.items() if k != omit}},
     )
     spec = ckpt.model.spec().to_json()  # widths may have changed; the spec is read from the model as it is now
-    return StepResult(Artifact(out, "torch-checkpoint", spec, (*ctx.artifact.lineage, step)), metrics)
+    return StepResult(
+        Artifact(out, "torch-checkpoint", spec, (*ctx.artifact.lineage, step)), METRICS[step].model_validate(metrics)
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -462,7 +465,7 @@ def _accumulate_gradients(model, data, vocab, cfg: StructuredPruneConfig) -> Non
         F.cross_entropy(model(image, ids, mask), torch.from_numpy(data.train.labels[rows])).backward()
 
 
-@register_step(StructuredPruneConfig)
+@register_step(StructuredPruneConfig, StructuredPruneMetrics)
 def prune_structured_step(cfg: StructuredPruneConfig, ctx: StepContext) -> StepResult:
     from mmedge.data import load_dataset
     from mmedge.models.checkpoint import load_checkpoint

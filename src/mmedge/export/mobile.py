@@ -36,6 +36,7 @@ import numpy as np
 from pydantic import Field
 
 from mmedge.errors import MmedgeError
+from mmedge.results import MobileMetrics
 from mmedge.steps.registry import StepConfig, StepContext, StepResult, register_step
 
 ORT_FILE = "model.ort"
@@ -444,11 +445,10 @@ def build_mobile(
 MOBILE_FILES = (ORT_FILE, FIXED_ONNX, FIXED_ORT, OPS_CONFIG, ANALYSIS)
 
 
-@register_step(MobileConfig)
+@register_step(MobileConfig, MobileMetrics)
 def mobile_step(cfg: MobileConfig, ctx: StepContext) -> StepResult:
     from mmedge.runtime.inputs import step_feeds
 
     feeds, source = step_feeds(ctx.artifact.path, ctx.recipe.data)
     result = build_mobile(ctx.artifact.path, ctx.out_dir, feeds, cfg)
-    result["inputs"] = source
-    return StepResult(ctx.artifact, result)
+    return StepResult(ctx.artifact, MobileMetrics.model_validate({**result, "inputs": source}))

@@ -18,6 +18,7 @@ from pydantic import Field, field_validator
 
 from mmedge.artifact import Artifact
 from mmedge.errors import ExportValidationError, MmedgeError
+from mmedge.results import ExportMetrics
 from mmedge.runtime.session import replacing
 from mmedge.steps.registry import StepConfig, StepContext, StepResult, register_step
 
@@ -210,10 +211,13 @@ def zipped_size(path: Path) -> int:
     return len(zlib.compress(Path(path).read_bytes(), 6))
 
 
-@register_step(ExportConfig)
+@register_step(ExportConfig, ExportMetrics)
 def export_step(cfg: ExportConfig, ctx: StepContext) -> StepResult:
     out = ctx.out_dir / "model.onnx"
     report = export_checkpoint(ctx.artifact.path, out, cfg)
     report["size_bytes"] = out.stat().st_size
     report["zip_bytes"] = zipped_size(out)
-    return StepResult(Artifact(out, "onnx", ctx.artifact.spec, (*ctx.artifact.lineage, "export")), report)
+    return StepResult(
+        Artifact(out, "onnx", ctx.artifact.spec, (*ctx.artifact.lineage, "export")),
+        ExportMetrics.model_validate(report),
+    )

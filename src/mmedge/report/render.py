@@ -20,8 +20,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from mmedge.errors import InputPathError, MissingDependencyError, MmedgeError
 from mmedge.report.markdown import bench_tables, latency_cells, mobile_section, pct, robustness_section, table
+from mmedge.results import METRICS, AutoQuantMetrics, BenchMetrics, MobileMetrics, step_metrics
 
 SUPPORTED = {"mmedge.results": 2, "mmedge.bench-results": 1}
 PLOTS = {"pareto": "pareto.png", "latency": "latency.png", "sensitivity": "sensitivity.png"}
@@ -49,14 +52,35 @@ def load_results(path: str | Path) -> dict:
             f"{path} has {schema} schema version {doc.get('schema_version')}, this mmedge reads version "
             f"{SUPPORTED[schema]}; re-run the measurement with this mmedge version."
         )
+    if schema == "mmedge.results":
+        check_step_metrics(doc, path)
     return doc
+
+
+def check_step_metrics(doc: dict, source: str | Path) -> None:
+    """Every step's metrics read back into its typed model; a file that does not fit is refused in one sentence."""
+    for i, step in enumerate(doc.get("steps", []), 1):
+        kind = step.get("type")
+        if kind not in METRICS:
+            raise MmedgeError(f"{source}: step {i} has unknown type {kind!r}; pass a results.json written by mmedge.")
+        try:
+            step_metrics(kind, step.get("metrics"))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "metrics"
+            raise MmedgeError(
+                f"{source}: the metrics of step {i} ({kind}) do not fit its schema ({where}: {first['msg']}); "
+                "re-run the measurement with this mmedge version."
+            ) from None
 
 
 # ---------------------------------------------------------------- views
 
 
-def _step_metrics(doc: dict, step_type: str) -> dict:
-    return next((s["metrics"] for s in reversed(doc["steps"]) if s["type"] == step_type), {})
+def _step_metrics(doc: dict, step_type: str):
+    """The typed metrics of the latest ``step_type`` step of a run's results, or None."""
+    found = next((s["metrics"] for s in reversed(doc["steps"]) if s["type"] == step_type), None)
+    return None if found is None else step_metrics(step_type, found)
 
 
 def latency_rows(doc: dict) -> list[dict]:
@@ -65,7 +89,7 @@ def latency_rows(doc: dict) -> list[dict]:
         return [
             {k: r[k] for k in ("model", "ep", "threads", "batch", "p50_ms", "p90_ms", "p99_ms")} for r in doc["results"]
         ]
-    bench = _step_metrics(doc, "bench")
+    bench: BenchMetrics | None = _step_metrics(doc, "bench")
     name = doc["recipe"]["name"]
     return [
         {
@@ -75,7 +99,7 @@ def latency_rows(doc: dict) -> list[dict]:
             "batch": int(b),
             **{k: s[k] for k in ("p50_ms", "p90_ms", "p99_ms")},
         }
-        for ep, r in bench.get("targets", {}).items()
+        for ep, r in (bench.targets if bench else {}).items()
         for b, s in r["batches"].items()
     ]
 
@@ -91,24 +115,25 @@ def accuracy_points(doc: dict) -> list[dict]:
             for n, m in doc["models"].items()
             if m.get("accuracy") is not None and n in first
         ]
-    auto = _step_metrics(doc, "quantize.auto")
+    auto: AutoQuantMetrics | None = _step_metrics(doc, "quantize.auto")
     return [
         {
-            "name": c["name"],
-            "accuracy": c["test_accuracy"],  # scored after the choice, for the report
-            "p50_ms": c["p50_ms"],
-            "size_bytes": c["size_bytes"],
-            "chosen": c["name"] == auto.get("chosen"),
+            "name": c.name,
+            "accuracy": c.test_accuracy,  # scored after the choice, for the report
+            "p50_ms": c.p50_ms,
+            "size_bytes": c.size_bytes,
+            "chosen": c.name == auto.chosen,
         }
-        for c in auto.get("candidates", [])
-        if c.get("p50_ms") is not None
+        for c in (auto.candidates if auto else [])
+        if c.p50_ms is not None
     ]
 
 
 def sensitivity_rows(doc: dict) -> list[dict]:
     if doc["schema"] != "mmedge.results":
         return []
-    return list(_step_metrics(doc, "quantize.auto").get("sensitivity", {}).get("branches", []))
+    auto: AutoQuantMetrics | None = _step_metrics(doc, "quantize.auto")
+    return list(auto.sensitivity.get("branches", [])) if auto else []
 
 
 def pareto_front(points: list[dict]) -> set[str]:
@@ -317,9 +342,9 @@ def render_markdown(doc: dict, plots: dict[str, str], plots_dir: str = "plots", 
         robust = robustness([(st["type"], st["metrics"]) for st in doc["steps"]])
         if robust:
             out += robustness_section(robust)
-        mobile = _step_metrics(doc, "mobile")
-        if mobile:
-            out += mobile_section(mobile)
+        mobile: MobileMetrics | None = _step_metrics(doc, "mobile")
+        if mobile is not None:
+            out += mobile_section(mobile.model_dump(mode="json"))
         out += ["", "## Steps", ""]
         out.append(
             table(

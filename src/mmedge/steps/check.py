@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from mmedge.errors import BudgetExceededError, MmedgeError
+from mmedge.results import BenchMetrics, ValidateMetrics
 from mmedge.runtime.bench import bench_model
 from mmedge.runtime.evaluate import evaluate_model, parity
 from mmedge.runtime.inputs import step_feeds
@@ -47,23 +48,23 @@ def accuracy_drop_points(candidate: float, reference: float) -> float:
     return round((reference - candidate) * 100, 4)
 
 
-@register_step(ValidateConfig)
+@register_step(ValidateConfig, ValidateMetrics)
 def validate_step(cfg: ValidateConfig, ctx: StepContext) -> StepResult:
     metrics, logits = evaluate_model(ctx.artifact.path, ctx.recipe.data, ablation=cfg.ablation)
     ref = ctx.reference_logits()
     if ref is not None:
-        reference = ctx.reference_metrics()
+        reference = ctx.reference().result.metrics  # a Scored model: the first model's val and test scores
         metrics["parity"] = parity(logits, ref)
         # The budget decides on validation accuracy, against the first model's validation accuracy; the test
         # figures beside it are reported, never compared to decide.
         gate = {
             "split": "val",
-            "reference_accuracy": reference["val"]["accuracy"],
+            "reference_accuracy": reference.val.accuracy,
             "accuracy": metrics["val"]["accuracy"],
         }
         gate["accuracy_drop_points"] = accuracy_drop_points(gate["accuracy"], gate["reference_accuracy"])
         metrics["gate"] = gate
-        metrics["reference_accuracy"] = reference["test"]["accuracy"]
+        metrics["reference_accuracy"] = reference.test.accuracy
         metrics["accuracy_drop_points"] = accuracy_drop_points(
             metrics["test"]["accuracy"], metrics["reference_accuracy"]
         )
@@ -82,10 +83,10 @@ def validate_step(cfg: ValidateConfig, ctx: StepContext) -> StepResult:
         fidelity = embedding_fidelity(ctx.artifact.path, first.result.artifact.path, ctx.recipe.data)
         if fidelity:  # a dual encoder: how far compression moved its embeddings from the fp32 export
             metrics["embeddings"] = {"against": first.config.type, **fidelity}
-    return StepResult(ctx.artifact, metrics)
+    return StepResult(ctx.artifact, ValidateMetrics.model_validate(metrics))
 
 
-@register_step(BenchConfig)
+@register_step(BenchConfig, BenchMetrics)
 def bench_step(cfg: BenchConfig, ctx: StepContext) -> StepResult:
     from mmedge.runtime.providers import available, resolve
 
@@ -120,4 +121,4 @@ def bench_step(cfg: BenchConfig, ctx: StepContext) -> StepResult:
         )
     within = budget is None or p50 <= budget
     metrics = {"targets": per_ep, "unavailable": unavailable, "inputs": source, "within_budget": within}
-    return StepResult(ctx.artifact, metrics)
+    return StepResult(ctx.artifact, BenchMetrics.model_validate(metrics))

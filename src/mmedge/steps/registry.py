@@ -6,7 +6,7 @@ no torch, so that parsing a recipe costs only the step modules the recipe names.
     class TrainConfig(StepConfig):            # frozen, extra keys refused, every field described
         type: Literal["train"] = "train"
 
-    class TrainMetrics(StepMetrics): ...      # what the step measured, typed
+    class TrainMetrics(StepMetrics): ...      # what the step measured, typed (in mmedge.results, see there why)
 
     @register_step(TrainConfig, TrainMetrics)
     def train_step(cfg: TrainConfig, ctx: StepContext) -> StepResult[TrainMetrics]: ...
@@ -28,6 +28,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from mmedge.artifact import Artifact
+from mmedge.results import METRICS, StepMetrics
 
 
 @dataclass(frozen=True)
@@ -71,12 +72,6 @@ class StepConfig(BaseModel):
     type_tag: ClassVar[str] = ""
 
 
-class StepMetrics(BaseModel):
-    """Base of every step's measured figures. Reports and bundles read these fields, never key lists."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
 M = TypeVar("M", bound=StepMetrics)
 
 
@@ -85,23 +80,25 @@ class StepResult(Generic[M]):
     """What a step returns: the artifact the chain continues with, and what the step measured."""
 
     artifact: Artifact
-    metrics: M | dict[str, Any]
+    metrics: M
+
+    def __post_init__(self):
+        if not isinstance(self.metrics, StepMetrics):
+            raise TypeError(f"a step's metrics must be its StepMetrics model, not {type(self.metrics).__name__}")
 
     def to_json(self) -> dict:
-        metrics = self.metrics.model_dump(mode="json") if isinstance(self.metrics, BaseModel) else self.metrics
-        return {"artifact": self.artifact.to_json(), "metrics": metrics}
+        return {"artifact": self.artifact.to_json(), "metrics": self.metrics.model_dump(mode="json")}
 
     @classmethod
-    def from_json(cls, data: dict, metrics_cls: type[StepMetrics] | None = None) -> StepResult:
-        metrics = data["metrics"] if metrics_cls is None else metrics_cls.model_validate(data["metrics"])
-        return cls(Artifact.from_json(data["artifact"]), metrics)
+    def from_json(cls, data: dict, metrics_cls: type[StepMetrics]) -> StepResult:
+        return cls(Artifact.from_json(data["artifact"]), metrics_cls.model_validate(data["metrics"]))
 
 
 @dataclass(frozen=True)
 class StepEntry:
     tag: str
     config_cls: type[StepConfig]
-    metrics_cls: type[StepMetrics] | None
+    metrics_cls: type[StepMetrics]
     run: Callable[[Any, StepContext], StepResult]
     decl: StepDecl
 
@@ -117,11 +114,16 @@ class StepEntry:
 _REGISTERED: dict[str, StepEntry] = {}
 
 
-def register_step(config_cls: type[StepConfig], metrics_cls: type[StepMetrics] | None = None):
-    """Register the decorated ``run(cfg, ctx) -> StepResult`` under the config's ``type`` tag."""
+def register_step(config_cls: type[StepConfig], metrics_cls: type[StepMetrics]):
+    """Register the decorated ``run(cfg, ctx) -> StepResult`` under the config's ``type`` tag; its result carries a
+    ``metrics_cls`` (the model ``mmedge.results.METRICS`` names for the tag)."""
     tag = config_cls.model_fields["type"].default
     if tag not in STEP_TABLE:
         raise TypeError(f"step type {tag!r} ({config_cls.__name__}) is not declared in STEP_TABLE")
+    if METRICS.get(tag) is not metrics_cls:
+        raise TypeError(
+            f"step type {tag!r} registers {metrics_cls.__name__}, but mmedge.results.METRICS says otherwise"
+        )
 
     def wrap(fn):
         _REGISTERED[tag] = StepEntry(tag, config_cls, metrics_cls, fn, STEP_TABLE[tag])
@@ -193,12 +195,3 @@ class StepContext:
     def latest(self, step_type: str) -> StepRecord | None:
         """The latest record of ``step_type`` so far, or None."""
         return next((r for r in reversed(self.records) if r.config.type == step_type), None)
-
-    def metrics(self, step_type: str) -> dict:
-        """The latest ``step_type`` step's metrics as JSON data ({} if none ran)."""
-        rec = self.latest(step_type)
-        return rec.result.to_json()["metrics"] if rec else {}
-
-    def reference_metrics(self) -> dict:
-        ref = self.reference()
-        return ref.result.to_json()["metrics"] if ref else {}

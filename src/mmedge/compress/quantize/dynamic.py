@@ -15,13 +15,13 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from mmedge.artifact import Artifact
-from mmedge.compress.onnx_check import Tolerance, check_rewrite
+from mmedge.compress.onnx_check import Tolerance, gated_result
 from mmedge.compress.quantize.calibration import CalibrationConfig, calibration_feeds
 from mmedge.compress.quantize.graph import copy_metadata, gemm_to_matmul, op_histogram, pre_processed, similarity_head
 from mmedge.compress.quantize.plan import DYNAMIC_EXTRA_OPTIONS, DYNAMIC_OP_TYPES, check_op_types
 from mmedge.compress.saturation import make_saturation_free, matmul_weights
 from mmedge.errors import MmedgeError
+from mmedge.results import DynamicQuantMetrics
 from mmedge.runtime.session import save_onnx
 from mmedge.steps.registry import StepConfig, StepContext, StepResult, register_step
 
@@ -200,9 +200,14 @@ def float16_weights(model, nodes: set[str]) -> int:
     return len(replaced)
 
 
-@register_step(DynamicQuantConfig)
+@register_step(DynamicQuantConfig, DynamicQuantMetrics)
 def quantize_dynamic_step(cfg: DynamicQuantConfig, ctx: StepContext) -> StepResult:
     src, out = ctx.artifact.path, ctx.out_dir / "model.onnx"
-    info = quantize_dynamic_model(src, out, cfg, ctx.recipe.data)
-    metrics = {**check_rewrite("quantize.dynamic", src, out, ctx.recipe.data, cfg.tolerance), **info}
-    return StepResult(Artifact(out, "onnx", ctx.artifact.spec, (*ctx.artifact.lineage, "quantize.dynamic")), metrics)
+    return gated_result(
+        ctx,
+        "quantize.dynamic",
+        out,
+        cfg.tolerance,
+        DynamicQuantMetrics,
+        quantize_dynamic_model(src, out, cfg, ctx.recipe.data),
+    )

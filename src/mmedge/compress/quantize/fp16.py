@@ -14,9 +14,9 @@ from typing import Literal
 
 from pydantic import Field
 
-from mmedge.artifact import Artifact
-from mmedge.compress.onnx_check import Tolerance, check_rewrite
+from mmedge.compress.onnx_check import Tolerance, gated_result
 from mmedge.compress.quantize.graph import op_histogram
+from mmedge.results import Fp16Metrics
 from mmedge.runtime.session import model_metadata, save_onnx, set_metadata
 from mmedge.steps.registry import StepConfig, StepContext, StepResult, register_step
 
@@ -41,9 +41,7 @@ def fp16_model(src: Path, out: Path, cfg: Fp16Config) -> dict:
     return {"ops": op_histogram(out)}
 
 
-@register_step(Fp16Config)
+@register_step(Fp16Config, Fp16Metrics)
 def quantize_fp16_step(cfg: Fp16Config, ctx: StepContext) -> StepResult:
     src, out = ctx.artifact.path, ctx.out_dir / "model.onnx"
-    info = fp16_model(src, out, cfg)
-    metrics = {**check_rewrite("quantize.fp16", src, out, ctx.recipe.data, cfg.tolerance), **info}
-    return StepResult(Artifact(out, "onnx", ctx.artifact.spec, (*ctx.artifact.lineage, "quantize.fp16")), metrics)
+    return gated_result(ctx, "quantize.fp16", out, cfg.tolerance, Fp16Metrics, fp16_model(src, out, cfg))

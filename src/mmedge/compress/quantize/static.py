@@ -16,8 +16,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from mmedge.artifact import Artifact
-from mmedge.compress.onnx_check import Tolerance, check_rewrite
+from mmedge.compress.onnx_check import Tolerance, gated_result
 from mmedge.compress.quantize.calibration import CalibrationConfig, calibrate, calibration_feeds
 from mmedge.compress.quantize.graph import copy_metadata, prepare
 from mmedge.compress.quantize.plan import (
@@ -28,6 +27,7 @@ from mmedge.compress.quantize.plan import (
     quantize_plan,
 )
 from mmedge.errors import MmedgeError
+from mmedge.results import StaticQuantMetrics
 from mmedge.steps.registry import StepConfig, StepContext, StepResult, register_step
 
 
@@ -106,9 +106,14 @@ def quantize_static_model(src: Path, out: Path, cfg: StaticQuantConfig, data_cfg
     }
 
 
-@register_step(StaticQuantConfig)
+@register_step(StaticQuantConfig, StaticQuantMetrics)
 def quantize_static_step(cfg: StaticQuantConfig, ctx: StepContext) -> StepResult:
     src, out = ctx.artifact.path, ctx.out_dir / "model.onnx"
-    info = quantize_static_model(src, out, cfg, ctx.recipe.data)
-    metrics = {**check_rewrite("quantize.static", src, out, ctx.recipe.data, cfg.tolerance), **info}
-    return StepResult(Artifact(out, "onnx", ctx.artifact.spec, (*ctx.artifact.lineage, "quantize.static")), metrics)
+    return gated_result(
+        ctx,
+        "quantize.static",
+        out,
+        cfg.tolerance,
+        StaticQuantMetrics,
+        quantize_static_model(src, out, cfg, ctx.recipe.data),
+    )

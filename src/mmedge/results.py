@@ -1,0 +1,320 @@
+"""The typed metrics of every step: what a step measured, as a pydantic model (device side: no torch).
+
+A step returns one of these models; the pipeline writes ``results.json`` from it and reads a cached step's
+``result.json`` back into it, so a metric that is renamed or mistyped fails where the step makes it, not later in a
+report. The models live here rather than beside their steps because the reports that read them run on the device
+side, which imports nothing from the build side. :data:`METRICS` maps each step type to its model.
+
+Field names and shapes are those of ``results.json`` (schema version 2). Nested figures that reports read field by
+field are models of their own; free-form tables (per-node sensitivity, the mobile analysis) stay JSON objects.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+# An infinite figure (the SQNR of identical outputs) stays a float through results.json, as JSON's Infinity.
+_CONFIG = ConfigDict(frozen=True, extra="forbid", ser_json_inf_nan="constants")
+
+
+class StepMetrics(BaseModel):
+    """Base of every step's measured figures. Reports and bundles read these fields, never key lists."""
+
+    model_config = _CONFIG
+
+
+class _Part(BaseModel):
+    model_config = _CONFIG
+
+
+class Score(_Part):
+    accuracy: float
+    per_family: dict[str, float]
+
+
+class Parity(_Part):
+    """How close two logit arrays are (``runtime.evaluate.parity``)."""
+
+    max_abs_diff: float
+    mean_abs_diff: float
+    mean_cosine: float
+    sqnr_db: float
+    argmax_agreement: float
+    samples: int
+
+
+class Gate(_Part):
+    """A decision on the validation split: the accuracy it compared and, for a rewrite, the agreement it required."""
+
+    split: Literal["val"]
+    accuracy: float
+    accuracy_drop_points: float
+    input_accuracy: float | None = None  # a rewrite's gate: its input model's validation accuracy
+    reference_accuracy: float | None = None  # validate's budget: the first model's validation accuracy
+    agreement: float | None = None
+
+
+class SkippedRows(_Part):
+    count: int
+    rows: list[Any]
+
+
+class EpochRecord(_Part):
+    epoch: int
+    loss: float
+    train_accuracy: float
+    val_accuracy: float
+    seconds: float
+    stopped: Literal["early_stopping", "time_cap"] | None = None
+
+
+class Scored(StepMetrics):
+    """A model scored on the data set: validation (what decisions compare), test (reported) and the modality
+    ablation on test."""
+
+    val: Score | None = None
+    test: Score | None = None
+    image_blanked: Score | None = None
+    text_emptied: Score | None = None
+
+
+class ModelMetrics(Scored):
+    """The model a chain starts from (train, load, load.model)."""
+
+    family: str | None = None
+    parameters: int | None = None
+    data: dict[str, Any] | None = None
+    data_split: dict[str, Any] | None = None  # the split rule and the images and questions per split
+    skipped_rows: SkippedRows | None = None
+
+
+class TrainMetrics(ModelMetrics):
+    epochs_run: int
+    stopped: Literal["epochs", "early_stopping", "time_cap"]
+    train_seconds: float
+    best_val_accuracy: float
+    history: list[EpochRecord]
+
+
+class DistillMetrics(Scored):
+    family: str
+    parameters: int
+    teacher: str
+    teacher_test_accuracy: float
+    epochs_run: int
+    stopped: Literal["epochs", "early_stopping", "time_cap"]
+    train_seconds: float
+    best_val_accuracy: float
+    history: list[EpochRecord]
+
+
+class MagnitudePruneMetrics(Scored):
+    target_sparsity: float
+    sparsity_reached: float
+    model_sparsity: float
+    pruned_tensors: list[str]
+    per_branch: dict[str, dict[str, float]]
+    note: str
+
+
+class StructuredPruneMetrics(Scored):
+    ratio: float
+    branch_ratios: dict[str, float]
+    importance: str
+    parameters_before: int
+    parameters_after: int
+    parameter_ratio: float
+    macs_before: int
+    macs_after: int
+    per_branch: dict[str, dict[str, int]]
+    options_before: dict[str, Any]
+    options_after: dict[str, Any]
+    dropped_blocks: dict[str, Any]
+    history: list[dict[str, Any]]
+
+
+class Evaluated(Scored):
+    """An ONNX model scored with ONNX Runtime (``runtime.evaluate.evaluate_model``)."""
+
+    split: str | None = None
+    samples: int | None = None
+    data: dict[str, Any] | None = None
+    providers: list[str] | None = None
+
+
+class TensorInfo(_Part):
+    name: str
+    type: str
+    shape: list[Any]
+
+
+class LoadOnnxMetrics(Evaluated):
+    source: str
+    size_bytes: int
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+    mmedge_metadata: bool
+
+
+class ExportMetrics(StepMetrics):
+    checks: list[dict[str, Any]]
+    max_abs_diff: float
+    atol: float
+    rtol: float
+    opset: int
+    inputs: list[Any]
+    outputs: list[Any]
+    size_bytes: int
+    zip_bytes: int
+
+
+class RewriteMetrics(Evaluated):
+    """An ONNX-to-ONNX rewrite after its gate (``compress.onnx_check.check_rewrite``): the gate's decision on
+    validation, then the test figures and the parity with its input, reported."""
+
+    gate: Gate
+    parity: Parity
+    input_accuracy: float
+    accuracy_drop_points: float
+    size_bytes: int
+    input_size_bytes: int
+    ops: dict[str, int]
+
+
+class OptimizeMetrics(RewriteMetrics):
+    transformer_fusions: bool
+    num_heads: int | None
+    residual_sums: int
+    level: str
+    nodes_before: int
+    nodes_after: int
+    portable: bool
+    non_standard_ops: list[str]
+    loads_on: list[str]
+
+
+class DynamicQuantMetrics(RewriteMetrics):
+    gemm_rewritten: int
+    pre_process: str
+    saturation_free_weights: int
+    float_matmuls: list[str] | None = None
+    smoothing: dict[str, Any] | None = None
+
+
+class StaticQuantMetrics(RewriteMetrics):
+    static_nodes: int
+    dynamic_nodes: int
+    calibration: dict[str, Any]
+    calibration_ranges: str
+
+
+class Fp16Metrics(RewriteMetrics):
+    pass
+
+
+class Candidate(_Part):
+    """One candidate of ``quantize.auto``: chosen on validation; its test accuracy scored after the choice."""
+
+    name: str
+    val_accuracy: float
+    test_accuracy: float
+    drop_points: float
+    agreement: float
+    size_bytes: int
+    p50_ms: float | None = None
+    latency_ratio: list[float] | None = None  # p10, p50, p90 of its per-round time over the fastest's
+    within_budget: bool
+    float_nodes: list[str] | None = None
+
+
+class Choice(_Part):
+    objective: Literal["size", "latency"]
+    latency_tolerance: float
+    rule: str
+    fastest: str
+    latency_ratio: list[float] | None
+    timing: dict[str, Any]
+
+
+class AutoQuantMetrics(RewriteMetrics):
+    chosen: str
+    selection_split: Literal["val"]
+    choice: Choice
+    within_budget: bool
+    budget_points: float
+    reference_val_accuracy: float
+    input_val_accuracy: float
+    input_test_accuracy: float
+    ep: str
+    threads: int
+    batch_size: int
+    candidates: list[Candidate]
+    plan: dict[str, str]
+    sensitivity: dict[str, Any]
+    quantizable_nodes: int
+    branch_sizes: dict[str, int]
+    latency_share: dict[str, float]
+
+
+class ValidateMetrics(Evaluated):
+    parity: Parity | None = None
+    gate: Gate | None = None
+    reference_accuracy: float | None = None
+    accuracy_drop_points: float | None = None
+    within_budget: bool | None = None
+    embeddings: dict[str, Any] | None = None
+
+
+class BenchMetrics(StepMetrics):
+    targets: dict[str, dict[str, Any]]  # EP -> bench_model's figures (per batch size, load time, memory, ...)
+    unavailable: dict[str, str]
+    inputs: str
+    within_budget: bool
+
+
+class MobileMetrics(StepMetrics):
+    source: str
+    source_sha256: str
+    optimization_style: str
+    target_platform: str
+    session_config: dict[str, str]
+    fixed_dims: dict[str, int]
+    files: dict[str, dict[str, int]]
+    parity: dict[str, dict[str, Any]]
+    analysis: dict[str, Any]
+    verdicts: dict[str, dict[str, str]]
+    inputs: str
+
+
+class BundleMetrics(StepMetrics):
+    path: str
+    files: list[str]
+
+
+# Step type -> the model of its metrics. A test checks that every registered step returns its model.
+METRICS: dict[str, type[StepMetrics]] = {
+    "train": TrainMetrics,
+    "load": ModelMetrics,
+    "load.model": ModelMetrics,
+    "load.onnx": LoadOnnxMetrics,
+    "prune.magnitude": MagnitudePruneMetrics,
+    "prune.structured": StructuredPruneMetrics,
+    "distill": DistillMetrics,
+    "export": ExportMetrics,
+    "optimize": OptimizeMetrics,
+    "quantize.dynamic": DynamicQuantMetrics,
+    "quantize.static": StaticQuantMetrics,
+    "quantize.fp16": Fp16Metrics,
+    "quantize.auto": AutoQuantMetrics,
+    "validate": ValidateMetrics,
+    "bench": BenchMetrics,
+    "mobile": MobileMetrics,
+    "bundle": BundleMetrics,
+}
+
+
+def step_metrics(step_type: str, data: dict[str, Any]) -> StepMetrics:
+    """The typed metrics of one step of a results document."""
+    return METRICS[step_type].model_validate(data)
