@@ -2,8 +2,8 @@
 
 Every registered EP is asked for; those this onnxruntime lacks are recorded as unavailable (never a number).
 A bundle that ships a float32 model is also timed as a float16 copy: on CPU fp16 is expected to be slower (no fp16
-kernels), on CUDA it is the comparison that matters; an int8 bundle has no float16 copy (``fp16_not_made``). With onnxruntime-gpu on an NVIDIA machine the same command
-records the CUDA (I/O binding) and TensorRT rows.
+kernels), on CUDA it is the comparison that matters; an int8 bundle has no float16 copy (``fp16_not_made``). With
+onnxruntime-gpu on an NVIDIA machine the same command records the CUDA (I/O binding) and TensorRT rows.
 
     python benchmarks/eps.py    -> benchmarks/results/eps-<machine>/{results.json, report.md, plots/}
 """

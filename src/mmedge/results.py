@@ -278,6 +278,8 @@ class MobileMetrics(StepMetrics):
     source: str
     source_sha256: str
     optimization_style: str
+    optimization_level: str  # "all", or "basic" where onnxruntime could not replay the fusions it saved
+    optimization_note: str | None
     target_platform: str
     session_config: dict[str, str]
     fixed_dims: dict[str, int]
