@@ -8,6 +8,8 @@ from mmedge.pipeline import run_recipe
 from mmedge.recipe import parse_recipe
 from tests.conftest import TINY
 
+pytestmark = pytest.mark.slow  # trains, exports or runs whole chains: `make test` runs it, `make test-fast` not
+
 
 def tiny_recipe(tmp_path, bench_runs=15, **over):
     data = {

@@ -99,6 +99,7 @@ def test_a_changed_onnx_file_at_the_same_path_is_loaded_again(tmp_path, tiny_onn
     assert not again[0].cached and again[0].result.metrics.size_bytes != first[0].result.metrics.size_bytes
 
 
+@pytest.mark.slow
 def test_user_dataset_trains_a_zoo_model_with_bad_rows_skipped_and_counted(tmp_path, monkeypatch):
     """`mmedge run --data MANIFEST`: the zoo cnn-lstm on the user's own rows (RGB PNGs resized to its 28x28 gray)."""
     import json

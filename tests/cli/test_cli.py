@@ -246,6 +246,7 @@ def test_predict_on_a_tampered_bundle_is_refused(tmp_path):
     assert_clean_failure(r, 2, "model.onnx does not match its sha256")
 
 
+@pytest.mark.slow
 def test_train_export_validate_from_the_command_line(tmp_path):
     r = invoke("train", "--out", tmp_path / "ck", "--epochs", "1", "--max-minutes", "0.05")
     assert r.exit_code == 0, r.output
@@ -260,6 +261,7 @@ def test_train_export_validate_from_the_command_line(tmp_path):
     assert "accuracy per answer" in r.output  # and the confusion table
 
 
+@pytest.mark.slow
 def test_run_a_recipe_file_without_bundle_or_ablation(tmp_path, tiny_checkpoints):
     (tmp_path / "r.yaml").write_text(
         f"name: r\ndata: {{test_images: 200, val_images: 100}}\nworkdir: {tmp_path / 'runs'}\nsteps:\n"

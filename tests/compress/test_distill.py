@@ -25,6 +25,7 @@ def _noisy(data, share: float, seed: int = 0):
     return dataclasses.replace(data, train=dataclasses.replace(data.train, digits=digits))
 
 
+@pytest.mark.slow
 def test_step_distill_beats_training_the_same_student_without_a_teacher(trained_checkpoint, data_cfg):
     teacher = load_checkpoint(trained_checkpoint)
     data = load_dataset(data_cfg)
@@ -75,6 +76,7 @@ def test_distill_config_errors_are_recipe_errors(step, match):
         parse_recipe({"name": "d", "steps": [{"type": "train"}, step]})
 
 
+@pytest.mark.slow
 def test_distill_step_trains_a_fresh_smaller_student_from_another_family(tmp_path, tiny_checkpoints):
     from mmedge.pipeline import run_recipe
 

@@ -7,6 +7,8 @@ from mmedge.export.onnx import export_checkpoint, zipped_size
 from mmedge.models.checkpoint import load_checkpoint, save_checkpoint
 from mmedge.recipe import parse_recipe
 
+pytestmark = pytest.mark.slow  # trains, exports or runs whole chains: `make test` runs it, `make test-fast` not
+
 
 @pytest.mark.parametrize("family", ["cnn-lstm", "vit-transformer"])
 def test_magnitude_pruning_reaches_the_target_sparsity(tiny_checkpoints, family):

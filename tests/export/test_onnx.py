@@ -93,6 +93,7 @@ def build(vocab_size, num_classes, width=8):
 """
 
 
+@pytest.mark.slow
 def test_validation_compares_every_output_not_only_the_first(tmp_path, tiny_checkpoints, monkeypatch):
     """A graph whose second output drifts from PyTorch while its logits stay exact is refused, naming that output."""
     from onnx import helper, numpy_helper

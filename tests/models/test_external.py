@@ -35,6 +35,7 @@ def test_py_model_in_a_recipe_file_is_refused_without_trust_code(tmp_path):
     assert res.exit_code == 2 and "--trust-code" in res.output
 
 
+@pytest.mark.slow
 def test_worked_example_trains_exports_quantizes_validates_and_bundles(tmp_path, monkeypatch):
     """The README's command for a py: model, on digits-vqa, down to a bundle that predicts."""
     monkeypatch.chdir(tmp_path)

