@@ -157,6 +157,20 @@ def test_an_output_changed_by_hand_is_not_taken_from_the_cache(first_run):
     assert load_bundle(tmp / "bundle")
 
 
+def test_a_cached_step_whose_figures_do_not_fit_the_schema_runs_again(first_run, capsys):
+    import json
+
+    _, recipe, records = first_run
+    marker = records[2].folder / "result.json"  # validate
+    data = json.loads(marker.read_text())
+    data["metrics"]["renamed"] = data["metrics"].pop("test")  # as another mmedge version might have written it
+    marker.write_text(json.dumps(data))
+    again = run_recipe(recipe, progress="off")
+    assert [r.cached for r in again][:3] == [True, True, False]
+    assert "does not fit this mmedge's results; running it again" in capsys.readouterr().err
+    assert again[2].result.metrics.test is not None
+
+
 def test_prune_magnitude_in_a_recipe_reports_sparsity_and_zip_size(tmp_path, tiny_checkpoints):
     recipe = parse_recipe(
         {

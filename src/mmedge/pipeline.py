@@ -14,10 +14,13 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from pydantic import ValidationError
 
 from mmedge import __version__
 from mmedge.artifact import Artifact
@@ -96,7 +99,15 @@ def _load_cached(folder: Path, step: StepConfig) -> StepResult | None:
     data = json.loads(marker.read_text())
     if data["artifact"].pop("inside", False):
         data["artifact"]["path"] = str(folder / data["artifact"]["path"])
-    result = StepResult.from_json(data, get_step(step.type).metrics_cls)
+    try:
+        result = StepResult.from_json(data, get_step(step.type).metrics_cls)
+    except ValidationError:  # written by a different mmedge: its figures do not fit this one's schema
+        print(
+            f"note: the cached {step.type} step in {folder} does not fit this mmedge's results; running it again.",
+            file=sys.stderr,
+            flush=True,
+        )
+        return None
     path = result.artifact.path
     # Gone, or changed since the step wrote it (by hand, or by another recipe writing the same output folder).
     if not path.exists() or data.get("fingerprint") != fingerprint(path):
