@@ -9,6 +9,7 @@ excludes 1.0.
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import resource
 import time
@@ -90,16 +91,7 @@ class CandidateTiming:
     providers: tuple[str, ...] = ()  # what onnxruntime ran it on, read back from the session
 
     def to_json(self) -> dict:
-        return {
-            "p50_ms": self.p50_ms,
-            "p90_ms": self.p90_ms,
-            "p99_ms": self.p99_ms,
-            "ratio_p10": self.ratio_p10,
-            "ratio_p50": self.ratio_p50,
-            "ratio_p90": self.ratio_p90,
-            "calls": self.calls,
-            "providers": list(self.providers),
-        }
+        return {**dataclasses.asdict(self), "providers": list(self.providers)}
 
 
 @dataclass(frozen=True)
