@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/compression.py
 	$(BIN)/python benchmarks/eps.py
 	$(BIN)/python benchmarks/robustness.py
+	$(BIN)/python benchmarks/under_load.py
 
 clean:
 	rm -rf $(VENV) $(CPU_VENV) .mmedge
