@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mmedge.errors import InputPathError, RecipeError, UnknownNameError
-from mmedge.recipe import BUILTIN_RECIPES, load_recipe, parse_recipe
+from mmedge.errors import InputPathError, MmedgeError, RecipeError, UnknownNameError
+from mmedge.recipe import BUILTIN_RECIPES, load_recipe, overrides, parse_recipe
 from mmedge.results import METRICS
 from mmedge.steps.registry import STEP_TABLE, get_step
 
@@ -96,3 +96,48 @@ def test_step_table_and_decorators_agree():
         assert entry.tag == tag and entry.config_cls.type_tag == tag
         assert entry.run.__module__ == decl.module, f"{tag} is registered in {entry.run.__module__}, not {decl.module}"
         assert entry.metrics_cls is METRICS[tag]  # the typed metrics the reports read back
+
+
+def test_overrides_leave_a_recipe_as_it_is_when_no_option_is_given():
+    data = minimal(model={"family": "cnn-lstm", "options": {"hidden_size": 32}}, data={"seed": 3})
+    assert overrides()(data) == data
+
+
+def test_overrides_set_source_task_user_data_bad_rows_and_output():
+    data = minimal(model={"family": "cnn-lstm", "options": {"hidden_size": 32}}, data={"seed": 3, "test_images": 50})
+    edited = overrides(
+        model="hf:/models/clip", task="fusion-head", data_path=Path("d.jsonl"), skip_bad_rows=True, output=Path("o")
+    )(data)
+    assert edited["model"] == {"family": "cnn-lstm", "source": "hf:/models/clip", "options": {"task": "fusion-head"}}
+    assert edited["data"] == {"name": "user", "path": "d.jsonl", "seed": 3, "skip_bad_rows": True}
+    assert edited["output"] == "o"
+    assert data["model"]["options"] == {"hidden_size": 32}  # the recipe data given is not changed
+
+
+def test_overrides_keep_the_options_of_a_recipe_that_already_names_a_source():
+    data = minimal(model={"source": "hf:/a", "options": {"task": "zero-shot", "prompt": "a photo of {}"}})
+    assert overrides(model="hf:/b")(data)["model"] == {
+        "source": "hf:/b",
+        "options": {"task": "zero-shot", "prompt": "a photo of {}"},
+    }
+    # an onnx: source keeps the zoo options (its PyTorch steps are left out anyway)
+    zoo = minimal(model={"options": {"hidden_size": 32}})
+    assert overrides(model="onnx:m.onnx")(zoo)["model"] == {"options": {"hidden_size": 32}, "source": "onnx:m.onnx"}
+
+
+def test_overrides_skip_bad_rows_alone_keeps_the_recipe_data():
+    edited = overrides(skip_bad_rows=True)(minimal(data={"name": "digits-vqa", "seed": 1}))
+    assert edited["data"] == {"name": "digits-vqa", "seed": 1, "skip_bad_rows": True}
+
+
+def test_overrides_task_without_a_hugging_face_source_is_one_sentence():
+    with pytest.raises(MmedgeError) as info:
+        overrides(task="zero-shot")(minimal())
+    assert str(info.value) == "--task applies to Hugging Face models; add --model hf:PATH or leave --task out."
+    with pytest.raises(MmedgeError, match="--task applies to Hugging Face models"):
+        load_recipe(None, overrides(model="onnx:m.onnx", task="zero-shot"))
+
+
+def test_overrides_reach_the_parsed_recipe(tmp_path):
+    r = load_recipe(None, overrides(data_path=tmp_path / "d.jsonl", output=tmp_path / "out"))
+    assert r.data.name == "user" and r.data.path == tmp_path / "d.jsonl" and r.output_dir == tmp_path / "out"

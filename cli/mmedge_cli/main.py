@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mmedge import __version__
-from mmedge.errors import BudgetExceededError, MmedgeError
+from mmedge.errors import MmedgeError
 
 app = typer.Typer(
     name="mmedge",
@@ -99,27 +99,6 @@ def main(
 
 def _emit_json(data) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
-
-
-def _model_file(path: Path) -> Path:
-    """An .onnx path, or the model of a bundle folder."""
-    if path.is_dir():
-        from mmedge.bundle.manifest import load_bundle
-
-        return load_bundle(path).model_path
-    return path
-
-
-QUANTIZED_OPS = {
-    "DequantizeLinear",
-    "QuantizeLinear",
-    "DynamicQuantizeLinear",
-    "MatMulInteger",
-    "ConvInteger",
-    "QLinearConv",
-    "QLinearMatMul",
-    "DynamicQuantizeLSTM",
-}
 
 
 class Family(str, Enum):
@@ -229,19 +208,15 @@ def _parse_dims(dims: list[str]) -> dict[str, int]:
 
 
 def _mobile(model: Path, out_dir: Path, dims: list[str], inputs: Path | None, as_json: bool) -> None:
-    from mmedge.export.mobile import MobileConfig, build_mobile
-    from mmedge.runtime.inputs import bench_inputs, npz_feeds
+    from mmedge.commands import mobile_files
 
-    path = _model_file(model)
-    feeds, source = (npz_feeds(inputs), str(inputs)) if inputs is not None else bench_inputs(model, path)
-    result = build_mobile(path, out_dir, feeds, MobileConfig(dims=_parse_dims(dims)))
-    result["inputs"] = source
+    result = mobile_files(model, out_dir, _parse_dims(dims), inputs)
     if as_json:
         _emit_json(result)
         return
     from mmedge.report.markdown import mobile_section
 
-    out.print(f"wrote {', '.join(result['files'])} and mobile.json into {out_dir} (checked on {source})")
+    out.print(f"wrote {', '.join(result['files'])} and mobile.json into {out_dir} (checked on {result['inputs']})")
     out.print("\n".join(mobile_section(result)), markup=False, highlight=False)
 
 
@@ -291,24 +266,14 @@ def validate(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
 ):
     """Accuracy per answer with ONNX Runtime (a bundle: also its own samples), parity, and an accuracy gate."""
-    from mmedge.runtime.validate import validate
+    from mmedge.runtime.validate import check_accuracy_drop, validate
 
     metrics = validate(model, data, ep=ep, ablation=ablation, reference=reference)
     if as_json:
         _emit_json(metrics)
     else:
         _print_validation(metrics)
-    if max_accuracy_drop is not None:
-        if "accuracy_drop_points" not in metrics:
-            raise MmedgeError(
-                "--max-accuracy-drop needs a reference accuracy; pass --reference, or validate a model "
-                "written by `mmedge export`."
-            )
-        if metrics["accuracy_drop_points"] > max_accuracy_drop:
-            raise BudgetExceededError(
-                f"accuracy dropped {metrics['accuracy_drop_points']:.2f} points against "
-                f"{metrics['reference']}, over the allowed {max_accuracy_drop:g}."
-            )
+    check_accuracy_drop(metrics, max_accuracy_drop)  # after printing: a failed gate still shows its figures
 
 
 def _print_validation(metrics: dict) -> None:
@@ -411,59 +376,27 @@ def bench(
 ):
     """Latency (p50/p90/p99), throughput, session load time and memory of models × EPs × threads × batch sizes,
     measured interleaved on real inputs."""
-    import tempfile
+    from mmedge.commands import bench_models
+    from mmedge.runtime.bench import comparison_lines
 
-    from mmedge.runtime.bench import bench_matrix, comparison_lines, model_names
-    from mmedge.runtime.inputs import bench_inputs, npz_feeds
-
-    paths = [_model_file(m) for m in models]
-    names = model_names(paths)
-    feeds, sources = {}, {}
-    for name, given, path in zip(names, models, paths, strict=True):
-        if inputs is not None:
-            feeds[name], sources[name] = npz_feeds(inputs), str(inputs)
-        else:
-            feeds[name], sources[name] = bench_inputs(given, path)
-    with tempfile.TemporaryDirectory(prefix="mmedge-bench-") as tmp:
-        table_models = dict(zip(names, paths, strict=True))
-        if fp16:
-            from mmedge.compress.quantize.fp16 import Fp16Config, fp16_model
-            from mmedge.summary import onnx_summary
-
-            for name, path in list(table_models.items()):
-                quantized = sorted(set(onnx_summary(path)["op_types"]) & QUANTIZED_OPS)
-                if quantized:
-                    raise MmedgeError(
-                        f"--fp16 converts float32 models, and {name} is already quantized ({', '.join(quantized)}); "
-                        "pass its float32 .onnx, or drop --fp16."
-                    )
-                table_models[f"{name} fp16"] = Path(tmp) / f"{name} fp16.onnx"
-                fp16_model(path, table_models[f"{name} fp16"], Fp16Config())
-                feeds[f"{name} fp16"], sources[f"{name} fp16"] = feeds[name], sources[name]
-        doc = bench_matrix(
-            table_models,
-            feeds,
-            ep or ["cpu"],
-            threads or [1],
-            batch or [1, 32],
-            rounds=rounds,
-            calls=calls,
-            warmup=warmup,
-            allow_missing=allow_missing,
-            allow_fallback=allow_fallback,
-            io_binding=io_binding,
-            max_seconds=max_seconds,
-            sources=sources,
-        )
-        if accuracy:
-            from mmedge.runtime.evaluate import evaluate_model
-
-            for name, path in table_models.items():
-                doc["models"][name]["accuracy"] = evaluate_model(path, ablation=False)[0]["test"]["accuracy"]
-    if out_dir is not None:
-        from mmedge.report.render import write_report
-
-        write_report(doc, out_dir, html=html)
+    doc = bench_models(
+        models,
+        inputs=inputs,
+        eps=ep or ["cpu"],
+        threads=threads or [1],
+        batches=batch or [1, 32],
+        rounds=rounds,
+        calls=calls,
+        warmup=warmup,
+        max_seconds=max_seconds,
+        allow_missing=allow_missing,
+        allow_fallback=allow_fallback,
+        io_binding=io_binding,
+        fp16=fp16,
+        accuracy=accuracy,
+        out_dir=out_dir,
+        html=html,
+    )
     if as_json:
         _emit_json(doc)
         return
@@ -549,11 +482,9 @@ def inspect(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
 ):
     """Summarize an .onnx file (inputs, ops, opset, metadata) or a bundle (manifest, checksums, figures)."""
-    from mmedge.summary import bundle_summary, onnx_summary
+    from mmedge.commands import inspect_path
 
-    if not path.exists():
-        raise MmedgeError(f"{path} does not exist; pass an .onnx file or a bundle folder.")
-    summary = bundle_summary(path) if path.is_dir() else onnx_summary(path)
+    summary = inspect_path(path)
     if as_json:
         _emit_json(summary)
         return
@@ -638,40 +569,27 @@ def run(
     out_dir: Annotated[Path | None, typer.Option("--out", help="Bundle folder (default: the recipe's output).")] = None,
 ):
     """Run a whole recipe: train → export → validate → bench → bundle, with each step cached."""
-    from mmedge.recipe import load_recipe
+    from mmedge.recipe import load_recipe, overrides
 
     if trust_code:
         from mmedge.models.external import trust_code as allow
 
         allow()  # also reaches the export subprocess, which imports the model again
 
-    def overrides(data: dict) -> dict:
-        section = dict(data.get("model") or {})
-        if model is not None:
-            if model.startswith(("hf:", "py:")) and not section.get("source"):
-                section["options"] = {}  # the recipe's options are for its zoo family
-            section["source"] = model
-        if task is not None:
-            if not str(section.get("source") or "").startswith("hf:"):
-                raise MmedgeError("--task applies to Hugging Face models; add --model hf:PATH or leave --task out.")
-            section["options"] = {**(section.get("options") or {}), "task": task.value}
-        data = {**data, "model": section}
-        if data_path is not None:
-            seed = (data.get("data") or {}).get("seed", 0)
-            data["data"] = {"name": "user", "path": str(data_path), "seed": seed}
-        if skip_bad_rows:
-            data["data"] = {**(data.get("data") or {}), "skip_bad_rows": True}
-        if out_dir is not None:
-            data["output"] = str(out_dir)
-        return data
-
-    r = load_recipe(recipe, overrides)
+    edit = overrides(
+        model=model,
+        task=task.value if task else None,
+        data_path=data_path,
+        skip_bad_rows=skip_bad_rows,
+        output=out_dir,
+    )
+    r = load_recipe(recipe, edit)
     if r.skipped_steps:
         err.print(f"model source {r.model.source}: skipping {', '.join(r.skipped_steps)} (not for this model source)")
     if dry_run:
         sys.stdout.write(r.dump(fmt.value))
         return
-    from mmedge.pipeline import run_recipe
+    from mmedge.pipeline import run_recipe, summary_lines
 
     def show(rec):
         state = "cached" if rec.cached else f"{rec.seconds:.1f} s"
@@ -684,18 +602,5 @@ def run(
         on_step=show,
         allow_over_budget=allow_over_budget,
     )
-    val = next((x.result.metrics for x in reversed(records) if x.config.type == "validate"), None)
-    if val is not None and val.test is not None:
-        ablation = ", ".join(
-            f"{label} {score.accuracy:.2%}"
-            for score, label in ((val.image_blanked, "image blanked"), (val.text_emptied, "text emptied"))
-            if score is not None
-        )
-        out.print(f"test accuracy {val.test.accuracy:.2%}" + (f" ({ablation})" if ablation else ""))
-        if val.within_budget is False:
-            out.print(
-                f"[yellow]over the accuracy budget: {val.gate.accuracy_drop_points:.2f} validation points below the "
-                "reference, kept because of --allow-over-budget[/]"
-            )
-    if any(x.config.type == "bundle" for x in records):
-        out.print(f"bundle: {r.output_dir}")
+    for line in summary_lines(records, r):
+        out.print(line, markup=False, highlight=False)

@@ -196,3 +196,25 @@ def results_document(recipe: Recipe, records: list[StepRecord]) -> dict:
 def write_results(recipe: Recipe, records: list[StepRecord], path: Path) -> None:
     with replacing(path) as tmp:  # readers see the old results or the new, never half of them
         tmp.write_text(json.dumps(results_document(recipe, records), indent=1, default=str))
+
+
+def summary_lines(records: list[StepRecord], recipe: Recipe) -> list[str]:
+    """What ``mmedge run`` says at the end: the shipped model's test accuracy (with the modality ablation), that it
+    is over the accuracy budget when ``allow_over_budget`` kept it, and the bundle folder."""
+    lines = []
+    val = next((r.result.metrics for r in reversed(records) if r.config.type == "validate"), None)
+    if val is not None and val.test is not None:
+        ablation = ", ".join(
+            f"{label} {score.accuracy:.2%}"
+            for score, label in ((val.image_blanked, "image blanked"), (val.text_emptied, "text emptied"))
+            if score is not None
+        )
+        lines.append(f"test accuracy {val.test.accuracy:.2%}" + (f" ({ablation})" if ablation else ""))
+        if val.within_budget is False:
+            lines.append(
+                f"over the accuracy budget: {val.gate.accuracy_drop_points:.2f} validation points below the "
+                "reference, kept because of --allow-over-budget"
+            )
+    if any(r.config.type == "bundle" for r in records):
+        lines.append(f"bundle: {recipe.output_dir}")
+    return lines

@@ -29,7 +29,7 @@ from pydantic import (
 )
 
 from mmedge.data import DataConfig
-from mmedge.errors import InputPathError, RecipeError, closest
+from mmedge.errors import InputPathError, MmedgeError, RecipeError, closest
 from mmedge.steps.registry import STEP_TABLE, StepConfig, get_step
 
 if sys.version_info >= (3, 11):
@@ -199,6 +199,44 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
         raise RecipeError(
             f"{source} is invalid: {_describe(exc)}; fix it and check with `mmedge run RECIPE --dry-run`."
         ) from None
+
+
+def overrides(
+    *,
+    model: str | None = None,
+    task: str | None = None,
+    data_path: str | Path | None = None,
+    skip_bad_rows: bool = False,
+    output: str | Path | None = None,
+) -> Callable[[dict], dict]:
+    """The edit ``load_recipe`` applies for ``mmedge run``'s options, to the raw recipe data before it is parsed.
+
+    ``model`` replaces the model source (a recipe that had none keeps its zoo options only for another zoo model:
+    an hf:/py: source starts from no options); ``task`` (hf: sources only) is set among the model options;
+    ``data_path`` replaces the data section by a user dataset, keeping the split seed; ``skip_bad_rows`` and
+    ``output`` set those keys. Options left at None (False) leave the recipe as it is."""
+
+    def edit(data: dict) -> dict:
+        section = dict(data.get("model") or {})
+        if model is not None:
+            if model.startswith(("hf:", "py:")) and not section.get("source"):
+                section["options"] = {}  # the recipe's options are for its zoo family
+            section["source"] = model
+        if task is not None:
+            if not str(section.get("source") or "").startswith("hf:"):
+                raise MmedgeError("--task applies to Hugging Face models; add --model hf:PATH or leave --task out.")
+            section["options"] = {**(section.get("options") or {}), "task": task}
+        data = {**data, "model": section}
+        if data_path is not None:
+            seed = (data.get("data") or {}).get("seed", 0)
+            data["data"] = {"name": "user", "path": str(data_path), "seed": seed}
+        if skip_bad_rows:
+            data["data"] = {**(data.get("data") or {}), "skip_bad_rows": True}
+        if output is not None:
+            data["output"] = str(output)
+        return data
+
+    return edit
 
 
 def load_recipe(path: str | Path | None = None, edit: Callable[[dict], dict] | None = None) -> Recipe:
