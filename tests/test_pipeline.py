@@ -84,7 +84,7 @@ def test_step_validate_reports_parity_and_ablation(first_run):
 
 def test_step_bench_reports_each_batch(first_run):
     b = first_run[2][3].result.metrics
-    assert set(b.targets["cpu"]["batches"]) == {"1", "4"} and b.inputs == "test split samples"
+    assert set(b.targets["cpu"].batches) == {"1", "4"} and b.inputs == "test split samples"
 
 
 def test_rerun_skips_finished_steps_and_reruns_only_what_changed(first_run):
@@ -219,7 +219,7 @@ def test_compression_chain_ships_a_bundle_that_reports_every_step_per_branch(tmp
     assert pruned.options_after["hidden_size"] == 48 and pruned.parameters_after < pruned.parameters_before
     assert records[2].result.metrics.teacher_test_accuracy > 0.6
     auto = records[4].result.metrics
-    assert auto.within_budget and auto.sensitivity["nodes"] and auto.latency_share
+    assert auto.within_budget and auto.sensitivity.nodes and auto.latency_share
     bundle = load_bundle(tmp_path / "bundle")
     c = bundle.manifest["metrics"]["compression"]
     assert set(c) == {"structured_pruning", "distillation", "quantization"}

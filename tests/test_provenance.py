@@ -177,24 +177,39 @@ def repo(tmp_path):
 def test_git_state_is_clean_at_the_commit_and_ignores_untracked_files(repo):
     (repo / "pkg" / "scratch.txt").write_text("not tracked")
     head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
-    assert git_state(repo / "pkg") == {"commit": head.strip(), "dirty": False}
+    assert git_state(repo / "pkg") == {"commit": head.strip(), "dirty": False, "changed": []}
 
 
 def test_git_state_is_dirty_when_a_tracked_file_changed(repo):
     (repo / "pkg" / "mod.py").write_text("x = 2\n")
-    assert git_state(repo / "pkg")["dirty"] is True
+    assert git_state(repo / "pkg")["dirty"] is True and git_state(repo / "pkg")["changed"] == ["pkg/mod.py"]
+
+
+def test_regenerated_figures_do_not_make_the_code_dirty(repo):
+    for folder in ("exported/b", "benchmarks/results"):
+        (repo / folder).mkdir(parents=True)
+        (repo / folder / "fig.json").write_text("1")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-q", "-m", "figures")
+    for folder in ("exported/b", "benchmarks/results"):
+        (repo / folder / "fig.json").write_text("2")  # a regenerated result
+    assert git_state(repo / "pkg")["dirty"] is False
+    (repo / "benchmarks" / "bench.py").write_text("code")
+    _git(repo, "add", "benchmarks/bench.py")
+    state = git_state(repo / "pkg")
+    assert state["dirty"] is True and state["changed"] == ["benchmarks/bench.py"]
 
 
 def test_git_state_is_unknown_for_a_copy_in_an_ignored_folder_of_a_repository(repo):
     installed = repo / "venv" / "site-packages" / "pkg"
     installed.mkdir(parents=True)
     (installed / "mod.py").write_text("x = 1\n")
-    assert git_state(installed) == {"commit": None, "dirty": None}
+    assert git_state(installed) == {"commit": None, "dirty": None, "changed": None}
 
 
 def test_git_state_is_unknown_outside_any_repository(tmp_path):
     (tmp_path / "plain").mkdir()
-    assert git_state(tmp_path / "plain") == {"commit": None, "dirty": None}
+    assert git_state(tmp_path / "plain") == {"commit": None, "dirty": None, "changed": None}
 
 
 def test_collect_is_json_ready_and_records_this_checkout():

@@ -227,10 +227,16 @@ def _package_root() -> Path:
     return Path(__file__).resolve().parent
 
 
+# Folders of a checkout that hold figures mmedge generated (the committed bundles and benchmark results).
+GENERATED = ("exported", "benchmarks/results")
+
+
 def git_state(folder: Path | None = None) -> dict:
-    """{commit, dirty} of the git work tree ``folder`` (default: mmedge's own source folder) belongs to; both None
-    when it is not tracked in one (an installed wheel, no git). Dirty counts changes to tracked files, as
-    `git describe --dirty` does. Never raises."""
+    """{commit, dirty, changed} of the git work tree ``folder`` (default: mmedge's own source folder) belongs to;
+    None when it is not tracked in one (an installed wheel, no git). Dirty counts changes to tracked files, as
+    `git describe --dirty` does, except in the folders that hold generated figures (:data:`GENERATED`): a
+    regenerated bundle or benchmark result is what a run writes, not a change to the code that made it. ``changed``
+    lists the first changed files. Never raises."""
     folder = folder or _package_root()
     # Read-only: no index refresh that would take the lock another git process in the same tree may hold.
     env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
@@ -246,14 +252,16 @@ def git_state(folder: Path | None = None) -> dict:
 
     # An installed copy inside some other repository's ignored folder (a virtualenv) is not that repository's code:
     # only a folder git tracks counts.
-    unknown = {"commit": None, "dirty": None}
+    unknown = {"commit": None, "dirty": None, "changed": None}
     if not git("ls-files", "--error-unmatch", "--", "."):
         return unknown
     commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
+    outputs = [f":(top,exclude){g}" for g in GENERATED]
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ":/", *outputs)
     if commit is None or status is None:
         return unknown
-    return {"commit": commit.strip(), "dirty": bool(status.strip())}
+    changed = [line[3:] for line in status.splitlines() if line.strip()]
+    return {"commit": commit.strip(), "dirty": bool(changed), "changed": changed[:20]}
 
 
 @functools.lru_cache(maxsize=1)

@@ -6,7 +6,7 @@ report. The models live here rather than beside their steps because the reports 
 side, which imports nothing from the build side. :data:`METRICS` maps each step type to its model.
 
 Field names and shapes are those of ``results.json`` (schema version 2). Nested figures that reports read field by
-field are models of their own; free-form tables (per-node sensitivity, the mobile analysis) stay JSON objects.
+field are models of their own; free-form tables (the mobile analysis, export checks) stay JSON objects.
 """
 
 from __future__ import annotations
@@ -238,6 +238,30 @@ class Choice(_Part):
     timing: dict[str, Any]
 
 
+class NodeSensitivity(_Part):
+    node: str
+    op: str
+    branch: str
+    scheme: str
+    drop_points: float
+
+
+class BranchSensitivity(_Part):
+    branch: str
+    scheme: str
+    nodes: int
+    drop_points: float
+
+
+class Sensitivity(_Part):
+    """Accuracy drop when only one node, or one modality branch, is quantized with a scheme."""
+
+    split: Literal["val"]
+    input_val_accuracy: float
+    nodes: list[NodeSensitivity]
+    branches: list[BranchSensitivity]
+
+
 class AutoQuantMetrics(RewriteMetrics):
     chosen: str
     selection_split: Literal["val"]
@@ -252,7 +276,7 @@ class AutoQuantMetrics(RewriteMetrics):
     batch_size: int
     candidates: list[Candidate]
     plan: dict[str, str]
-    sensitivity: dict[str, Any]
+    sensitivity: Sensitivity
     quantizable_nodes: int
     branch_sizes: dict[str, int]
     latency_share: dict[str, float]
@@ -267,8 +291,43 @@ class ValidateMetrics(Evaluated):
     embeddings: dict[str, Any] | None = None
 
 
+class LatencyStats(_Part):
+    """One batch size on one EP: latency percentiles over every timed call, and throughput."""
+
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    min_ms: float
+    std_ms: float
+    runs: int
+    throughput_per_s: float
+    warmup_rss_growth_mb: float
+
+
+class MemoryStats(_Part):
+    rss_before_mb: float
+    rss_after_load_mb: float
+    peak_rss_mb: float
+    process_peak_rss_mb: float | None
+
+
+class BenchTarget(_Part):
+    """One model timed on one EP (`runtime.bench.bench_model`)."""
+
+    model: str
+    ep: str
+    providers: list[str]
+    threads: int | Literal["default"]
+    session_load_ms: float
+    batches: dict[str, LatencyStats]
+    memory: MemoryStats
+    size_bytes: int
+    machine: dict[str, Any]
+
+
 class BenchMetrics(StepMetrics):
-    targets: dict[str, dict[str, Any]]  # EP -> bench_model's figures (per batch size, load time, memory, ...)
+    targets: dict[str, BenchTarget]  # EP -> its figures
     unavailable: dict[str, str]
     inputs: str
     within_budget: bool

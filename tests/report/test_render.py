@@ -1,9 +1,12 @@
 import json
+from pathlib import Path
 
 import pytest
 
 from mmedge.errors import MmedgeError
-from mmedge.report.render import accuracy_points, load_results, markdown_to_html, pareto_front, write_report
+from mmedge.report.render import load_results, markdown_to_html, write_report
+from mmedge.report.sections import BundleFacts, render_run
+from mmedge.report.views import accuracy_points, pareto_front
 
 
 def test_pareto_front_keeps_only_points_nothing_beats_on_both_axes():
@@ -78,6 +81,20 @@ def _auto_metrics(**fields):
     return {**base, **fields}
 
 
+def _latency(p50, p90, p99, batch):
+    return {
+        "p50_ms": p50,
+        "p90_ms": p90,
+        "p99_ms": p99,
+        "mean_ms": p50,
+        "min_ms": p50,
+        "std_ms": 0.0,
+        "runs": 100,
+        "throughput_per_s": batch * 1e3 / p50,
+        "warmup_rss_growth_mb": 0.0,
+    }
+
+
 def _pipeline_doc():
     return {
         "schema": "mmedge.results",
@@ -100,10 +117,13 @@ def _pipeline_doc():
                         _candidate("untimed", 0.5, None, 1),
                     ],
                     sensitivity={
+                        "split": "val",
+                        "input_val_accuracy": 0.98,
+                        "nodes": [],
                         "branches": [
                             {"branch": "image", "scheme": "int8-static", "nodes": 4, "drop_points": 0.4},
                             {"branch": "text", "scheme": "int8-dynamic", "nodes": 2, "drop_points": 0.1},
-                        ]
+                        ],
                     },
                 ),
             },
@@ -115,11 +135,20 @@ def _pipeline_doc():
                 "metrics": {
                     "targets": {
                         "cpu": {
+                            "model": "model.onnx",
+                            "ep": "cpu",
+                            "providers": ["CPUExecutionProvider"],
                             "threads": 1,
-                            "batches": {
-                                "1": {"p50_ms": 0.15, "p90_ms": 0.2, "p99_ms": 0.3},
-                                "32": {"p50_ms": 1.0, "p90_ms": 1.2, "p99_ms": 2.0},
+                            "session_load_ms": 5.0,
+                            "batches": {"1": _latency(0.15, 0.2, 0.3, 1), "32": _latency(1.0, 1.2, 2.0, 32)},
+                            "memory": {
+                                "rss_before_mb": 100.0,
+                                "rss_after_load_mb": 101.0,
+                                "peak_rss_mb": 102.0,
+                                "process_peak_rss_mb": 110.0,
                             },
+                            "size_bytes": 60_000,
+                            "machine": {},
                         }
                     },
                     "unavailable": {},
@@ -171,24 +200,92 @@ def test_a_results_document_of_another_schema_version_is_refused(tmp_path):
             load_results(tmp_path / "r.json")
 
 
-def test_bundle_report_states_the_split_rule_and_which_split_decided():
-    from mmedge.report.markdown import render_bundle_report
+RUN = Path(__file__).parent / "data" / "digits_vqa_results.json"  # a default run's results, as written
 
-    metrics = {
-        "size_bytes": 120_000,
-        "reference": {"framework": "pytorch", "test_accuracy": 0.985, "parameters": 150_000},
-        "data_split": {
-            "rule": "by image, seeded (seed 0)",
-            "images": {"train": 3750, "val": 250, "test": 1000},
-            "rows": {"train": 15000, "val": 1000, "test": 4000},
-        },
-        "accuracy": {
-            "split": "test (4000 questions on held-out images)",
-            "test": {"accuracy": 0.98, "per_family": {}},
-        },
-        "accuracy_drop_points": 0.5,
-        "gate": {"split": "val", "accuracy_drop_points": 0.3},
+
+def _run_doc() -> dict:
+    return load_results(RUN)
+
+
+def _headings(md: str) -> list[str]:
+    return [line for line in md.splitlines() if line.startswith("## ")]
+
+
+def _step(doc: dict, kind: str) -> dict:
+    return next(s for s in doc["steps"] if s["type"] == kind)["metrics"]
+
+
+def test_the_run_report_and_the_bundle_report_are_one_document():
+    doc = _run_doc()
+    run = render_run(doc)
+    bundle = render_run(doc, bundle=BundleFacts(size_bytes=120_502, zip_bytes=105_000))
+    assert run.startswith("# digits-vqa — pipeline results") and bundle.startswith("# digits-vqa\n")
+    assert "Model size: **0.121 MB** (`model.onnx`, weights inside, 0.105 MB zipped)." in bundle
+    assert "Model size" not in run
+    # every step of the default recipe has its section, in both reports alike
+    expected = [
+        "## Data and training",
+        "## Accuracy (ONNX Runtime, CPUExecutionProvider)",
+        "## Parity with the reference",
+        "## Missing modalities",
+        "## Compression",
+        "## Latency",
+        "## Mobile (ONNX Runtime Mobile)",
+        "## Pipeline",
+    ]
+    assert _headings(run) == _headings(bundle) == expected
+    assert run.split("## Data and training", 1)[1] == bundle.split("## Data and training", 1)[1]
+
+
+def test_each_section_is_written_from_its_steps_typed_metrics():
+    doc = _run_doc()
+    val = _step(doc, "validate")
+    val["test"]["accuracy"] = 0.4321
+    auto = _step(doc, "quantize.auto")
+    auto["chosen"] = auto["candidates"][0]["name"]
+    _step(doc, "train")["stopped"] = "time_cap"
+    pruned = _step(doc, "prune.structured")
+    pruned["parameters_after"] = 12_345
+    md = render_run(doc)
+    assert "| full input | 43.21% |" in md
+    assert f"| **{auto['candidates'][0]['name']}** | " in md
+    assert f"| **{auto['candidates'][1]['name']}** | " not in md
+    assert "train: 20 epochs in" in md and "**stopped on the recipe's wall-clock cap (`max_minutes`)**" in md
+    assert "281,212 → 12,345 parameters" in md
+    # a step that did not run leaves no section behind
+    doc["steps"] = [s for s in doc["steps"] if s["type"] not in ("validate", "mobile", "bench")]
+    headings = _headings(render_run(doc))
+    assert headings == [
+        "## Data and training",
+        "## Parity with the reference",  # the export's own check remains
+        "## Missing modalities",
+        "## Compression",
+        "## Pipeline",
+    ]
+
+
+def test_the_report_states_the_split_rule_and_which_split_decided():
+    doc = _run_doc()
+    md = render_run(doc, bundle=BundleFacts(size_bytes=1))
+    split = _step(doc, "train")["data_split"]
+    assert f"Data split {split['rule']}: train {split['images']['train']:,} images" in md
+    val = _step(doc, "validate")
+    assert (
+        f"{val['accuracy_drop_points']:.2f} points on test (reported), {val['gate']['accuracy_drop_points']:.2f} on "
+        "validation (what the budget decided on)." in md
+    )
+    auto = _step(doc, "quantize.auto")
+    assert f"decided on the {auto['selection_split']} split" in md and auto["selection_split"] == "val"
+
+
+def test_a_bundle_report_of_a_split_model_lists_its_parts_and_a_run_with_a_skipped_row_says_so():
+    doc = _run_doc()
+    _step(doc, "train")["skipped_rows"] = {"count": 3, "rows": [1, 2, 3]}
+    split = {
+        "files": {"vision.onnx": {"inputs": ["image"], "outputs": ["image_embeds"], "bytes": 2_000_000}},
+        "max_abs_diff": 1e-6,
     }
-    md = render_bundle_report("r", metrics)
-    assert "Data split by image, seeded (seed 0): train 3,750 images (15,000 questions), val 250 images" in md
-    assert "0.50 points on test (reported), 0.30 on validation (what the budget decided on)." in md
+    md = render_run(doc, bundle=BundleFacts(size_bytes=1, split=split))
+    assert "## Parts (dual encoder split)" in md and "| `vision.onnx` | image | image_embeds | 2.000 MB |" in md
+    assert "3 data rows were skipped (`--skip-bad-rows`)." in md
+    assert "## Parts" not in render_run(doc)

@@ -25,7 +25,7 @@ from mmedge.artifact import Artifact
 from mmedge.bundle.manifest import MANIFEST, SCHEMA, SCHEMA_VERSION, load_bundle, sha256
 from mmedge.errors import BudgetExceededError, BundleError, MissingDependencyError
 from mmedge.provenance import collect
-from mmedge.report.markdown import robustness
+from mmedge.report.views import robustness
 from mmedge.results import (
     AutoQuantMetrics,
     BenchMetrics,
@@ -281,7 +281,7 @@ def shipped_metrics(ctx: StepContext, model_path: Path) -> dict:
     mobile: MobileMetrics | None = _typed(ctx, "mobile")
     if mobile is not None:
         out["mobile"] = _json(mobile)
-    robust = robustness([(r.config.type, r.result.to_json()["metrics"]) for r in ctx.records])
+    robust = robustness([(r.config.type, r.result.metrics) for r in ctx.records])
     if len(robust) > 1:
         out["robustness"] = robust
     compression = compression_metrics(ctx)
@@ -290,12 +290,12 @@ def shipped_metrics(ctx: StepContext, model_path: Path) -> dict:
     if bench is not None:
         out["latency"] = {
             ep: {
-                "threads": r["threads"],
-                "session_load_ms": r["session_load_ms"],
-                "batches": r["batches"],
-                "peak_rss_mb": r["memory"]["peak_rss_mb"],
+                "threads": t.threads,
+                "session_load_ms": t.session_load_ms,
+                "batches": {b: s.model_dump(mode="json") for b, s in t.batches.items()},
+                "peak_rss_mb": t.memory.peak_rss_mb,
             }
-            for ep, r in bench.targets.items()
+            for ep, t in bench.targets.items()
         }
         if bench.unavailable:
             out["latency_unavailable"] = bench.unavailable
@@ -342,7 +342,7 @@ def compression_metrics(ctx: StepContext) -> dict:
             "threads": auto.threads,
             "batch_size": auto.batch_size,
             "candidates": [c.model_dump(mode="json") for c in auto.candidates],
-            "sensitivity": auto.sensitivity,
+            "sensitivity": _json(auto.sensitivity),
             "branch_sizes": auto.branch_sizes,
             "latency_share": auto.latency_share,
         }
@@ -351,8 +351,6 @@ def compression_metrics(ctx: StepContext) -> dict:
 
 @register_step(BundleConfig, BundleMetrics)
 def bundle_step(cfg: BundleConfig, ctx: StepContext) -> StepResult:
-    from mmedge.report.markdown import render_bundle_report
-
     recipe = ctx.recipe
     budget = recipe.budgets.max_size_mb
     size_mb = ctx.artifact.path.stat().st_size / 1e6
@@ -371,16 +369,17 @@ def bundle_step(cfg: BundleConfig, ctx: StepContext) -> StepResult:
         metrics["split"] = split_model(ctx.artifact.path, parts, step_feeds(ctx.artifact.path, recipe.data)[0])
     from mmedge.pipeline import results_document
     from mmedge.report.render import draw_plots
+    from mmedge.report.sections import BundleFacts, render_run
 
+    doc = results_document(recipe, ctx.records)  # the steps so far: the bundle report is the run's report
     plots_dir = Path(tempfile.mkdtemp(prefix="plots-", dir=ctx.out_dir))
     try:
-        plots, note = draw_plots(results_document(recipe, ctx.records), plots_dir), None
+        plots, note = draw_plots(doc, plots_dir), None
     except MissingDependencyError as exc:  # a [cpu]-only install ships the bundle without PNGs, and says so
         plots, note = {}, f"Plots not drawn: {exc}"
         print(f"note: {note}", file=sys.stderr, flush=True)
-    report = render_bundle_report(recipe.name, metrics, ctx, plots)
-    if note:
-        report = report.rstrip("\n") + f"\n\n{note}\n"
+    facts = BundleFacts(metrics["size_bytes"], metrics["zip_bytes"], metrics.get("split"))
+    report = render_run(doc, plots, bundle=facts, note=note)
     extra = {f"plots/{name}": plots_dir / name for name in plots.values()}
     if cfg.split:
         extra.update({p.name: p for p in sorted(parts.iterdir())})

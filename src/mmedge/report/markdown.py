@@ -1,4 +1,4 @@
-"""Markdown reports from measured figures (no torch). Nothing here measures; it only renders."""
+"""Markdown pieces shared by mmedge's reports (no torch). Nothing here measures; it only renders."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ def pct(x: float | None) -> str:
     return "–" if x is None else f"{x * 100:.2f}%"
 
 
-def _ratio(r: list[float] | None) -> str:
+def ratio_interval(r: list[float] | None) -> str:
     """A per-round latency ratio interval, p10–p50–p90."""
     return "–" if not r else f"{r[0]:.2f}–{r[1]:.2f}–{r[2]:.2f}"
 
@@ -22,146 +22,6 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
-
-
-def accuracy_section(acc: dict) -> str:
-    fams = list(acc["test"]["per_family"])
-    rows = []
-    for key, label in (("test", "full input"), ("image_blanked", "image blanked"), ("text_emptied", "text emptied")):
-        if key in acc:
-            rows.append([label, pct(acc[key]["accuracy"]), *[pct(acc[key]["per_family"].get(f)) for f in fams]])
-    return table(["input", "accuracy", *fams], rows)
-
-
-def latency_section(latency: dict) -> str:
-    rows = []
-    for ep, r in latency.items():
-        for batch, s in r["batches"].items():
-            rows.append(
-                [
-                    ep,
-                    str(r["threads"]),
-                    batch,
-                    f"{s['p50_ms']:.3f}",
-                    f"{s['p90_ms']:.3f}",
-                    f"{s['p99_ms']:.3f}",
-                    f"{s['mean_ms']:.3f}",
-                    f"{s['throughput_per_s']:.0f}",
-                    str(s["runs"]),
-                ]
-            )
-    return table(["EP", "threads", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ms", "samples/s", "runs"], rows)
-
-
-def compression_section(c: dict) -> list[str]:
-    """Pruning, distillation and the quantization search, with the per-branch view."""
-    out = ["", "## Compression"]
-    branches = ("image", "text", "fusion", "head", "other")
-    p = c.get("structured_pruning")
-    if p:
-        out += [
-            "",
-            f"Structured pruning ({p['importance']} importance; ratio {p['ratio']:g}, per branch "
-            + ", ".join(f"{b} {r:g}" for b, r in p["branch_ratios"].items())
-            + f"): {p['parameters_before']:,} → {p['parameters_after']:,} parameters, "
-            f"{p['macs_before']:,} → {p['macs_after']:,} MACs; test accuracy right after: {pct(p['test_accuracy'])}.",
-        ]
-        if p.get("dropped_blocks"):
-            out.append(
-                "Depth pruning removed "
-                + ", ".join(f"{len(v)} {b} block(s)" for b, v in p["dropped_blocks"].items())
-                + " first (those whose absence cost the least validation accuracy)."
-            )
-    d = c.get("distillation")
-    if d:
-        out.append(
-            f"\nDistillation from the {pct(d['teacher_test_accuracy'])} teacher: the student reached "
-            f"{pct(d['student_test_accuracy'])} in {d['epochs_run']} epochs."
-        )
-    q = c.get("quantization")
-    if q:
-        rows = [
-            [
-                f"**{r['name']}**" if r["name"] == q["chosen"] else r["name"],
-                pct(r["val_accuracy"]),
-                f"{r['drop_points']:.2f}",
-                pct(r.get("agreement")),
-                f"{r['size_bytes'] / 1e6:.3f}",
-                "–" if r.get("p50_ms") is None else f"{r['p50_ms']:.3f}",
-                _ratio(r.get("latency_ratio")),
-                "yes" if r["within_budget"] else "no",
-                pct(r["test_accuracy"]),
-            ]
-            for r in q["candidates"]
-        ]
-        out += [
-            "",
-            f"Quantization search (`quantize.auto`, decided on the {q['selection_split']} split: budget "
-            f"{q['budget_points']:g} accuracy point{'' if q['budget_points'] == 1 else 's'} below the "
-            f"{pct(q['reference_val_accuracy'])} reference; p50 at batch {q['batch_size']}, {q['threads']} "
-            f"thread(s), '{q['ep']}', timed in alternating rounds; latency ratio to the fastest as p10–p50–p90 of "
-            f"the rounds); chosen: **{q['chosen']}** (objective {q['choice']['objective']}: {q['choice']['rule']}). "
-            "Test accuracy was scored after the choice, for this report only.",
-            "",
-            table(
-                [
-                    "candidate",
-                    "val accuracy",
-                    "drop (points)",
-                    "same answers",
-                    "MB",
-                    "p50 ms",
-                    "ratio to fastest",
-                    "within budget",
-                    "test accuracy",
-                ],
-                rows,
-            ),
-        ]
-        sens = q.get("sensitivity") or {}
-        if sens.get("branches"):
-            out += [
-                "",
-                f"Sensitivity (accuracy drop on the {sens['split']} split when only this part is quantized):",
-                "",
-                table(
-                    ["branch", "scheme", "nodes", "drop (points)"],
-                    [[s["branch"], s["scheme"], str(s["nodes"]), f"{s['drop_points']:.2f}"] for s in sens["branches"]],
-                ),
-            ]
-            worst = sorted(sens["nodes"], key=lambda s: -s["drop_points"])[:8]
-            out += [
-                "",
-                "Most sensitive nodes:",
-                "",
-                table(
-                    ["node", "op", "branch", "scheme", "drop (points)"],
-                    [[s["node"], s["op"], s["branch"], s["scheme"], f"{s['drop_points']:.2f}"] for s in worst],
-                ),
-            ]
-    params = (p or {}).get("per_branch", {})
-    sizes = (q or {}).get("branch_sizes") or {}
-    share = (q or {}).get("latency_share") or {}
-    if params or sizes or share:
-        rows = []
-        for b in branches:
-            if b in params or b in sizes or b in share:
-                before_after = params.get(b)
-                rows.append(
-                    [
-                        b,
-                        f"{before_after['before']:,} → {before_after['after']:,}" if before_after else "–",
-                        f"{sizes[b] / 1e3:.1f}" if b in sizes else "–",
-                        pct(share.get(b)) if b in share else "–",
-                    ]
-                )
-        out += [
-            "",
-            "Per modality branch (shipped model; latency share from ONNX Runtime's kernel profiler, batch 1):",
-            "",
-            table(["branch", "parameters (pruned)", "weights kB", "latency share"], rows),
-        ]
-    return out
 
 
 def mobile_section(mob: dict) -> list[str]:
@@ -251,23 +111,6 @@ def split_section(split: dict) -> list[str]:
     return out
 
 
-def robustness(steps: list[tuple[str, dict]]) -> list[dict]:
-    """Test accuracy of every artifact the run made, complete and with one modality missing (image blank, text
-    empty), in pipeline order — whether compression made the model more fragile when a sensor or prompt drops."""
-    rows = []
-    for step_type, m in steps:
-        if all(isinstance(m.get(k), dict) for k in ("test", "image_blanked", "text_emptied")):
-            rows.append(
-                {
-                    "step": step_type,
-                    "full": m["test"]["accuracy"],
-                    "image_missing": m["image_blanked"]["accuracy"],
-                    "text_missing": m["text_emptied"]["accuracy"],
-                }
-            )
-    return rows
-
-
 def robustness_section(rows: list[dict]) -> list[str]:
     first = rows[0]
     cells = [
@@ -288,101 +131,6 @@ def robustness_section(rows: list[dict]) -> list[str]:
         "",
         table(["artifact (step)", "both", "image missing", "text missing"], cells),
     ]
-
-
-def render_bundle_report(name: str, metrics: dict, ctx=None, plots: dict[str, str] | None = None) -> str:
-    m = metrics
-    out = [f"# {name}", ""]
-    zipped = f", {m['zip_bytes'] / 1e6:.3f} MB zipped" if m.get("zip_bytes") else ""
-    out.append(f"Model size: **{m['size_bytes'] / 1e6:.3f} MB** (`model.onnx`, weights inside{zipped}).")
-    if m.get("sparsity"):
-        out.append(
-            f"Unstructured sparsity: {pct(m['sparsity']['weights'])} of the pruned weights are zero "
-            f"({pct(m['sparsity']['model'])} of all); {m['sparsity']['note']}."
-        )
-    if "reference" in m:
-        ref = m["reference"]
-        params = f", {ref['parameters']:,} parameters" if ref.get("parameters") else ""
-        source = "PyTorch" if ref["framework"] == "pytorch" else "ONNX source model"
-        out.append(f"{source} reference: test accuracy {pct(ref['test_accuracy'])}{params}.")
-    if "accuracy" in m:
-        out += [
-            "",
-            "## Accuracy (ONNX Runtime, CPU)",
-            "",
-            m["accuracy"]["split"] + ".",
-            *([describe_split(m["data_split"])] if m.get("data_split") else []),
-            "",
-            accuracy_section(m["accuracy"]),
-            "",
-            "Blanking one modality must cost a lot: it shows the model really uses both the image and the text.",
-        ]
-        if m.get("accuracy_drop_points") is not None:
-            out.append(
-                f"\nAccuracy drop against the model the pipeline started from: {m['accuracy_drop_points']:.2f} "
-                "points on test (reported)"
-                + (
-                    f", {m['gate']['accuracy_drop_points']:.2f} on validation (what the budget decided on)."
-                    if m.get("gate")
-                    else "."
-                )
-            )
-    if m.get("parity"):
-        p = m["parity"]
-        out += [
-            "",
-            "## Parity with the PyTorch reference",
-            "",
-            f"Over {p['samples']} test questions: max abs diff {p['max_abs_diff']:.2e}, mean abs diff "
-            f"{p['mean_abs_diff']:.2e}, argmax agreement {pct(p['argmax_agreement'])}.",
-        ]
-    if m.get("export"):
-        e = m["export"]
-        out.append(
-            f"Export checked at {e['checks']} batch-size × text-length combinations (opset {e['opset']}, "
-            f"max abs diff {e['max_abs_diff']:.2e})."
-        )
-    plots = plots or {}
-    if m.get("robustness"):
-        out += robustness_section(m["robustness"])
-    if m.get("compression"):
-        out += compression_section(m["compression"])
-        for kind, caption in (
-            ("pareto", "accuracy vs latency"),
-            ("sensitivity", "quantization sensitivity per branch"),
-        ):
-            if kind in plots:
-                out += ["", f"![{caption}](plots/{plots[kind]})"]
-    if "latency" in m:
-        out += ["", "## Latency", "", latency_section(m["latency"])]
-        for ep, reason in m.get("latency_unavailable", {}).items():
-            out.append(f"\nNot measured on {ep}: {reason}.")
-        if "latency" in plots:
-            out += ["", f"![latency per EP and batch size](plots/{plots['latency']})"]
-    if m.get("mobile"):
-        out += mobile_section(m["mobile"])
-    if m.get("embeddings"):
-        out += embeddings_section(m["embeddings"])
-    if m.get("split"):
-        out += split_section(m["split"])
-    mach = m.get("measured_on", {})
-    if mach:
-        out += [
-            "",
-            f"Measured on: {mach.get('cpu')} ({mach.get('logical_cores')} logical cores), {mach.get('os')}, "
-            f"Python {mach.get('python')}, onnxruntime {mach.get('onnxruntime')}.",
-        ]
-    if ctx is not None and ctx.records:
-        out += [
-            "",
-            "## Pipeline",
-            "",
-            table(
-                ["step", "type", "seconds", "cached"],
-                [[str(r.index), r.config.type, f"{r.seconds:.1f}", str(r.cached)] for r in ctx.records],
-            ),
-        ]
-    return "\n".join(out) + "\n"
 
 
 def latency_cells(r: dict) -> list[str]:

@@ -23,8 +23,10 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from mmedge.errors import InputPathError, MissingDependencyError, MmedgeError
-from mmedge.report.markdown import bench_tables, latency_cells, mobile_section, pct, robustness_section, table
-from mmedge.results import METRICS, AutoQuantMetrics, BenchMetrics, MobileMetrics, step_metrics
+from mmedge.report.markdown import bench_tables, pct, table
+from mmedge.report.sections import render_run
+from mmedge.report.views import accuracy_points, latency_rows, pareto_front, sensitivity_rows
+from mmedge.results import METRICS, step_metrics
 
 SUPPORTED = {"mmedge.results": 2, "mmedge.bench-results": 1}
 PLOTS = {"pareto": "pareto.png", "latency": "latency.png", "sensitivity": "sensitivity.png"}
@@ -72,83 +74,6 @@ def check_step_metrics(doc: dict, source: str | Path) -> None:
                 f"{source}: the metrics of step {i} ({kind}) do not fit its schema ({where}: {first['msg']}); "
                 "re-run the measurement with this mmedge version."
             ) from None
-
-
-# ---------------------------------------------------------------- views
-
-
-def _step_metrics(doc: dict, step_type: str):
-    """The typed metrics of the latest ``step_type`` step of a run's results, or None."""
-    found = next((s["metrics"] for s in reversed(doc["steps"]) if s["type"] == step_type), None)
-    return None if found is None else step_metrics(step_type, found)
-
-
-def latency_rows(doc: dict) -> list[dict]:
-    """{label, model, ep, threads, batch, p50_ms, p90_ms, p99_ms} for every measured combination."""
-    if doc["schema"] == "mmedge.bench-results":
-        return [
-            {k: r[k] for k in ("model", "ep", "threads", "batch", "p50_ms", "p90_ms", "p99_ms")} for r in doc["results"]
-        ]
-    bench: BenchMetrics | None = _step_metrics(doc, "bench")
-    name = doc["recipe"]["name"]
-    return [
-        {
-            "model": name,
-            "ep": ep,
-            "threads": r["threads"],
-            "batch": int(b),
-            **{k: s[k] for k in ("p50_ms", "p90_ms", "p99_ms")},
-        }
-        for ep, r in (bench.targets if bench else {}).items()
-        for b, s in r["batches"].items()
-    ]
-
-
-def accuracy_points(doc: dict) -> list[dict]:
-    """{name, accuracy, p50_ms, size_bytes, chosen} per model variant whose accuracy and latency were both measured."""
-    if doc["schema"] == "mmedge.bench-results":
-        first = {}
-        for r in doc["results"]:  # the first EP/threads/batch combination each model ran
-            first.setdefault(r["model"], r["p50_ms"])
-        return [
-            {"name": n, "accuracy": m["accuracy"], "p50_ms": first[n], "size_bytes": m["size_bytes"], "chosen": False}
-            for n, m in doc["models"].items()
-            if m.get("accuracy") is not None and n in first
-        ]
-    auto: AutoQuantMetrics | None = _step_metrics(doc, "quantize.auto")
-    return [
-        {
-            "name": c.name,
-            "accuracy": c.test_accuracy,  # scored after the choice, for the report
-            "p50_ms": c.p50_ms,
-            "size_bytes": c.size_bytes,
-            "chosen": c.name == auto.chosen,
-        }
-        for c in (auto.candidates if auto else [])
-        if c.p50_ms is not None
-    ]
-
-
-def sensitivity_rows(doc: dict) -> list[dict]:
-    if doc["schema"] != "mmedge.results":
-        return []
-    auto: AutoQuantMetrics | None = _step_metrics(doc, "quantize.auto")
-    return list(auto.sensitivity.get("branches", [])) if auto else []
-
-
-def pareto_front(points: list[dict]) -> set[str]:
-    """Names of the points no other point beats on both latency (lower) and accuracy (higher)."""
-    front = set()
-    for p in points:
-        dominated = any(
-            q["p50_ms"] <= p["p50_ms"]
-            and q["accuracy"] >= p["accuracy"]
-            and (q["p50_ms"] < p["p50_ms"] or q["accuracy"] > p["accuracy"])
-            for q in points
-        )
-        if not dominated:
-            front.add(p["name"])
-    return front
 
 
 # ---------------------------------------------------------------- plots
@@ -278,11 +203,11 @@ def draw_plots(doc: dict, folder: Path) -> dict[str, str]:
 
 
 def render_markdown(doc: dict, plots: dict[str, str], plots_dir: str = "plots", note: str | None = None) -> str:
+    """report.md of a results document: a run's goes through the one run renderer (`report.sections`)."""
+    if doc["schema"] == "mmedge.results":
+        return render_run(doc, plots, note=note, plots_dir=plots_dir)
     m = doc.get("machine", {})
-    if doc["schema"] == "mmedge.bench-results":
-        out = ["# mmedge bench", "", f"Run {doc['created']}, mmedge {doc['mmedge_version']}."]
-    else:
-        out = [f"# {doc['recipe']['name']} — pipeline results", "", f"mmedge {doc['mmedge_version']}."]
+    out = ["# mmedge bench", "", f"Run {doc['created']}, mmedge {doc['mmedge_version']}."]
     out.append(
         f"Machine: {m.get('cpu_summary') or m.get('cpu')} ({m.get('logical_cores')} logical cores), {m.get('os')}, "
         f"onnxruntime {m.get('onnxruntime')}."
@@ -292,18 +217,13 @@ def render_markdown(doc: dict, plots: dict[str, str], plots_dir: str = "plots", 
         out.append(f"Code: commit {git['commit'][:12]}{' (uncommitted changes)' if git.get('dirty') else ''}.")
     if note:
         out += ["", note]
-
-    def figure(kind: str, caption: str) -> None:
-        if kind in plots:
-            out.extend(["", f"![{caption}]({plots_dir}/{plots[kind]})"])
-
     points = accuracy_points(doc)
     if points:
         front = pareto_front(points)
         out += ["", "## Accuracy vs latency", ""]
         rows = [
             [
-                p["name"] + (" (shipped)" if p["chosen"] else ""),
+                p["name"],
                 pct(p["accuracy"]),
                 f"{p['p50_ms']:.3f}",
                 f"{p['size_bytes'] / 1e6:.3f}",
@@ -312,46 +232,11 @@ def render_markdown(doc: dict, plots: dict[str, str], plots_dir: str = "plots", 
             for p in points
         ]
         out.append(table(["variant", "test accuracy", "p50 ms", "size MB", "Pareto front"], rows))
-        figure("pareto", "accuracy vs latency, size as marker")
-    if doc["schema"] == "mmedge.bench-results":
-        out += ["", "## Latency", "", bench_tables(doc)]
-    else:
-        rows = latency_rows(doc)
-        if rows:
-            out += ["", "## Latency", ""]
-            out.append(
-                table(
-                    ["EP", "threads", "batch", "p50 ms", "p90 ms", "p99 ms"],
-                    [latency_cells(r) for r in rows],
-                )
-            )
-    figure("latency", "latency per EP and batch size")
-    sens = sensitivity_rows(doc)
-    if sens:
-        out += ["", "## Quantization sensitivity per branch", ""]
-        out.append(
-            table(
-                ["branch", "scheme", "nodes", "accuracy drop (points)"],
-                [[r["branch"], r["scheme"], str(r["nodes"]), f"{r['drop_points']:.2f}"] for r in sens],
-            )
-        )
-        figure("sensitivity", "quantization sensitivity per branch")
-    if doc["schema"] == "mmedge.results":
-        from mmedge.report.markdown import robustness
-
-        robust = robustness([(st["type"], st["metrics"]) for st in doc["steps"]])
-        if robust:
-            out += robustness_section(robust)
-        mobile: MobileMetrics | None = _step_metrics(doc, "mobile")
-        if mobile is not None:
-            out += mobile_section(mobile.model_dump(mode="json"))
-        out += ["", "## Steps", ""]
-        out.append(
-            table(
-                ["#", "step", "seconds", "cached"],
-                [[str(s["index"]), s["type"], f"{s['seconds']:.1f}", str(s["cached"])] for s in doc["steps"]],
-            )
-        )
+        if "pareto" in plots:
+            out += ["", f"![accuracy vs latency, size as marker]({plots_dir}/{plots['pareto']})"]
+    out += ["", "## Latency", "", bench_tables(doc)]
+    if "latency" in plots:
+        out += ["", f"![latency per EP and batch size]({plots_dir}/{plots['latency']})"]
     return "\n".join(out) + "\n"
 
 
