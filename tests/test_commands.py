@@ -9,7 +9,7 @@ from onnx import TensorProto, helper
 
 from mmedge.commands import QUANTIZED_OPS, bench_models, inspect_path, model_file, refuse_quantized_for_fp16
 from mmedge.errors import InputPathError, MmedgeError
-from tests.conftest import REFERENCE_BUNDLE, relu_onnx
+from tests.conftest import REFERENCE_BUNDLE, onnx_model, relu_onnx
 
 FAST = {"batches": [1], "rounds": 2, "calls": 2, "warmup": 1}
 
@@ -23,7 +23,7 @@ def dequantize_onnx(path):
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])],
         initializer=[helper.make_tensor("scale", TensorProto.FLOAT, [], [0.5])],
     )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    onnx.save(onnx_model(graph), str(path))
     return path
 
 

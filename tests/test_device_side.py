@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.isolation import frozen
+
 ROOT = Path(__file__).resolve().parents[1]
 CPU_PYTHON = os.environ.get("MMEDGE_CPU_PYTHON")
 
@@ -36,10 +38,11 @@ def _ok(r: subprocess.CompletedProcess) -> str:
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> Path:
+def bundle(tmp_path_factory):
     dest = tmp_path_factory.mktemp("device") / "digits-vqa"
     shutil.copytree(ROOT / "exported" / "digits-vqa", dest)
-    return dest
+    with frozen(dest, what="bundle"):  # the commands read it; what they write goes to each test's tmp_path
+        yield dest
 
 
 def test_cpu_virtualenv_has_no_torch_and_no_training_data_packages():

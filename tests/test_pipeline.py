@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import pytest
 
@@ -7,6 +8,7 @@ from mmedge.errors import BudgetExceededError, MmedgeError
 from mmedge.pipeline import run_recipe
 from mmedge.recipe import parse_recipe
 from tests.conftest import TINY
+from tests.isolation import frozen
 
 pytestmark = pytest.mark.slow  # trains, exports or runs whole chains: `make test` runs it, `make test-fast` not
 
@@ -33,9 +35,24 @@ def tiny_recipe(tmp_path, bench_runs=15, **over):
 
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory):
+    """One run of the tiny recipe, read by several tests: none may change it (``frozen``); one that runs the recipe
+    again, or edits an output, does so on its own copy (``own_copy``)."""
     tmp = tmp_path_factory.mktemp("pipe")
     recipe = tiny_recipe(tmp)
-    return tmp, recipe, run_recipe(recipe, progress="off")
+    records = run_recipe(recipe, progress="off")
+    with frozen(tmp, what="first_run"):
+        yield tmp, recipe, records
+
+
+def own_copy(first_run, tmp_path, **over):
+    """The first run's step folders and bundle copied into this test's ``tmp_path``, with the recipe pointed there
+    (``over`` changes it as ``tiny_recipe`` does), and that recipe's step records. Every step comes from the cache
+    except the bundle, which writes its new output folder once."""
+    src = first_run[0]
+    shutil.copytree(src / "runs", tmp_path / "runs")
+    shutil.copytree(src / "bundle", tmp_path / "bundle")
+    recipe = tiny_recipe(tmp_path, **over)
+    return recipe, run_recipe(recipe, progress="off")
 
 
 def test_step_bundle_pipeline_runs_every_step_and_ships_a_verified_bundle(first_run):
@@ -51,8 +68,13 @@ def test_step_bundle_pipeline_runs_every_step_and_ships_a_verified_bundle(first_
     results = json.loads((tmp / "runs" / "tiny" / "results.json").read_text())
     assert results["schema_version"] == 2 and len(results["steps"]) == 6
     # every results file and bundle says what made its figures: code, packages, the CPU and its flags
+    import onnxruntime
+
     for prov in (results["provenance"], m["provenance"]):
-        assert prov["packages"]["onnxruntime"] and prov["cpu"]["summary"] and "commit" in prov["git"]
+        # the onnxruntime module comes from the CPU wheel or from onnxruntime-gpu: whichever is installed is recorded
+        packages = prov["packages"]
+        assert onnxruntime.__version__ in (packages.get("onnxruntime"), packages.get("onnxruntime-gpu"))
+        assert prov["cpu"]["summary"] and "commit" in prov["git"]
         assert isinstance(prov["cpu"]["flags"], list)
     validated = next(s for s in results["steps"] if s["type"] == "validate")["metrics"]
     assert validated["gate"]["split"] == "val" and m["metrics"]["gate"]["split"] == "val"
@@ -87,20 +109,23 @@ def test_step_bench_reports_each_batch(first_run):
     assert set(b.targets["cpu"].batches) == {"1", "4"} and b.inputs == "test split samples"
 
 
-def test_rerun_skips_finished_steps_and_reruns_only_what_changed(first_run):
-    tmp, recipe, _ = first_run
+def test_rerun_skips_finished_steps_and_reruns_only_what_changed(first_run, tmp_path):
+    recipe, copied = own_copy(first_run, tmp_path)
+    assert [r.cached for r in copied] == [True] * 5 + [False]  # the bundle's output folder is part of its key
     again = run_recipe(recipe, progress="off")
     assert all(r.cached for r in again)
-    changed = run_recipe(tiny_recipe(tmp, bench_runs=16), progress="off")
+    changed = run_recipe(tiny_recipe(tmp_path, bench_runs=16), progress="off")
     assert [r.cached for r in changed] == [True, True, True, False, False, False]
 
 
-def test_latency_budget_that_cannot_be_met_fails_the_run(first_run):
-    tmp, _, _ = first_run
-    recipe = tiny_recipe(tmp, budgets={"max_latency_ms": 1e-6})
+def test_latency_budget_that_cannot_be_met_fails_the_run(first_run, tmp_path):
+    own_copy(first_run, tmp_path)
+    before = (tmp_path / "bundle" / "manifest.json").read_bytes()
+    recipe = tiny_recipe(tmp_path, budgets={"max_latency_ms": 1e-6})
     with pytest.raises(BudgetExceededError, match="over the budget"):
         run_recipe(recipe, progress="off")
-    assert load_bundle(tmp / "bundle")  # the earlier bundle is untouched
+    assert load_bundle(tmp_path / "bundle")  # the earlier bundle is untouched
+    assert (tmp_path / "bundle" / "manifest.json").read_bytes() == before
 
 
 def test_step_bench_marks_a_target_this_onnxruntime_lacks_as_unavailable_when_allowed(tmp_path):
@@ -136,11 +161,8 @@ def test_step_load_starts_a_chain_from_an_existing_checkpoint(tmp_path, tiny_che
     assert records[2].result.metrics.accuracy_drop_points <= 0.5
 
 
-def test_a_step_that_reruns_invalidates_the_steps_after_it(first_run):
-    import shutil
-
-    recipe = first_run[1]
-    run_recipe(recipe, progress="off")  # settle: other tests write the same bundle folder
+def test_a_step_that_reruns_invalidates_the_steps_after_it(first_run, tmp_path):
+    recipe, _ = own_copy(first_run, tmp_path)
     fresh = run_recipe(recipe, progress="off")
     assert all(r.cached for r in fresh)
     shutil.rmtree(fresh[3].folder)  # bench re-runs: its timings differ, so the bundle after it must re-run too
@@ -148,20 +170,18 @@ def test_a_step_that_reruns_invalidates_the_steps_after_it(first_run):
     assert [r.cached for r in again] == [True, True, True, False, False, False]
 
 
-def test_an_output_changed_by_hand_is_not_taken_from_the_cache(first_run):
-    tmp, recipe, _ = first_run
-    run_recipe(recipe, progress="off")
-    (tmp / "bundle" / "report.md").write_text("edited")
+def test_an_output_changed_by_hand_is_not_taken_from_the_cache(first_run, tmp_path):
+    recipe, _ = own_copy(first_run, tmp_path)
+    (tmp_path / "bundle" / "report.md").write_text("edited")
     again = run_recipe(recipe, progress="off")
     assert [r.cached for r in again] == [True, True, True, True, True, False]
-    assert load_bundle(tmp / "bundle")
+    assert load_bundle(tmp_path / "bundle")
 
 
-def test_a_cached_step_whose_figures_do_not_fit_the_schema_runs_again(first_run, capsys):
-    import json
-
-    _, recipe, records = first_run
-    marker = records[2].folder / "result.json"  # validate
+def test_a_cached_step_whose_figures_do_not_fit_the_schema_runs_again(first_run, tmp_path, capsys):
+    recipe, records = own_copy(first_run, tmp_path)
+    marker = records[2].folder / "result.json"  # validate, in this test's copy
+    assert marker.is_relative_to(tmp_path)
     data = json.loads(marker.read_text())
     data["metrics"]["renamed"] = data["metrics"].pop("test")  # as another mmedge version might have written it
     marker.write_text(json.dumps(data))

@@ -9,6 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 from mmedge.compress.quantize.dynamic import DynamicQuantConfig, quantize_dynamic_model
 from mmedge.compress.saturation import saturation_free_file, saturation_free_scales
 from mmedge.runtime.session import open_session
+from tests.conftest import onnx_model
 
 
 def _matmul(path, w):
@@ -19,7 +20,7 @@ def _matmul(path, w):
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", w.shape[1]])],
         [numpy_helper.from_array(w, "w")],
     )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    onnx.save(onnx_model(graph), str(path))
     return path
 
 

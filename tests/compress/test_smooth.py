@@ -10,6 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 from mmedge.compress.quantize.dynamic import DynamicQuantConfig, quantize_dynamic_model, weight_quantizer
 from mmedge.compress.smooth import WeightQuantizer, fake_quant_activation, smooth_matmuls
 from mmedge.runtime.session import open_session
+from tests.conftest import onnx_model
 
 
 def _matmul_model(path, w1, w2):
@@ -25,7 +26,7 @@ def _matmul_model(path, w1, w2):
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", w2.shape[1]])],
         [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
     )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    onnx.save(onnx_model(graph), str(path))
     return path
 
 
@@ -153,7 +154,7 @@ def test_outlier_split_joins_a_residual_sum_after_the_bias(tmp_path):
         ],
     )
     src, out = tmp_path / "m.onnx", tmp_path / "s.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(src))
+    onnx.save(onnx_model(graph), str(src))
     x = _heavy_tailed(rng, 512, 16, (3, 11))
     info = smooth_matmuls(src, out, {"x": x[:256]}, alpha=None, outlier_channels=2)
     assert info["outlier_matmuls"] == ["mm_outliers"]
@@ -201,8 +202,7 @@ def _attention_model(path, w_qkv, b_qkv, w_out, heads):
             numpy_helper.from_array(w_out, "w_out"),
         ],
     )
-    opsets = [helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)]
-    onnx.save(helper.make_model(graph, opset_imports=opsets), str(path))
+    onnx.save(onnx_model(graph, [("", 18), ("com.microsoft", 1)]), str(path))
     return path
 
 

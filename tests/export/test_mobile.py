@@ -17,6 +17,7 @@ from mmedge.export.mobile import (
 )
 from mmedge.runtime.inputs import split_feeds
 from tests.conftest import relu_onnx
+from tests.isolation import frozen
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,8 @@ def mobile_out(tmp_path_factory, tiny_onnx):
     for family, path in tiny_onnx.items():
         folder = tmp_path_factory.mktemp(f"mobile-{family}")
         out[family] = (folder, build_mobile(path, folder, split_feeds(path, n=16)))
-    return out
+    with frozen(*(folder for folder, _ in out.values()), what="mobile_out"):
+        yield out
 
 
 @pytest.mark.parametrize("family", ["cnn-lstm", "vit-transformer"])

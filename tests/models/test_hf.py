@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from mmedge_cli.main import app
 from tests.conftest import digits_manifest, tiny_hf_folder
+from tests.isolation import frozen
 
 pytestmark = pytest.mark.slow  # trains, exports or runs whole chains: `make test` runs it, `make test-fast` not
 
@@ -58,12 +59,18 @@ def _run(tmp, kind: str, task: str):
 
 @pytest.fixture(scope="module")
 def zero_shot(tmp_path_factory):
-    return _run(tmp_path_factory.mktemp("zs"), "clip", "zero-shot")
+    tmp = tmp_path_factory.mktemp("zs")
+    run = _run(tmp, "clip", "zero-shot")
+    with frozen(tmp, what="zero_shot"):
+        yield run
 
 
 @pytest.fixture(scope="module")
 def fusion(tmp_path_factory):
-    return _run(tmp_path_factory.mktemp("fh"), "dual", "fusion-head")
+    tmp = tmp_path_factory.mktemp("fh")
+    run = _run(tmp, "dual", "fusion-head")
+    with frozen(tmp, what="fusion"):
+        yield run
 
 
 def _image(bundle, n=4):

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from mmedge_cli.main import app
 from tests.conftest import DIGIT_WORDS, digits_manifest
+from tests.isolation import frozen
 
 pytestmark = pytest.mark.slow  # trains, exports or runs whole chains: `make test` runs it, `make test-fast` not
 
@@ -43,7 +44,8 @@ def minilm_dual_encoder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("minilm") / "model"
     model.save_pretrained(folder)
     shutil.copyfile(text_dir / "tokenizer.json", folder / "tokenizer.json")
-    return folder, sum(p.numel() for p in text.parameters())
+    with frozen(folder, what="minilm_dual_encoder"):
+        yield folder, sum(p.numel() for p in text.parameters())
 
 
 def test_minilm_dual_encoder_through_export_quantize_validate(minilm_dual_encoder, tmp_path, monkeypatch):

@@ -40,6 +40,57 @@ def test_ep_not_installed_names_what_is_installed_and_how_to_get_it():
         require(missing)
 
 
+@pytest.fixture
+def fresh_probes():
+    """EP start-up probes run again in the test and are forgotten after it (they are kept per process)."""
+    from mmedge.runtime.providers import probe
+
+    probe.cache_clear()
+    yield
+    probe.cache_clear()
+
+
+def test_ep_listed_but_unable_to_start_is_unavailable_and_says_why(tmp_path, monkeypatch, capfd, fresh_probes):
+    """As onnxruntime-gpu lists CUDA on a machine without a GPU: here NNAPI (Android only) is made to look listed;
+    a session asked for it falls back to the CPU EP, so mmedge must call it unavailable and never run on the CPU."""
+    import onnxruntime as ort
+
+    from mmedge.runtime.providers import listed, listing, unavailable_reason
+    from tests.conftest import relu_onnx
+
+    real = ort.get_available_providers()
+    if "NnapiExecutionProvider" in real:
+        pytest.skip("this onnxruntime really has NNAPI")
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [*real, "NnapiExecutionProvider"])
+    assert "nnapi" in listed() and "nnapi" not in available() and "cpu" in available()
+    reason = unavailable_reason("nnapi")
+    assert "lists it, but it cannot start on this machine (" in reason and "onnxruntime-android" in reason
+    with pytest.raises(MmedgeError, match=r"'nnapi' cannot be used: this onnxruntime lists it, but it cannot start"):
+        open_session(relu_onnx(tmp_path / "r.onnx"), "nnapi")
+    row = next(r for r in listing() if r["name"] == "nnapi")
+    assert row["listed"] and not row["available"] and row["reason"] == reason and "cannot start" in row["how_to_get"]
+    with pytest.raises(MmedgeError, match=r"\(it has: cpu; listed but unable to start here: .*nnapi"):
+        require("coreml")
+    assert capfd.readouterr() == ("", "")  # what onnxruntime printed while failing is in the reason, not the terminal
+
+
+def test_every_listed_ep_runs_a_model_or_is_refused_never_replaced_by_the_cpu(tmp_path, monkeypatch, fresh_probes):
+    """With the CPU wheel only the CPU EP is listed; with onnxruntime-gpu on a machine without a GPU, CUDA and
+    TensorRT are listed, cannot start, and must be refused with the reason; on a GPU machine they must run."""
+    from mmedge.runtime.providers import PROVIDERS, listed
+    from tests.conftest import relu_onnx
+
+    path = relu_onnx(tmp_path / "r.onnx")
+    monkeypatch.chdir(tmp_path)  # the TensorRT EP writes its engine cache under the working folder
+    for name in listed():
+        if name in available():
+            sess = open_session(path, name, allow_fallback=True)
+            assert sess.get_providers()[0] == PROVIDERS[name].ort_name
+        else:
+            with pytest.raises(MmedgeError, match=rf"'{name}' cannot be used: .*cannot start on this machine \(.+\)"):
+                open_session(path, name)
+
+
 def test_wrong_dtype_and_shape_are_all_reported(tiny_onnx):
     sess = open_session(tiny_onnx["cnn-lstm"])
     feeds = {

@@ -46,6 +46,7 @@ SCRIPT = textwrap.dedent("""
 def test_onnx_only_commands_run_with_torch_blocked(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(REFERENCE_BUNDLE), str(tmp_path)],
+        cwd=tmp_path,  # what a command writes by default lands here, never in the working tree (not audited here)
         capture_output=True,
         text=True,
         timeout=300,

@@ -1,14 +1,25 @@
 """Execution provider registry: short name -> ONNX Runtime provider, default options, availability.
 
-Availability is read from this installation (``onnxruntime.get_available_providers()``), never assumed.
+Availability is read from this installation, never assumed. ``onnxruntime.get_available_providers()`` only says
+which EPs the wheel was built with: onnxruntime-gpu lists CUDA and TensorRT on a machine without a GPU or CUDA
+libraries, and a session asked for them there only warns and runs on the CPU EP. So an EP other than the CPU one
+counts as available only once a one-node session has been made on it here (once per process, see ``probe``).
 After a session is made, the providers it really uses are read back (``session.get_providers()``) and a
 number is only ever reported under an EP that ran it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import io
+import os
 import platform
-from collections.abc import Iterable
+import re
+import sys
+import tempfile
+import warnings
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from mmedge.errors import MmedgeError, UnknownNameError, closest
@@ -116,23 +127,137 @@ def resolve(name: str) -> ExecutionProvider:
     return PROVIDERS[key]
 
 
-def available() -> list[str]:
-    """Short names of the EPs this onnxruntime installation has."""
+def listed() -> list[str]:
+    """Short names of the EPs this onnxruntime installation was built with (it may be unable to start some here)."""
     import onnxruntime as ort
 
     have = set(ort.get_available_providers())
     return [ep.name for ep in PROVIDERS.values() if ep.ort_name in have]
 
 
-def require(name: str) -> ExecutionProvider:
-    """The EP, if it is installed; else an error naming what is installed and how to get it."""
+def available() -> list[str]:
+    """Short names of the EPs this onnxruntime installation has and can start on this machine."""
+    return [name for name in listed() if probe(name)[0]]
+
+
+def unavailable_reason(name: str) -> str | None:
+    """None if the EP is available here; else one clause saying why not and how to get it."""
     ep = resolve(name)
-    if ep.name not in available():
-        raise MmedgeError(
-            f"execution provider '{ep.name}' is not in this onnxruntime installation (it has: "
-            f"{', '.join(available())}); to get it, {ep.how_to_get}."
+    if ep.name not in listed():
+        return f"not in this onnxruntime installation; to get it, {ep.how_to_get}"
+    usable, why = probe(ep.name)
+    if usable:
+        return None
+    return f"this onnxruntime lists it, but it cannot start on this machine ({why}); to use it, {ep.how_to_get}"
+
+
+def require(name: str) -> ExecutionProvider:
+    """The EP, if it is installed and starts here; else an error naming what is available and how to get it."""
+    ep = resolve(name)
+    have = available()
+    if ep.name in have:
+        return ep
+    if ep.name in listed():
+        raise MmedgeError(f"execution provider '{ep.name}' cannot be used: {unavailable_reason(ep.name)}.")
+    unusable = [n for n in listed() if n not in have]
+    also = f"; listed but unable to start here: {', '.join(unusable)}" if unusable else ""
+    raise MmedgeError(
+        f"execution provider '{ep.name}' is not in this onnxruntime installation (it has: "
+        f"{', '.join(have)}{also}); to get it, {ep.how_to_get}."
+    )
+
+
+# Options that make a probe session write files (a TensorRT engine cache in the working folder): left out of probes.
+_PROBE_SKIPS = frozenset({"trt_engine_cache_enable", "trt_engine_cache_path", "trt_timing_cache_enable"})
+
+
+@functools.cache
+def probe(name: str) -> tuple[bool, str]:
+    """Whether onnxruntime can start the EP here, and if not, why: a session on a one-node model (y = relu(x)) is
+    made with the EP's default options and the providers it registered are read back. The CPU EP always starts.
+    The answer is kept for the process (a CUDA start-up costs about a second)."""
+    import onnxruntime as ort
+
+    ep = resolve(name)
+    if ep.name == "cpu":
+        return True, ""
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    options = {k: v for k, v in ep.options.items() if k not in _PROBE_SKIPS}
+    with _captured_output() as log, warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        try:
+            sess = ort.InferenceSession(_relu_model(), opts, providers=[(ep.ort_name, options)])
+            started = ep.ort_name in sess.get_providers()
+            error = ""
+        except Exception as exc:  # ORT raises several private exception types
+            started, error = False, str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if started:
+        return True, ""
+    said = [str(w.message).strip().splitlines()[0] for w in warned if str(w.message).strip()]
+    why = error or _first_failure(log.getvalue()) or "; ".join(said)[:400]
+    return False, why or "onnxruntime could not create it and fell back to the CPU EP (no usable device or drivers)"
+
+
+def _relu_model() -> bytes:
+    """y = relu(x), x float32 of shape [1], at IR 8 / opset 13 so that every onnxruntime mmedge supports loads it."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8).SerializeToString()
+
+
+@contextlib.contextmanager
+def _captured_output() -> Iterator[io.StringIO]:
+    """What onnxruntime writes while the block runs, kept out of the user's terminal: its C++ log lines (file
+    descriptors 1 and 2, for the whole process while the block runs) and what it prints from Python when it falls
+    back to the CPU EP. A descriptor that is not open (no console) is left alone."""
+    text = io.StringIO()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    saved = {}
+    for fd in (1, 2):
+        with contextlib.suppress(OSError):
+            saved[fd] = os.dup(fd)
+    with tempfile.TemporaryFile() as sink:
+        try:
+            for fd in saved:
+                os.dup2(sink.fileno(), fd)
+            with contextlib.redirect_stdout(text), contextlib.redirect_stderr(text):
+                yield text
+        finally:
+            for fd, copy in saved.items():
+                os.dup2(copy, fd)
+                os.close(copy)
+            sink.seek(0)
+            text.write(sink.read().decode(errors="replace"))
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _first_failure(log: str) -> str:
+    """The telling part of onnxruntime's start-up failure, e.g. ``libcublasLt.so.13: cannot open shared object file:
+    No such file or directory; Failed to create CUDAExecutionProvider. Require cuDNN 9.* and CUDA 13.*``."""
+    lines = [_ANSI.sub("", line).strip() for line in log.splitlines()]
+    parts = []
+    for line in lines:
+        missing = re.search(r"with error: (.+)$", line)
+        if missing and missing.group(1) not in parts:
+            parts.append(missing.group(1).strip())
+    for line in lines:
+        failed = re.search(r"(Failed to create \w+\.(?: Require .*?\.(?= |$))?)", line) or re.search(
+            r"(Please install .*?\.(?= |$))", line
         )
-    return ep
+        if failed and failed.group(1) not in parts:
+            parts.append(failed.group(1).strip())
+    return "; ".join(parts)[:400]
 
 
 def eps_running(ops: Iterable[tuple[str, str]]) -> list[str]:
@@ -148,18 +273,28 @@ def eps_running(ops: Iterable[tuple[str, str]]) -> list[str]:
 
 
 def listing() -> list[dict]:
-    """Every registered EP with its onnxruntime name, whether this installation has it, and how to get it."""
+    """Every registered EP with its onnxruntime name, whether this installation lists it (``listed``) and can start
+    it here (``available``), and if not, why (``reason``) and how to get it (``how_to_get``, which also carries the
+    reason for a listed EP that cannot start)."""
     import onnxruntime as ort
 
-    have = available()
-    return [
-        {
-            "name": ep.name,
-            "ort_name": ep.ort_name,
-            "available": ep.name in have,
-            "how_to_get": None if ep.name in have else ep.how_to_get,
-            "default_options": dict(ep.options),
-            "onnxruntime": ort.__version__,
-        }
-        for ep in PROVIDERS.values()
-    ]
+    built, have = listed(), available()
+    rows = []
+    for ep in PROVIDERS.values():
+        reason = None if ep.name in have else unavailable_reason(ep.name)
+        how = None
+        if ep.name not in have:
+            how = reason if ep.name in built else ep.how_to_get
+        rows.append(
+            {
+                "name": ep.name,
+                "ort_name": ep.ort_name,
+                "listed": ep.name in built,
+                "available": ep.name in have,
+                "reason": reason,
+                "how_to_get": how,
+                "default_options": dict(ep.options),
+                "onnxruntime": ort.__version__,
+            }
+        )
+    return rows
