@@ -507,7 +507,7 @@ def bench_matrix(
     from mmedge import __version__
     from mmedge.errors import EpCannotRunError
     from mmedge.runtime.profile import node_placement
-    from mmedge.runtime.providers import available, require, resolve
+    from mmedge.runtime.providers import available, require, resolve, unavailable_reason
 
     if any(t < 1 for t in threads):
         raise MmedgeError(f"thread count {min(threads)} is below 1; pass --threads 1 or more.")
@@ -558,8 +558,8 @@ def bench_matrix(
         if ep.name not in have:
             if not allow_missing:
                 require(ep.name)  # raises: names what is installed and how to get this one
-            doc["eps"][ep.name] = {"ort_name": ep.ort_name, "status": "unavailable", "reason": ep.how_to_get}
-            reason = f"not in this onnxruntime; {ep.how_to_get}"
+            reason = unavailable_reason(ep.name)
+            doc["eps"][ep.name] = {"ort_name": ep.ort_name, "status": "unavailable", "reason": reason}
             doc["unavailable"] += [{"model": m, "ep": ep.name, "reason": reason} for m in models]
             continue
         doc["eps"][ep.name] = {"ort_name": ep.ort_name, "status": "ran"}

@@ -88,13 +88,13 @@ def validate_step(cfg: ValidateConfig, ctx: StepContext) -> StepResult:
 
 @register_step(BenchConfig, BenchMetrics)
 def bench_step(cfg: BenchConfig, ctx: StepContext) -> StepResult:
-    from mmedge.runtime.providers import available, resolve
+    from mmedge.runtime.providers import available, resolve, unavailable_reason
 
     feeds, source = step_feeds(ctx.artifact.path, ctx.recipe.data)
     per_ep, unavailable, have = {}, {}, available()
     for ep in ctx.recipe.targets:
         if cfg.allow_missing and resolve(ep).name not in have:
-            unavailable[ep] = f"not in this onnxruntime; {resolve(ep).how_to_get}"
+            unavailable[ep] = unavailable_reason(ep)
             continue
         per_ep[ep] = bench_model(
             ctx.artifact.path,
