@@ -58,8 +58,10 @@ def test_quantize_auto_decides_before_it_scores_the_test_split(tmp_path, tiny_on
 class _Timing:
     """Per-round ratio intervals (p10, p50, p90) of each candidate against another, as the harness reports them."""
 
-    def __init__(self, intervals, rounds=20):
+    def __init__(self, intervals, rounds=20, round_ms=None):
         self.intervals, self.rounds = intervals, rounds
+        # median round times: the harness's fastest is the lowest (default: fp32 ahead of int8)
+        self.round_ms = round_ms or {"fp32": (0.100,), "int8": (0.104,)}
 
     def ratio_interval(self, a, b):
         return (1.0, 1.0, 1.0) if a == b else self.intervals[(a, b)]
@@ -85,6 +87,19 @@ def test_choose_keeps_the_faster_when_the_interval_excludes_one_beyond_the_toler
     assert auto.choose([fp32, int8], "size", 0.10, timing)[0] is int8  # within a 10 % tolerance the size wins
     few = _Timing({("int8", "fp32"): (1.08, 1.11, 1.15)}, rounds=2)
     assert auto.choose([fp32, int8], "latency", 0.0, few)[0] is int8  # two rounds cannot tell them apart
+
+
+def test_choose_ranks_the_fastest_as_the_timing_harness_does_by_median_round_time():
+    from mmedge.runtime.bench import summarize
+
+    # int8 has the lower median over all calls, but fp32 is faster in two of three rounds
+    timing = summarize(
+        {"fp32": [[1.0], [1.0], [9.0]], "int8": [[2.0], [2.0], [0.5]]}, ep="cpu", threads=1, batch_size=1
+    )
+    fp32, int8 = _cand("fp32", 200, 9.0), _cand("int8", 60, 0.5)
+    assert auto.fastest_of([int8, fp32], timing) is fp32 and timing.fastest == "fp32"
+    best, rule = auto.choose([fp32, int8], "latency", 0.0, timing)
+    assert "the fastest (fp32" in rule and best is int8  # three rounds: too few to call any two different
 
 
 def test_quantize_auto_falls_back_to_float_and_then_fails_when_no_candidate_meets_the_budget(

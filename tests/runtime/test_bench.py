@@ -358,6 +358,24 @@ def test_compare_latency_reads_back_the_ep_that_ran_each_candidate(tmp_path):
     assert c.candidates[c.fastest].ratio_p50 == 1.0
 
 
+def test_compare_latency_fills_each_round_to_the_asked_duration(tmp_path):
+    import numpy as np
+
+    from mmedge.runtime.bench import compare_latency
+
+    ticks = iter(range(10**6))
+
+    def clock():  # every reading 0.1 ms after the last: 5 timed calls read 0.1 ms, 0.02 ms a call
+        return next(ticks) * 1e-4
+
+    models = {"a": relu_onnx(tmp_path / "a.onnx"), "b": relu_onnx(tmp_path / "b.onnx")}
+    feeds = {"x": np.ones((3, 4), np.float32)}
+    c = compare_latency(models, feeds, "cpu", 1, 1, rounds=3, calls_per_round=2, warmup=1, min_round_ms=5, clock=clock)
+    assert c.calls_per_round == 250 and all(t.calls == 3 * 250 for t in c.candidates.values())
+    plain = compare_latency(models, feeds, "cpu", 1, 1, rounds=3, calls_per_round=2, warmup=1, clock=clock)
+    assert plain.calls_per_round == 2
+
+
 def test_compare_latency_refuses_an_ep_this_onnxruntime_lacks(tmp_path):
     import numpy as np
 

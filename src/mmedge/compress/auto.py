@@ -28,6 +28,7 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 from pydantic import Field, field_validator
 
 from mmedge.artifact import Artifact
@@ -82,7 +83,13 @@ class AutoQuantConfig(StepConfig):
     ep: str | None = Field(None, description="Execution provider to time candidates on; default: the first target.")
     threads: int = Field(1, ge=1, description="Threads for timing; 1 is the usual edge setting and the least noisy.")
     batch_size: int = Field(1, ge=1, description="Batch size the latency ranking uses.")
-    rounds: int = Field(20, ge=2, description="Interleaved timing rounds (10 calls each) per candidate.")
+    rounds: int = Field(20, ge=2, description="Interleaved timing rounds per candidate.")
+    round_ms: float = Field(
+        20.0,
+        ge=0,
+        description="Each candidate's calls in a round last at least this long (ms; at least 10 calls), so a "
+        "round is not decided by one interrupt.",
+    )
     objective: Literal["size", "latency"] = Field(
         "size",
         description="What the choice optimizes among candidates within budget. 'size': the smallest candidate not "
@@ -263,6 +270,7 @@ def auto_quantize(
             cfg.threads,
             cfg.batch_size,
             rounds=cfg.rounds,
+            min_round_ms=cfg.round_ms,
         )
         for c in timed:
             t = timing.candidates[c["name"]]
@@ -273,8 +281,11 @@ def auto_quantize(
         ok = [c for c in candidates if c["within_budget"]]
         if ok:
             best, rule = choose(ok, cfg.objective, cfg.latency_tolerance, timing)
+            fastest = fastest_of(ok, timing)["name"]
+            for c in timed:  # every ratio against the candidate the rule calls the fastest
+                c["latency_ratio"] = list(timing.ratio_interval(c["name"], fastest))
         elif cfg.allow_over_budget:
-            best = max(candidates, key=lambda c: c["val_accuracy"])
+            best, fastest = max(candidates, key=lambda c: c["val_accuracy"]), timing.fastest
             rule = "no candidate met the budget; the most accurate on validation is kept (allow_over_budget)"
         else:
             tried = "; ".join(
@@ -315,7 +326,7 @@ def auto_quantize(
                 "objective": cfg.objective,
                 "latency_tolerance": cfg.latency_tolerance,
                 "rule": rule,
-                "fastest": timing.fastest,
+                "fastest": fastest,
                 "latency_ratio": best.get("latency_ratio"),
                 "timing": timing.to_json(),
             },
@@ -337,12 +348,17 @@ def auto_quantize(
         shutil.rmtree(work, ignore_errors=True)
 
 
+def fastest_of(ok: list[dict], timing) -> dict:
+    """The fastest candidate as the timing harness ranks them: the lowest median round time."""
+    return min(ok, key=lambda c: float(np.median(timing.round_ms[c["name"]])))
+
+
 def choose(ok: list[dict], objective: str, tolerance: float, timing) -> tuple[dict, str]:
     """The chosen candidate among those within budget, and the rule that chose it in words.
 
     A latency difference counts only beyond the measured spread: candidate c is slower than the fastest f only
     when the p10 of its per-round ratio t(c)/t(f) is above 1 (plus the tolerance for the size objective)."""
-    fastest = min(ok, key=lambda c: c["p50_ms"])
+    fastest = fastest_of(ok, timing)
     limit = 1.0 + (tolerance if objective == "size" else 0.0)
     if timing.rounds < MIN_ROUNDS_FOR_A_DIFFERENCE:  # too few rounds to tell any two apart: size decides
         fast_enough = list(ok)

@@ -10,6 +10,7 @@ excludes 1.0.
 from __future__ import annotations
 
 import dataclasses
+import math
 import platform
 import resource
 import time
@@ -368,6 +369,17 @@ def _spinning_config(candidates: int, threads: int) -> dict[str, str] | None:
     return None
 
 
+def _calls_filling(runners, round_ms: float, clock: Callable[[], float], most: int = 2000) -> int:
+    """How many calls of the fastest runner take ``round_ms`` (from 5 timed calls of each; at most ``most``)."""
+    per_call = []
+    for runner in runners:
+        t0 = clock()
+        for _ in range(5):
+            runner()
+        per_call.append((clock() - t0) * 1e3 / 5)
+    return min(most, math.ceil(round_ms / max(min(per_call), 1e-6)))
+
+
 def compare_latency(
     models: Mapping[str, str | Path],
     feeds: dict[str, np.ndarray],
@@ -381,12 +393,16 @@ def compare_latency(
     allow_fallback: bool = False,
     io_binding: bool | None = None,
     max_seconds: float | None = None,
+    min_round_ms: float = 0.0,
     clock: Callable[[], float] = time.perf_counter,
 ) -> LatencyComparison:
     """Time ONNX models against each other on exactly ``ep`` with ``threads`` intra-op threads, at ``batch_size``
     rows tiled from ``feeds`` (real samples, shared by all candidates), in alternating rounds (``time_rounds``).
     A session onnxruntime did not place on ``ep`` is an error, never a number; what ran each candidate is read
-    back into its ``providers``. Judge the result with ``equally_fast`` / ``tied_with_fastest``, not by medians."""
+    back into its ``providers``. Judge the result with ``equally_fast`` / ``tied_with_fastest``, not by medians.
+
+    ``min_round_ms`` raises the calls per round until the fastest candidate's share of a round lasts at least
+    that long: a round of a few sub-millisecond calls is decided by whichever one an interrupt happened to hit."""
     from mmedge.runtime.providers import require
 
     _check_counts((threads,), rounds, warmup, (batch_size,), "rounds")
@@ -401,6 +417,8 @@ def compare_latency(
         providers[name] = sess.get_providers()
         runners[name] = Runner(sess, ep, io_binding)
     _prepare(runners, dict.fromkeys(runners, feeds), batch_size, warmup)
+    if min_round_ms > 0:
+        calls_per_round = max(calls_per_round, _calls_filling(runners.values(), min_round_ms, clock))
     times = time_rounds(runners, rounds, calls_per_round, clock=clock, max_seconds=max_seconds)
     return summarize(times, ep=require(ep).name, threads=threads, batch_size=batch_size, providers=providers)
 
