@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.isolation import WorkingTreeWrites, frozen
+from tests.isolation import IGNORED_PARTS, WorkingTreeWrites, frozen
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE_BUNDLE = REPO / "exported" / "digits-vqa"
@@ -30,7 +30,7 @@ def _tree_files() -> set[str]:
         ).stdout.splitlines()  # fmt: skip
     except (OSError, subprocess.SubprocessError):
         return set()
-    return set(out) | {p.name + "/" for p in REPO.iterdir()}
+    return set(out) | {p.name + "/" for p in REPO.iterdir() if p.name not in IGNORED_PARTS}
 
 
 def pytest_collection_finish(session):

@@ -21,6 +21,9 @@ from pathlib import Path
 # Written inside the repository by the interpreter or by tools, never by a test: bytecode, pytest's and linters' caches.
 IGNORED_PARTS = frozenset({"__pycache__", ".pytest_cache", ".ruff_cache", ".import_linter_cache"})
 
+# pytest writes a new .pytest_cache into a staging folder of this prefix, then renames it into place.
+CACHE_STAGING = "pytest-cache-files-"
+
 # audit event -> positions of its path arguments that it writes (creates, replaces, removes or changes)
 _PATH_ARGS = {
     "open": (0,),
@@ -114,9 +117,10 @@ def _inside(path, root: str, dir_fd=None) -> str | None:
         except OSError:  # no /proc (macOS): the call that opened the folder was seen already
             return None
     path = os.path.abspath(path)
-    if path != root and not path.startswith(root + os.sep):
+    if not path.startswith(root + os.sep):  # outside, or the root itself (pytest makes its cache's parents)
         return None
-    if IGNORED_PARTS.intersection(Path(path).parts):
+    parts = Path(path).parts
+    if IGNORED_PARTS.intersection(parts) or any(p.startswith(CACHE_STAGING) for p in parts):
         return None
     return os.path.relpath(path, root)
 

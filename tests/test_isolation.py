@@ -3,6 +3,7 @@
 import os
 import shutil
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +20,12 @@ def test_writes_inside_the_watched_tree_are_seen_and_reads_and_caches_are_not(tm
     (root / "__pycache__").mkdir()
     (root / "__pycache__" / "m.pyc").write_bytes(b"")
     (tmp_path / "outside.txt").write_text("fine")
+    assert watch.take() == []
+    # pytest's own cache on a fresh clone: parents made, a staging folder filled, then renamed into place
+    root.mkdir(parents=True, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix="pytest-cache-files-", dir=root)
+    (Path(staging) / "CACHEDIR.TAG").write_text("tag")
+    os.replace(staging, root / ".pytest_cache")
     assert watch.take() == []
     (root / "exported" / "new.json").write_text("{}")
     fd = os.open(root / "raw.bin", os.O_WRONLY | os.O_CREAT)
