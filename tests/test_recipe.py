@@ -36,7 +36,7 @@ def test_builtin_recipes_load_and_round_trip(name):
 
 def test_default_recipe_is_digits_vqa_cnn_lstm():
     r = load_recipe()
-    assert r.name == "digits-vqa" and r.model.family == "cnn-lstm" and r.output_dir == Path("exported/digits-vqa")
+    assert r.name == "digits-vqa" and r.model.family == "cnn-lstm" and r.output_dir == Path("bundles/digits-vqa")
 
 
 def test_unknown_key_is_named(tmp_path):

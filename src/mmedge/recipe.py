@@ -99,7 +99,7 @@ class Recipe(BaseModel):
     targets: tuple[str, ...] = Field(("cpu",), min_length=1, description="Execution providers to measure on.")
     budgets: Budgets = Field(default_factory=Budgets)
     steps: tuple[SerializeAsAny[StepConfig], ...] = Field(..., min_length=1)
-    output: Path | None = Field(None, description="Bundle folder; default exported/<name>.")
+    output: Path | None = Field(None, description="Bundle folder; default bundles/<name>.")
     workdir: Path = Field(Path(".mmedge/runs"), description="Where step outputs are cached.")
 
     @field_validator("steps", mode="before")
@@ -156,7 +156,7 @@ class Recipe(BaseModel):
 
     @property
     def output_dir(self) -> Path:
-        return self.output or Path("exported") / self.name
+        return self.output or Path("bundles") / self.name
 
     def dump(self, fmt: str = "yaml") -> str:
         data = self.model_dump(mode="json", exclude_none=True)

@@ -226,7 +226,7 @@ def test_the_run_report_and_the_bundle_report_are_one_document():
     expected = [
         "## Data and training",
         "## Accuracy (ONNX Runtime, CPUExecutionProvider)",
-        "## Parity with the reference",
+        "## Fidelity",
         "## Missing modalities",
         "## Compression",
         "## Latency",
@@ -257,7 +257,7 @@ def test_each_section_is_written_from_its_steps_typed_metrics():
     headings = _headings(render_run(doc))
     assert headings == [
         "## Data and training",
-        "## Parity with the reference",  # the export's own check remains
+        "## Fidelity",  # the export's own check remains
         "## Missing modalities",
         "## Compression",
         "## Pipeline",
@@ -289,3 +289,21 @@ def test_a_bundle_report_of_a_split_model_lists_its_parts_and_a_run_with_a_skipp
     assert "## Parts (dual encoder split)" in md and "| `vision.onnx` | image | image_embeds | 2.000 MB |" in md
     assert "3 data rows were skipped (`--skip-bad-rows`)." in md
     assert "## Parts" not in render_run(doc)
+
+
+def test_export_parity_is_kept_apart_from_the_compressed_models_agreement_with_the_teacher():
+    doc = _run_doc()
+    md = render_run(doc)
+    val = _step(doc, "validate")
+    assert "Export: the ONNX graph against the PyTorch model it was exported from, at 4 " in md
+    assert (
+        "Agreement of the shipped model with the model the chain started from (step `train`), over "
+        f"{val['parity']['samples']} test questions: the same answer in {val['parity']['argmax_agreement']:.2%}"
+    ) in md
+    assert "(prune.structured, distill, quantize.auto), so its logits are not meant to match" in md
+    assert "Parity of the shipped model" not in md
+    # train -> export -> validate: nothing compressed, so the same figures are the export's parity
+    doc["steps"] = [s for s in doc["steps"] if s["type"] in ("train", "export", "validate")]
+    md = render_run(doc)
+    assert "Parity of the shipped model with the model it was exported from, over" in md
+    assert "Agreement of the shipped model" not in md
