@@ -177,10 +177,15 @@ def test_unknown_static_op_type_is_a_recipe_error():
         )
 
 
-def test_quantization_leaves_nothing_in_the_working_directory(tmp_path, tiny_onnx, monkeypatch):
+def test_quantization_leaves_nothing_in_the_working_directory_nor_on_the_console(
+    tmp_path, tiny_onnx, monkeypatch, caplog
+):
     work = tmp_path / "cwd"
     work.mkdir()
     monkeypatch.chdir(work)  # ORT's shape inference dumps files into the working directory when it fails
-    info = quantize_dynamic_model(tiny_onnx["vit-transformer"], tmp_path / "q.onnx", DynamicQuantConfig())
+    with caplog.at_level("WARNING"):
+        info = quantize_dynamic_model(tiny_onnx["vit-transformer"], tmp_path / "q.onnx", DynamicQuantConfig())
     assert info["pre_process"].startswith("skipped: ")  # the failing shape inference is what dumps the files
     assert list(work.iterdir()) == []
+    # nor onnxruntime's advice to pre-process: the metrics record that it was skipped, and why
+    assert not [r.getMessage() for r in caplog.records if "pre-processing" in r.getMessage()]

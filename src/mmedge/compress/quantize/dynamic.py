@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from mmedge.compress.onnx_check import Tolerance, gated_result
-from mmedge.compress.quantize.calibration import CalibrationConfig, calibration_feeds
+from mmedge.compress.quantize.calibration import CalibrationConfig, calibration_feeds, quiet
 from mmedge.compress.quantize.graph import copy_metadata, gemm_to_matmul, op_histogram, pre_processed, similarity_head
 from mmedge.compress.quantize.plan import DYNAMIC_EXTRA_OPTIONS, DYNAMIC_OP_TYPES, check_op_types
 from mmedge.compress.saturation import make_saturation_free, matmul_weights
@@ -135,16 +135,17 @@ def quantize_dynamic_model(src: Path, out: Path, cfg: DynamicQuantConfig, data_c
         kept_float = [n for n in ranked if n not in head][: cfg.keep_float]
     ops = [op for op in cfg.op_types if op != "Gemm"] + (["MatMul"] if "Gemm" in cfg.op_types else [])
     try:
-        quantize_dynamic(
-            prepared,
-            out,
-            op_types_to_quantize=sorted(set(ops)),
-            per_channel=cfg.per_channel,
-            reduce_range=cfg.reduce_range,
-            weight_type=QuantType.QInt8 if cfg.weight_type == "int8" else QuantType.QUInt8,
-            nodes_to_exclude=similarity_head(model) + kept_float + side,
-            extra_options=DYNAMIC_EXTRA_OPTIONS,
-        )
+        with quiet():  # ORT's advice to pre-process: mmedge did, or records why not (metrics.pre_process)
+            quantize_dynamic(
+                prepared,
+                out,
+                op_types_to_quantize=sorted(set(ops)),
+                per_channel=cfg.per_channel,
+                reduce_range=cfg.reduce_range,
+                weight_type=QuantType.QInt8 if cfg.weight_type == "int8" else QuantType.QUInt8,
+                nodes_to_exclude=similarity_head(model) + kept_float + side,
+                extra_options=DYNAMIC_EXTRA_OPTIONS,
+            )
     except Exception as exc:
         raise MmedgeError(
             f"onnxruntime could not quantize {src} dynamically ({str(exc).splitlines()[0][:160]}); narrow op_types."
