@@ -567,6 +567,14 @@ def run(
         ),
     ] = False,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Bundle folder (default: the recipe's output).")] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name",
+            help="Name of the run and its bundle (run folder, bundle folder, report titles); default: the recipe's, "
+            "or with --data the data's (manifest or folder name).",
+        ),
+    ] = None,
 ):
     """Run a whole recipe: train → export → validate → bench → bundle, with each step cached."""
     from mmedge.recipe import load_recipe, overrides
@@ -582,6 +590,7 @@ def run(
         data_path=data_path,
         skip_bad_rows=skip_bad_rows,
         output=out_dir,
+        name=name,
     )
     r = load_recipe(recipe, edit)
     if r.skipped_steps:

@@ -208,13 +208,15 @@ def overrides(
     data_path: str | Path | None = None,
     skip_bad_rows: bool = False,
     output: str | Path | None = None,
+    name: str | None = None,
 ) -> Callable[[dict], dict]:
     """The edit ``load_recipe`` applies for ``mmedge run``'s options, to the raw recipe data before it is parsed.
 
     ``model`` replaces the model source (a recipe that had none keeps its zoo options only for another zoo model:
     an hf:/py: source starts from no options); ``task`` (hf: sources only) is set among the model options;
     ``data_path`` replaces the data section by a user dataset, keeping the split seed; ``skip_bad_rows`` and
-    ``output`` set those keys. Options left at None (False) leave the recipe as it is."""
+    ``output`` set those keys; ``name`` (or, with ``data_path``, the data's name) renames the run and its bundle.
+    Options left at None (False) leave the recipe as it is."""
 
     def edit(data: dict) -> dict:
         section = dict(data.get("model") or {})
@@ -234,9 +236,28 @@ def overrides(
             data["data"] = {**(data.get("data") or {}), "skip_bad_rows": True}
         if output is not None:
             data["output"] = str(output)
+        if name is not None or data_path is not None:
+            data = _renamed(data, name, data_path, output is not None)
         return data
 
     return edit
+
+
+def _renamed(data: dict, name: str | None, data_path: str | Path | None, keep_output: bool) -> dict:
+    """The recipe named ``name``, or after its new data (the default recipe: the data's name; another: the data's
+    name then the recipe's), so that every recipe + data pair has its own run folder and bundle. A bundle folder
+    named after the old name follows the new one: a run on other data never overwrites the old bundle."""
+    from mmedge.data import data_name
+
+    old = str(data.get("name") or "")
+    if name is None:
+        rest = old.removeprefix(DEFAULT_RECIPE).lstrip("-_.")
+        name = data_name(data_path) + (f"-{rest}" if rest else "")
+    output = data.get("output")
+    renamed = {**data, "name": name}
+    if not keep_output and output is not None and Path(str(output)).name == old:
+        renamed.pop("output")
+    return renamed
 
 
 def load_recipe(path: str | Path | None = None, edit: Callable[[dict], dict] | None = None) -> Recipe:

@@ -88,6 +88,8 @@ class ModelMetrics(Scored):
     data: dict[str, Any] | None = None
     data_split: dict[str, Any] | None = None  # the split rule and the images and questions per split
     skipped_rows: SkippedRows | None = None
+    # the image input a zoo model was fitted to (size, channels, mean/std, where each came from, forced mismatches)
+    image_format: dict[str, Any] | None = None
 
 
 class TrainMetrics(ModelMetrics):

@@ -22,7 +22,9 @@ from pydantic import Field
 from mmedge.artifact import Artifact
 from mmedge.data import DataConfig, load_dataset
 from mmedge.data.digits_vqa import FAMILIES, VQASplit, make_questions
+from mmedge.data.images import ImagePreprocessing
 from mmedge.data.text import Tokenizer, WordVocab
+from mmedge.errors import RecipeError
 from mmedge.models.checkpoint import load_checkpoint, save_checkpoint
 from mmedge.results import ModelMetrics, TrainMetrics
 from mmedge.runtime.evaluate import score
@@ -392,6 +394,7 @@ def run_training(
         "history": history,
         "data": data_cfg.model_dump(mode="json"),
         **skipped_rows(data),
+        **({"image_format": model.image_format} if getattr(model, "image_format", None) else {}),
     }
     save_checkpoint(
         model, vocab, data.classes, out_dir, extra={"metrics": metrics, "train": cfg.model_dump(mode="json")}
@@ -408,13 +411,104 @@ def build_for_data(family: str, options: dict, data_cfg: DataConfig, seed: int =
 
     data = load_dataset(data_cfg)
     fam = get_family(family)
-    config = family_config(family, options)
+    config, image_format = fit_image_options(family_config(family, options), data)
     vocab = fam.tokenizer(config) if fam.tokenizer else WordVocab.build(data.train.texts)
     torch.manual_seed(seed)
     model = build_model(family, config, vocab_size=len(vocab), num_classes=len(data.classes))
+    if image_format is not None:
+        model.image_format = image_format  # what the model takes and where from, for the step's results
     if hasattr(model, "prepare"):
         model.prepare(data.classes, vocab)
     return data, vocab, model
+
+
+MAX_IMAGE_SIDE = 128  # a side taken from the data is capped here: larger pictures train slowly on a CPU
+
+
+def fit_image_options(config, data) -> tuple[object, dict | None]:
+    """A zoo family's image options fitted to the training data: every option the recipe leaves out (size,
+    channels, mean, std, polarity) is taken from the training pictures, mean and std measured on the training
+    split. What the recipe forces against the data (gray on colour pictures, another size) is said on stderr and
+    returned with the format, for the step's results. Families outside the zoo (hf:, py:) keep their own."""
+    from mmedge.models.options import ImageOptions
+
+    if not isinstance(config, ImageOptions):
+        return config, None
+    native = data.native_format()
+    given = config.model_fields_set
+    notes, source = [], {}
+    side = max(native.height, native.width)
+    if native.height != native.width or native.mixed_sizes:
+        sizes = "mostly " if native.mixed_sizes else ""
+        notes.append(f"the training images are {sizes}{native.height}x{native.width}; each is resized to a square")
+    if side > MAX_IMAGE_SIDE:
+        notes.append(
+            f"the training images' longest side ({side} px) is cut to {MAX_IMAGE_SIDE} px; set "
+            "model.options.image_size to choose another size"
+        )
+        side = MAX_IMAGE_SIDE
+    patch = getattr(config, "patch_size", 1)
+    if "image_size" in given:
+        size, source["image_size"] = config.image_size, "recipe"
+        if size != side:
+            notes.append(
+                f"the recipe sets model.options.image_size {size}; the {native.describe()} training images are "
+                f"resized to {size}x{size}"
+            )
+    else:
+        size, source["image_size"] = max(patch, side // patch * patch), "data"
+        if size != side:
+            notes.append(f"the image size {side} is rounded down to {size}, a multiple of patch_size {patch}")
+    if "channels" in given:
+        channels, source["channels"] = config.channels, "recipe"
+        if channels != native.channels:
+            shown = "grayscale" if channels == 1 else "RGB (each gray picture copied to 3 channels)"
+            notes.append(
+                f"the recipe sets model.options.channels {channels} but the training images are "
+                f"{'colour' if native.channels == 3 else 'grayscale'}: the model sees them as {shown}"
+            )
+    else:
+        channels, source["channels"] = native.channels, "data"
+    foreground = config.foreground if "foreground" in given else native.foreground
+    prep = ImagePreprocessing(height=size, width=size, channels=channels)
+    mean, std = data.training_stats(prep)
+    for name in ("image_mean", "image_std"):
+        if name in given:
+            values = tuple(getattr(config, name))
+            if len(values) not in (1, channels):
+                raise RecipeError(
+                    f"model.options.{name} has {len(values)} values but the model takes {channels} channel(s); give "
+                    f"one value per channel, or leave {name} out to measure it on the training split."
+                )
+            source[name] = "recipe"
+        else:
+            source[name] = "training split"
+    mean = tuple(config.image_mean) if "image_mean" in given else mean
+    std = tuple(config.image_std) if "image_std" in given else std
+    fitted = type(config).model_validate(
+        {
+            **config.model_dump(),
+            "image_size": size,
+            "channels": channels,
+            "image_mean": mean,
+            "image_std": std,
+            "foreground": foreground,
+        }
+    )
+    for note in notes:
+        print(f"note: {note}.", file=sys.stderr, flush=True)
+    image_format = {
+        "height": size,
+        "width": size,
+        "channels": channels,
+        "mean": list(mean),
+        "std": list(std),
+        "foreground": foreground,
+        "data_images": native.describe(),
+        "source": source,
+        "notes": notes,
+    }
+    return fitted, image_format
 
 
 @register_step(TrainConfig, TrainMetrics)

@@ -93,7 +93,8 @@ def test_every_family_validates_its_options_without_torch(tmp_path):
         ("cnn-lstm", {"hidden_sise": 3}, "hidden_sise: Extra inputs are not permitted"),
         ("cnn-lstm", {"fusion_dim": 0}, "fusion widths must be >= 1"),
         ("vit-transformer", {"dim": 30, "heads": 4}, "dim 30 must be divisible by 4 and by heads 4"),
-        ("vit-transformer", {"patch_size": 5}, "image_size 28 is not divisible by patch_size 5"),
+        ("vit-transformer", {"patch_size": 5, "image_size": 28}, "image_size 28 is not divisible by patch_size 5"),
+        ("cnn-lstm", {"channels": 3, "image_mean": [0.5, 0.5]}, "image_mean needs 3 value(s)"),
         ("hf", {"task": "captioning"}, "task: Input should be 'zero-shot' or 'fusion-head'"),
     ],
 )

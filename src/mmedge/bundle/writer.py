@@ -273,6 +273,8 @@ def shipped_metrics(ctx: StepContext, model_path: Path) -> dict:
         }
         if getattr(ref, "data_split", None):
             out["data_split"] = ref.data_split
+        if getattr(ref, "skipped_rows", None) is not None:  # rows left out with --skip-bad-rows, each with its reason
+            out["skipped_rows"] = ref.skipped_rows.model_dump(mode="json")
     if export is not None:
         out["export"] = {"opset": export.opset, "max_abs_diff": export.max_abs_diff, "checks": len(export.checks)}
     pruned: MagnitudePruneMetrics | None = _typed(ctx, "prune.magnitude")

@@ -4,6 +4,7 @@ data that ship inside installed packages or the system (nothing is downloaded); 
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -83,6 +84,21 @@ class DataConfig(BaseModel):
                 f"data.group_by names a manifest column, and the '{self.name}' dataset has none; remove group_by"
             )
         return self
+
+
+# manifest stems that say nothing about the data: the folder's name goes first ("shapes-train", not "train")
+_GENERIC_STEMS = {"train", "test", "val", "data", "dataset", "manifest", "labels", "index", "captions", "all"}
+
+
+def data_name(path: str | Path) -> str:
+    """A run and bundle name for a user dataset: the manifest's stem, or the folder's name, in the characters a
+    recipe name allows (letters, digits, '.', '_', '-')."""
+    path = Path(path).resolve()
+    stem = path.name if path.is_dir() or not path.suffix else path.stem
+    if stem.lower() in _GENERIC_STEMS and path.parent.name and path.parent.name.lower() not in _GENERIC_STEMS:
+        stem = f"{path.parent.name}-{stem}"
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).lstrip("._-")
+    return name or "user-data"
 
 
 def load_dataset(cfg: DataConfig) -> digits_vqa.DigitsVQA:

@@ -20,13 +20,16 @@ family's prior: a text-only model cannot score well, nor can an image-only one. 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from mmedge.data.images import ImagePreprocessing, finish_pixels, to_model_pixels
 from mmedge.errors import InputPathError, MissingDependencyError, UnknownNameError
+
+MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)  # MNIST's training set (the ImagePreprocessing defaults)
 
 LABELS: tuple[str, ...] = ("no", "yes", "0", "1", "2", "3", "4", "5", "6", "7", "8", "9")
 FAMILIES: tuple[str, ...] = ("parity", "comparison", "identity", "arithmetic")
@@ -166,6 +169,51 @@ class DigitsVQA:
     @property
     def classes(self) -> tuple[str, ...]:
         return self.train.classes
+
+    def native_format(self) -> ImageFormat:
+        """The image format of the training pictures: MNIST-format arrays (digits, IDX sets) are gray, light on dark,
+        of their array size; decoded pictures (user manifests) have their most common size and are colour when any
+        of them is."""
+        images = self.train.images
+        if images.dtype == np.uint8 and images.ndim == 3:  # (M, H, W) gray arrays
+            return ImageFormat(int(images.shape[1]), int(images.shape[2]), 1, "light-on-dark", gray=True)
+        sizes = Counter(im.shape[:2] for im in images)  # (H, W) -> pictures of that size
+        height, width = sizes.most_common(1)[0][0]
+        gray = all(_is_gray(im) for im in images)
+        return ImageFormat(int(height), int(width), 1 if gray else 3, "natural", gray, len(sizes) > 1)
+
+    def training_stats(self, prep: ImagePreprocessing) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Per-channel mean and std of the training pictures in [0, 1], as ``prep`` feeds them (size, channels).
+
+        The built-in digits keep MNIST's published statistics (those of MNIST's whole training set)."""
+        if self.source in SOURCES and prep.channels == 1:
+            return MNIST_MEAN, MNIST_STD
+        raw = replace(prep, normalize_in_graph=True, scale=1.0 / 255.0)  # pixels in [0, 1], not normalized
+        x = self.train.pictures(np.arange(len(self.train.images)), raw).astype(np.float64)  # (M, C, H, W)
+        mean, std = x.mean((0, 2, 3)), x.std((0, 2, 3))
+        return tuple(round(float(v), 4) for v in mean), tuple(round(max(float(v), 1e-3), 4) for v in std)
+
+
+@dataclass(frozen=True)
+class ImageFormat:
+    """What the training pictures are: their (most common) size, channels and polarity."""
+
+    height: int
+    width: int
+    channels: int  # 1 when every picture is gray, else 3
+    foreground: str  # "light-on-dark" (MNIST-format data) or "natural"
+    gray: bool = True
+    mixed_sizes: bool = False
+
+    def describe(self) -> str:
+        return f"{self.height}x{self.width} {'grayscale' if self.channels == 1 else 'colour'}"
+
+
+def _is_gray(picture: np.ndarray) -> bool:
+    """True when a uint8 (H, W, 3) picture has no colour (R = G = B everywhere)."""
+    return picture.ndim == 2 or bool(
+        (picture[..., 0] == picture[..., 1]).all() and (picture[..., 1] == picture[..., 2]).all()
+    )
 
 
 MNIST_FILE = Path(__file__).with_name("mnist_5000.npz")

@@ -20,6 +20,7 @@ import gzip
 import hashlib
 import io
 import json
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -27,7 +28,7 @@ import numpy as np
 
 from mmedge.data.digits_vqa import SPLITS, DigitsVQA, VQASplit, split_info
 from mmedge.data.images import upright
-from mmedge.errors import InputPathError, MmedgeError
+from mmedge.errors import InputPathError, MmedgeError, closest
 
 COLUMNS = ("image", "text", "label")
 SPLIT_COLUMN = "split"  # optional: train / val / test per row, followed as written
@@ -125,7 +126,10 @@ def _check_row(
     key = _image_key(image, str(row["image"]), seen)
     label = str(row["label"])
     if known is not None and label not in known:
-        raise DataError(f"has the label '{label}', which is not one of the known labels ({', '.join(sorted(known))})")
+        raise DataError(
+            f"has the label '{label}', which is not one of the known labels ({', '.join(sorted(known))})"
+            f"{closest(label, sorted(known))}"
+        )
     split = row.get(SPLIT_COLUMN)
     if split is not None and str(split).strip() not in SPLITS:
         raise DataError(f"has the split '{split}', which is not one of {', '.join(SPLITS)}")
@@ -184,11 +188,6 @@ def _from_rows(
         try:
             image, text, label, key, group, split = _check_row(row, root, known, group_by, seen)
         except DataError as exc:
-            if not skip_bad_rows:
-                raise DataError(
-                    f"row {row['__row__']} of {path.name} {exc}; fix the row, or pass --skip-bad-rows to leave bad "
-                    "rows out (they are counted in the results)."
-                ) from None
             skipped.append({"row": row["__row__"], "reason": str(exc)})
             continue
         images.append(image)
@@ -198,6 +197,8 @@ def _from_rows(
         keys.append(key)
         groups.append(group)
         splits.append(split)
+    if skipped and not skip_bad_rows:
+        raise _bad_rows(skipped, path)
     ds = UserDataset(
         root,
         tuple(images),
@@ -211,6 +212,19 @@ def _from_rows(
         tuple(splits) if any(s is not None for s in splits) else None,
     )
     return _checked(ds, path)
+
+
+SHOWN_BAD_ROWS = 20  # bad rows named in one error; the rest are counted
+
+
+def _bad_rows(bad: list[dict], path: Path) -> DataError:
+    """One error naming every bad row (up to SHOWN_BAD_ROWS, then the count), so a file is fixed in one pass."""
+    fix = "pass --skip-bad-rows to leave bad rows out (they are counted in the results and the bundle's manifest)"
+    if len(bad) == 1:
+        return DataError(f"row {bad[0]['row']} of {path.name} {bad[0]['reason']}; fix the row, or {fix}.")
+    listed = "; ".join(f"row {b['row']} {b['reason']}" for b in bad[:SHOWN_BAD_ROWS])
+    more = f"; and {len(bad) - SHOWN_BAD_ROWS:,} more" if len(bad) > SHOWN_BAD_ROWS else ""
+    return DataError(f"{path.name} has {len(bad):,} bad rows: {listed}{more}; fix them, or {fix}.")
 
 
 def _checked(ds: UserDataset, source: Path) -> UserDataset:
@@ -445,7 +459,41 @@ def manifest_vqa(ds: UserDataset, cfg, source: str) -> DigitsVQA:
     splits = {"train": split(train_u), "val": split(val_u), "test": split(test_u)}
     groups = None if ds.groups is None else {"train": len(train_u), "val": len(val_u), "test": len(test_u)}
     info = split_info(rule, splits, groups)
+    if ds.skipped:  # one line; the rows and reasons are in the results and the bundle's manifest
+        n, name = len(ds.skipped), Path(source).name
+        rows = ", ".join(str(b["row"]) for b in ds.skipped[:SHOWN_BAD_ROWS])
+        more = f" and {n - SHOWN_BAD_ROWS:,} more" if n > SHOWN_BAD_ROWS else ""
+        counted = f"{n:,} bad rows of {name} were" if n > 1 else f"1 bad row of {name} was"
+        _note(f"{counted} skipped (--skip-bad-rows): row(s) {rows}{more}")
+    if getattr(cfg, "labels", None) is None:
+        warning = rare_labels(splits["train"].labels, ds.classes)
+        if warning:
+            _note(warning)
     return DigitsVQA(**splits, source=source, seed=cfg.seed, skipped=ds.skipped, split_info=info)
+
+
+MIN_EXAMPLES = 5  # a label with fewer training examples than this is named, as a likely typo or an unlearnable class
+
+
+def rare_labels(train_labels: np.ndarray, classes: tuple[str, ...]) -> str | None:
+    """A warning naming the labels with fewer than MIN_EXAMPLES training examples, or None.
+
+    Without data.labels the classes are the labels the rows use, so a typo ('rde' for 'red') becomes a class of
+    its own; the warning names each rare label with the common label it resembles."""
+    counts = np.bincount(train_labels, minlength=len(classes))
+    common = [c for c, n in zip(classes, counts, strict=True) if n >= MIN_EXAMPLES]
+    rare = [(c, int(n)) for c, n in zip(classes, counts, strict=True) if n < MIN_EXAMPLES]
+    if not rare:
+        return None
+    listed = ", ".join(f"'{c}' ({n}{closest(c, common).replace(' (', '; ').rstrip(')')})" for c, n in rare)
+    return (
+        f"{len(rare)} label(s) have fewer than {MIN_EXAMPLES} training examples: {listed}; a misspelt label becomes "
+        "a class of its own, so fix it in the data, or declare the labels in data.labels to refuse unknown ones"
+    )
+
+
+def _note(text: str) -> None:
+    print(f"note: {text}.", file=sys.stderr, flush=True)
 
 
 def _rarest(unit_of_row: np.ndarray, labels: np.ndarray, n_units: int) -> np.ndarray:

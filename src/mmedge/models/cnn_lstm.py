@@ -1,6 +1,6 @@
 """cnn-lstm: convolutional image branch, Embedding + LSTM text branch, concatenation fusion, MLP head.
 
-    image (B,1,28,28) -> normalize -> conv blocks -> mean over H,W -> (B, C)          image branch
+    image (B,C,S,S)   -> normalize -> conv blocks -> mean over H,W -> (B, C)          image branch
     input_ids (B,T)   -> Embedding -> LSTM -> output at the last real token (B, H)     text branch
     concat (B, C+H)   -> Linear + ReLU (B, F)                                          fusion
                       -> Linear (B, classes)                                           head
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from mmedge.data.images import ImagePreprocessing
-from mmedge.models.options import CnnLstmConfig
+from mmedge.models.options import CnnLstmConfig, ImageOptions
 from mmedge.models.registry import register_model
 from mmedge.models.spec import ModelSpec, image_text_spec
 
@@ -34,6 +34,18 @@ class ImageNormalize(nn.Module):
         return (x - self.mean) / self.std
 
 
+def image_preprocessing(config: ImageOptions) -> ImagePreprocessing:
+    """The model's image input as its options say (fitted to the training data by mmedge.train)."""
+    return ImagePreprocessing(
+        height=config.image_size,
+        width=config.image_size,
+        channels=config.channels,
+        mean=tuple(config.image_mean),
+        std=tuple(config.image_std),
+        foreground=config.foreground,
+    )
+
+
 def last_token(seq: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """seq (B, T, H) at each row's last real token -> (B, H). Empty text takes position 0."""
     last = (attention_mask.sum(1) - 1).clamp(min=0)  # (B,)
@@ -48,7 +60,7 @@ class CnnLstm(nn.Module):
         self.config = config
         self.vocab_size = vocab_size
         self.num_classes = num_classes
-        prep = ImagePreprocessing(height=config.image_size, width=config.image_size)
+        prep = image_preprocessing(config)
         self.prep = prep
         self.normalize = ImageNormalize(prep.mean, prep.std)
         blocks: list[nn.Module] = []

@@ -20,7 +20,46 @@ class FamilyConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class CnnLstmConfig(FamilyConfig):
+MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)  # MNIST's training set: the built-in digits' statistics
+
+
+class ImageOptions(FamilyConfig):
+    """The image input of a zoo family. A field the recipe leaves out is taken from the training data when the model
+    is built for it (:func:`mmedge.train.fit_image_options`): size and channels from the training pictures, mean and
+    std measured on the training split. The defaults below are the built-in digits' (28x28 gray MNIST), which a model
+    built without data (tests, a checkpoint from before these fields) keeps."""
+
+    image_size: int = Field(
+        28, ge=8, description="Input height and width in pixels; default: the training images' size (longest side)."
+    )
+    channels: Literal[1, 3] = Field(
+        1, description="1 (grayscale) or 3 (RGB); default: 3 when any training image has colour, else 1."
+    )
+    image_mean: tuple[float, ...] = Field(
+        MNIST_MEAN, min_length=1, description="Per-channel mean of [0, 1] pixels; default: measured on train."
+    )
+    image_std: tuple[float, ...] = Field(
+        MNIST_STD, min_length=1, description="Per-channel std of [0, 1] pixels; default: measured on train."
+    )
+    foreground: Literal["light-on-dark", "natural"] = Field(
+        "light-on-dark",
+        description="'light-on-dark' for digit-style pictures (predict offers --invert for dark-on-light input), "
+        "'natural' for photos and drawings; default: light-on-dark for MNIST-format (IDX) data, else natural.",
+    )
+
+    @model_validator(mode="after")
+    def _check_image(self):
+        if min(self.image_std) <= 0:
+            raise ValueError(f"image_std must be positive, not {list(self.image_std)}")
+        given = self.model_fields_set
+        for name in ("image_mean", "image_std"):
+            values = getattr(self, name)
+            if name in given and "channels" in given and len(values) not in (1, self.channels):
+                raise ValueError(f"{name} needs {self.channels} value(s) (one per channel), not {list(values)}")
+        return self
+
+
+class CnnLstmConfig(ImageOptions):
     """cnn-lstm (:mod:`mmedge.models.cnn_lstm`): conv image branch, Embedding + LSTM text branch, MLP fusion."""
 
     conv_channels: tuple[int, ...] = Field(
@@ -41,7 +80,6 @@ class CnnLstmConfig(FamilyConfig):
     )
     dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout on the fused representation.")
     max_text_length: int = Field(12, ge=1, description="Longest question in tokens; longer ones are truncated.")
-    image_size: int = Field(28, ge=8, description="Input height and width in pixels.")
 
     @field_validator("fusion_dim")
     @classmethod
@@ -54,7 +92,7 @@ class CnnLstmConfig(FamilyConfig):
         return self.fusion_dim if isinstance(self.fusion_dim, tuple) else (self.fusion_dim, self.fusion_dim)
 
 
-class VitTransformerConfig(FamilyConfig):
+class VitTransformerConfig(ImageOptions):
     """vit-transformer (:mod:`mmedge.models.vit_transformer`): ViT image encoder, transformer text encoder, fusion."""
 
     dim: int = Field(64, ge=8, description="Token width of both encoders; small enough for ~2 minutes of CPU training.")
@@ -94,13 +132,13 @@ class VitTransformerConfig(FamilyConfig):
         None, description="Feed-forward width per block, in the same order, when it differs. None: dim * mlp_ratio."
     )
     max_text_length: int = Field(12, ge=1, description="Longest question in tokens (size of the position table).")
-    image_size: int = Field(28, ge=8, description="Input height and width in pixels.")
 
     @model_validator(mode="after")
     def _check(self):
         if self.dim % self.heads or self.dim % 4:
             raise ValueError(f"dim {self.dim} must be divisible by 4 and by heads {self.heads}")
-        if self.image_size % self.patch_size:
+        # an image size taken from the data is rounded to a multiple of patch_size when the model is fitted to it
+        if "image_size" in self.model_fields_set and self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not divisible by patch_size {self.patch_size}")
         blocks = self.image_layers + self.text_layers + (self.fusion_layers if self.fusion == "cross" else 0)
         for name in ("block_heads", "block_mlp"):

@@ -1,6 +1,6 @@
 """vit-transformer: ViT image encoder, transformer text encoder with a padding mask, cross-attention fusion.
 
-    image (B,1,28,28) -> normalize -> patch embedding (B, P, D) + positions -> encoder blocks   image branch
+    image (B,C,S,S)   -> normalize -> patch embedding (B, P, D) + positions -> encoder blocks   image branch
     input_ids (B,T)   -> [query] + word embeddings (B, 1+T, D) + positions -> masked blocks   text branch
     fusion="cross":  text tokens attend to image patches; the query token's output (B, D)       fusion
     fusion="concat": [mean of patches, query token] -> Linear (B, D)
@@ -19,8 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mmedge.data.images import ImagePreprocessing
-from mmedge.models.cnn_lstm import ImageNormalize
+from mmedge.models.cnn_lstm import ImageNormalize, image_preprocessing
 from mmedge.models.options import VitTransformerConfig
 from mmedge.models.registry import register_model
 from mmedge.models.spec import ModelSpec, image_text_spec
@@ -113,7 +112,7 @@ class VitTransformer(nn.Module):
         self.config = c
         self.vocab_size = vocab_size
         self.num_classes = num_classes
-        self.prep = ImagePreprocessing(height=c.image_size, width=c.image_size)
+        self.prep = image_preprocessing(c)
         self.normalize = ImageNormalize(self.prep.mean, self.prep.std)
         self.patch_embed = _patch_embedding(c, self.prep.channels)
         grid = c.image_size // c.patch_size

@@ -17,6 +17,17 @@ def softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(-1, keepdims=True)
 
 
+def polarity_note(prep: ImagePreprocessing, pixels: np.ndarray, invert: bool) -> str | None:
+    """The --invert hint, for models trained on light-on-dark digits only (MNIST-format data): a photo or a
+    drawing with a bright border is what such a model was trained on, not a reason to invert it."""
+    if invert or prep.foreground != "light-on-dark" or not looks_inverted(pixels):
+        return None
+    return (
+        "the image looks like a dark digit on a light background; the model expects light on dark, "
+        "so pass --invert if the answer looks wrong"
+    )
+
+
 def predict_bundle(
     bundle_dir: str | Path, image: str | Path, text: str, invert: bool = False, top: int = 3, ep: str = "cpu"
 ) -> dict:
@@ -26,12 +37,7 @@ def predict_bundle(
     text_cfg = m["preprocessing"]["text"]
     takes_text = any(i["name"] == "input_ids" for i in m["inputs"])
     pixels = load_image(image, prep, invert=invert)  # (1, C, H, W)
-    notes = []
-    if not invert and prep.foreground == "light-on-dark" and looks_inverted(pixels):
-        notes.append(
-            "the image looks like a dark digit on a light background; the model expects light on dark, "
-            "so pass --invert if the answer looks wrong"
-        )
+    notes = [n for n in (polarity_note(prep, pixels, invert),) if n]
     feeds = {"image": pixels}
     if takes_text and text_cfg["tokenizer"] == "huggingface":  # tokenizer.json, run by the tokenizers package
         tokenizer = HFTokenizer(
