@@ -212,3 +212,41 @@ def test_skipped_rows_are_counted_in_the_bundle_manifest_metrics():
     model = Path(__file__)  # any file: the figures read its size
     out = shipped_metrics(ctx, model)
     assert out["skipped_rows"]["count"] == 2
+
+
+@pytest.mark.slow
+def test_readme_data_path_on_colour_shapes_ships_an_rgb_bundle_named_after_the_data(tmp_path, monkeypatch):
+    """`mmedge run RECIPE --data shapes.jsonl --skip-bad-rows` as the README writes it, on colour pictures: the bundle
+    takes RGB at the data's size, is named after the data, counts the skipped row, and predict offers no --invert."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from mmedge_cli.main import app
+
+    monkeypatch.chdir(tmp_path)
+    missing = {"image": "img/none.png", "text": "what color is the shape?", "label": "red"}
+    manifest = shapes_manifest(tmp_path / "shapes", per_colour=10, size=32, extra_rows=[missing])
+    steps = [{"type": "train", "epochs": 2, "batch_size": 16, "augment": False}, {"type": "export"}]
+    steps += [{"type": "validate", "ablation": False}, {"type": "bundle", "samples": 2}]
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"name": "tiny", "model": {"options": TINY["cnn-lstm"]}, "steps": steps}))
+    runner = CliRunner()
+    res = runner.invoke(app, ["run", str(recipe), "--data", str(manifest), "--skip-bad-rows"])
+    assert res.exit_code == 0, res.output
+    assert "1 bad row of shapes.jsonl was skipped (--skip-bad-rows): row(s) 31" in res.output
+    results = json.loads((tmp_path / ".mmedge/runs/shapes-tiny/results.json").read_text())
+    assert results["recipe"]["name"] == "shapes-tiny"
+    assert results["steps"][0]["metrics"]["image_format"]["channels"] == 3
+    bundle = tmp_path / next(ln.split(": ", 1)[1] for ln in res.output.splitlines() if ln.startswith("bundle: "))
+    assert bundle.name == "shapes-tiny"
+    shipped = json.loads((bundle / "manifest.json").read_text())
+    image = shipped["preprocessing"]["image"]
+    assert (image["color"], image["height"], image["foreground"], len(image["mean"])) == ("rgb", 32, "natural", 3)
+    assert shipped["inputs"][0]["shape"] == ["batch", 3, 32, 32] and shipped["name"] == "shapes-tiny"
+    assert shipped["metrics"]["skipped_rows"]["count"] == 1 and shipped["labels"] == ["blue", "green", "red"]
+    sample = json.loads((bundle / "samples/samples.json").read_text())[0]
+    answer = runner.invoke(
+        app, ["predict", str(bundle), "--image", str(bundle / sample["image"]), "--text", sample["text"], "--json"]
+    )
+    assert answer.exit_code == 0, answer.output
+    assert json.loads(answer.output)["notes"] == []  # a light background is no digit to invert

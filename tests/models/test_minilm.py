@@ -90,7 +90,7 @@ def test_minilm_dual_encoder_through_export_quantize_validate(minilm_dual_encode
     )
     res = CliRunner().invoke(app, ["run", str(recipe), "--task", "fusion-head", "--data", str(manifest)])
     assert res.exit_code == 0, res.output
-    results = json.loads((tmp_path / ".mmedge/runs/minilm/results.json").read_text())
+    results = json.loads((tmp_path / ".mmedge/runs/data-minilm/results.json").read_text())  # data, then recipe
     by_type = {s["type"]: s["metrics"] for s in results["steps"]}
     assert results["steps"][0]["type"] == "train"  # --task fusion-head: the head is trained, encoders frozen
     assert by_type["export"]["max_abs_diff"] < 1e-3
