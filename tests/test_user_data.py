@@ -116,6 +116,17 @@ def test_gray_user_pictures_get_one_channel_and_builtin_digits_keep_mnist_statis
     assert (prep.channels, prep.height, prep.mean, prep.foreground) == (1, 28, (0.1307,), "light-on-dark")
 
 
+def test_a_fresh_model_built_with_a_fitted_models_image_options_takes_the_same_input(shapes):
+    from mmedge.models import build_model
+    from mmedge.models.options import image_options
+
+    _, vocab, model = _fit(shapes)
+    fitted = image_options(model.current_options())
+    assert fitted["channels"] == 3 and fitted["image_size"] == 64 and "hidden_size" not in fitted
+    student = build_model("cnn-lstm", {**fitted, "hidden_size": 8}, len(vocab), 3)
+    assert student.spec().input("image").shape == ("batch", 3, 64, 64) and student.spec().image == model.spec().image
+
+
 def test_invert_hint_only_for_models_trained_on_light_on_dark_digits():
     from mmedge.data.images import ImagePreprocessing
     from mmedge.runtime.predict import polarity_note

@@ -59,6 +59,15 @@ class ImageOptions(FamilyConfig):
         return self
 
 
+IMAGE_OPTIONS = ("image_size", "channels", "image_mean", "image_std", "foreground")
+
+
+def image_options(options: dict) -> dict:
+    """The image options among a model's ``options`` (a checkpoint's, fitted to its data): a fresh model of another
+    width built with them on top of its own takes the same input, e.g. a distillation student of its teacher."""
+    return {k: options[k] for k in IMAGE_OPTIONS if k in options}
+
+
 class CnnLstmConfig(ImageOptions):
     """cnn-lstm (:mod:`mmedge.models.cnn_lstm`): conv image branch, Embedding + LSTM text branch, MLP fusion."""
 
