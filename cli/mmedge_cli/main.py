@@ -336,6 +336,13 @@ def bench(
         Path | None,
         typer.Option(help="An .npz of input tensors to time instead of the bundle's samples or the test split."),
     ] = None,
+    dim: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Size of a dynamic dimension, NAME=SIZE, for a model with no real inputs (no bundle samples, no "
+            "dataset, no --inputs): it is timed on synthetic random values of these sizes. The batch needs none."
+        ),
+    ] = None,
     allow_missing: Annotated[
         bool,
         typer.Option(
@@ -396,18 +403,26 @@ def bench(
         accuracy=accuracy,
         out_dir=out_dir,
         html=html,
+        dims=_parse_dims(dim or []),
     )
+    written = doc.pop("written", None)
+    if written and written["note"]:
+        err.print(f"note: {written['note']}.", markup=False, highlight=False)
     if as_json:
         _emit_json(doc)
         return
     from mmedge.report.markdown import bench_tables
+    from mmedge.runtime.shapes import is_synthetic
 
+    for name, model in doc["models"].items():
+        if is_synthetic(model.get("inputs")) and not name.endswith(" fp16"):
+            out.print(f"inputs of {name}: {model['inputs']}", markup=False, highlight=False)
     out.print(bench_tables(doc), markup=False, highlight=False)
     # which differences hold beyond the run-to-run spread (per-round ratios, p10-p90)
     for line in comparison_lines(doc):
         out.print(line, markup=False, highlight=False)
-    if out_dir is not None:
-        out.print(f"results, report and plots: {out_dir}")
+    if written:
+        out.print(f"wrote {', '.join(written['files'])} into {written['folder']}", markup=False, highlight=False)
 
 
 @app.command()
@@ -425,7 +440,9 @@ def report(
     doc = load_results(results)
     folder = out_dir or results.parent
     written = write_report(doc, folder, html=html, write_json=out_dir is not None and folder != results.parent)
-    out.print(f"wrote {', '.join(sorted(written))} into {folder}")
+    if written.note:
+        err.print(f"note: {written.note}.", markup=False, highlight=False)
+    out.print(f"wrote {', '.join(sorted(written))} into {folder}", markup=False, highlight=False)
 
 
 @app.command()
@@ -481,14 +498,17 @@ def inspect(
     path: Annotated[Path, typer.Argument(help="An .onnx file or a bundle folder.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
 ):
-    """Summarize an .onnx file (inputs, ops, opset, metadata) or a bundle (manifest, checksums, figures)."""
-    from mmedge.commands import inspect_path
+    """Summarize an .onnx file (inputs, ops, opset, metadata) or a bundle (manifest, checksums, figures); a bundle
+    whose files do not match their checksums is shown, then fails."""
+    from mmedge.commands import check_inspected, inspect_path
 
     summary = inspect_path(path)
     if as_json:
         _emit_json(summary)
+        check_inspected(summary)
         return
     model = summary.get("model", summary) if path.is_dir() else summary
+    title = f"{model.get('path', path)}"
     if path.is_dir():
         state = (
             "[green]verified[/]" if summary["verified"] else f"[red]NOT verified[/]: {'; '.join(summary['problems'])}"
@@ -500,7 +520,10 @@ def inspect(
         acc = summary["metrics"].get("accuracy", {}).get("test", {}).get("accuracy")
         if acc is not None:
             out.print(f"test accuracy {acc:.2%}; labels: {', '.join(summary['labels'])}")
-    t = Table(title=f"{model.get('path', path)}")
+        if "inputs" not in model:  # the model file was not verified, so not read: show what the manifest states
+            model = {**model, "inputs": summary["inputs"]}
+            title = f"{model.get('file', path)} as the manifest states it (file not verified)"
+    t = Table(title=title)
     for col in ("tensor", "name", "dtype", "shape"):
         t.add_column(col)
     for kind in ("inputs", "outputs"):
@@ -515,6 +538,7 @@ def inspect(
         )
         if model["mmedge"]:
             out.print(f"mmedge: family {model['mmedge'].get('family')}, version {model['mmedge'].get('version')}")
+    check_inspected(summary)
 
 
 @app.command()

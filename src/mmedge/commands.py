@@ -68,29 +68,54 @@ def bench_models(
     accuracy: bool = False,
     out_dir: Path | None = None,
     html: bool = False,
+    dims: dict[str, int] | None = None,
 ) -> dict:
     """``mmedge bench``: the results document of ``bench_matrix`` over ``models`` (.onnx files or bundle folders).
 
     Each model is timed on ``inputs`` (an .npz) when given, else on its bundle's samples, its test split or
-    synthetic inputs, in that order (``bench_inputs``). ``fp16`` adds a float16 copy of each model, timed on the
+    synthetic inputs, in that order (``bench_inputs``); synthetic inputs take every open size from ``dims``
+    (``--dim NAME=SIZE``) and are refused without them, and each model runs once on its inputs before anything is
+    timed. ``fp16`` adds a float16 copy of each model, timed on the
     same inputs (a quantized model is refused before anything is timed). ``accuracy`` adds each model's test
     accuracy (needs the model's dataset). ``out_dir`` receives results.json, report.md and plots (and
-    report.html with ``html``)."""
-    from mmedge.runtime.bench import bench_matrix, model_names
+    report.html with ``html``); what was written is ``doc["written"]`` (not part of results.json)."""
+    from mmedge.runtime.bench import bench_matrix, model_names, tile_batch
     from mmedge.runtime.inputs import bench_inputs, npz_feeds
+    from mmedge.runtime.session import open_session
+    from mmedge.runtime.shapes import check_dim_names, is_synthetic, open_dims, synthetic_inputs, trial_run
 
+    dims = dict(dims or {})
+    if inputs is not None and dims:
+        raise MmedgeError("--dim sizes synthetic inputs, and --inputs gives real ones; pass one of them.")
     paths = [model_file(Path(m)) for m in models]
     names = model_names(paths)
     table = dict(zip(names, paths, strict=True))
     if fp16:
         for name, path in table.items():
             refuse_quantized_for_fp16(name, path)
-    feeds, sources = {}, {}
+    feeds, sources, opened = {}, {}, {}
     for name, given, path in zip(names, models, paths, strict=True):
+        sess = open_session(path, "cpu")
         if inputs is not None:
             feeds[name], sources[name] = npz_feeds(inputs), str(inputs)
         else:
             feeds[name], sources[name] = bench_inputs(Path(given), path)
+            if is_synthetic(sources[name]):
+                # no real inputs for this model: every open size comes from --dim, never a guess
+                own = open_dims(sess)
+                opened.update(own)
+                feeds[name], sources[name] = synthetic_inputs(
+                    sess, {k: v for k, v in dims.items() if k in own}, name, f"mmedge bench {given}"
+                )
+        trial_run(sess, tile_batch(feeds[name], 1), sources[name], name)
+    if dims:
+        synthetic = [n for n in names if is_synthetic(sources[n])]
+        if not synthetic:
+            raise MmedgeError(
+                "--dim sizes synthetic inputs, and every model here is timed on real ones "
+                f"({'; '.join(sorted(set(sources.values())))}); drop --dim."
+            )
+        check_dim_names(dims, opened, ", ".join(synthetic))
     with tempfile.TemporaryDirectory(prefix="mmedge-bench-") as tmp:
         if fp16:
             from mmedge.compress.quantize.fp16 import Fp16Config, fp16_model
@@ -123,20 +148,38 @@ def bench_models(
     if out_dir is not None:
         from mmedge.report.render import write_report
 
-        write_report(doc, out_dir, html=html)
+        files = write_report(doc, out_dir, html=html)
+        doc["written"] = {"folder": str(out_dir), "files": sorted(files), "note": files.note}
     return doc
 
 
 def mobile_files(model: Path, out_dir: Path, dims: dict[str, int] | None = None, inputs: Path | None = None) -> dict:
     """``mmedge mobile``: the ONNX Runtime Mobile files of ``model`` (an .onnx or a bundle folder) in ``out_dir``,
-    each .ort checked against its .onnx on ``inputs`` (an .npz) or the inputs ``mmedge bench`` would time. Returns
-    the analysis, with ``inputs`` naming where the check inputs came from."""
+    each .ort checked against its .onnx on ``inputs`` (an .npz) or the inputs ``mmedge bench`` would time. The
+    fixed-shape variant takes each open size from ``dims``, else from the ``inputs`` arrays (the batch stays 1: a
+    phone answers one question at a time), else from the model's tokenizer; every size still unknown is named in
+    one sentence. Returns the analysis, with ``inputs`` naming where the check inputs came from."""
     from mmedge.export.mobile import MobileConfig, build_mobile
     from mmedge.runtime.inputs import bench_inputs, npz_feeds
+    from mmedge.runtime.session import open_session
+    from mmedge.runtime.shapes import check_dim_names, is_synthetic, open_dims, sizes_from_feeds, trial_run
 
     path = model_file(model)
-    feeds, source = (npz_feeds(inputs), str(inputs)) if inputs is not None else bench_inputs(model, path)
-    result = build_mobile(path, out_dir, feeds, MobileConfig(dims=dims or {}))
+    sess = open_session(path, "cpu")
+    dims = dict(dims or {})
+    check_dim_names(dims, open_dims(sess), path.name)
+    if inputs is not None:
+        feeds, source = npz_feeds(inputs), str(inputs)
+        trial_run(sess, feeds, source, path.name)
+        dims = {**sizes_from_feeds(sess, feeds), **dims}
+    else:
+        feeds, source = bench_inputs(model, path)
+        if is_synthetic(source):
+            from mmedge.runtime.shapes import synthetic_inputs
+
+            feeds, source = synthetic_inputs(sess, dims, path.name, f"mmedge mobile {model}")
+        trial_run(sess, feeds, source, path.name)
+    result = build_mobile(path, out_dir, feeds, MobileConfig(dims=dims))
     result["inputs"] = source
     return result
 
@@ -148,3 +191,14 @@ def inspect_path(path: Path) -> dict:
     if not path.exists():
         raise MmedgeError(f"{path} does not exist; pass an .onnx file or a bundle folder.")
     return bundle_summary(path) if path.is_dir() else onnx_summary(path)
+
+
+def check_inspected(summary: dict) -> None:
+    """Raise, after ``mmedge inspect`` has shown a bundle, when its files do not match their checksums."""
+    from mmedge.errors import BundleError
+
+    if summary.get("bundle") and not summary["verified"]:
+        raise BundleError(
+            f"bundle {summary['bundle']} is not what was built ({', '.join(summary['problems'])}); restore its "
+            "files or rebuild it with `mmedge run` before shipping it."
+        )

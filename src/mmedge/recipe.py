@@ -123,7 +123,7 @@ class Recipe(BaseModel):
             try:
                 parsed.append(get_step(tag).config_cls(**raw))
             except ValidationError as exc:
-                raise ValueError(f"step {i + 1} ({tag}): {_describe(exc)}") from None
+                raise ValueError(f"step {i + 1} ({tag}): {_describe(exc, get_step(tag).config_cls)}") from None
         return tuple(parsed)
 
     @field_validator("targets")
@@ -165,17 +165,35 @@ class Recipe(BaseModel):
         return yaml.safe_dump(data, sort_keys=False)
 
 
-def _describe(exc: ValidationError) -> str:
+def _describe(exc: ValidationError, model: type[BaseModel] | None = None) -> str:
+    """Pydantic's errors in mmedge's words: where (``model.family``), what is wrong, and for an unknown key the
+    closest known key of ``model`` (the class that was validated) at that place."""
     parts = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "recipe"
         if err["type"] == "extra_forbidden":
-            parts.append(f"'{loc}' is not a known key")
+            known = _known_keys(model, err["loc"][:-1]) if model is not None else []
+            parts.append(f"'{loc}' is not a known key{closest(str(err['loc'][-1]), known)}")
+        elif err["type"] == "value_error" and err["loc"] in ((), ("steps",)):
+            # our own validators' sentences (a step's problem names the step): shown as written
+            parts.append(str(err.get("ctx", {}).get("error") or err["msg"].removeprefix("Value error, ")))
         else:
             got = err.get("input")
             shown = f" (got {got!r})" if not isinstance(got, dict | list) else ""
-            parts.append(f"{loc}: {err['msg'][0].lower() + err['msg'][1:]}{shown}")
+            msg = err["msg"].removeprefix("Value error, ")
+            parts.append(f"{loc}: {msg[0].lower() + msg[1:]}{shown}")
     return "; ".join(parts)
+
+
+def _known_keys(model: type[BaseModel], path: tuple) -> list[str]:
+    """The keys of the section at ``path`` inside ``model`` (e.g. ('model',) -> ModelSection's), or []."""
+    for part in path:
+        field = model.model_fields.get(str(part))
+        kind = field.annotation if field is not None else None
+        if not (isinstance(kind, type) and issubclass(kind, BaseModel)):
+            return []
+        model = kind
+    return list(model.model_fields)
 
 
 def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
@@ -197,7 +215,7 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
         return recipe
     except ValidationError as exc:
         raise RecipeError(
-            f"{source} is invalid: {_describe(exc)}; fix it and check with `mmedge run RECIPE --dry-run`."
+            f"{source} is invalid: {_describe(exc, Recipe)}; fix it and check with `mmedge run RECIPE --dry-run`."
         ) from None
 
 

@@ -38,12 +38,7 @@ def onnx_summary(path: str | Path) -> dict:
             )
         return out
 
-    params = 0
-    for init in model.graph.initializer:
-        n = 1
-        for d in init.dims:
-            n *= d
-        params += n
+    params = sum(_elements(init.dims) for init in model.graph.initializer) + _constant_elements(model.graph)
     meta = model_metadata(model)
     mmedge = {k.removeprefix("mmedge."): _maybe_json(v) for k, v in meta.items() if k.startswith("mmedge.")}
     return {
@@ -60,6 +55,39 @@ def onnx_summary(path: str | Path) -> dict:
         "mmedge": {k: v for k, v in mmedge.items() if k not in ("tokenizer", "spec")},
         "vocabulary_size": _vocabulary_size(mmedge.get("tokenizer")),
     }
+
+
+def _elements(dims) -> int:
+    n = 1
+    for d in dims:
+        n *= d
+    return n
+
+
+def _constant_elements(graph) -> int:
+    """Values held by Constant nodes (exporters other than mmedge's often store weights so), in this graph and the
+    subgraphs of its If/Loop/Scan nodes."""
+    from onnx import AttributeProto
+
+    total = 0
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == AttributeProto.GRAPH:
+                total += _constant_elements(attr.g)
+            elif attr.type == AttributeProto.GRAPHS:
+                total += sum(_constant_elements(g) for g in attr.graphs)
+        if node.op_type != "Constant" or node.domain not in ("", "ai.onnx"):
+            continue
+        for attr in node.attribute:
+            if attr.name == "value":
+                total += _elements(attr.t.dims)
+            elif attr.name == "sparse_value":
+                total += _elements(attr.sparse_tensor.values.dims)  # the stored (non-zero) values
+            elif attr.name in ("value_floats", "value_ints"):
+                total += len(attr.floats) + len(attr.ints)
+            elif attr.name in ("value_float", "value_int"):
+                total += 1
+    return total
 
 
 def _vocabulary_size(tok) -> int | None:

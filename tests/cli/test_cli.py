@@ -296,3 +296,48 @@ def test_run_with_an_onnx_model_source_skips_the_torch_steps_in_the_dry_run(tmp_
     assert "skipping train, prune.structured, distill, export" in r.output
     assert "type: load.onnx" in r.output and "type: train" not in r.output and f"output: {tmp_path / 'b'}" in r.output
     assert_clean_failure(invoke("run", "--model", "keras:m.h5", "--dry-run"), 2, "'keras:m.h5' is not understood")
+
+
+def test_inspect_of_a_tampered_bundle_shows_what_is_wrong_and_exits_2(tmp_path):
+    copy = tmp_path / "b"
+    shutil.copytree(REFERENCE_BUNDLE, copy)
+    vocab = copy / "vocab.json"
+    vocab.write_text(vocab.read_text().replace('"two"', '"tow"'))  # an edited file
+    r = invoke("inspect", copy)
+    assert_clean_failure(r, 2, "NOT verified", "vocab.json does not match its sha256", "rebuild it")
+    assert "input_ids" in r.output  # the inputs the manifest states, not an empty table
+    assert_clean_failure(invoke("inspect", copy, "--json"), 2, "is not what was built")
+
+
+@pytest.mark.parametrize("html", [False, True])
+def test_bench_report_without_matplotlib_writes_everything_but_plots_and_says_so_once(tmp_path, monkeypatch, html):
+    import sys
+
+    from tests.conftest import relu_onnx
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` fails, as on a [cpu] install
+    out = tmp_path / "rep"
+    args = ["--html"] if html else []
+    r = invoke("bench", relu_onnx(tmp_path / "relu.onnx"), "--batch", "1", "--rounds", "2", "--calls", "2", "--out",
+               out, *args)  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert r.output.count('pip install "mmedge[report]"') == 1, r.output
+    assert "plots" not in r.output.splitlines()[-1]  # the closing line names what was written
+    names = {p.name for p in out.iterdir()}
+    assert names == {"results.json", "report.md"} | ({"report.html"} if html else set())  # no empty plots/
+    assert "Plots not drawn" in (out / "report.md").read_text()
+    if html:
+        assert "Plots not drawn" in (out / "report.html").read_text()
+    r = invoke("report", out / "results.json", "--out", tmp_path / "again", "--html")
+    assert r.exit_code == 0 and r.output.count("mmedge[report]") == 1, r.output
+    assert not (tmp_path / "again" / "plots").exists()
+
+
+def test_recipe_key_typos_get_did_you_mean_in_one_sentence(tmp_path):
+    (tmp_path / "a.yaml").write_text("name: x\nsteps:\n  - type: train\n    epcohs: 3\n")
+    r = invoke("run", tmp_path / "a.yaml", "--dry-run")
+    assert_clean_failure(r, 2, "step 1 (train): 'epcohs' is not a known key (did you mean 'epochs'?)", "a.yaml")
+    assert "value error" not in r.output.lower()
+    (tmp_path / "b.yaml").write_text("name: x\nmodel: {famliy: cnn-lstm}\nsteps:\n  - type: train\n")
+    r = invoke("run", tmp_path / "b.yaml", "--dry-run")
+    assert_clean_failure(r, 2, "'model.famliy' is not a known key (did you mean 'family'?)", "b.yaml")

@@ -114,25 +114,32 @@ def _dim_params(model) -> dict[str, list[tuple[str, int]]]:
 
 
 def fixed_dims(model, cfg: MobileConfig, max_length: int | None) -> dict[str, int]:
-    """A size for every dynamic dimension of the model inputs, or an error naming the one left open."""
-    dims = {}
-    for name, places in _dim_params(model).items():
+    """A size for every dynamic dimension of the model inputs, or one error naming every one left open."""
+    dims, missing = {}, {}
+    places = _dim_params(model)
+    for name, where in places.items():
         if name in cfg.dims:
             dims[name] = cfg.dims[name]
-        elif all(axis == 0 for _, axis in places):
+        elif all(axis == 0 for _, axis in where):
             dims[name] = cfg.batch_size
         elif cfg.text_length is not None or max_length is not None:
             dims[name] = cfg.text_length or max_length
         else:
-            raise MobileError(
-                f"the model's dynamic dimension '{name}' (on {', '.join(f'{i}[{a}]' for i, a in places)}) has no "
-                f"known size; set it in the mobile step (dims: {{{name}: N}}) or with --dim {name}=N."
-            )
+            missing[name] = where
+    if missing:
+        from mmedge.runtime.shapes import describe_dims, dim_options
+
+        step = ", ".join(f"{n}: N" for n in missing)
+        raise MobileError(
+            f"the model's dynamic dimensions {describe_dims(missing)} have no known size; set them in the mobile "
+            f"step (dims: {{{step}}}), or give `mmedge mobile` {dim_options(missing)} or real inputs with "
+            "--inputs FILE.npz."
+        )
     for name, value in cfg.dims.items():
         if name not in dims:
             raise MobileError(
                 f"dims names '{name}', which is not a dynamic dimension of this model (it has: "
-                f"{', '.join(_dim_params(model)) or 'none'}); remove it."
+                f"{', '.join(places) or 'none'}); remove it."
             )
         if value < 1:
             raise MobileError(f"dims sets '{name}' to {value}; every size must be at least 1.")
@@ -202,10 +209,13 @@ def _convert_to_ort(models: list[Path], out_dir: Path, target_platform: str) -> 
                     target_platform=target_platform,
                 )
             except Exception as exc:
-                detail = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+                from mmedge.runtime.shapes import brief, clip
+
+                last = (log.getvalue().strip().splitlines() or [""])[-1]
+                seen = f" (the converter's last words: {clip(last, 200)})" if last else ""
                 raise MobileError(
-                    f"onnxruntime could not convert the model to the ORT format ({detail}); the model uses something "
-                    f"the mobile runtime cannot hold. Conversion log: {log.getvalue()[-300:]!r}"
+                    f"onnxruntime could not convert the model to the ORT format ({brief(exc)}){seen}; the model uses "
+                    "something the mobile runtime cannot hold, so convert a model of standard ONNX operators."
                 ) from None
         written = {}
         for m in models:
@@ -235,9 +245,11 @@ def ort_session(path: Path):
     try:
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise MobileError(
-            f"{path.name} does not load in onnxruntime ({str(exc).splitlines()[0][:160]}); the conversion is broken."
-        ) from None
+        from mmedge.runtime.shapes import brief
+
+        error = MobileError(f"{path.name} does not load in onnxruntime ({brief(exc)}); the conversion is broken.")
+        error.detail = str(exc)  # onnxruntime's whole message, which build_mobile reads for the cause
+        raise error from None
 
 
 def fit_feeds(feeds: dict[str, np.ndarray], sess, pad: dict[str, int]) -> list[dict[str, np.ndarray]]:
@@ -372,10 +384,10 @@ def build_mobile(
     cfg = cfg or MobileConfig()
     sess = open_session(model_path, "cpu")
     tok = metadata_json(sess, "mmedge.tokenizer") or {}
+    graph = onnx.load(str(model_path), load_external_data=False)
+    dims = fixed_dims(graph, cfg, tok.get("max_length"))  # every size left open, named before anything runs
     run(sess, feeds)  # inputs that do not fit the model are reported here, before any file is written
     pad = {"input_ids": int(tok.get("pad_id", 0))}  # every other input pads with 0 (mask: padding)
-    graph = onnx.load(str(model_path), load_external_data=False)
-    dims = fixed_dims(graph, cfg, tok.get("max_length"))
     quantized = bool(QUANTIZED_OPS & {node.op_type for node in graph.graph.node})
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -393,7 +405,7 @@ def build_mobile(
         except MobileError as exc:
             # onnxruntime 1.32 saves QDQ fusion records for some static int8 graphs that it then cannot replay; at
             # the basic level no fusion is saved, the device runs the QDQ graph as written, and the results say so.
-            if "runtime optimization" not in str(exc):
+            if "runtime optimization" not in getattr(exc, "detail", str(exc)):
                 raise
             for path in written.values():
                 path.unlink()

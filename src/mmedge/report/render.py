@@ -215,6 +215,7 @@ def render_markdown(doc: dict, plots: dict[str, str], plots_dir: str = "plots", 
     git = (doc.get("provenance") or {}).get("git") or {}
     if git.get("commit"):
         out.append(f"Code: commit {git['commit'][:12]}{' (uncommitted changes)' if git.get('dirty') else ''}.")
+    out += bench_inputs_lines(doc)
     if note:
         out += ["", note]
     points = accuracy_points(doc)
@@ -238,6 +239,21 @@ def render_markdown(doc: dict, plots: dict[str, str], plots_dir: str = "plots", 
     if "latency" in plots:
         out += ["", f"![latency per EP and batch size]({plots_dir}/{plots['latency']})"]
     return "\n".join(out) + "\n"
+
+
+def bench_inputs_lines(doc: dict) -> list[str]:
+    """What each model was timed on; synthetic inputs are called so, since their latency need not be real data's."""
+    from mmedge.runtime.shapes import is_synthetic
+
+    sources = {n: m.get("inputs") for n, m in doc.get("models", {}).items() if not n.endswith(" fp16")}
+    lines = ["", "Inputs timed:", ""] + [f"- {name}: {source or 'not recorded'}" for name, source in sources.items()]
+    if any(is_synthetic(s) for s in sources.values()):
+        lines += [
+            "",
+            "**Synthetic inputs**: random values of the sizes shown, not real data; time real inputs with "
+            "`mmedge bench MODEL --inputs FILE.npz` before trusting those figures.",
+        ]
+    return lines
 
 
 def _inline(text: str) -> str:
@@ -289,30 +305,40 @@ def markdown_to_html(md: str, folder: Path, title: str) -> str:
     )
 
 
-def write_report(doc: dict, out_dir: str | Path, html: bool = False, write_json: bool = True) -> dict[str, Path]:
+class ReportFiles(dict):
+    """What ``write_report`` wrote ({name: path}), and ``note``: why something was not drawn, or None."""
+
+    note: str | None = None
+
+
+PLOTS_NOTE = 'plots not drawn: they need matplotlib, which is not installed; pip install "mmedge[report]" for them'
+
+
+def write_report(doc: dict, out_dir: str | Path, html: bool = False, write_json: bool = True) -> ReportFiles:
     """results.json (unless it is the source), report.md, plots/*.png and optionally report.html, written into a
-    temporary folder first and moved into ``out_dir`` only when all are made."""
+    temporary folder first and moved into ``out_dir`` only when all are made. Without matplotlib everything but
+    the plots is written (report.html without images) and ``note`` says so; no empty folder is left behind."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputPathError(f"{out_dir} is a file; pass a folder for the report.")
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".report.", dir=out_dir))
+    written = ReportFiles()
     try:
-        note = None
         try:
             plots = draw_plots(doc, tmp / "plots")
-        except MissingDependencyError as exc:
-            if html:
-                raise
-            plots, note = {}, f"Plots not drawn: {exc}"
-        md = render_markdown(doc, plots, note=note)
+        except MissingDependencyError:
+            plots, written.note = {}, PLOTS_NOTE
+        if not plots:
+            shutil.rmtree(tmp / "plots", ignore_errors=True)
+        md = render_markdown(doc, plots, note=written.note and written.note[0].upper() + written.note[1:] + ".")
         (tmp / "report.md").write_text(md)
         if write_json:
             (tmp / "results.json").write_text(json.dumps(doc, indent=1, default=str))
         if html:
             title = doc["recipe"]["name"] if doc["schema"] == "mmedge.results" else "mmedge bench"
             (tmp / "report.html").write_text(markdown_to_html(md, tmp, title))
-        written = {}
         if (tmp / "plots").exists():
             shutil.rmtree(out_dir / "plots", ignore_errors=True)
         for item in sorted(tmp.iterdir()):
@@ -322,3 +348,5 @@ def write_report(doc: dict, out_dir: str | Path, html: bool = False, write_json:
         return written
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if created and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # a report that failed leaves no empty folder behind
