@@ -134,7 +134,7 @@ def brief(exc: BaseException, limit: int = 200) -> str:
     if "Status Message:" in text:
         message = text.split("Status Message:", 1)[1].strip()
         message = re.sub(r"^\S+:\d+ .*? was false\. ", "", message)  # the C++ file, line and failed condition
-        text = f"{node.group(1)} node '{node.group(2)}': {message}" if node else message
+        text = f"{node.group(1)} node{f' {node.group(2)!r}' if node.group(2) else ''}: {message}" if node else message
     return clip(text, limit)
 
 
@@ -153,11 +153,15 @@ def shapes_text(feeds: dict[str, np.ndarray]) -> str:
 def trial_run(sess, feeds: dict[str, np.ndarray], source: str, label: str) -> None:
     """Run ``feeds`` once, so that inputs the model cannot take fail here in one sentence, before anything is
     timed or written: synthetic inputs say that real ones are needed, given ones say what onnxruntime refused."""
+    import onnxruntime as ort
+
     from mmedge.runtime.session import check_feeds
 
     check_feeds(sess, feeds)
+    quiet = ort.RunOptions()
+    quiet.log_severity_level = 4  # the failure is said below, once; onnxruntime's own log line would repeat it
     try:
-        sess.run(None, feeds)
+        sess.run(None, feeds, quiet)
     except Exception as exc:
         if is_synthetic(source):
             raise InputMismatchError(
