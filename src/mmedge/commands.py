@@ -199,6 +199,6 @@ def check_inspected(summary: dict) -> None:
 
     if summary.get("bundle") and not summary["verified"]:
         raise BundleError(
-            f"bundle {summary['bundle']} is not what was built ({', '.join(summary['problems'])}); restore its "
+            f"bundle {summary['bundle']} is not what was built: {', '.join(summary['problems'])}; restore its "
             "files or rebuild it with `mmedge run` before shipping it."
         )
