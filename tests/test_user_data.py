@@ -261,3 +261,33 @@ def test_readme_data_path_on_colour_shapes_ships_an_rgb_bundle_named_after_the_d
     )
     assert answer.exit_code == 0, answer.output
     assert json.loads(answer.output)["notes"] == []  # a light background is no digit to invert
+
+
+@pytest.mark.slow
+def test_a_distillation_student_of_another_width_takes_the_teachers_colour_input(tmp_path, capsys):
+    from mmedge.models.checkpoint import load_checkpoint
+    from mmedge.pipeline import run_recipe
+    from mmedge.recipe import parse_recipe
+
+    manifest = shapes_manifest(tmp_path / "shapes", per_colour=8, size=32)
+    student = {**TINY["cnn-lstm"], "hidden_size": 16}
+    recipe = parse_recipe(
+        {
+            "name": "colour-student",
+            "model": {"family": "cnn-lstm", "options": TINY["cnn-lstm"]},
+            "data": {"name": "user", "path": str(manifest)},
+            "steps": [
+                {"type": "train", "epochs": 1, "batch_size": 16, "augment": False},
+                {"type": "distill", "epochs": 1, "batch_size": 16, "student": student},
+            ],
+            "workdir": str(tmp_path / "runs"),
+        }
+    )
+    records = run_recipe(recipe, progress="lines")
+    teacher, pupil = (load_checkpoint(r.result.artifact.path) for r in records)
+    assert pupil.options["hidden_size"] == 16 and teacher.options["hidden_size"] != 16
+    for key in ("image_size", "channels", "image_mean", "image_std", "foreground"):
+        assert pupil.options.get(key) == teacher.options.get(key), key
+    assert teacher.options.get("channels") == 3
+    err = capsys.readouterr().err
+    assert "train epoch 1/1" in err and "distill epoch 1/1" in err  # each step's epochs under its own name

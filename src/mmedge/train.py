@@ -335,20 +335,20 @@ ProgressMode = Literal["bar", "lines", "off"]
 class _Progress:
     """Training progress: a rich bar on a terminal, one line per epoch in a log, or nothing (tests)."""
 
-    def __init__(self, epochs: int, mode: ProgressMode):
-        self.mode, self.epochs, self.bar = mode, epochs, None
+    def __init__(self, epochs: int, mode: ProgressMode, label: str = "train"):
+        self.mode, self.epochs, self.bar, self.label = mode, epochs, None, label
         if mode == "bar":
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self.bar = Progress(
-                TextColumn("[bold]train"),
+                TextColumn(f"[bold]{label}"),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TimeElapsedColumn(),
                 TextColumn("{task.fields[status]}"),
                 transient=False,
             )
-            self.task = self.bar.add_task("train", total=epochs, status="")
+            self.task = self.bar.add_task(label, total=epochs, status="")
 
     def __enter__(self):
         if self.bar:
@@ -365,7 +365,9 @@ class _Progress:
             self.bar.update(self.task, advance=1, status=status)
         elif self.mode == "lines":
             print(
-                f"train epoch {r['epoch']}/{self.epochs} ({r['seconds']:.0f} s): {status}", file=sys.stderr, flush=True
+                f"{self.label} epoch {r['epoch']}/{self.epochs} ({r['seconds']:.0f} s): {status}",
+                file=sys.stderr,
+                flush=True,
             )
 
 

@@ -185,6 +185,7 @@ def distill_step(cfg: DistillConfig, ctx: StepContext) -> StepResult:
     from mmedge.data import load_dataset
     from mmedge.models import build_model
     from mmedge.models.checkpoint import load_checkpoint, save_checkpoint
+    from mmedge.models.options import image_options
     from mmedge.train import _Progress, evaluate_with_ablation, stop_reason, train_model
 
     teacher, t_vocab, t_labels = load_teacher(cfg, ctx)
@@ -200,10 +201,12 @@ def distill_step(cfg: DistillConfig, ctx: StepContext) -> StepResult:
     else:
         torch.manual_seed(cfg.seed)
         family = cfg.student_family or ctx.recipe.model.family_name
-        student = build_model(family, cfg.student, len(current.vocab), len(current.labels))
+        # the student takes the teacher's input (image size, channels, statistics fitted to the data)
+        options = {**image_options(current.options), **cfg.student}
+        student = build_model(family, options, len(current.vocab), len(current.labels))
     loss_fn, extra = distill_loss(student, teacher, cfg, id_map(current.vocab, t_vocab))
     started = time.perf_counter()
-    with _Progress(cfg.epochs, ctx.progress) as bar:
+    with _Progress(cfg.epochs, ctx.progress, label="distill") as bar:
         student, history = train_model(student, data, current.vocab, cfg, bar.update, loss_fn, extra)
     metrics = {
         "family": student.family,
