@@ -1,7 +1,7 @@
 import pytest
 
 from mmedge.bundle.manifest import load_bundle
-from mmedge.errors import InputPathError, MmedgeError, RecipeError
+from mmedge.errors import InputPathError, RecipeError
 from mmedge.pipeline import run_recipe
 from mmedge.recipe import parse_recipe
 from tests.conftest import TINY, relu_onnx
@@ -67,15 +67,16 @@ def test_step_load_onnx_skips_the_torch_steps_and_ships_a_bundle(tmp_path, tiny_
     assert parity["rule"].startswith("int8 model") and parity["argmax_agreement"] >= 0.9
 
 
-def test_onnx_from_elsewhere_is_benched_and_converted_and_scoring_says_what_is_missing(tmp_path):
+def test_onnx_from_elsewhere_is_benched_and_converted_and_validated_by_fidelity(tmp_path):
     model = relu_onnx(tmp_path / "relu.onnx")
     steps = [{"type": "bench", "runs": 5, "warmup": 1, "batch_sizes": [1, 2]}, {"type": "mobile"}]
     records = run_recipe(onnx_recipe(tmp_path, model, steps), progress="off")
     assert records[0].result.metrics.mmedge_metadata is False
     assert records[1].result.metrics.inputs.startswith("synthetic")
     assert records[2].result.metrics.parity["model.fixed.ort"]["max_abs_diff"] == 0.0
-    with pytest.raises(MmedgeError, match="carries no mmedge tokenizer metadata"):
-        run_recipe(onnx_recipe(tmp_path, model, [{"type": "validate"}]), progress="off")
+    # no data to score: validate gives the model's fidelity to the source model (here: itself)
+    validated = run_recipe(onnx_recipe(tmp_path, model, [{"type": "validate"}]), progress="off")[1].result.metrics
+    assert validated.test is None and validated.fidelity.max_abs_diff == 0.0 and validated.fidelity.min_cosine == 1.0
 
 
 def test_model_source_that_is_not_understood_or_missing_is_refused(tmp_path):
@@ -124,7 +125,7 @@ def test_user_dataset_trains_a_zoo_model_with_bad_rows_skipped_and_counted(tmp_p
     assert "--skip-bad-rows" in res.output and "Traceback" not in res.output
     res = runner.invoke(app, ["run", str(recipe), "--data", str(manifest), "--skip-bad-rows", "--out", "b"])
     assert res.exit_code == 0, res.output
-    results = json.loads((tmp_path / ".mmedge/runs/mine/results.json").read_text())
+    results = json.loads((tmp_path / ".mmedge/runs/data-mine/results.json").read_text())
     train = results["steps"][0]["metrics"]
     assert train["skipped_rows"]["count"] == 1 and train["skipped_rows"]["rows"][0]["row"] == 121
     assert train["test"]["per_family"].keys() == {"all"}

@@ -599,9 +599,26 @@ def run(
             "or with --data the data's (manifest or folder name).",
         ),
     ] = None,
+    inputs: Annotated[
+        Path | None,
+        typer.Option(
+            "--inputs",
+            help="onnx: models without mmedge metadata: an .npz with one array per model input that every step "
+            "judges fidelity on, quantize.static calibrates on and bench times (default: synthetic inputs, said so).",
+        ),
+    ] = None,
+    dim: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--dim",
+            help="onnx: models without mmedge metadata and without --inputs: size of a dynamic dimension, NAME=SIZE, "
+            "for the synthetic inputs (every one but the batch needs a size).",
+        ),
+    ] = None,
 ):
     """Run a whole recipe: train → export → validate → bench → bundle, with each step cached."""
     from mmedge.recipe import load_recipe, overrides
+    from mmedge.sources import input_overrides
 
     if trust_code:
         from mmedge.models.external import trust_code as allow
@@ -616,7 +633,8 @@ def run(
         output=out_dir,
         name=name,
     )
-    r = load_recipe(recipe, edit)
+    given = input_overrides(inputs, _parse_dims(dim or []))
+    r = load_recipe(recipe, lambda data: given(edit(data)))
     if r.skipped_steps:
         err.print(f"model source {r.model.source}: skipping {', '.join(r.skipped_steps)} (not for this model source)")
     if dry_run:

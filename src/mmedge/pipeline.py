@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from mmedge import __version__
 from mmedge.artifact import Artifact
 from mmedge.recipe import Recipe
+from mmedge.runtime.inputs import chain_inputs
 from mmedge.runtime.session import replacing
 from mmedge.steps.registry import StepConfig, StepContext, StepRecord, StepResult, get_step
 
@@ -77,6 +78,9 @@ def _key(recipe: Recipe, previous: str, step: StepConfig, sources: dict[str, str
     source = getattr(step, "path", None)  # load / load.onnx: a changed file at the same path re-runs the step
     if isinstance(source, Path) and source.exists():
         payload["source"] = fingerprint(source)
+    given = getattr(step, "inputs", None)  # load.onnx: the user's inputs, judged on
+    if isinstance(given, Path) and given.exists():
+        payload["given_inputs"] = fingerprint(given)
     if sources:
         payload["inputs"] = sources
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
@@ -139,7 +143,8 @@ def run_recipe(
             tmp.chmod(0o755)
             try:
                 ctx = StepContext(recipe, artifact, tmp, records, progress, allow_over_budget)
-                result = get_step(cfg.type).run(cfg, ctx)
+                with chain_inputs(*_chain_inputs(records)):
+                    result = get_step(cfg.type).run(cfg, ctx)
                 seconds = time.perf_counter() - started
                 (tmp / "result.json").write_text(
                     json.dumps(
@@ -176,6 +181,15 @@ def run_recipe(
 
     write_report(results_document(recipe, records), root, write_json=False)
     return records
+
+
+def _chain_inputs(records: list[StepRecord]) -> tuple[Path | None, str]:
+    """(the .npz, what it is) of the inputs a chain from a foreign ONNX model is judged and timed on, or (None, "")."""
+    first = records[0] if records else None
+    inputs = getattr(first.result.metrics, "chain_inputs", None) if first is not None else None
+    if inputs is None:
+        return None, ""
+    return first.folder / inputs.file, f"{inputs.source}, {inputs.samples} samples"
 
 
 def results_document(recipe: Recipe, records: list[StepRecord]) -> dict:
@@ -215,6 +229,22 @@ def summary_lines(records: list[StepRecord], recipe: Recipe) -> list[str]:
                 f"over the accuracy budget: {val.gate.accuracy_drop_points:.2f} validation points below the "
                 "reference, kept because of --allow-over-budget"
             )
+    fidelity = next(
+        (m.fidelity for r in reversed(records) if (m := r.result.metrics) and getattr(m, "fidelity", None)), None
+    )
+    if fidelity is not None:
+        agreement = (
+            f", argmax agreement {fidelity.argmax_agreement:.2%}" if fidelity.argmax_agreement is not None else ""
+        )
+        lines.append(
+            f"fidelity to the source model on {fidelity.samples} {fidelity.inputs} inputs: cosine >= "
+            f"{fidelity.min_cosine:.5f} per output, max abs diff {fidelity.max_abs_diff:.3g}{agreement}"
+            + (
+                " (synthetic inputs: pass --inputs FILE.npz to judge on real ones)"
+                if fidelity.inputs == "synthetic"
+                else ""
+            )
+        )
     if any(r.config.type == "bundle" for r in records):
         lines.append(f"bundle: {recipe.output_dir}")
     return lines

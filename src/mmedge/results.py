@@ -56,6 +56,45 @@ class Gate(_Part):
     agreement: float | None = None
 
 
+class OutputFidelity(_Part):
+    """One output of a model against the same output of the model it is compared with, on the same inputs."""
+
+    name: str
+    shape: list[int]  # of the compared output, (samples, ...)
+    max_abs_diff: float
+    mean_abs_diff: float
+    cosine: float  # mean over samples of the cosine between the two flattened outputs of each sample
+    min_cosine: float  # the worst sample's cosine
+    argmax_agreement: float | None = None  # outputs that look like class scores: rank 2, last dim > 1
+
+
+class Fidelity(_Part):
+    """How closely a model reproduces the source model of a chain that has no data to score on (a foreign ONNX
+    model): every output compared on the chain's inputs, the user's or synthetic ones."""
+
+    against: str  # the step that made the model compared with: load.onnx, the source model
+    inputs: Literal["user", "synthetic"]
+    inputs_source: str  # the user's .npz, or how the synthetic inputs were drawn
+    samples: int
+    outputs: list[OutputFidelity]
+    min_cosine: float  # over every output
+    max_abs_diff: float  # over every output
+    argmax_agreement: float | None = None  # the least over the outputs that look like class scores
+    required_cosine: float | None = None  # a rewrite's gate: the cosine it had to reach
+    required_agreement: float | None = None
+
+
+class ChainInputs(_Part):
+    """The inputs a chain from a foreign ONNX model is judged and timed on, kept in the load.onnx step folder."""
+
+    kind: Literal["user", "synthetic"]
+    source: str  # the .npz the user gave, or how the synthetic inputs were drawn
+    file: str  # inside the load.onnx step folder
+    samples: int
+    shapes: dict[str, list[int]]
+    dims: dict[str, int]  # sizes given for the model's named dynamic dimensions (--dim)
+
+
 class SkippedRows(_Part):
     count: int
     rows: list[Any]
@@ -158,6 +197,7 @@ class LoadOnnxMetrics(Evaluated):
     inputs: list[TensorInfo]
     outputs: list[TensorInfo]
     mmedge_metadata: bool
+    chain_inputs: ChainInputs | None = None  # a model without mmedge metadata: what fidelity is judged on
 
 
 class ExportMetrics(StepMetrics):
@@ -174,12 +214,14 @@ class ExportMetrics(StepMetrics):
 
 class RewriteMetrics(Evaluated):
     """An ONNX-to-ONNX rewrite after its gate (``compress.onnx_check.check_rewrite``): the gate's decision on
-    validation, then the test figures and the parity with its input, reported."""
+    validation, then the test figures and the parity with its input, reported. A rewrite of a foreign ONNX model has
+    no data to score: its gate is ``fidelity`` to the source model, and the accuracy figures are None."""
 
-    gate: Gate
-    parity: Parity
-    input_accuracy: float
-    accuracy_drop_points: float
+    gate: Gate | None = None
+    parity: Parity | None = None
+    input_accuracy: float | None = None
+    accuracy_drop_points: float | None = None
+    fidelity: Fidelity | None = None
     size_bytes: int
     input_size_bytes: int
     ops: dict[str, int]
@@ -291,6 +333,7 @@ class ValidateMetrics(Evaluated):
     accuracy_drop_points: float | None = None
     within_budget: bool | None = None
     embeddings: dict[str, Any] | None = None
+    fidelity: Fidelity | None = None  # a foreign ONNX model: the shipped model against the source model
 
 
 class LatencyStats(_Part):

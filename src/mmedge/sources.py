@@ -5,14 +5,20 @@ a Python factory (the last two: ``mmedge.models.external``).
 ``load.onnx`` step: the PyTorch steps (train, load, prune, distill, export) are left out of the chain — the
 dry run lists them as skipped — and the ONNX Runtime steps (optimize, quantize, validate, bench, mobile,
 bundle) run on it as on any exported model. The loaded file is the reference that accuracy budgets and
-parity are measured against. Scoring and bundling need the mmedge metadata (tokenizer, labels,
-preprocessing) that `mmedge export` writes; a file without it can still be quantized, benched and converted
-for mobile, and the steps that need it say so.
+parity are measured against.
+
+A model mmedge exported names its data in its metadata; a recipe whose data differs is refused (scoring a model on
+data it was not trained on gives meaningless figures). A model mmedge did not write (no tokenizer metadata) has no
+data to score: every step judges it by fidelity to the loaded model — each output compared on the user's inputs
+(``inputs``: an .npz, ``mmedge run --inputs``) or, when none are given, on synthetic ones, which the console and
+the report say. Its dynamic dimensions other than the batch need sizes (``dims``, ``--dim NAME=SIZE``) or real
+inputs: a guessed size would time and judge the model on shapes it never sees.
 """
 
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 from typing import Literal
 
@@ -49,14 +55,16 @@ def resolve_steps(source: str, steps: list, task: str | None = None) -> tuple[li
     zero-shot Hugging Face model is loaded as it comes (load.model) instead of trained."""
     kind, path = parse_source(source)
     if kind == "onnx":
-        kept, skipped = [{"type": "load.onnx", "path": path}], []
+        given = next((dict(raw) for raw in steps if isinstance(raw, dict) and raw.get("type") == "load.onnx"), {})
+        load = {**given, "type": "load.onnx", "path": path}
+        kept, skipped = [load], []
         for raw in steps:
             tag = _tag(raw)
             decl = STEP_TABLE.get(tag)
             if decl is not None and decl.torch:
                 skipped.append(tag)
             elif tag != "load.onnx":
-                kept.append(raw)
+                kept.append(_with_inputs(raw, load))
         return kept, skipped
     kept, skipped = [], []
     for raw in steps:
@@ -71,6 +79,50 @@ def resolve_steps(source: str, steps: list, task: str | None = None) -> tuple[li
     return kept, skipped
 
 
+def input_overrides(inputs: Path | None = None, dims: dict[str, int] | None = None):
+    """The edit of raw recipe data for ``mmedge run --inputs FILE.npz --dim NAME=SIZE``: set on the chain's
+    load.onnx step (added when the recipe has none). Only an onnx: source takes them."""
+
+    def edit(data: dict) -> dict:
+        if inputs is None and not dims:
+            return data
+        source = str((data.get("model") or {}).get("source") or "")
+        if not source.startswith("onnx:"):
+            raise RecipeError(
+                "--inputs and --dim give the inputs of a model loaded from an ONNX file; add --model onnx:PATH or "
+                "leave them out."
+            )
+        steps = list(data.get("steps") or [])
+        at = next((k for k, raw in enumerate(steps) if isinstance(raw, dict) and raw.get("type") == "load.onnx"), None)
+        load = dict(steps[at]) if at is not None else {"type": "load.onnx", "path": source[len("onnx:") :]}
+        if inputs is not None:
+            load["inputs"] = str(inputs)
+        if dims:
+            load["dims"] = {**(load.get("dims") or {}), **dims}
+        if at is None:
+            steps.insert(0, load)
+        else:
+            steps[at] = load
+        return {**data, "steps": steps}
+
+    return edit
+
+
+def _with_inputs(raw, load: dict):
+    """A step of an onnx: chain given what load.onnx knows of the inputs: quantize.static calibrates on the user's
+    .npz unless its calibration names data of its own; mobile fixes the dims given to load.onnx that it leaves
+    open."""
+    if not isinstance(raw, dict):
+        return raw
+    if raw.get("type") == "quantize.static" and load.get("inputs"):
+        calibration = dict(raw.get("calibration") or {})
+        calibration.setdefault("data", str(load["inputs"]))
+        return {**raw, "calibration": calibration}
+    if raw.get("type") == "mobile" and load.get("dims"):
+        return {**raw, "dims": {**load["dims"], **(raw.get("dims") or {})}}
+    return raw
+
+
 def _tag(raw) -> str | None:
     return raw.get("type") if isinstance(raw, dict) else getattr(raw, "type", None)
 
@@ -78,6 +130,20 @@ def _tag(raw) -> str | None:
 class LoadOnnxConfig(StepConfig):
     type: Literal["load.onnx"] = "load.onnx"
     path: Path = Field(..., description="An existing .onnx file; the chain's reference model.")
+    inputs: Path | None = Field(
+        None,
+        description="A model without mmedge metadata: an .npz with one array per model input (rows on the batch "
+        "axis) that fidelity is judged on, quantize.static calibrates on and bench times. Default: synthetic inputs, "
+        "said so in the results and the report.",
+    )
+    dims: dict[str, int] = Field(
+        default_factory=dict,
+        description="Sizes of the model's named dynamic dimensions for synthetic inputs (e.g. {height: 48}); every "
+        "dynamic dimension but the batch needs one when no inputs are given.",
+    )
+    samples: int = Field(
+        16, ge=1, le=1024, description="Synthetic inputs: rows on a dynamic batch axis (enough for argmax agreement)."
+    )
 
 
 @register_step(LoadOnnxConfig, LoadOnnxMetrics)
@@ -101,7 +167,97 @@ def load_onnx_step(cfg: LoadOnnxConfig, ctx: StepContext) -> StepResult:
     if metrics["mmedge_metadata"]:
         from mmedge.runtime.evaluate import evaluate_model
 
+        check_data(src, sess, ctx.recipe.data)
         scored, logits = evaluate_model(out, ctx.recipe.data)
         metrics.update(scored)
         np.save(ctx.out_dir / "reference_logits.npy", logits)
+    else:
+        check_foreign_steps(src, ctx.recipe.steps, cfg)
+        metrics["chain_inputs"] = keep_inputs(out, cfg, ctx.out_dir)
     return StepResult(Artifact(out, "onnx", spec, ("load.onnx",)), LoadOnnxMetrics.model_validate(metrics))
+
+
+def _data_name(data: dict) -> str:
+    if data.get("name", "digits-vqa") == "user":
+        return f"the user data at {data.get('path')}"
+    return f"the built-in '{data.get('name', 'digits-vqa')}' data"
+
+
+def check_data(src: Path, sess, data_cfg) -> None:
+    """Refuse a recipe whose data is not the data the model was trained on, as its mmedge metadata names it: its
+    figures on other data mean nothing. Data moved elsewhere still match by their labels."""
+    from mmedge.runtime.session import metadata_json
+
+    trained = metadata_json(sess, "mmedge.data") or {}
+    if not trained:  # exported by an mmedge that did not record it: nothing to compare
+        return
+    recipe = data_cfg.model_dump(mode="json")
+    fix = (
+        f"pass --data {trained['path']} (or where that data now lives)"
+        if trained.get("name") == "user"
+        else f"set data.name: {trained.get('name', 'digits-vqa')} in the recipe (and leave --data out)"
+    )
+    problem = f"{src} was trained on {_data_name(trained)}, but the recipe scores it on {_data_name(recipe)}; {fix}."
+    if trained.get("name", "digits-vqa") != recipe["name"]:
+        raise RecipeError(problem)
+    if recipe["name"] == "user" and Path(trained.get("path") or "").resolve() != Path(recipe["path"]).resolve():
+        from mmedge.data import load_dataset
+
+        labels = metadata_json(sess, "mmedge.labels")
+        if labels is not None and list(load_dataset(data_cfg).test.classes) != list(labels):
+            raise RecipeError(problem)
+
+
+def check_foreign_steps(src: Path, steps, cfg: LoadOnnxConfig) -> None:
+    """Refuse, before any work, the steps that need data a model without mmedge metadata does not have."""
+    for step in steps:
+        if step.type == "quantize.auto":
+            raise RecipeError(
+                f"{src} carries no mmedge metadata, so quantize.auto has no validation data to choose a variant "
+                "on; use quantize.dynamic or quantize.static (judged by fidelity to the source model) instead."
+            )
+        if step.type == "quantize.static" and step.calibration.data is None:
+            raise RecipeError(
+                f"{src} carries no mmedge metadata, so quantize.static has no data to calibrate on; pass real "
+                "inputs with --inputs FILE.npz (one array per model input) or set calibration.data."
+            )
+        if step.type == "quantize.dynamic" and (step.smooth_alpha is not None or step.keep_float):
+            raise RecipeError(
+                f"{src} carries no mmedge metadata, so quantize.dynamic has no training split to draw smoothing or "
+                "keep_float calibration from; leave smooth_alpha and keep_float out for this model."
+            )
+        if step.type == "bundle" and step.split:
+            raise RecipeError(
+                f"{src} carries no mmedge metadata, so the bundle cannot be split into encoders; remove split: true."
+            )
+
+
+def keep_inputs(model: Path, cfg: LoadOnnxConfig, out_dir: Path) -> dict:
+    """The inputs the chain judges and times the foreign model on, saved in the step folder with the model's
+    outputs on them (the reference every later step is compared with); a console note when they are synthetic."""
+    from mmedge.compress.onnx_check import REFERENCE_OUTPUTS, model_outputs
+    from mmedge.runtime.inputs import npz_feeds, synthetic_inputs
+    from mmedge.runtime.session import check_feeds, open_session
+
+    if cfg.inputs is not None:
+        feeds, kind, source = npz_feeds(cfg.inputs), "user", str(cfg.inputs)
+        check_feeds(open_session(model, "cpu"), feeds)
+    else:
+        feeds, source = synthetic_inputs(model, cfg.dims, cfg.samples)
+        kind = "synthetic"
+        print(
+            f"note: {cfg.path} carries no mmedge metadata and no --inputs were given, so every step judges it on "
+            f"{source}; pass --inputs FILE.npz to judge it on real ones.",
+            file=sys.stderr,
+            flush=True,
+        )
+    np.savez(out_dir / "inputs.npz", **feeds)
+    np.savez(out_dir / REFERENCE_OUTPUTS, **model_outputs(model, feeds))
+    return {
+        "kind": kind,
+        "source": source,
+        "file": "inputs.npz",
+        "samples": min(len(v) for v in feeds.values()),
+        "shapes": {k: list(v.shape) for k, v in feeds.items()},
+        "dims": cfg.dims,
+    }

@@ -90,6 +90,50 @@ def _write_samples(folder: Path, model_path: Path, data_cfg, count: int) -> dict
     return {"file": "samples/samples.json", "tensors": "samples/inputs.npz", "count": len(entries)}
 
 
+def _write_chain_samples(folder: Path, model_path: Path, count: int) -> dict:
+    """A foreign model's samples: the first ``count`` rows of the chain's inputs (the user's .npz, or synthetic) and
+    the shipped model's outputs on them, so an app can check it feeds the model as the build did."""
+    from mmedge.compress.onnx_check import model_outputs
+    from mmedge.runtime.inputs import step_feeds
+
+    feeds, source = step_feeds(model_path)
+    feeds = {k: v[:count] for k, v in feeds.items()}
+    folder.mkdir()
+    np.savez(folder / "inputs.npz", **feeds)
+    np.savez(folder / "outputs.npz", **model_outputs(model_path, feeds))
+    return {
+        "tensors": "samples/inputs.npz",
+        "outputs": "samples/outputs.npz",
+        "count": min(len(v) for v in feeds.values()),
+        "inputs": source,
+    }
+
+
+def foreign_manifest(name: str, sess, metrics: dict, samples: dict, lineage: tuple[str, ...]) -> dict:
+    """The manifest of a model mmedge did not write: its inputs and outputs as the graph declares them; no
+    preprocessing, tokenizer or labels are known."""
+
+    def tensors(values) -> list[dict]:
+        return [{"name": v.name, "type": v.type, "shape": list(v.shape)} for v in values]
+
+    return {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "name": name,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "mmedge_version": __version__,
+        "provenance": collect(),
+        "task": {"type": "onnx-model", "output": "as the source model's; judged by fidelity to it"},
+        "model": {"file": "model.onnx", "format": "onnx", "family": None, "lineage": list(lineage)},
+        "inputs": tensors(sess.get_inputs()),
+        "outputs": tensors(sess.get_outputs()),
+        "preprocessing": None,
+        "labels": None,
+        "samples": samples,
+        "metrics": metrics,
+    }
+
+
 def build_manifest(
     name: str, model_path: Path, metadata: dict, metrics: dict, samples: dict, lineage: tuple[str, ...]
 ) -> dict:
@@ -167,18 +211,25 @@ def write_bundle(
     tmp.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared
     try:
         shutil.copyfile(model_path, tmp / "model.onnx")
-        meta = model_metadata(open_session(tmp / "model.onnx", "cpu"))
-        tok = json.loads(meta["mmedge.tokenizer"])
-        if tok.get("type") == "hf":  # the Hugging Face tokenizer file, verbatim: `tokenizers` reads it on the device
-            (tmp / "tokenizer.json").write_text(tok["json"])
-        else:
-            (tmp / "vocab.json").write_text(json.dumps(tok, indent=1))
-        sample_info = _write_samples(tmp / "samples", tmp / "model.onnx", data_cfg, samples)
+        sess = open_session(tmp / "model.onnx", "cpu")
+        meta = model_metadata(sess)
+        if "mmedge.tokenizer" in meta:
+            tok = json.loads(meta["mmedge.tokenizer"])
+            if tok.get("type") == "hf":  # the Hugging Face tokenizer file, verbatim: `tokenizers` reads it on device
+                (tmp / "tokenizer.json").write_text(tok["json"])
+            else:
+                (tmp / "vocab.json").write_text(json.dumps(tok, indent=1))
+            sample_info = _write_samples(tmp / "samples", tmp / "model.onnx", data_cfg, samples)
+        else:  # a foreign ONNX model: no data, its chain's inputs are the samples
+            sample_info = _write_chain_samples(tmp / "samples", tmp / "model.onnx", samples)
         (tmp / "report.md").write_text(report_md)
         for rel, src in (extra_files or {}).items():
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, tmp / rel)
-        manifest = build_manifest(name, tmp / "model.onnx", meta, metrics, sample_info, lineage)
+        if "mmedge.tokenizer" in meta:
+            manifest = build_manifest(name, tmp / "model.onnx", meta, metrics, sample_info, lineage)
+        else:
+            manifest = foreign_manifest(name, sess, metrics, sample_info, lineage)
         manifest["model"]["size_bytes"] = (tmp / "model.onnx").stat().st_size
         if "mobile" in metrics:
             manifest["variants"] = mobile_variants(metrics["mobile"], manifest["inputs"])
@@ -254,7 +305,7 @@ def shipped_metrics(ctx: StepContext, model_path: Path) -> dict:
         "zip_bytes": zipped_size(model_path),
         "measured_on": machine_info(with_provenance=False),  # the manifest records the provenance once, at its top
     }
-    if validate is not None:
+    if validate is not None and validate.test is not None:
         scores = {"test": validate.test, "image_blanked": validate.image_blanked, "text_emptied": validate.text_emptied}
         out["accuracy"] = {k: v.model_dump(mode="json") for k, v in scores.items() if v is not None}
         out["accuracy"]["split"] = f"test ({validate.samples} questions on held-out images)"
@@ -264,6 +315,8 @@ def shipped_metrics(ctx: StepContext, model_path: Path) -> dict:
             out["gate"] = _json(validate.gate)
         if validate.embeddings:
             out["embeddings"] = validate.embeddings
+    if validate is not None and validate.fidelity is not None:
+        out["fidelity"] = _json(validate.fidelity)
     if reference is not None:
         ref = reference.result.metrics
         out["reference"] = {
@@ -275,6 +328,16 @@ def shipped_metrics(ctx: StepContext, model_path: Path) -> dict:
             out["data_split"] = ref.data_split
         if getattr(ref, "skipped_rows", None) is not None:  # rows left out with --skip-bad-rows, each with its reason
             out["skipped_rows"] = ref.skipped_rows.model_dump(mode="json")
+        inputs = getattr(ref, "chain_inputs", None)
+        if inputs is not None:  # a foreign model: what its figures were measured on
+            out["inputs"] = _json(inputs)
+        if validate is None or validate.fidelity is None:  # the last rewrite's fidelity to the source model
+            fidelity = next(
+                (m.fidelity for r in reversed(ctx.records) if (m := r.result.metrics) and getattr(m, "fidelity", None)),
+                None,
+            )
+            if fidelity is not None:
+                out["fidelity"] = _json(fidelity)
     if export is not None:
         out["export"] = {"opset": export.opset, "max_abs_diff": export.max_abs_diff, "checks": len(export.checks)}
     pruned: MagnitudePruneMetrics | None = _typed(ctx, "prune.magnitude")

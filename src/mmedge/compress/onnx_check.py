@@ -3,15 +3,20 @@
 A rewritten model is compared with the model it came from. The gate decides on the validation split: accuracy
 drop and argmax agreement there. The test split is scored once, for the report (test accuracy, ablation, parity),
 and never decides. A step states its tolerance; a model outside it is not kept.
+
+A chain that starts from a foreign ONNX model (no mmedge metadata, so no data to score) is judged by fidelity
+instead: every output of the rewritten model against the source model's, on the chain's inputs (the user's .npz, or
+synthetic ones), gated on the cosine per output and, for outputs that look like class scores, argmax agreement.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from mmedge.errors import BudgetExceededError
+from mmedge.errors import BudgetExceededError, MmedgeError
 
 
 class Tolerance(BaseModel):
@@ -24,7 +29,15 @@ class Tolerance(BaseModel):
         ge=0,
         le=1,
         description="Least share of validation questions on which the new model must give the same answer as its "
-        "input.",
+        "input (a foreign ONNX model: of the chain's inputs, on outputs that look like class scores).",
+    )
+    min_cosine: float = Field(
+        0.99,
+        ge=-1,
+        le=1,
+        description="A foreign ONNX model (no data to score): least mean cosine, per output, between the new model's "
+        "outputs and the source model's on the chain's inputs. Dynamic int8 of MatMul weights usually stays above "
+        "0.999; 0.99 leaves room for static activation ranges.",
     )
 
 
@@ -75,6 +88,112 @@ def gated_result(ctx, step: str, out: Path, tol: Tolerance, metrics_cls, info: d
     from mmedge.artifact import Artifact
     from mmedge.steps.registry import StepResult
 
-    metrics = {**check_rewrite(step, ctx.artifact.path, out, ctx.recipe.data, tol), **info}
+    if chain_source(ctx) is not None:  # a foreign ONNX model: no data to score, judged by fidelity
+        metrics = {**check_fidelity(step, ctx, ctx.artifact.path, out, tol), **info}
+    else:
+        metrics = {**check_rewrite(step, ctx.artifact.path, out, ctx.recipe.data, tol), **info}
     artifact = Artifact(out, "onnx", ctx.artifact.spec, (*ctx.artifact.lineage, step))
     return StepResult(artifact, metrics_cls.model_validate(metrics))
+
+
+def model_outputs(path: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every output of the model at ``path`` on ``feeds``, by name; run in chunks of the model's fixed batch size
+    where its batch axis is fixed."""
+    from mmedge.runtime.session import open_session, run
+
+    sess = open_session(path, "cpu")
+    names = [o.name for o in sess.get_outputs()]
+    n = min(len(v) for v in feeds.values())
+    fixed = [i.shape[0] for i in sess.get_inputs() if i.shape and isinstance(i.shape[0], int)]
+    step = fixed[0] if fixed and fixed[0] < n else n
+    parts = [run(sess, {k: v[s : s + step] for k, v in feeds.items()}) for s in range(0, n, step)]
+    return {
+        name: np.concatenate([p[i] for p in parts]) if len(parts) > 1 else parts[0][i] for i, name in enumerate(names)
+    }
+
+
+def output_fidelity(candidate: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> dict:
+    """How closely ``candidate``'s outputs follow ``reference``'s (same inputs): per output the max and mean abs
+    diff, the cosine of each sample's flattened output (mean and worst), and argmax agreement for an output that
+    looks like class scores (rank 2, more than one class). The figures of ``mmedge.results.Fidelity``."""
+    outputs = []
+    for name, want in reference.items():
+        got = candidate[name]
+        if got.shape != want.shape:
+            raise MmedgeError(
+                f"output '{name}' has shape {list(got.shape)} against the source model's {list(want.shape)}; the "
+                "rewrite changed the model's interface, which no step may do."
+            )
+        r = want.astype(np.float64).reshape(len(want), -1) if want.ndim else want.astype(np.float64).reshape(1, 1)
+        c = got.astype(np.float64).reshape(r.shape)
+        diff = np.abs(c - r)
+        norms = np.linalg.norm(c, axis=1) * np.linalg.norm(r, axis=1)
+        # two all-zero samples are identical; a zero against a non-zero one is as far apart as it gets
+        cos = np.where(norms > 0, (c * r).sum(1) / np.maximum(norms, 1e-300), np.where(diff.max(1) == 0, 1.0, 0.0))
+        entry = {
+            "name": name,
+            "shape": list(want.shape),
+            "max_abs_diff": float(diff.max()) if diff.size else 0.0,
+            "mean_abs_diff": float(diff.mean()) if diff.size else 0.0,
+            "cosine": float(cos.mean()),
+            "min_cosine": float(cos.min()),
+        }
+        if want.ndim == 2 and want.shape[1] > 1:
+            entry["argmax_agreement"] = float((got.argmax(1) == want.argmax(1)).mean())
+        outputs.append(entry)
+    agreements = [o["argmax_agreement"] for o in outputs if "argmax_agreement" in o]
+    return {
+        "outputs": outputs,
+        "min_cosine": min(o["cosine"] for o in outputs),
+        "max_abs_diff": max(o["max_abs_diff"] for o in outputs),
+        "argmax_agreement": min(agreements) if agreements else None,
+    }
+
+
+def chain_source(ctx):
+    """(the load.onnx record, its ChainInputs) when the chain started from a foreign ONNX model, else None."""
+    ref = ctx.reference()
+    inputs = getattr(ref.result.metrics, "chain_inputs", None) if ref is not None else None
+    return (ref, inputs) if inputs is not None else None
+
+
+def source_fidelity(ctx, path: Path) -> dict:
+    """The Fidelity figures of the model at ``path`` against the chain's foreign source model."""
+    from mmedge.runtime.inputs import npz_feeds
+
+    ref, inputs = chain_source(ctx)
+    feeds = npz_feeds(ref.folder / inputs.file)
+    reference = npz_feeds(ref.folder / REFERENCE_OUTPUTS)
+    return {
+        "against": ref.config.type,
+        "inputs": inputs.kind,
+        "inputs_source": inputs.source,
+        "samples": inputs.samples,
+        **output_fidelity(model_outputs(path, feeds), reference),
+    }
+
+
+REFERENCE_OUTPUTS = "reference_outputs.npz"  # the source model's outputs on the chain's inputs (load.onnx folder)
+
+
+def check_fidelity(step: str, ctx, before: Path, after: Path, tol: Tolerance) -> dict:
+    """A rewrite of a foreign model: its fidelity to the source model; raises when it is outside ``tol``."""
+    fid = source_fidelity(ctx, after)
+    fid["required_cosine"], fid["required_agreement"] = tol.min_cosine, tol.min_agreement
+    problems = [
+        f"output '{o['name']}' has cosine {o['cosine']:.4f} with the source model's (required {tol.min_cosine:g})"
+        for o in fid["outputs"]
+        if o["cosine"] < tol.min_cosine
+    ]
+    problems += [
+        f"output '{o['name']}' has the same argmax as the source model on {o['argmax_agreement']:.2%} of the "
+        f"inputs (required {tol.min_agreement:.0%})"
+        for o in fid["outputs"]
+        if o.get("argmax_agreement") is not None and o["argmax_agreement"] < tol.min_agreement
+    ]
+    if problems:
+        raise BudgetExceededError(
+            f"the {step} step's model is outside its tolerance on {fid['inputs']} inputs: {'; '.join(problems)}; "
+            "loosen the step's tolerance (min_cosine, min_agreement) or choose a gentler setting."
+        )
+    return {"fidelity": fid, "size_bytes": after.stat().st_size, "input_size_bytes": before.stat().st_size}

@@ -115,6 +115,12 @@ def header(page: Page) -> list[str]:
         params = f", {m.parameters:,} parameters" if getattr(m, "parameters", None) else ""
         what = "ONNX source model" if kind == "load.onnx" else "PyTorch"
         acc = f"test accuracy {pct(m.test.accuracy)}" if m.test is not None else "no test split scored"
+        inputs = getattr(m, "chain_inputs", None)
+        if inputs is not None:
+            acc = (
+                f"no mmedge metadata, so no data to score: every step is judged by fidelity to it on {inputs.samples} "
+                + (f"samples of **{inputs.source}**" if inputs.kind == "synthetic" else f"inputs from {inputs.source}")
+            )
         out.append(f"{what} reference (step `{kind}`): {acc}{params}.")
     sparse: MagnitudePruneMetrics | None = page.latest("prune.magnitude")
     if sparse is not None:
@@ -218,7 +224,38 @@ def parity_section(page: Page) -> list[str]:
             )
         else:
             out.append(f"Parity of the shipped model with the model it was exported from, {figures}.")
+    out += source_fidelity_lines(page)
     return ["", "## Fidelity", "", *out] if out else []
+
+
+def source_fidelity_lines(page: Page) -> list[str]:
+    """A chain from a foreign ONNX model: the shipped model's outputs against the source model's, per output."""
+    f = next((m.fidelity for _, m in reversed(page.steps) if getattr(m, "fidelity", None) is not None), None)
+    if f is None:
+        return []
+    rows = [
+        [
+            o.name,
+            "×".join(map(str, o.shape)),
+            f"{o.cosine:.5f}",
+            f"{o.min_cosine:.5f}",
+            f"{o.max_abs_diff:.3g}",
+            f"{o.mean_abs_diff:.3g}",
+            pct(o.argmax_agreement) if o.argmax_agreement is not None else "–",
+        ]
+        for o in f.outputs
+    ]
+    what = (
+        f"samples of **{f.inputs_source}**: they show the compression kept the computation, not how the "
+        "model does on real data; pass `--inputs FILE.npz` to judge it on real inputs"
+        if f.inputs == "synthetic"
+        else f"the user's inputs ({f.inputs_source})"
+    )
+    return [
+        f"Fidelity of the shipped model to the source model (step `{f.against}`) on {f.samples} {what}:",
+        "",
+        table(["output", "shape", "cosine", "worst cosine", "max abs diff", "mean abs diff", "same argmax"], rows),
+    ]
 
 
 def missing_modalities(page: Page) -> list[str]:
@@ -260,9 +297,9 @@ def compression_section(page: Page) -> list[str]:
                     [
                         kind,
                         f"{m.input_size_bytes / 1e6:.3f} → {m.size_bytes / 1e6:.3f}",
-                        pct(m.gate.accuracy),
-                        f"{m.gate.accuracy_drop_points:.2f}",
-                        pct(m.gate.agreement),
+                        pct(m.gate.accuracy) if m.gate else "–",
+                        f"{m.gate.accuracy_drop_points:.2f}" if m.gate else "–",
+                        pct(m.gate.agreement) if m.gate else "–",
                         rewrite_note(m),
                     ]
                     for kind, m in rewrites
@@ -298,10 +335,15 @@ def compression_section(page: Page) -> list[str]:
 
 
 def rewrite_note(m: RewriteMetrics) -> str:
+    notes = []
     if isinstance(m, OptimizeMetrics):
         loads = "every EP" if m.portable else ", ".join(m.loads_on)
-        return f"level {m.level}, {m.nodes_before} → {m.nodes_after} nodes; loads on {loads}"
-    return ""
+        notes.append(f"level {m.level}, {m.nodes_before} → {m.nodes_after} nodes; loads on {loads}")
+    if m.fidelity is not None:  # a foreign model: gated on fidelity to the source model, not on accuracy
+        f = m.fidelity
+        agreement = f", same argmax {pct(f.argmax_agreement)}" if f.argmax_agreement is not None else ""
+        notes.append(f"fidelity on {f.inputs} inputs: cosine ≥ {f.min_cosine:.5f}{agreement}")
+    return "; ".join(notes)
 
 
 def quantization_search(q: AutoQuantMetrics, page: Page) -> list[str]:

@@ -6,12 +6,29 @@ samples and no mmedge metadata gets synthetic inputs, and the results say so.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from mmedge.errors import BundleError, MissingDependencyError
 from mmedge.runtime.session import open_session
+
+# The inputs of the chain being run when it started from a foreign ONNX model (the load.onnx step keeps them): a
+# step that feeds the chain's model (bench, mobile) uses them instead of synthetic ones. Set by the pipeline.
+_CHAIN_INPUTS: contextvars.ContextVar[tuple[Path, str] | None] = contextvars.ContextVar("chain_inputs", default=None)
+
+
+@contextlib.contextmanager
+def chain_inputs(path: Path | None, source: str = "") -> Iterator[None]:
+    """Within the block, ``step_feeds`` serves the arrays of the .npz at ``path`` (None: no chain inputs)."""
+    token = _CHAIN_INPUTS.set((Path(path), source) if path is not None else None)
+    try:
+        yield
+    finally:
+        _CHAIN_INPUTS.reset(token)
 
 
 def split_feeds(path, data_cfg=None, n: int = 64) -> dict[str, np.ndarray]:
@@ -48,6 +65,20 @@ def synthetic_feeds(path) -> dict[str, np.ndarray]:
     return feeds
 
 
+def synthetic_inputs(path, dims: dict[str, int] | None = None, samples: int = 16) -> tuple[dict[str, np.ndarray], str]:
+    """(feeds, how they were drawn) for a chain from a model with no data (``runtime.shapes.synthetic_inputs``):
+    ``samples`` rows on a dynamic batch axis, so that argmax agreement has more than one row to count; every other
+    dynamic dimension needs its size in ``dims``, and those missing are refused all in one sentence."""
+    from mmedge.runtime.shapes import batch_like, check_dim_names, open_dims
+    from mmedge.runtime.shapes import synthetic_inputs as drawn
+
+    sess = open_session(path, "cpu")
+    opened, label = open_dims(sess), Path(path).name
+    check_dim_names(dict(dims or {}), opened, label)
+    sizes = {**{n: samples for n, at in opened.items() if batch_like(at)}, **(dims or {})}
+    return drawn(sess, sizes, label, f"mmedge run --model onnx:{path}")
+
+
 def npz_feeds(path: Path) -> dict[str, np.ndarray]:
     """User-supplied input tensors from an .npz file (one array per model input, no pickle)."""
     from mmedge.errors import InputPathError, MmedgeError
@@ -62,10 +93,14 @@ def npz_feeds(path: Path) -> dict[str, np.ndarray]:
 
 
 def step_feeds(path, data_cfg=None) -> tuple[dict[str, np.ndarray], str]:
-    """(feeds, where they came from) for a pipeline step: the test split for a model mmedge exported, else
-    synthetic inputs (a model from elsewhere, without the tokenizer metadata), said so in the results."""
+    """(feeds, where they came from) for a pipeline step: the chain's own inputs when it started from a foreign
+    model (``chain_inputs``), the test split for a model mmedge exported, else synthetic inputs (a model from
+    elsewhere, without the tokenizer metadata), said so in the results."""
     from mmedge.runtime.session import metadata_json
 
+    given = _CHAIN_INPUTS.get()
+    if given is not None:
+        return npz_feeds(given[0]), given[1]
     if metadata_json(open_session(path, "cpu"), "mmedge.tokenizer") is None:
         return synthetic_feeds(path), "synthetic (the model carries no mmedge tokenizer metadata)"
     return split_feeds(path, data_cfg), "test split samples"

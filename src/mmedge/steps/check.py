@@ -1,4 +1,7 @@
-"""Pipeline steps that only need ONNX Runtime: validate (accuracy, ablation, parity, budget) and bench."""
+"""Pipeline steps that only need ONNX Runtime: validate (accuracy, ablation, parity, budget) and bench.
+
+A chain from a foreign ONNX model (no mmedge metadata) has no data to score: validate reports the shipped model's
+fidelity to the source model, and bench times it on the chain's inputs (the user's, or synthetic ones)."""
 
 from __future__ import annotations
 
@@ -50,6 +53,11 @@ def accuracy_drop_points(candidate: float, reference: float) -> float:
 
 @register_step(ValidateConfig, ValidateMetrics)
 def validate_step(cfg: ValidateConfig, ctx: StepContext) -> StepResult:
+    from mmedge.compress.onnx_check import chain_source, source_fidelity
+
+    if chain_source(ctx) is not None:  # a foreign ONNX model has no data to score: its fidelity to the source model
+        fidelity = source_fidelity(ctx, ctx.artifact.path)
+        return StepResult(ctx.artifact, ValidateMetrics(fidelity=fidelity, samples=fidelity["samples"]))
     metrics, logits = evaluate_model(ctx.artifact.path, ctx.recipe.data, ablation=cfg.ablation)
     ref = ctx.reference_logits()
     if ref is not None:

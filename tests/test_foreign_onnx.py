@@ -1,0 +1,196 @@
+"""A model mmedge did not write (`mmedge run --model onnx:PATH`): built here with onnx.helper, outside mmedge's
+exporter — a dynamic batch dim, one weight as a Constant node, MatMul and Gemm for quantization to work on — and
+taken through optimize, quantize, bench, mobile and bundle, judged by fidelity to the source model."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from mmedge.bundle.manifest import load_bundle
+from mmedge.errors import MmedgeError, RecipeError
+from mmedge.pipeline import run_recipe, summary_lines
+from mmedge.recipe import parse_recipe
+from tests.conftest import onnx_model
+
+FEATURES, HIDDEN, CLASSES = 64, 96, 10
+
+
+def scorer_onnx(path, seq: bool = False):
+    """x (batch, [seq,] 64) -> MatMul by a Constant-node weight -> Add -> Relu -> Gemm (initializer weight) ->
+    scores (batch, 10); with ``seq`` the features are averaged over an unknown 'seq' axis first."""
+    rng = np.random.default_rng(0)
+    w1 = rng.normal(0, 1 / np.sqrt(FEATURES), (FEATURES, HIDDEN)).astype(np.float32)
+    b1 = rng.normal(0, 0.1, HIDDEN).astype(np.float32)
+    w2 = rng.normal(0, 1 / np.sqrt(HIDDEN), (HIDDEN, CLASSES)).astype(np.float32)
+    b2 = np.linspace(-1, 1, CLASSES).astype(np.float32)
+    nodes = [helper.make_node("Constant", [], ["w1"], value=numpy_helper.from_array(w1, "w1"))]
+    first = "x"
+    if seq:
+        nodes.append(helper.make_node("ReduceMean", ["x", "axes"], ["pooled"], keepdims=0))
+        first = "pooled"
+    nodes += [
+        helper.make_node("MatMul", [first, "w1"], ["h"]),
+        helper.make_node("Add", ["h", "b1"], ["hb"]),
+        helper.make_node("Relu", ["hb"], ["r"]),
+        helper.make_node("Gemm", ["r", "w2", "b2"], ["scores"]),
+    ]
+    inits = [numpy_helper.from_array(b1, "b1"), numpy_helper.from_array(w2, "w2"), numpy_helper.from_array(b2, "b2")]
+    if seq:
+        inits.append(numpy_helper.from_array(np.asarray([1], dtype=np.int64), "axes"))
+    shape = ["batch", "seq", FEATURES] if seq else ["batch", FEATURES]
+    graph = helper.make_graph(
+        nodes,
+        "scorer",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", CLASSES])],
+        initializer=inits,
+    )
+    onnx.save(onnx_model(graph), str(path))
+    return path
+
+
+def recipe_for(tmp_path, source, steps, data=None, load=None):
+    raw_steps = ([{"type": "load.onnx", "path": str(source), **load}] if load else []) + steps
+    return parse_recipe(
+        {
+            "name": "foreign",
+            "model": {"source": f"onnx:{source}"},
+            **({"data": data} if data else {}),
+            "steps": raw_steps,
+            "output": str(tmp_path / "bundle"),
+            "workdir": str(tmp_path / "runs"),
+        }
+    )
+
+
+BENCH = {"type": "bench", "runs": 5, "warmup": 1, "batch_sizes": [1, 4], "max_seconds": 2}
+
+
+def test_foreign_onnx_goes_through_every_onnx_step_judged_by_fidelity_on_synthetic_inputs(tmp_path):
+    model = scorer_onnx(tmp_path / "scorer.onnx")
+    steps = [
+        {"type": "optimize"},
+        {"type": "quantize.dynamic"},
+        {"type": "validate"},
+        BENCH,
+        {"type": "mobile"},
+        {"type": "bundle", "samples": 4},
+    ]
+    records = run_recipe(recipe_for(tmp_path, model, steps), progress="off")
+    assert [r.config.type for r in records] == ["load.onnx", *(s["type"] for s in steps)]
+    loaded = records[0].result.metrics
+    assert loaded.mmedge_metadata is False and loaded.test is None
+    assert loaded.chain_inputs.kind == "synthetic" and loaded.chain_inputs.samples == 16
+    quantized = records[2].result.metrics
+    assert quantized.gate is None and quantized.fidelity is not None
+    assert any("Integer" in op or "DynamicQuantize" in op for op in quantized.ops)  # int8 really happened
+    assert quantized.size_bytes < quantized.input_size_bytes
+    fid = records[3].result.metrics.fidelity  # validate: the shipped model against the source model
+    assert fid.against == "load.onnx" and fid.inputs == "synthetic" and fid.samples == 16
+    (scores,) = fid.outputs
+    assert scores.name == "scores" and scores.shape == [16, CLASSES]
+    assert 0.99 <= scores.cosine <= 1.0 and scores.max_abs_diff < 0.5 and scores.argmax_agreement >= 0.9
+    assert records[4].result.metrics.inputs.startswith("synthetic")  # bench times the chain's inputs
+    report = (tmp_path / "bundle" / "report.md").read_text()
+    assert "**synthetic random values, not real data" in report and "same argmax" in report
+    bundle = load_bundle(tmp_path / "bundle")  # checksums verified
+    assert bundle.verify() == []
+    m = bundle.manifest
+    assert m["model"]["lineage"] == ["load.onnx", "optimize", "quantize.dynamic", "bundle"]
+    assert m["inputs"][0]["name"] == "x" and m["labels"] is None
+    assert m["metrics"]["fidelity"]["inputs"] == "synthetic" and m["metrics"]["inputs"]["kind"] == "synthetic"
+    with np.load(bundle.path(m["samples"]["tensors"])) as npz:
+        assert npz["x"].shape == (4, FEATURES)
+    assert (tmp_path / "bundle" / "model.ort").is_file()
+    assert model.is_file()
+
+
+def test_console_names_synthetic_inputs_and_the_summary_gives_fidelity(tmp_path, capsys):
+    model = scorer_onnx(tmp_path / "scorer.onnx")
+    recipe = recipe_for(tmp_path, model, [{"type": "quantize.dynamic"}])
+    records = run_recipe(recipe, progress="off")
+    err = capsys.readouterr().err
+    assert "note:" in err and "synthetic random values" in err and "--inputs FILE.npz" in err
+    summary = "\n".join(summary_lines(records, recipe))
+    assert "fidelity to the source model on 16 synthetic inputs" in summary
+
+
+def test_foreign_onnx_is_quantized_statically_on_the_users_inputs(tmp_path):
+    model = scorer_onnx(tmp_path / "scorer.onnx")
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "inputs.npz", x=rng.random((32, FEATURES), dtype=np.float32))
+    steps = [{"type": "quantize.static"}, BENCH, {"type": "bundle", "samples": 3}]
+    recipe = recipe_for(tmp_path, model, steps, load={"inputs": str(tmp_path / "inputs.npz")})
+    static = recipe.steps[1]
+    assert static.calibration.data == tmp_path / "inputs.npz"  # calibrates on the user's inputs
+    records = run_recipe(recipe, progress="off")
+    loaded = records[0].result.metrics
+    assert loaded.chain_inputs.kind == "user" and loaded.chain_inputs.samples == 32
+    q = records[1].result.metrics
+    assert q.static_nodes > 0 and q.calibration["samples_used"] == 32
+    assert q.fidelity.inputs == "user" and q.fidelity.samples == 32
+    assert q.fidelity.min_cosine >= 0.99 and q.fidelity.argmax_agreement >= 0.9
+    assert str(tmp_path / "inputs.npz") in records[2].result.metrics.inputs
+    m = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
+    assert m["metrics"]["fidelity"]["inputs"] == "user"
+    assert "inputs from" in (tmp_path / "bundle" / "report.md").read_text()
+
+
+def test_foreign_onnx_without_inputs_is_refused_by_quantize_static_and_quantize_auto(tmp_path):
+    model = scorer_onnx(tmp_path / "scorer.onnx")
+    with pytest.raises(RecipeError, match="quantize.static has no data to calibrate on; pass real inputs"):
+        run_recipe(recipe_for(tmp_path, model, [{"type": "quantize.static"}]), progress="off")
+    with pytest.raises(RecipeError, match="use quantize.dynamic or quantize.static"):
+        run_recipe(recipe_for(tmp_path, model, [{"type": "quantize.auto"}]), progress="off")
+
+
+def test_foreign_onnx_with_an_unknown_non_batch_dim_is_refused_with_every_dim_listed(tmp_path):
+    model = scorer_onnx(tmp_path / "seq.onnx", seq=True)
+    with pytest.raises(MmedgeError) as err:
+        run_recipe(recipe_for(tmp_path, model, [BENCH]), progress="off")
+    message = str(err.value)
+    assert "'seq' (x[1])" in message and "--dim seq=N" in message and "--inputs FILE.npz" in message
+    assert "batch" not in message  # the batch needs no size
+    recipe = recipe_for(tmp_path, model, [BENCH, {"type": "mobile"}], load={"dims": {"seq": 5}})
+    records = run_recipe(recipe, progress="off")
+    assert records[0].result.metrics.chain_inputs.shapes == {"x": [16, 5, FEATURES]}
+    assert records[2].result.metrics.fixed_dims == {"batch": 1, "seq": 5}  # the sizes given reach mobile
+
+
+def test_reloading_an_export_of_user_data_with_the_digits_recipe_is_refused(tmp_path, tiny_onnx):
+    from mmedge.runtime.session import model_metadata, set_metadata
+
+    model = onnx.load(str(tiny_onnx["cnn-lstm"]))
+    set_metadata(model, {**model_metadata(model), "mmedge.data": json.dumps({"name": "user", "path": "/d/easy.jsonl"})})
+    onnx.save(model, str(tmp_path / "easy.onnx"))
+    with pytest.raises(RecipeError) as err:
+        run_recipe(recipe_for(tmp_path, tmp_path / "easy.onnx", [{"type": "validate"}]), progress="off")
+    message = str(err.value)
+    assert "was trained on the user data at /d/easy.jsonl" in message
+    assert "the built-in 'digits-vqa' data" in message and "--data /d/easy.jsonl" in message
+    user = {"name": "user", "path": str(tmp_path / "other.jsonl")}
+    with pytest.raises(RecipeError, match="trained on the built-in 'digits-vqa' data"):
+        run_recipe(recipe_for(tmp_path, tiny_onnx["cnn-lstm"], [{"type": "validate"}], data=user), progress="off")
+
+
+def test_cli_run_takes_the_users_inputs_and_refuses_them_without_an_onnx_model(tmp_path, monkeypatch):
+    import yaml
+    from typer.testing import CliRunner
+
+    from mmedge_cli.main import app
+
+    monkeypatch.chdir(tmp_path)
+    model = scorer_onnx(tmp_path / "scorer.onnx")
+    np.savez(tmp_path / "x.npz", x=np.random.default_rng(2).random((24, FEATURES), dtype=np.float32))
+    steps = [{"type": "quantize.static"}, BENCH, {"type": "bundle", "samples": 2}]
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump({"name": "mine", "steps": steps}))
+    runner = CliRunner()
+    res = runner.invoke(app, ["run", "r.yaml", "--model", f"onnx:{model}", "--inputs", "x.npz", "--out", "b"])
+    assert res.exit_code == 0, res.output
+    assert "fidelity to the source model on 24 user inputs" in res.output and "synthetic" not in res.output
+    assert load_bundle(tmp_path / "b").manifest["metrics"]["fidelity"]["samples"] == 24
+    res = runner.invoke(app, ["run", "r.yaml", "--dim", "seq=4"])
+    assert res.exit_code == 2 and "add --model onnx:PATH" in res.output and "Traceback" not in res.output
