@@ -84,6 +84,7 @@ def test_foreign_onnx_goes_through_every_onnx_step_judged_by_fidelity_on_synthet
     loaded = records[0].result.metrics
     assert loaded.mmedge_metadata is False and loaded.test is None
     assert loaded.chain_inputs.kind == "synthetic" and loaded.chain_inputs.samples == 16
+    assert loaded.constants_to_initializers == 1  # the Constant-node weight, so that int8 can reach it
     quantized = records[2].result.metrics
     assert quantized.gate is None and quantized.fidelity is not None
     assert any("Integer" in op or "DynamicQuantize" in op for op in quantized.ops)  # int8 really happened
@@ -139,12 +140,15 @@ def test_foreign_onnx_is_quantized_statically_on_the_users_inputs(tmp_path):
     assert "inputs from" in (tmp_path / "bundle" / "report.md").read_text()
 
 
-def test_foreign_onnx_without_inputs_is_refused_by_quantize_static_and_quantize_auto(tmp_path):
+def test_foreign_onnx_without_inputs_is_refused_by_quantize_static_and_gets_dynamic_for_auto(tmp_path):
     model = scorer_onnx(tmp_path / "scorer.onnx")
     with pytest.raises(RecipeError, match="quantize.static has no data to calibrate on; pass real inputs"):
         run_recipe(recipe_for(tmp_path, model, [{"type": "quantize.static"}]), progress="off")
-    with pytest.raises(RecipeError, match="use quantize.dynamic or quantize.static"):
-        run_recipe(recipe_for(tmp_path, model, [{"type": "quantize.auto"}]), progress="off")
+    # the built-in recipe's quantize.auto chooses on validation accuracy: a model without data gets quantize.dynamic,
+    # and the skipped steps say so (`mmedge run` prints them)
+    recipe = recipe_for(tmp_path, model, [{"type": "export"}, {"type": "quantize.auto"}, {"type": "validate"}])
+    assert [s.type for s in recipe.steps] == ["load.onnx", "quantize.dynamic", "validate"]
+    assert recipe.skipped_steps[0] == "export" and recipe.skipped_steps[1].startswith("quantize.auto (no data")
 
 
 def test_foreign_onnx_with_an_unknown_non_batch_dim_is_refused_with_every_dim_listed(tmp_path):

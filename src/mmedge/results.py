@@ -198,6 +198,7 @@ class LoadOnnxMetrics(Evaluated):
     outputs: list[TensorInfo]
     mmedge_metadata: bool
     chain_inputs: ChainInputs | None = None  # a model without mmedge metadata: what fidelity is judged on
+    constants_to_initializers: int | None = None  # its Constant-node tensors stored as initializers in the copy
 
 
 class ExportMetrics(StepMetrics):

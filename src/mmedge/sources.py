@@ -58,11 +58,16 @@ def resolve_steps(source: str, steps: list, task: str | None = None) -> tuple[li
         given = next((dict(raw) for raw in steps if isinstance(raw, dict) and raw.get("type") == "load.onnx"), {})
         load = {**given, "type": "load.onnx", "path": path}
         kept, skipped = [load], []
+        foreign = _foreign(Path(path))
         for raw in steps:
             tag = _tag(raw)
             decl = STEP_TABLE.get(tag)
             if decl is not None and decl.torch:
                 skipped.append(tag)
+            elif tag == "quantize.auto" and foreign:
+                # its choice is made on validation accuracy, which a model without data cannot give
+                kept.append({"type": "quantize.dynamic"})
+                skipped.append("quantize.auto (no data to choose on: quantize.dynamic instead, judged by fidelity)")
             elif tag != "load.onnx":
                 kept.append(_with_inputs(raw, load))
         return kept, skipped
@@ -77,6 +82,19 @@ def resolve_steps(source: str, steps: list, task: str | None = None) -> tuple[li
         else:
             kept.append(raw)
     return kept, skipped
+
+
+def _foreign(path: Path) -> bool:
+    """Whether the file at ``path`` is an ONNX model without mmedge's metadata (False when it cannot be read: the
+    load.onnx step says why)."""
+    if not path.is_file():
+        return False
+    try:
+        from mmedge.runtime.session import model_metadata
+
+        return "mmedge.tokenizer" not in model_metadata(path)
+    except Exception:  # not an ONNX file: load.onnx refuses it in one sentence
+        return False
 
 
 def input_overrides(inputs: Path | None = None, dims: dict[str, int] | None = None):
@@ -118,9 +136,32 @@ def _with_inputs(raw, load: dict):
         calibration = dict(raw.get("calibration") or {})
         calibration.setdefault("data", str(load["inputs"]))
         return {**raw, "calibration": calibration}
-    if raw.get("type") == "mobile" and load.get("dims"):
-        return {**raw, "dims": {**load["dims"], **(raw.get("dims") or {})}}
+    if raw.get("type") == "mobile" and (load.get("dims") or load.get("inputs")):
+        given = {**_npz_sizes(Path(load["path"]), load.get("inputs")), **(load.get("dims") or {})}
+        return {**raw, "dims": {**given, **(raw.get("dims") or {})}} if given else raw
     return raw
+
+
+def _npz_sizes(model: Path, inputs) -> dict[str, int]:
+    """The size the user's .npz gives each named non-batch dynamic dimension of the model's inputs (a name that
+    two arrays give different sizes is left out: mobile then asks for it)."""
+    if not inputs or not Path(inputs).is_file() or not model.is_file():
+        return {}
+    import onnx
+
+    try:
+        graph = onnx.load(str(model), load_external_data=False).graph
+        with np.load(inputs, allow_pickle=False) as npz:
+            shapes = {k: npz[k].shape for k in npz.files}
+    except Exception:  # unreadable files are refused with their reason by load.onnx
+        return {}
+    seen: dict[str, set[int]] = {}
+    for value in graph.input:
+        for axis, dim in enumerate(value.type.tensor_type.shape.dim):
+            shape = shapes.get(value.name)
+            if axis and dim.dim_param and shape is not None and len(shape) > axis:
+                seen.setdefault(dim.dim_param, set()).add(int(shape[axis]))
+    return {name: sizes.pop() for name, sizes in seen.items() if len(sizes) == 1}
 
 
 def _tag(raw) -> str | None:
@@ -173,7 +214,8 @@ def load_onnx_step(cfg: LoadOnnxConfig, ctx: StepContext) -> StepResult:
         np.save(ctx.out_dir / "reference_logits.npy", logits)
     else:
         check_foreign_steps(src, ctx.recipe.steps, cfg)
-        metrics["chain_inputs"] = keep_inputs(out, cfg, ctx.out_dir)
+        metrics["constants_to_initializers"] = constants_to_initializers(out)
+        metrics["chain_inputs"] = keep_inputs(out, cfg, ctx.out_dir, src)
     return StepResult(Artifact(out, "onnx", spec, ("load.onnx",)), LoadOnnxMetrics.model_validate(metrics))
 
 
@@ -232,7 +274,31 @@ def check_foreign_steps(src: Path, steps, cfg: LoadOnnxConfig) -> None:
             )
 
 
-def keep_inputs(model: Path, cfg: LoadOnnxConfig, out_dir: Path) -> dict:
+def constants_to_initializers(path: Path) -> int:
+    """Store, in the chain's copy at ``path``, the tensors of the top graph's Constant nodes as initializers: ONNX
+    Runtime's quantizers only quantize initializer weights, and exporters such as paddle2onnx write every weight as
+    a Constant node (the PP-OCRv4 recognizer: 420 of them, none quantized). The computation is unchanged."""
+    import onnx
+
+    from mmedge.runtime.session import save_onnx
+
+    model = onnx.load(str(path))
+    graph, moved = model.graph, []
+    for node in graph.node:
+        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(node.attribute[0].t)
+            tensor.name = node.output[0]
+            graph.initializer.append(tensor)
+            moved.append(node)
+    for node in moved:
+        graph.node.remove(node)
+    if moved:
+        save_onnx(model, path)
+    return len(moved)
+
+
+def keep_inputs(model: Path, cfg: LoadOnnxConfig, out_dir: Path, original: Path) -> dict:
     """The inputs the chain judges and times the foreign model on, saved in the step folder with the model's
     outputs on them (the reference every later step is compared with); a console note when they are synthetic."""
     from mmedge.compress.onnx_check import REFERENCE_OUTPUTS, model_outputs
@@ -243,7 +309,7 @@ def keep_inputs(model: Path, cfg: LoadOnnxConfig, out_dir: Path) -> dict:
         feeds, kind, source = npz_feeds(cfg.inputs), "user", str(cfg.inputs)
         check_feeds(open_session(model, "cpu"), feeds)
     else:
-        feeds, source = synthetic_inputs(model, cfg.dims, cfg.samples)
+        feeds, source = synthetic_inputs(model, cfg.dims, cfg.samples, cfg.path)
         kind = "synthetic"
         print(
             f"note: {cfg.path} carries no mmedge metadata and no --inputs were given, so every step judges it on "
@@ -252,7 +318,7 @@ def keep_inputs(model: Path, cfg: LoadOnnxConfig, out_dir: Path) -> dict:
             flush=True,
         )
     np.savez(out_dir / "inputs.npz", **feeds)
-    np.savez(out_dir / REFERENCE_OUTPUTS, **model_outputs(model, feeds))
+    np.savez(out_dir / REFERENCE_OUTPUTS, **model_outputs(original, feeds))  # the user's file, as it is
     return {
         "kind": kind,
         "source": source,

@@ -249,7 +249,7 @@ def source_fidelity_lines(page: Page) -> list[str]:
         f"samples of **{f.inputs_source}**: they show the compression kept the computation, not how the "
         "model does on real data; pass `--inputs FILE.npz` to judge it on real inputs"
         if f.inputs == "synthetic"
-        else f"the user's inputs ({f.inputs_source})"
+        else f"of the user's inputs ({f.inputs_source})"
     )
     return [
         f"Fidelity of the shipped model to the source model (step `{f.against}`) on {f.samples} {what}:",

@@ -65,18 +65,25 @@ def synthetic_feeds(path) -> dict[str, np.ndarray]:
     return feeds
 
 
-def synthetic_inputs(path, dims: dict[str, int] | None = None, samples: int = 16) -> tuple[dict[str, np.ndarray], str]:
+def synthetic_inputs(
+    path, dims: dict[str, int] | None = None, samples: int = 16, source=None
+) -> tuple[dict[str, np.ndarray], str]:
     """(feeds, how they were drawn) for a chain from a model with no data (``runtime.shapes.synthetic_inputs``):
     ``samples`` rows on a dynamic batch axis, so that argmax agreement has more than one row to count; every other
-    dynamic dimension needs its size in ``dims``, and those missing are refused all in one sentence."""
+    dynamic dimension needs its size in ``dims``, and those missing are refused all in one sentence, which names
+    ``source`` (the user's file, of which ``path`` is a copy)."""
     from mmedge.runtime.shapes import batch_like, check_dim_names, open_dims
     from mmedge.runtime.shapes import synthetic_inputs as drawn
 
     sess = open_session(path, "cpu")
-    opened, label = open_dims(sess), Path(path).name
-    check_dim_names(dict(dims or {}), opened, label)
+    source = Path(source or path)
+    opened = open_dims(sess)
+    check_dim_names(dict(dims or {}), opened, source.name)
     sizes = {**{n: samples for n, at in opened.items() if batch_like(at)}, **(dims or {})}
-    return drawn(sess, sizes, label, f"mmedge run --model onnx:{path}")
+    feeds, _ = drawn(sess, sizes, source.name, f"mmedge run --model onnx:{source}")
+    shown = "; ".join(f"{k} {v.dtype}[{', '.join(map(str, v.shape))}]" for k, v in feeds.items())
+    given = f"; sizes from --dim {', '.join(f'{n}={v}' for n, v in dims.items())}" if dims else ""
+    return feeds, f"synthetic random values, not real data ({shown}{given})"
 
 
 def npz_feeds(path: Path) -> dict[str, np.ndarray]:

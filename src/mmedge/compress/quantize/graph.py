@@ -108,7 +108,8 @@ def pre_processed(src: Path, tmp: Path):
                 os.chdir(here)
         return onnx.load(str(tmp)), "applied"
     except Exception as exc:
-        return onnx.load(str(src)), f"skipped: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+        first = (str(exc).splitlines() or ["no message"])[0]  # some ORT failures carry an empty message
+        return onnx.load(str(src)), f"skipped: {type(exc).__name__}: {first[:160]}"
     finally:
         tmp.unlink(missing_ok=True)
 
