@@ -198,3 +198,12 @@ def test_cli_run_takes_the_users_inputs_and_refuses_them_without_an_onnx_model(t
     assert load_bundle(tmp_path / "b").manifest["metrics"]["fidelity"]["samples"] == 24
     res = runner.invoke(app, ["run", "r.yaml", "--dim", "seq=4"])
     assert res.exit_code == 2 and "add --model onnx:PATH" in res.output and "Traceback" not in res.output
+
+
+def test_the_users_inputs_size_the_open_dims_of_the_mobile_step(tmp_path):
+    model = scorer_onnx(tmp_path / "seq.onnx", seq=True)
+    np.savez(tmp_path / "x.npz", x=np.random.default_rng(3).random((6, 7, FEATURES), dtype=np.float32))
+    recipe = recipe_for(tmp_path, model, [{"type": "mobile"}], load={"inputs": str(tmp_path / "x.npz")})
+    assert recipe.steps[1].dims == {"seq": 7}
+    records = run_recipe(recipe, progress="off")
+    assert records[1].result.metrics.fixed_dims == {"batch": 1, "seq": 7}
