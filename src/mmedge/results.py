@@ -119,6 +119,20 @@ class Scored(StepMetrics):
     text_emptied: Score | None = None
 
 
+class ImageFormat(_Part):
+    """The image input a zoo model was built for: from the recipe where it sets it, else from the training data."""
+
+    height: int
+    width: int
+    channels: int
+    mean: list[float]
+    std: list[float]
+    foreground: str
+    data_images: str  # what the training pictures are, e.g. "64x64 colour"
+    source: dict[str, str]  # setting -> "recipe" or "training split" / "data"
+    notes: list[str]  # settings the recipe forced against the data, and sizes that were cut
+
+
 class ModelMetrics(Scored):
     """The model a chain starts from (train, load, load.model)."""
 
@@ -128,7 +142,7 @@ class ModelMetrics(Scored):
     data_split: dict[str, Any] | None = None  # the split rule and the images and questions per split
     skipped_rows: SkippedRows | None = None
     # the image input a zoo model was fitted to (size, channels, mean/std, where each came from, forced mismatches)
-    image_format: dict[str, Any] | None = None
+    image_format: ImageFormat | None = None  # what the model takes, and where each setting came from
 
 
 class TrainMetrics(ModelMetrics):

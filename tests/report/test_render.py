@@ -307,3 +307,22 @@ def test_export_parity_is_kept_apart_from_the_compressed_models_agreement_with_t
     md = render_run(doc)
     assert "Parity of the shipped model with the model it was exported from, over" in md
     assert "Agreement of the shipped model" not in md
+
+
+def test_the_image_input_and_a_forced_setting_are_stated_in_the_report():
+    doc = _run_doc()
+    _step(doc, "train")["image_format"] = {
+        "height": 64,
+        "width": 64,
+        "channels": 1,
+        "mean": [0.5],
+        "std": [0.2],
+        "foreground": "natural",
+        "data_images": "64x64 colour",
+        "source": {"image_size": "data", "channels": "recipe", "image_mean": "training split"},
+        "notes": ["the recipe sets channels: 1, but the training pictures are in colour"],
+    }
+    md = render_run(doc)
+    assert "Image input: 64×64 grayscale, natural (training pictures: 64x64 colour); image_size from the data, " in md
+    assert "**Note:** the recipe sets channels: 1, but the training pictures are in colour." in md
+    assert "Image input:" not in render_run(_run_doc())  # a run that recorded no image format: no such line

@@ -109,6 +109,19 @@ def _write_chain_samples(folder: Path, model_path: Path, count: int) -> dict:
     }
 
 
+def _manifest_head(name: str) -> dict:
+    """What every manifest opens with: schema, name, when, and where and with what its figures were made (commit,
+    package versions, CPU flags)."""
+    return {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "name": name,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "mmedge_version": __version__,
+        "provenance": collect(),
+    }
+
+
 def foreign_manifest(name: str, sess, metrics: dict, samples: dict, lineage: tuple[str, ...]) -> dict:
     """The manifest of a model mmedge did not write: its inputs and outputs as the graph declares them; no
     preprocessing, tokenizer or labels are known."""
@@ -117,12 +130,7 @@ def foreign_manifest(name: str, sess, metrics: dict, samples: dict, lineage: tup
         return [{"name": v.name, "type": v.type, "shape": list(v.shape)} for v in values]
 
     return {
-        "schema": SCHEMA,
-        "schema_version": SCHEMA_VERSION,
-        "name": name,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "mmedge_version": __version__,
-        "provenance": collect(),
+        **_manifest_head(name),
         "task": {"type": "onnx-model", "output": "as the source model's; judged by fidelity to it"},
         "model": {"file": "model.onnx", "format": "onnx", "family": None, "lineage": list(lineage)},
         "inputs": tensors(sess.get_inputs()),
@@ -144,13 +152,7 @@ def build_manifest(
         "output": "logits over labels; argmax is the answer",
     }
     return {
-        "schema": SCHEMA,
-        "schema_version": SCHEMA_VERSION,
-        "name": name,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "mmedge_version": __version__,
-        # where and with what the figures in this manifest were made: commit, package versions, CPU flags
-        "provenance": collect(),
+        **_manifest_head(name),
         "task": task,
         "model": {"file": model_path.name, "format": "onnx", "family": spec["family"], "lineage": list(lineage)},
         "inputs": spec["inputs"],

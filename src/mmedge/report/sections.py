@@ -141,6 +141,15 @@ def data_section(page: Page) -> list[str]:
             lines.append(describe_split(m.data_split))
         if m.skipped_rows is not None and m.skipped_rows.count:
             lines.append(f"{m.skipped_rows.count:,} data rows were skipped (`--skip-bad-rows`).")
+        f = m.image_format
+        if f is not None:
+            colour = "grayscale" if f.channels == 1 else f"{f.channels}-channel colour"
+            lines.append(
+                f"Image input: {f.height}×{f.width} {colour}, {f.foreground} (training pictures: {f.data_images}); "
+                + ", ".join(f"{k} from the {v}" for k, v in f.source.items())
+                + "."
+            )
+            lines += [f"**Note:** {n}." for n in f.notes]
     for s, m in page.steps:
         if isinstance(m, TrainMetrics | DistillMetrics):
             how = {
