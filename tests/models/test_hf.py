@@ -50,9 +50,8 @@ def _run(tmp, kind: str, task: str):
     recipe = tmp / "recipe.yaml"
     recipe.write_text(yaml.safe_dump({**RECIPE, "workdir": str(tmp / "runs")}))
     out = tmp / f"bundle-{task}"
-    res = runner.invoke(
-        app, ["run", str(recipe), "--model", f"hf:{folder}", "--task", task, "--data", str(manifest), "--out", str(out)]
-    )
+    args = ["run", str(recipe), "--model", f"hf:{folder}", "--task", task, "--data", str(manifest), "--name", "hf"]
+    res = runner.invoke(app, [*args, "--out", str(out)])
     assert res.exit_code == 0, res.output
     return out, res.output, json.loads((tmp / "runs" / "hf" / "results.json").read_text())
 

@@ -111,6 +111,6 @@ def test_minilm_dual_encoder_through_export_quantize_validate(minilm_dual_encode
     assert text["items"] > 20  # distinct test sentences
     assert text["mean_cosine"] > 0.97 and text["nn_agreement"] > 0.75
     assert by_type["validate"]["parity"]["argmax_agreement"] >= 0.9
-    bundle = json.loads((tmp_path / "bundles/minilm/manifest.json").read_text())
+    bundle = json.loads((tmp_path / "bundles/data-minilm/manifest.json").read_text())  # named as its run
     assert {"text.onnx", "vision.onnx", "head.onnx", "tokenizer.json"} <= set(bundle["files"])
     assert bundle["labels"] == sorted(DIGIT_WORDS[:3])
