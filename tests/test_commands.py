@@ -7,7 +7,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from mmedge.commands import QUANTIZED_OPS, bench_models, inspect_path, model_file, refuse_quantized_for_fp16
+from mmedge.commands import bench_models, inspect_path, model_file, refuse_quantized_for_fp16
+from mmedge.compress.quantize.graph import QUANTIZED_OPS
 from mmedge.errors import InputPathError, MmedgeError
 from tests.conftest import REFERENCE_BUNDLE, onnx_model, relu_onnx
 

@@ -204,6 +204,70 @@ def test_the_users_inputs_size_the_open_dims_of_the_mobile_step(tmp_path):
     model = scorer_onnx(tmp_path / "seq.onnx", seq=True)
     np.savez(tmp_path / "x.npz", x=np.random.default_rng(3).random((6, 7, FEATURES), dtype=np.float32))
     recipe = recipe_for(tmp_path, model, [{"type": "mobile"}], load={"inputs": str(tmp_path / "x.npz")})
-    assert recipe.steps[1].dims == {"seq": 7}
     records = run_recipe(recipe, progress="off")
     assert records[1].result.metrics.fixed_dims == {"batch": 1, "seq": 7}
+
+
+def test_a_model_whose_open_dims_name_nothing_gets_its_fixed_shapes_from_the_users_inputs(tmp_path):
+    """Both image dims of PP-OCR's text classifier are called '?', and its batch is -1: three independent
+    dimensions, each sized from the user's arrays (the batch fixed at 1), through mobile into the manifest."""
+    from tests.conftest import relu_onnx
+
+    model = relu_onnx(tmp_path / "cls.onnx", (-1, 3, "?", "?"))
+    np.savez(tmp_path / "x.npz", x=np.random.default_rng(4).standard_normal((5, 3, 6, 10)).astype(np.float32))
+    steps = [{"type": "mobile"}, {"type": "bundle", "samples": 2}]
+    records = run_recipe(recipe_for(tmp_path, model, steps, load={"inputs": str(tmp_path / "x.npz")}), progress="off")
+    assert records[1].result.metrics.fixed_dims == {"x[0]": 1, "x[2]": 6, "x[3]": 10}
+    variants = {v["file"]: v for v in load_bundle(tmp_path / "bundle").manifest["variants"]}
+    assert variants["model.fixed.ort"]["inputs"] == {"x": [1, 3, 6, 10]}
+    assert variants["model.fixed.onnx"]["inputs"] == {"x": [1, 3, 6, 10]}
+    with pytest.raises(MmedgeError) as err:  # no inputs: both '?' are named, each on its own axis
+        run_recipe(recipe_for(tmp_path / "b", model, [BENCH]), progress="off")
+    assert "'x[2]' (x[2]), 'x[3]' (x[3])" in str(err.value) and "--dim 'x[2]=N' --dim 'x[3]=N'" in str(err.value)
+
+
+def test_a_model_with_nothing_to_quantize_dynamically_goes_on_unchanged_and_says_why(tmp_path, capsys):
+    from mmedge.bundle.manifest import sha256
+    from tests.conftest import relu_onnx
+
+    model = relu_onnx(tmp_path / "conv-like.onnx", ("batch", 4))
+    records = run_recipe(recipe_for(tmp_path, model, [{"type": "quantize.dynamic"}]), progress="off")
+    m = records[1].result.metrics
+    assert "found no Gather/LSTM/MatMul node to quantize in the model (its most common ops: 1 Relu)" in (
+        m.nothing_quantized
+    )
+    assert "quantize.static" in m.nothing_quantized and m.size_bytes == m.input_size_bytes
+    assert sha256(records[1].folder / "model.onnx") == sha256(records[0].folder / "model.onnx")  # not a bigger copy
+    assert "note: quantize.dynamic: dynamic int8 found no" in capsys.readouterr().err
+
+
+def test_validate_checks_a_foreign_bundle_on_its_samples_alone_and_fails_when_they_move(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from mmedge.bundle.manifest import sha256
+    from mmedge_cli.main import app
+
+    model = scorer_onnx(tmp_path / "scorer.onnx")
+    np.savez(tmp_path / "x.npz", x=np.random.default_rng(5).random((12, FEATURES), dtype=np.float32))
+    steps = [{"type": "quantize.dynamic"}, {"type": "bundle", "samples": 6}]
+    run_recipe(recipe_for(tmp_path, model, steps, load={"inputs": str(tmp_path / "x.npz")}), progress="off")
+    runner = CliRunner()
+    res = runner.invoke(app, ["validate", str(tmp_path / "bundle")])
+    assert res.exit_code == 0, res.output
+    assert "bundle samples: 6 run (taken from" in res.output and "argmax agreement 100.00%" in res.output
+    res = runner.invoke(app, ["validate", str(tmp_path / "bundle"), "--data", str(tmp_path / "x.npz")])
+    assert res.exit_code == 2 and "drop --data" in res.output
+    res = runner.invoke(app, ["validate", str(model)])
+    assert res.exit_code == 2 and "validate the bundle" in res.output and "Traceback" not in res.output
+    # outputs that no longer match (as on a CPU whose kernels answer otherwise): one sentence, exit 1
+    bundle = tmp_path / "bundle"
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    with np.load(bundle / "samples" / "outputs.npz") as npz:
+        moved = {k: npz[k][:, ::-1].copy() for k in npz.files}
+    np.savez(bundle / "samples" / "outputs.npz", **moved)
+    manifest["files"]["samples/outputs.npz"]["sha256"] = sha256(bundle / "samples" / "outputs.npz")
+    manifest["files"]["samples/outputs.npz"]["bytes"] = (bundle / "samples" / "outputs.npz").stat().st_size
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    res = runner.invoke(app, ["validate", str(bundle)])
+    assert res.exit_code == 1, res.output
+    assert "does not reproduce the outputs it recorded at build time" in res.output and "Traceback" not in res.output

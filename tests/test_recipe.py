@@ -141,3 +141,15 @@ def test_overrides_task_without_a_hugging_face_source_is_one_sentence():
 def test_overrides_reach_the_parsed_recipe(tmp_path):
     r = load_recipe(None, overrides(data_path=tmp_path / "d.jsonl", output=tmp_path / "out"))
     assert r.data.name == "user" and r.data.path == tmp_path / "d.jsonl" and r.output_dir == tmp_path / "out"
+
+
+def test_a_run_from_another_model_is_named_after_that_model():
+    default = load_recipe(None, overrides(model="onnx:/m/ch_PP-OCRv4_rec_infer.onnx"))
+    assert default.name == "ch_PP-OCRv4_rec_infer" and default.output_dir.name == "ch_PP-OCRv4_rec_infer"
+    assert overrides(model="hf:/models/tiny clip")(minimal(name="digits-vqa-vit"))["name"] == "tiny-clip-vit"
+    # a bundle's model.onnx is named after its bundle folder; --name and --data still win
+    assert load_recipe(None, overrides(model="onnx:exported/digits-vqa/model.onnx")).name == "digits-vqa-model"
+    assert load_recipe(None, overrides(model="onnx:/m/det.onnx", name="det-int8")).name == "det-int8"
+    assert load_recipe(None, overrides(model="onnx:/m/det.onnx", data_path=Path("/d/shapes.jsonl"))).name == "shapes"
+    # a recipe that names its own source keeps its name
+    assert load_recipe(None, overrides()).name == "digits-vqa"

@@ -266,19 +266,30 @@ def validate(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
 ):
     """Accuracy per answer with ONNX Runtime (a bundle: also its own samples), parity, and an accuracy gate."""
-    from mmedge.runtime.validate import check_accuracy_drop, validate
+    from mmedge.runtime.validate import check_accuracy_drop, check_samples, validate
 
     metrics = validate(model, data, ep=ep, ablation=ablation, reference=reference)
     if as_json:
         _emit_json(metrics)
     else:
         _print_validation(metrics)
-    check_accuracy_drop(metrics, max_accuracy_drop)  # after printing: a failed gate still shows its figures
+    # after printing: a failed gate still shows its figures
+    check_samples(metrics, model)
+    check_accuracy_drop(metrics, max_accuracy_drop)
 
 
 def _print_validation(metrics: dict) -> None:
     samples = metrics.get("bundle_samples")
-    if samples:
+    if samples and "fidelity" in samples:
+        fid = samples["fidelity"]
+        agreement = f", argmax agreement {fid['argmax_agreement']:.2%}" if fid["argmax_agreement"] is not None else ""
+        worst = min(o["min_cosine"] for o in fid["outputs"])
+        out.print(
+            f"bundle samples: {samples['samples']} run (taken from {samples['inputs']}) on "
+            f"{samples['providers'][0]}, every output against the one recorded at build time: cosine >= "
+            f"{worst:.5f} per sample, max abs diff {fid['max_abs_diff']:.2e}{agreement}"
+        )
+    elif samples:
         out.print(
             f"bundle samples: {samples['samples']} run, {samples['same_answers']:.0%} give the answers recorded at "
             f"build time (max abs logit diff {samples['max_abs_diff']:.2e}), {samples['correct']:.0%} correct"

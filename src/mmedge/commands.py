@@ -14,20 +14,6 @@ from pathlib import Path
 
 from mmedge.errors import MmedgeError
 
-# Ops that mark a model as already quantized: a float16 copy of it would be neither float16 nor comparable.
-QUANTIZED_OPS = frozenset(
-    {
-        "DequantizeLinear",
-        "QuantizeLinear",
-        "DynamicQuantizeLinear",
-        "MatMulInteger",
-        "ConvInteger",
-        "QLinearConv",
-        "QLinearMatMul",
-        "DynamicQuantizeLSTM",
-    }
-)
-
 
 def model_file(path: Path) -> Path:
     """An .onnx path as given, or the model of a bundle folder."""
@@ -40,6 +26,7 @@ def model_file(path: Path) -> Path:
 
 def refuse_quantized_for_fp16(name: str, path: Path) -> None:
     """Raise when ``path`` is already quantized: ``--fp16`` converts float32 models only."""
+    from mmedge.compress.quantize.graph import QUANTIZED_OPS
     from mmedge.summary import onnx_summary
 
     quantized = sorted(set(onnx_summary(path)["op_types"]) & QUANTIZED_OPS)
@@ -96,17 +83,15 @@ def bench_models(
     feeds, sources, opened = {}, {}, {}
     for name, given, path in zip(names, models, paths, strict=True):
         sess = open_session(path, "cpu")
-        if inputs is not None:
-            feeds[name], sources[name] = npz_feeds(inputs), str(inputs)
-        else:
-            feeds[name], sources[name] = bench_inputs(Path(given), path)
-            if is_synthetic(sources[name]):
-                # no real inputs for this model: every open size comes from --dim, never a guess
-                own = open_dims(sess)
-                opened.update(own)
-                feeds[name], sources[name] = synthetic_inputs(
-                    sess, {k: v for k, v in dims.items() if k in own}, name, f"mmedge bench {given}"
-                )
+        real = (npz_feeds(inputs), str(inputs)) if inputs is not None else bench_inputs(Path(given), path)
+        if real is not None:
+            feeds[name], sources[name] = real
+        else:  # no real inputs for this model: every open size comes from --dim, never a guess
+            own = open_dims(sess)
+            opened.update(own)
+            feeds[name], sources[name] = synthetic_inputs(
+                sess, {k: v for k, v in dims.items() if k in own}, name, f"mmedge bench {given}"
+            )
         trial_run(sess, tile_batch(feeds[name], 1), sources[name], name)
     if dims:
         synthetic = [n for n in names if is_synthetic(sources[n])]
@@ -162,7 +147,7 @@ def mobile_files(model: Path, out_dir: Path, dims: dict[str, int] | None = None,
     from mmedge.export.mobile import MobileConfig, build_mobile
     from mmedge.runtime.inputs import bench_inputs, npz_feeds
     from mmedge.runtime.session import open_session
-    from mmedge.runtime.shapes import check_dim_names, is_synthetic, open_dims, sizes_from_feeds, trial_run
+    from mmedge.runtime.shapes import check_dim_names, open_dims, trial_run
 
     path = model_file(model)
     sess = open_session(path, "cpu")
@@ -171,13 +156,13 @@ def mobile_files(model: Path, out_dir: Path, dims: dict[str, int] | None = None,
     if inputs is not None:
         feeds, source = npz_feeds(inputs), str(inputs)
         trial_run(sess, feeds, source, path.name)
-        dims = {**sizes_from_feeds(sess, feeds), **dims}
     else:
-        feeds, source = bench_inputs(model, path)
-        if is_synthetic(source):
+        real = bench_inputs(model, path)
+        if real is None:
             from mmedge.runtime.shapes import synthetic_inputs
 
-            feeds, source = synthetic_inputs(sess, dims, path.name, f"mmedge mobile {model}")
+            real = synthetic_inputs(sess, dims, path.name, f"mmedge mobile {model}")
+        feeds, source = real
         trial_run(sess, feeds, source, path.name)
     result = build_mobile(path, out_dir, feeds, MobileConfig(dims=dims))
     result["inputs"] = source

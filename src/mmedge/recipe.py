@@ -233,8 +233,9 @@ def overrides(
     ``model`` replaces the model source (a recipe that had none keeps its zoo options only for another zoo model:
     an hf:/py: source starts from no options); ``task`` (hf: sources only) is set among the model options;
     ``data_path`` replaces the data section by a user dataset, keeping the split seed; ``skip_bad_rows`` and
-    ``output`` set those keys; ``name`` (or, with ``data_path``, the data's name) renames the run and its bundle.
-    Options left at None (False) leave the recipe as it is."""
+    ``output`` set those keys; ``name`` renames the run and its bundle, and without it a run on other data is named
+    after the data, and one from an ONNX file or Hugging Face folder after that model. Options left at None (False)
+    leave the recipe as it is."""
 
     def edit(data: dict) -> dict:
         section = dict(data.get("model") or {})
@@ -254,23 +255,27 @@ def overrides(
             data["data"] = {**(data.get("data") or {}), "skip_bad_rows": True}
         if output is not None:
             data["output"] = str(output)
-        if name is not None or data_path is not None:
-            data = _renamed(data, name, data_path, output is not None)
+        named_after = data_path
+        if named_after is None and model is not None and model.startswith(("onnx:", "hf:")):
+            named_after = model.split(":", 1)[1]
+        if name is not None or named_after is not None:
+            data = _renamed(data, name, named_after, output is not None)
         return data
 
     return edit
 
 
-def _renamed(data: dict, name: str | None, data_path: str | Path | None, keep_output: bool) -> dict:
-    """The recipe named ``name``, or after its new data (the default recipe: the data's name; another: the data's
-    name then the recipe's), so that every recipe + data pair has its own run folder and bundle. A bundle folder
-    named after the old name follows the new one: a run on other data never overwrites the old bundle."""
+def _renamed(data: dict, name: str | None, source: str | Path | None, keep_output: bool) -> dict:
+    """The recipe named ``name``, or after ``source``, the path of its new data or model (the default recipe: that
+    file's or folder's name; another: that name then the recipe's), so that every recipe + data (or model) pair has
+    its own run folder and bundle. A bundle folder named after the old name follows the new one: a run on other
+    data or another model never overwrites the old bundle."""
     from mmedge.data import data_name
 
     old = str(data.get("name") or "")
     if name is None:
         rest = old.removeprefix(DEFAULT_RECIPE).lstrip("-_.")
-        name = data_name(data_path) + (f"-{rest}" if rest else "")
+        name = data_name(source) + (f"-{rest}" if rest else "")
     output = data.get("output")
     renamed = {**data, "name": name}
     if not keep_output and output is not None and Path(str(output)).name == old:

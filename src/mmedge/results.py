@@ -65,7 +65,7 @@ class OutputFidelity(_Part):
     mean_abs_diff: float
     cosine: float  # mean over samples of the cosine between the two flattened outputs of each sample
     min_cosine: float  # the worst sample's cosine
-    argmax_agreement: float | None = None  # outputs that look like class scores: rank 2, last dim > 1
+    argmax_agreement: float | None = None  # outputs that look like scores (runtime.fidelity.scores_like)
 
 
 class Fidelity(_Part):
@@ -260,6 +260,7 @@ class DynamicQuantMetrics(RewriteMetrics):
     saturation_free_weights: int
     float_matmuls: list[str] | None = None
     smoothing: dict[str, Any] | None = None
+    nothing_quantized: str | None = None  # why the model went on unchanged (no node of the op types quantized)
 
 
 class StaticQuantMetrics(RewriteMetrics):

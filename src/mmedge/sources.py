@@ -128,40 +128,15 @@ def input_overrides(inputs: Path | None = None, dims: dict[str, int] | None = No
 
 def _with_inputs(raw, load: dict):
     """A step of an onnx: chain given what load.onnx knows of the inputs: quantize.static calibrates on the user's
-    .npz unless its calibration names data of its own; mobile fixes the dims given to load.onnx that it leaves
-    open."""
+    .npz unless its calibration names data of its own. (mobile sizes the dims it leaves open from the chain's
+    inputs, the user's or synthetic ones drawn to the sizes given.)"""
     if not isinstance(raw, dict):
         return raw
     if raw.get("type") == "quantize.static" and load.get("inputs"):
         calibration = dict(raw.get("calibration") or {})
         calibration.setdefault("data", str(load["inputs"]))
         return {**raw, "calibration": calibration}
-    if raw.get("type") == "mobile" and (load.get("dims") or load.get("inputs")):
-        given = {**_npz_sizes(Path(load["path"]), load.get("inputs")), **(load.get("dims") or {})}
-        return {**raw, "dims": {**given, **(raw.get("dims") or {})}} if given else raw
     return raw
-
-
-def _npz_sizes(model: Path, inputs) -> dict[str, int]:
-    """The size the user's .npz gives each named non-batch dynamic dimension of the model's inputs (a name that
-    two arrays give different sizes is left out: mobile then asks for it)."""
-    if not inputs or not Path(inputs).is_file() or not model.is_file():
-        return {}
-    import onnx
-
-    try:
-        graph = onnx.load(str(model), load_external_data=False).graph
-        with np.load(inputs, allow_pickle=False) as npz:
-            shapes = {k: npz[k].shape for k in npz.files}
-    except Exception:  # unreadable files are refused with their reason by load.onnx
-        return {}
-    seen: dict[str, set[int]] = {}
-    for value in graph.input:
-        for axis, dim in enumerate(value.type.tensor_type.shape.dim):
-            shape = shapes.get(value.name)
-            if axis and dim.dim_param and shape is not None and len(shape) > axis:
-                seen.setdefault(dim.dim_param, set()).add(int(shape[axis]))
-    return {name: sizes.pop() for name, sizes in seen.items() if len(sizes) == 1}
 
 
 def _tag(raw) -> str | None:
@@ -301,7 +276,8 @@ def constants_to_initializers(path: Path) -> int:
 def keep_inputs(model: Path, cfg: LoadOnnxConfig, out_dir: Path, original: Path) -> dict:
     """The inputs the chain judges and times the foreign model on, saved in the step folder with the model's
     outputs on them (the reference every later step is compared with); a console note when they are synthetic."""
-    from mmedge.compress.onnx_check import REFERENCE_OUTPUTS, model_outputs
+    from mmedge.compress.onnx_check import REFERENCE_OUTPUTS
+    from mmedge.runtime.fidelity import model_outputs
     from mmedge.runtime.inputs import npz_feeds, synthetic_inputs
     from mmedge.runtime.session import check_feeds, open_session
 

@@ -82,16 +82,42 @@ def test_mobile_analysis_is_structured_per_ep_and_fixing_shapes_helps(mobile_out
     assert all(s.startswith(("NNAPI", "CoreML")) for s in r["verdicts"]["fixed"].values())
 
 
-def test_mobile_dimension_it_cannot_size_is_refused_naming_the_option(tmp_path):
+def test_mobile_sizes_open_dims_from_the_inputs_and_refuses_every_one_it_cannot_size(tmp_path):
+    import onnx
+
+    from mmedge.export.mobile import fixed_dims
+
     model = relu_onnx(tmp_path / "m.onnx", ("n", "k"))
     feeds = {"x": np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)}
-    with pytest.raises(MobileError, match=r"dims: \{k: N\}"):
-        build_mobile(model, tmp_path / "out", feeds)
-    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
-    r = build_mobile(model, tmp_path / "out", feeds, MobileConfig(dims={"k": 4}))
+    # with no inputs to take sizes from (and no tokenizer), every open size is named at once
+    with pytest.raises(MobileError, match=r"dims: \{k: N\}.*--dim k=N"):
+        fixed_dims(onnx.load(str(model)), MobileConfig(), None)
+    r = build_mobile(model, tmp_path / "out", feeds)  # the inputs' own sizes; the batch stays 1
     assert r["fixed_dims"] == {"n": 1, "k": 4} and r["parity"][FIXED_ORT]["max_abs_diff"] == 0.0
+    r = build_mobile(model, tmp_path / "out5", feeds, MobileConfig(dims={"k": 5}))  # the step's dims win
+    assert r["fixed_dims"] == {"n": 1, "k": 5}
     with pytest.raises(MobileError, match="not a dynamic dimension"):
         build_mobile(model, tmp_path / "out2", feeds, MobileConfig(dims={"k": 4, "z": 2}))
+
+
+def test_mobile_fixes_dims_that_name_nothing_each_on_its_own_axis(tmp_path):
+    """'?' on every open axis (as Paddle2ONNX writes it) names no shared size: each axis is its own dimension,
+    called INPUT[AXIS], sized from the inputs."""
+    model = relu_onnx(tmp_path / "q.onnx", ("?", "?", "?"))
+    with pytest.raises(MobileError) as err:
+        from mmedge.export.mobile import fixed_dims
+
+        fixed_dims(onnx.load(str(model)), MobileConfig(), None)
+    assert "'x[1]' (x[1]), 'x[2]' (x[2])" in str(err.value) and "--dim 'x[1]=N' --dim 'x[2]=N'" in str(err.value)
+    feeds = {"x": np.random.default_rng(1).standard_normal((2, 3, 5)).astype(np.float32)}
+    r = build_mobile(model, tmp_path / "out", feeds)
+    assert r["fixed_dims"] == {"x[0]": 1, "x[1]": 3, "x[2]": 5}
+    (shape,) = [
+        [d.dim_value for d in i.type.tensor_type.shape.dim]
+        for i in onnx.load(str(tmp_path / "out" / FIXED_ONNX)).graph.input
+    ]
+    assert shape == [1, 3, 5]
+    assert r["parity"][FIXED_ORT]["max_abs_diff"] == 0.0 and r["parity"][FIXED_ORT]["batches"] == 2
 
 
 def test_mobile_ort_that_does_not_reproduce_its_onnx_is_not_kept(tmp_path, tiny_onnx, monkeypatch):
@@ -139,3 +165,45 @@ def test_mobile_saves_at_the_basic_level_and_says_so_when_onnxruntime_cannot_rep
     assert r["parity"][ORT_FILE]["max_abs_diff"] <= 1e-4 and (tmp_path / "m" / ORT_FILE).is_file()
     ok = build_mobile(src, tmp_path / "n", split_feeds(src, n=16))  # a model that replays keeps the default
     assert ok["optimization_level"] == "all" and ok["optimization_note"] is None
+
+
+class _Fixed:
+    """A session stand-in that returns given outputs (the rows of each chunk fed) for an input 'x' [batch, 4]."""
+
+    def __init__(self, out):
+        self.out = out
+
+    def get_inputs(self):
+        return [type("I", (), {"name": "x", "shape": ["batch", 4]})()]
+
+    def get_outputs(self):
+        return [type("O", (), {"name": "probs"})()]
+
+    def run(self, names, feeds):
+        return [self.out[feeds["x"][:, 0].astype(int)]]
+
+
+def test_mobile_int8_ort_of_probabilities_is_judged_by_cosine_and_answers(tmp_path, monkeypatch):
+    """An int8 text recognizer's softmax over 40 positions: its .ort (fused integer kernels) differed by 0.021 from
+    the .onnx on probabilities up to 1, over 2 % of the largest output, with a cosine of 0.99997 and every answer the
+    same. That reproduces the model; a .ort whose answers move does not."""
+    from mmedge.export import mobile
+    from mmedge.export.mobile import check_ort
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 4, (8, 40, 30))
+    want = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    close = want.copy()
+    close[..., 0] += np.where(want[..., 0] < 0.5, 0.021, 0)  # rounding noise that moves no answer
+    feeds = {"x": np.tile(np.arange(8, dtype=np.float32)[:, None], (1, 4))}
+    cfg = MobileConfig()
+    monkeypatch.setattr(mobile, "ort_session", lambda path: _Fixed(close))
+    r = check_ort(tmp_path / "m.ort", _Fixed(want), feeds, {}, cfg, quantized=True)
+    assert r["max_abs_diff"] > cfg.quantized_rtol and r["min_cosine"] >= 0.999 and r["argmax_agreement"] == 1.0
+    assert "cosine >= 0.999" in r["rule"]
+    with pytest.raises(MobileError, match="differs from its .onnx"):  # a float model: atol alone
+        check_ort(tmp_path / "m.ort", _Fixed(want), feeds, {}, cfg, quantized=False)
+    moved = want[:, :, ::-1].copy()  # the same values, other answers everywhere
+    monkeypatch.setattr(mobile, "ort_session", lambda path: _Fixed(moved))
+    with pytest.raises(MobileError, match=r"same answers on .*required 99%"):
+        check_ort(tmp_path / "m.ort", _Fixed(want), feeds, {}, cfg, quantized=True)

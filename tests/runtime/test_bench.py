@@ -36,9 +36,12 @@ def test_bench_refuses_batch_below_one(tiny_onnx):
 def test_foreign_model_without_samples_is_benched_on_synthetic_inputs_and_says_so(tmp_path):
 
     from mmedge.runtime.inputs import bench_inputs
+    from mmedge.runtime.session import open_session
+    from mmedge.runtime.shapes import synthetic_inputs
 
     relu_onnx(tmp_path / "m.onnx")
-    feeds, source = bench_inputs(tmp_path / "m.onnx", tmp_path / "m.onnx")
+    assert bench_inputs(tmp_path / "m.onnx", tmp_path / "m.onnx") is None  # no real inputs: nothing is guessed
+    feeds, source = synthetic_inputs(open_session(tmp_path / "m.onnx", "cpu"), {}, "m.onnx", "mmedge bench m.onnx")
     assert source.startswith("synthetic") and feeds["x"].shape == (1, 4)
     r = bench_model(tmp_path / "m.onnx", feeds, runs=5, warmup=1, batch_sizes=(1, 3))
     assert r["batches"]["3"]["runs"] == 5

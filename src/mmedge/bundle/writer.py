@@ -93,7 +93,7 @@ def _write_samples(folder: Path, model_path: Path, data_cfg, count: int) -> dict
 def _write_chain_samples(folder: Path, model_path: Path, count: int) -> dict:
     """A foreign model's samples: the first ``count`` rows of the chain's inputs (the user's .npz, or synthetic) and
     the shipped model's outputs on them, so an app can check it feeds the model as the build did."""
-    from mmedge.compress.onnx_check import model_outputs
+    from mmedge.runtime.fidelity import model_outputs
     from mmedge.runtime.inputs import step_feeds
 
     feeds, source = step_feeds(model_path)
@@ -234,7 +234,10 @@ def write_bundle(
             manifest = foreign_manifest(name, sess, metrics, sample_info, lineage)
         manifest["model"]["size_bytes"] = (tmp / "model.onnx").stat().st_size
         if "mobile" in metrics:
-            manifest["variants"] = mobile_variants(metrics["mobile"], manifest["inputs"])
+            fixed = open_session(tmp / "model.fixed.onnx", "cpu").get_inputs()
+            manifest["variants"] = mobile_variants(
+                manifest["inputs"], {v.name: list(v.shape) for v in fixed}, metrics["mobile"]["session_config"]
+            )
         if "split" in metrics:
             manifest["parts"] = metrics["split"]
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
@@ -254,29 +257,29 @@ def write_bundle(
     return out
 
 
-def mobile_variants(mobile: dict, inputs: list[dict]) -> list[dict]:
-    """What an app on a phone loads: each .ort file, its input shapes and the session config it needs."""
-    fixed = mobile["fixed_dims"]
+def mobile_variants(inputs: list[dict], fixed: dict[str, list], session_config: dict) -> list[dict]:
+    """What an app on a phone loads: each .ort file, its input shapes (``fixed``: those of model.fixed.onnx) and
+    the session config it needs."""
     return [
         {
             "file": "model.ort",
             "format": "ort",
-            "for": "ONNX Runtime Mobile, CPU/XNNPACK EP, any batch size and text length",
+            "for": "ONNX Runtime Mobile, CPU/XNNPACK EP, any size of the dynamic dimensions (batch, text length)",
             "inputs": {i["name"]: i["shape"] for i in inputs},
-            "session_config": mobile["session_config"],
+            "session_config": session_config,
         },
         {
             "file": "model.fixed.ort",
             "format": "ort",
-            "for": "ONNX Runtime Mobile with NNAPI or CoreML (fixed shapes); pad the text to the fixed length",
-            "inputs": {i["name"]: [fixed.get(d, d) if isinstance(d, str) else d for d in i["shape"]] for i in inputs},
-            "session_config": mobile["session_config"],
+            "for": "ONNX Runtime Mobile with NNAPI or CoreML (fixed shapes); pad each input to its fixed shape",
+            "inputs": fixed,
+            "session_config": session_config,
         },
         {
             "file": "model.fixed.onnx",
             "format": "onnx",
             "for": "the fixed-shape model as ONNX (what model.fixed.ort was converted from)",
-            "inputs": {i["name"]: [fixed.get(d, d) if isinstance(d, str) else d for d in i["shape"]] for i in inputs},
+            "inputs": fixed,
         },
         {"file": "required_operators.config", "format": "ort-operators-config", "for": "a reduced-operator build"},
         {"file": "mobile.json", "format": "json", "for": "the NNAPI/CoreML usability analysis and .ort parity"},

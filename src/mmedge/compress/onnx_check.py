@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from mmedge.errors import BudgetExceededError, MmedgeError
+from mmedge.errors import BudgetExceededError
+from mmedge.runtime.fidelity import model_outputs, output_fidelity
 
 
 class Tolerance(BaseModel):
@@ -94,60 +94,6 @@ def gated_result(ctx, step: str, out: Path, tol: Tolerance, metrics_cls, info: d
         metrics = {**check_rewrite(step, ctx.artifact.path, out, ctx.recipe.data, tol), **info}
     artifact = Artifact(out, "onnx", ctx.artifact.spec, (*ctx.artifact.lineage, step))
     return StepResult(artifact, metrics_cls.model_validate(metrics))
-
-
-def model_outputs(path: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Every output of the model at ``path`` on ``feeds``, by name; run in chunks of the model's fixed batch size
-    where its batch axis is fixed."""
-    from mmedge.runtime.session import open_session, run
-
-    sess = open_session(path, "cpu")
-    names = [o.name for o in sess.get_outputs()]
-    n = min(len(v) for v in feeds.values())
-    fixed = [i.shape[0] for i in sess.get_inputs() if i.shape and isinstance(i.shape[0], int)]
-    step = fixed[0] if fixed and fixed[0] < n else n
-    parts = [run(sess, {k: v[s : s + step] for k, v in feeds.items()}) for s in range(0, n, step)]
-    return {
-        name: np.concatenate([p[i] for p in parts]) if len(parts) > 1 else parts[0][i] for i, name in enumerate(names)
-    }
-
-
-def output_fidelity(candidate: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> dict:
-    """How closely ``candidate``'s outputs follow ``reference``'s (same inputs): per output the max and mean abs
-    diff, the cosine of each sample's flattened output (mean and worst), and argmax agreement for an output that
-    looks like class scores (rank 2, more than one class). The figures of ``mmedge.results.Fidelity``."""
-    outputs = []
-    for name, want in reference.items():
-        got = candidate[name]
-        if got.shape != want.shape:
-            raise MmedgeError(
-                f"output '{name}' has shape {list(got.shape)} against the source model's {list(want.shape)}; the "
-                "rewrite changed the model's interface, which no step may do."
-            )
-        r = want.astype(np.float64).reshape(len(want), -1) if want.ndim else want.astype(np.float64).reshape(1, 1)
-        c = got.astype(np.float64).reshape(r.shape)
-        diff = np.abs(c - r)
-        norms = np.linalg.norm(c, axis=1) * np.linalg.norm(r, axis=1)
-        # two all-zero samples are identical; a zero against a non-zero one is as far apart as it gets
-        cos = np.where(norms > 0, (c * r).sum(1) / np.maximum(norms, 1e-300), np.where(diff.max(1) == 0, 1.0, 0.0))
-        entry = {
-            "name": name,
-            "shape": list(want.shape),
-            "max_abs_diff": float(diff.max()) if diff.size else 0.0,
-            "mean_abs_diff": float(diff.mean()) if diff.size else 0.0,
-            "cosine": float(cos.mean()),
-            "min_cosine": float(cos.min()),
-        }
-        if want.ndim == 2 and want.shape[1] > 1:
-            entry["argmax_agreement"] = float((got.argmax(1) == want.argmax(1)).mean())
-        outputs.append(entry)
-    agreements = [o["argmax_agreement"] for o in outputs if "argmax_agreement" in o]
-    return {
-        "outputs": outputs,
-        "min_cosine": min(o["cosine"] for o in outputs),
-        "max_abs_diff": max(o["max_abs_diff"] for o in outputs),
-        "argmax_agreement": min(agreements) if agreements else None,
-    }
 
 
 def chain_source(ctx):

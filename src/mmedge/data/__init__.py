@@ -87,7 +87,7 @@ class DataConfig(BaseModel):
 
 
 # manifest stems that say nothing about the data: the folder's name goes first ("shapes-train", not "train")
-_GENERIC_STEMS = {"train", "test", "val", "data", "dataset", "manifest", "labels", "index", "captions", "all"}
+_GENERIC_STEMS = {"train", "test", "val", "data", "dataset", "manifest", "labels", "index", "captions", "all", "model"}
 
 
 def data_name(path: str | Path) -> str:

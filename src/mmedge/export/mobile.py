@@ -15,8 +15,8 @@ From one .onnx model this writes:
 
 Every .ort is loaded back (with its saved runtime optimizations replayed, as the device will) and must
 reproduce the .onnx outputs within ``atol`` — or, for an int8 model, whose fused integer kernels round in
-another order, within ``quantized_rtol`` of the largest output with (nearly) every answer the same; otherwise
-nothing is kept.
+another order, within ``quantized_rtol`` of the largest output, or with every sample's cosine at least
+``runtime.fidelity.REPRODUCE_MIN_COSINE``, with (nearly) every answer the same; otherwise nothing is kept.
 """
 
 from __future__ import annotations
@@ -99,24 +99,26 @@ class MobileConfig(StepConfig):
 
 
 def _dim_params(model) -> dict[str, list[tuple[str, int]]]:
-    """Each dynamic dimension name -> the (input, axis) places it sizes."""
+    """Each dynamic dimension name -> the (input, axis) places it sizes, named as ``runtime.shapes.open_dims`` and
+    ``--dim`` name them (``INPUT[AXIS]`` for one that names nothing)."""
+    from mmedge.runtime.shapes import dim_name
+
     found: dict[str, list[tuple[str, int]]] = {}
     for value in model.graph.input:
         for axis, dim in enumerate(value.type.tensor_type.shape.dim):
-            if dim.dim_param:
-                found.setdefault(dim.dim_param, []).append((value.name, axis))
-            elif not dim.HasField("dim_value"):
-                raise MobileError(
-                    f"input '{value.name}' has an unnamed dynamic dimension on axis {axis}, which cannot be fixed "
-                    "for NNAPI/CoreML; re-export the model with named dynamic axes."
-                )
+            if dim.HasField("dim_value") and dim.dim_value >= 0:
+                continue
+            found.setdefault(dim_name(dim.dim_param, value.name, axis), []).append((value.name, axis))
     return found
 
 
-def fixed_dims(model, cfg: MobileConfig, max_length: int | None) -> dict[str, int]:
-    """A size for every dynamic dimension of the model inputs, or one error naming every one left open."""
+def fixed_dims(model, cfg: MobileConfig, max_length: int | None, given: dict[str, int] | None = None) -> dict[str, int]:
+    """A size for every dynamic dimension of the model inputs, or one error naming every one left open. A size comes
+    from the step's ``dims``, else the batch size (a batch-like dimension), else the text length (``text_length``, or
+    the tokenizer's ``max_length``), else ``given`` (the sizes of the check inputs: a model from elsewhere)."""
     dims, missing = {}, {}
     places = _dim_params(model)
+    given = given or {}
     for name, where in places.items():
         if name in cfg.dims:
             dims[name] = cfg.dims[name]
@@ -124,12 +126,14 @@ def fixed_dims(model, cfg: MobileConfig, max_length: int | None) -> dict[str, in
             dims[name] = cfg.batch_size
         elif cfg.text_length is not None or max_length is not None:
             dims[name] = cfg.text_length or max_length
+        elif name in given:
+            dims[name] = given[name]
         else:
             missing[name] = where
     if missing:
         from mmedge.runtime.shapes import describe_dims, dim_options
 
-        step = ", ".join(f"{n}: N" for n in missing)
+        step = ", ".join(f"{n!r}: N" if "[" in n else f"{n}: N" for n in missing)
         raise MobileError(
             f"the model's dynamic dimensions {describe_dims(missing)} have no known size; set them in the mobile "
             f"step (dims: {{{step}}}), or give `mmedge mobile` {dim_options(missing)} or real inputs with "
@@ -150,9 +154,19 @@ def make_fixed(src: Path, dst: Path, dims: dict[str, int]) -> None:
     import onnx
     from onnxruntime.tools.onnx_model_utils import fix_output_shapes, make_dim_param_fixed
 
+    from mmedge.runtime.shapes import UNNAMED
+
     model = onnx.load(str(src))
+    places = _dim_params(model)
+    inputs = {v.name: v for v in model.graph.input}
     for name, value in dims.items():
-        make_dim_param_fixed(model.graph, name, value)
+        at = [inputs[i].type.tensor_type.shape.dim[axis] for i, axis in places[name]]
+        if all(d.dim_param in UNNAMED for d in at):  # a dimension that names nothing is sized where it is
+            for dim in at:
+                dim.Clear()
+                dim.dim_value = value
+        else:
+            make_dim_param_fixed(model.graph, name, value)
     fix_output_shapes(model)
     onnx.save(model, str(dst))
 
@@ -283,34 +297,51 @@ def _run_chunks(sess, chunks: list[dict[str, np.ndarray]], n: int) -> list[np.nd
     return [np.concatenate([o[k] for o in outs])[:n] for k in range(len(outs[0]))]
 
 
-QUANTIZED_OPS = {"DynamicQuantizeLinear", "QuantizeLinear", "DequantizeLinear", "MatMulInteger", "ConvInteger"}
-
-
 def check_ort(
     ort_path: Path, source, feeds: dict[str, np.ndarray], pad: dict[str, int], cfg: MobileConfig, quantized: bool
 ) -> dict:
     """Parity of a .ort with the session of its source .onnx, both fed the same batches. (The same batches
     matter: dynamic int8 quantization scales activations per batch, so batch 1 and batch 8 differ.)"""
+    from mmedge.runtime.fidelity import REPRODUCE_MIN_COSINE, output_fidelity, reproduction_problems
+
     sess = ort_session(ort_path)
     n = len(next(iter(feeds.values())))
     chunks = fit_feeds(feeds, sess, pad)
+    names = [o.name for o in source.get_outputs()]
     got, want = _run_chunks(sess, chunks, n), _run_chunks(source, chunks, n)
-    diff = max(float(np.abs(g.astype(np.float64) - w).max()) for g, w in zip(got, want, strict=True))
-    agree = float((got[0].argmax(-1) == want[0].argmax(-1)).mean()) if got[0].ndim == 2 else None
-    result = {"max_abs_diff": diff, "argmax_agreement": agree, "samples": n, "batches": len(chunks)}
-    if diff <= cfg.atol:
+    fid = output_fidelity(dict(zip(names, got, strict=True)), dict(zip(names, want, strict=True)))
+    worst = min(o["min_cosine"] for o in fid["outputs"])
+    result = {
+        "max_abs_diff": fid["max_abs_diff"],
+        "min_cosine": worst,
+        "argmax_agreement": fid["argmax_agreement"],
+        "samples": n,
+        "batches": len(chunks),
+    }
+    if fid["max_abs_diff"] <= cfg.atol:
         return {**result, "rule": f"max abs diff <= {cfg.atol:g}"}
     bound = cfg.quantized_rtol * max(1.0, max(float(np.abs(w).max()) for w in want))
-    if quantized and diff <= bound and (agree is None or agree >= cfg.min_agreement):
+    agree = fid["argmax_agreement"] is None or fid["argmax_agreement"] >= cfg.min_agreement
+    if quantized and agree and fid["max_abs_diff"] <= bound:
         return {
             **result,
             "rule": f"int8 model: max abs diff <= {bound:.3g} ({cfg.quantized_rtol:g} of the largest output), "
             f"agreement >= {cfg.min_agreement:g}",
         }
-    allowed = f"{bound:.3g} with {cfg.min_agreement:.0%} same answers" if quantized else f"{cfg.atol:g}"
+    # Probabilities (at most 1) leave the share-of-the-largest-output bound little room: there the outputs' shape
+    # decides, each sample's cosine with the .onnx's.
+    problems = reproduction_problems(fid)
+    if quantized and agree and not problems:
+        return {
+            **result,
+            "rule": f"int8 model: every sample's cosine >= {REPRODUCE_MIN_COSINE:g}, agreement >= "
+            f"{cfg.min_agreement:g}",
+        }
+    allowed = f"{bound:.3g}, or a cosine of {REPRODUCE_MIN_COSINE:g} on every sample," if quantized else f"{cfg.atol:g}"
+    why = f" ({'; '.join(problems)})" if quantized and problems else ""
     raise MobileError(
-        f"{ort_path.name} differs from its .onnx by up to {diff:.2e} on {n} real inputs (allowed {allowed}); "
-        "the mobile file does not reproduce the model, so it was not kept."
+        f"{ort_path.name} differs from its .onnx by up to {fid['max_abs_diff']:.2e} on {n} real inputs (allowed "
+        f"{allowed}){why}; the mobile file does not reproduce the model, so it was not kept."
     )
 
 
@@ -385,9 +416,14 @@ def build_mobile(
     sess = open_session(model_path, "cpu")
     tok = metadata_json(sess, "mmedge.tokenizer") or {}
     graph = onnx.load(str(model_path), load_external_data=False)
-    dims = fixed_dims(graph, cfg, tok.get("max_length"))  # every size left open, named before anything runs
     run(sess, feeds)  # inputs that do not fit the model are reported here, before any file is written
+    from mmedge.runtime.shapes import sizes_from_feeds
+
+    # every size left open, named before any file is written
+    dims = fixed_dims(graph, cfg, tok.get("max_length"), sizes_from_feeds(sess, feeds))
     pad = {"input_ids": int(tok.get("pad_id", 0))}  # every other input pads with 0 (mask: padding)
+    from mmedge.compress.quantize.graph import QUANTIZED_OPS
+
     quantized = bool(QUANTIZED_OPS & {node.op_type for node in graph.graph.node})
 
     out_dir.mkdir(parents=True, exist_ok=True)

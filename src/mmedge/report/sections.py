@@ -26,6 +26,7 @@ from mmedge.results import (
     AutoQuantMetrics,
     BenchMetrics,
     DistillMetrics,
+    DynamicQuantMetrics,
     ExportMetrics,
     LoadOnnxMetrics,
     MagnitudePruneMetrics,
@@ -348,6 +349,8 @@ def rewrite_note(m: RewriteMetrics) -> str:
     if isinstance(m, OptimizeMetrics):
         loads = "every EP" if m.portable else ", ".join(m.loads_on)
         notes.append(f"level {m.level}, {m.nodes_before} → {m.nodes_after} nodes; loads on {loads}")
+    if isinstance(m, DynamicQuantMetrics) and m.nothing_quantized:
+        notes.append(m.nothing_quantized)
     if m.fidelity is not None:  # a foreign model: gated on fidelity to the source model, not on accuracy
         f = m.fidelity
         agreement = f", same argmax {pct(f.argmax_agreement)}" if f.argmax_agreement is not None else ""

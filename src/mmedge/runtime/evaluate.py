@@ -262,6 +262,8 @@ def validate_samples(bundle_root: str | Path, manifest: dict, ep: str = "cpu") -
 
     root = Path(bundle_root)
     info = manifest.get("samples") or {}
+    if info.get("tensors") and info.get("outputs"):
+        return _validate_recorded_outputs(root, manifest, info, ep)
     if not info.get("tensors") or not info.get("file"):
         raise MmedgeError(f"bundle {root} ships no samples; validate it on a data set with --data PATH.")
     rows = json.loads((root / info["file"]).read_text())
@@ -279,4 +281,25 @@ def validate_samples(bundle_root: str | Path, manifest: dict, ep: str = "cpu") -
         "same_answers": float(np.mean([a == r["predicted"] for a, r in zip(answers, rows, strict=True)])),
         "correct": float(np.mean([a == r["answer"] for a, r in zip(answers, rows, strict=True)])),
         "max_abs_diff": float(np.abs(logits.astype(np.float64) - want).max()),
+    }
+
+
+def _validate_recorded_outputs(root: Path, manifest: dict, info: dict, ep: str) -> dict:
+    """A bundle of a model mmedge did not write: its recorded inputs run again, every output compared with the one
+    recorded at build time (``runtime.fidelity``); ``problems`` lists what keeps them from reproducing it."""
+    from mmedge.runtime.fidelity import output_fidelity, reproduction_problems, session_outputs
+
+    with np.load(root / info["tensors"], allow_pickle=False) as npz:
+        feeds = {k: npz[k] for k in npz.files}
+    with np.load(root / info["outputs"], allow_pickle=False) as npz:
+        want = {k: npz[k] for k in npz.files}
+    sess = open_session(root / manifest["model"]["file"], ep)
+    fidelity = output_fidelity(session_outputs(sess, feeds), want)
+    return {
+        "samples": min(len(v) for v in feeds.values()),
+        "providers": sess.get_providers(),
+        "inputs": info.get("inputs"),
+        "fidelity": fidelity,
+        "max_abs_diff": fidelity["max_abs_diff"],
+        "problems": reproduction_problems(fidelity),
     }

@@ -1,7 +1,8 @@
 """Real inputs for timing and checks (no torch): a bundle's shipped samples, else the model's test split.
 
 Zeros are not real inputs: attention and LSTM kernels can take different paths on them. A model with no
-samples and no mmedge metadata gets synthetic inputs, and the results say so.
+samples and no mmedge metadata gets synthetic inputs only with a size for every open dimension but the batch (none
+is guessed), and the results say so.
 """
 
 from __future__ import annotations
@@ -52,19 +53,6 @@ def bundle_feeds(bundle_dir: Path) -> dict[str, np.ndarray]:
         return {k: npz[k] for k in npz.files}
 
 
-def synthetic_feeds(path) -> dict[str, np.ndarray]:
-    sess = open_session(path, "cpu")
-    rng = np.random.default_rng(0)
-    feeds = {}
-    for i in sess.get_inputs():
-        shape = [d if isinstance(d, int) else (1 if axis == 0 else 8) for axis, d in enumerate(i.shape)]
-        if "float" in i.type:
-            feeds[i.name] = rng.random(shape, dtype=np.float32).astype(np.float16 if "16" in i.type else np.float32)
-        else:
-            feeds[i.name] = np.ones(shape, dtype=np.int64 if "int64" in i.type else np.int32)
-    return feeds
-
-
 def synthetic_inputs(
     path, dims: dict[str, int] | None = None, samples: int = 16, source=None
 ) -> tuple[dict[str, np.ndarray], str]:
@@ -102,19 +90,20 @@ def npz_feeds(path: Path) -> dict[str, np.ndarray]:
 def step_feeds(path, data_cfg=None) -> tuple[dict[str, np.ndarray], str]:
     """(feeds, where they came from) for a pipeline step: the chain's own inputs when it started from a foreign
     model (``chain_inputs``), the test split for a model mmedge exported, else synthetic inputs (a model from
-    elsewhere, without the tokenizer metadata), said so in the results."""
+    elsewhere, without the tokenizer metadata), which need every open dimension but the batch to have a size."""
     from mmedge.runtime.session import metadata_json
 
     given = _CHAIN_INPUTS.get()
     if given is not None:
         return npz_feeds(given[0]), given[1]
     if metadata_json(open_session(path, "cpu"), "mmedge.tokenizer") is None:
-        return synthetic_feeds(path), "synthetic (the model carries no mmedge tokenizer metadata)"
+        return synthetic_inputs(path)
     return split_feeds(path, data_cfg), "test split samples"
 
 
-def bench_inputs(given: Path, model_path: Path) -> tuple[dict[str, np.ndarray], str]:
-    """(feeds, where they came from) for ``mmedge bench``."""
+def bench_inputs(given: Path, model_path: Path) -> tuple[dict[str, np.ndarray], str] | None:
+    """(feeds, where they came from) for ``mmedge bench``: a bundle's samples, else the model's test split; None
+    when there are no real inputs (the caller draws synthetic ones to the sizes the user gives, or refuses)."""
     from mmedge.runtime.session import metadata_json
 
     for folder in (given, model_path.parent):
@@ -125,4 +114,4 @@ def bench_inputs(given: Path, model_path: Path) -> tuple[dict[str, np.ndarray], 
             return split_feeds(model_path), "test split samples"
         except MissingDependencyError:
             pass
-    return synthetic_feeds(model_path), "synthetic (no bundle samples or dataset found for this model)"
+    return None

@@ -28,6 +28,14 @@ _NUMPY = {
 }
 
 SYNTHETIC = "synthetic"  # how a source string of synthetic inputs starts (the results and reports read it)
+# dim_param values that name nothing: '?' is what some exporters (Paddle2ONNX among them) write for "unknown", on
+# every open axis at once, and the axes it marks are independent of each other.
+UNNAMED = ("", "?")
+
+
+def dim_name(dim_param: str | None, input_name: str, axis: int) -> str:
+    """The name of an open dimension: its dim_param, or ``INPUT[AXIS]`` for one that names nothing."""
+    return dim_param if isinstance(dim_param, str) and dim_param not in UNNAMED else f"{input_name}[{axis}]"
 
 
 def open_dims(sess) -> dict[str, list[tuple[str, int]]]:
@@ -38,8 +46,7 @@ def open_dims(sess) -> dict[str, list[tuple[str, int]]]:
         for axis, dim in enumerate(value.shape):
             if isinstance(dim, int) and dim >= 0:
                 continue
-            name = dim if isinstance(dim, str) and dim else f"{value.name}[{axis}]"
-            found.setdefault(name, []).append((value.name, axis))
+            found.setdefault(dim_name(dim, value.name, axis), []).append((value.name, axis))
     return found
 
 
@@ -110,8 +117,7 @@ def synthetic_inputs(sess, dims: dict[str, int], label: str, command: str) -> tu
             if isinstance(dim, int) and dim >= 0:
                 shape.append(dim)
                 continue
-            name = dim if isinstance(dim, str) and dim else f"{value.name}[{axis}]"
-            shape.append(dims.get(name, 1))
+            shape.append(dims.get(dim_name(dim, value.name, axis), 1))
         if np.issubdtype(dtype, np.floating):
             feeds[value.name] = rng.random(shape, dtype=np.float32).astype(dtype)
         else:

@@ -1,9 +1,11 @@
 """`mmedge validate`: a model's accuracy with ONNX Runtime alone, wherever it is run (device side).
 
 A bundle is first checked against its own samples (the inputs and logits recorded when it was built), which needs
-nothing but the bundle. A data set is then scored: the one given with ``data`` (a user's manifest or folder), or
-the built-in one the model's metadata names. A path to user data recorded at build time is never read: that data
-lives on the build machine. ``check_accuracy_drop`` turns the figures into a gate (exit 1 in CI).
+nothing but the bundle; a bundle of a model from elsewhere has no labelled data, and is checked on its samples
+alone, every output against the one recorded (``check_samples`` gates on it). A data set is then scored: the one
+given with ``data`` (a user's manifest or folder), or the built-in one the model's metadata names. A path to user
+data recorded at build time is never read: that data lives on the build machine. ``check_accuracy_drop`` turns the
+figures into a gate (exit 1 in CI).
 """
 
 from __future__ import annotations
@@ -36,6 +38,20 @@ def validate(
         path = model
     sess = open_session(path, ep)
     recorded = metadata_json(sess, "mmedge.data") or {}
+    if metadata_json(sess, "mmedge.tokenizer") is None:  # a model mmedge did not write: no data, no labels
+        if data is not None:
+            raise MmedgeError(
+                f"--data scores a model mmedge trained, and {path} is a model from elsewhere (no mmedge metadata, no "
+                "labels to score against); drop --data: a bundle is checked against the outputs it recorded."
+            )
+        if "bundle_samples" not in out:
+            raise MmedgeError(
+                f"{path} is a model from elsewhere (no mmedge metadata), so it has no labelled data to be scored on; "
+                "validate the bundle `mmedge run --model onnx:` made of it (it ships the inputs and outputs it was "
+                "built with), or time it with `mmedge bench --inputs FILE.npz`."
+            )
+        out["model"] = str(path)
+        return out
     if data is not None:
         labels = metadata_json(sess, "mmedge.labels")
         cfg = DataConfig(name="user", path=Path(data), labels=tuple(labels) if labels else None)
@@ -50,6 +66,18 @@ def validate(
     out.update(validate_model(path, cfg, ep=ep, ablation=ablation, reference=reference))
     out["model"] = str(path)
     return out
+
+
+def check_samples(metrics: dict, bundle: str | Path) -> None:
+    """Raise ``BudgetExceededError`` when a bundle of a model from elsewhere no longer gives the outputs it recorded
+    at build time on its own sample inputs (another EP, another CPU's kernels, or a changed file)."""
+    problems = (metrics.get("bundle_samples") or {}).get("problems")
+    if problems:
+        raise BudgetExceededError(
+            f"bundle {bundle} does not reproduce the outputs it recorded at build time on "
+            f"{metrics['bundle_samples']['providers'][0]}: {'; '.join(problems)}; run it on the EP it was built for, "
+            "or rebuild it with `mmedge run`."
+        )
 
 
 def check_accuracy_drop(metrics: dict, max_accuracy_drop: float | None) -> None:

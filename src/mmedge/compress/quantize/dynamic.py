@@ -9,6 +9,8 @@ handler, so Gemm nodes are first rewritten as MatMul + Add (``graph.gemm_to_matm
 
 from __future__ import annotations
 
+import shutil
+import sys
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -17,7 +19,14 @@ from pydantic import Field, field_validator, model_validator
 
 from mmedge.compress.onnx_check import Tolerance, gated_result
 from mmedge.compress.quantize.calibration import CalibrationConfig, calibration_feeds, quiet
-from mmedge.compress.quantize.graph import copy_metadata, gemm_to_matmul, op_histogram, pre_processed, similarity_head
+from mmedge.compress.quantize.graph import (
+    QUANTIZED_OPS,
+    copy_metadata,
+    gemm_to_matmul,
+    op_histogram,
+    pre_processed,
+    similarity_head,
+)
 from mmedge.compress.quantize.plan import DYNAMIC_EXTRA_OPTIONS, DYNAMIC_OP_TYPES, check_op_types
 from mmedge.compress.saturation import make_saturation_free, matmul_weights
 from mmedge.errors import MmedgeError
@@ -160,13 +169,20 @@ def quantize_dynamic_model(src: Path, out: Path, cfg: DynamicQuantConfig, data_c
         requantized = make_saturation_free(quantized, matmul_weights(model)) if safe else 0
         if requantized + float16_weights(quantized, half):
             save_onnx(quantized, out)
-    copy_metadata(src, out, {"mmedge.precision": "int8-dynamic"})
-    info = {
-        "gemm_rewritten": rewritten,
-        "pre_process": pre_process,
-        "saturation_free_weights": requantized,
-        "ops": op_histogram(out),
-    }
+    info = {"gemm_rewritten": rewritten, "pre_process": pre_process, "saturation_free_weights": requantized}
+    if not QUANTIZED_OPS & set(op_histogram(out)):
+        # e.g. a convolutional model: dynamic int8 of its op types found no node; the model goes on unchanged
+        shutil.copyfile(src, out)
+        held = ", ".join(f"{n} {op}" for op, n in list(op_histogram(src).items())[:4])
+        info["nothing_quantized"] = (
+            f"dynamic int8 found no {'/'.join(sorted(set(ops)))} node to quantize in the model (its most common ops: "
+            f"{held}), so it goes on unchanged; a convolutional model is quantized by quantize.static, calibrated "
+            "on real inputs (--inputs FILE.npz)"
+        )
+        print(f"note: quantize.dynamic: {info['nothing_quantized']}.", file=sys.stderr, flush=True)
+    else:
+        copy_metadata(src, out, {"mmedge.precision": "int8-dynamic"})
+    info["ops"] = op_histogram(out)
     if cfg.keep_float:
         info["float_matmuls"] = kept_float
     return {**info, "smoothing": smoothing} if smoothing else info

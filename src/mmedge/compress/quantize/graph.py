@@ -15,6 +15,21 @@ from pathlib import Path
 
 from mmedge.runtime.session import model_metadata, save_onnx, set_metadata
 
+# Ops that mark a model as quantized (dynamic int8, QDQ, or the integer ops ORT fuses them into).
+QUANTIZED_OPS = frozenset(
+    {
+        "DequantizeLinear",
+        "QuantizeLinear",
+        "DynamicQuantizeLinear",
+        "MatMulInteger",
+        "ConvInteger",
+        "QLinearConv",
+        "QLinearMatMul",
+        "DynamicQuantizeLSTM",
+        "DynamicQuantizeMatMul",
+    }
+)
+
 
 def op_histogram(model) -> dict[str, int]:
     """{op type: count} of a model file or a loaded ModelProto, most common first."""
