@@ -271,3 +271,15 @@ def test_validate_checks_a_foreign_bundle_on_its_samples_alone_and_fails_when_th
     res = runner.invoke(app, ["validate", str(bundle)])
     assert res.exit_code == 1, res.output
     assert "does not reproduce the outputs it recorded at build time" in res.output and "Traceback" not in res.output
+
+
+def test_smoothing_a_foreign_model_calibrates_on_the_users_inputs_and_is_refused_without_them(tmp_path):
+    model = scorer_onnx(tmp_path / "scorer.onnx")
+    np.savez(tmp_path / "x.npz", x=np.random.default_rng(6).random((20, FEATURES), dtype=np.float32))
+    steps = [{"type": "quantize.dynamic", "smooth_alpha": "auto", "keep_float": 1}]
+    with pytest.raises(RecipeError, match="pass real inputs with --inputs FILE.npz, or leave smooth_alpha"):
+        run_recipe(recipe_for(tmp_path / "none", model, steps), progress="off")
+    recipe = recipe_for(tmp_path, model, steps, load={"inputs": str(tmp_path / "x.npz")})
+    assert recipe.steps[1].calibration_data == tmp_path / "x.npz"
+    m = run_recipe(recipe, progress="off")[1].result.metrics
+    assert m.smoothing is not None and len(m.float_matmuls) == 1 and m.fidelity.inputs == "user"

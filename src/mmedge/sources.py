@@ -128,14 +128,17 @@ def input_overrides(inputs: Path | None = None, dims: dict[str, int] | None = No
 
 def _with_inputs(raw, load: dict):
     """A step of an onnx: chain given what load.onnx knows of the inputs: quantize.static calibrates on the user's
-    .npz unless its calibration names data of its own. (mobile sizes the dims it leaves open from the chain's
-    inputs, the user's or synthetic ones drawn to the sizes given.)"""
+    .npz unless its calibration names data of its own, and quantize.dynamic's smoothing and keep_float likewise.
+    (mobile sizes the dims it leaves open from the chain's inputs, the user's or synthetic ones drawn to the sizes
+    given.)"""
     if not isinstance(raw, dict):
         return raw
     if raw.get("type") == "quantize.static" and load.get("inputs"):
         calibration = dict(raw.get("calibration") or {})
         calibration.setdefault("data", str(load["inputs"]))
         return {**raw, "calibration": calibration}
+    if raw.get("type") == "quantize.dynamic" and load.get("inputs"):
+        return {"calibration_data": str(load["inputs"]), **raw}
     return raw
 
 
@@ -238,10 +241,12 @@ def check_foreign_steps(src: Path, steps, cfg: LoadOnnxConfig) -> None:
                 f"{src} carries no mmedge metadata, so quantize.static has no data to calibrate on; pass real "
                 "inputs with --inputs FILE.npz (one array per model input) or set calibration.data."
             )
-        if step.type == "quantize.dynamic" and (step.smooth_alpha is not None or step.keep_float):
+        calibrates = step.type == "quantize.dynamic" and (step.smooth_alpha is not None or step.keep_float)
+        if calibrates and step.calibration_data is None:
             raise RecipeError(
                 f"{src} carries no mmedge metadata, so quantize.dynamic has no training split to draw smoothing or "
-                "keep_float calibration from; leave smooth_alpha and keep_float out for this model."
+                "keep_float calibration from; pass real inputs with --inputs FILE.npz, or leave smooth_alpha and "
+                "keep_float out."
             )
         if step.type == "bundle" and step.split:
             raise RecipeError(

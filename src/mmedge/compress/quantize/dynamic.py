@@ -93,6 +93,11 @@ class DynamicQuantConfig(StepConfig):
         description="smooth_alpha, keep_float: training-split samples whose activations set the smoothing and rank "
         "the MatMuls.",
     )
+    calibration_data: Path | None = Field(
+        None,
+        description="smooth_alpha, keep_float: an .npz of model inputs (one array per input) to calibrate on instead "
+        "of the training split; a model from elsewhere (onnx:) takes the --inputs file.",
+    )
     tolerance: Tolerance = Field(default_factory=Tolerance, description="Gate against the input model.")
 
     @field_validator("op_types")
@@ -126,7 +131,8 @@ def quantize_dynamic_model(src: Path, out: Path, cfg: DynamicQuantConfig, data_c
     onnx.save_model(model, str(prepared))
     smoothing, kept_float = None, []
     if (cfg.smooth_alpha is not None or cfg.keep_float) and feeds is None:
-        feeds = calibration_feeds(src, CalibrationConfig(samples=cfg.calibration_samples), data_cfg)
+        calibration = CalibrationConfig(samples=cfg.calibration_samples, data=cfg.calibration_data)
+        feeds = calibration_feeds(src, calibration, data_cfg)
     if cfg.smooth_alpha is not None:
         from mmedge.compress.smooth import smooth_matmuls
 
