@@ -18,7 +18,7 @@ from tests.conftest import onnx_model
 FEATURES, HIDDEN, CLASSES = 64, 96, 10
 
 
-def scorer_onnx(path, seq: bool = False):
+def scorer_onnx(path, seq: bool = False, opset: int = 18):
     """x (batch, [seq,] 64) -> MatMul by a Constant-node weight -> Add -> Relu -> Gemm (initializer weight) ->
     scores (batch, 10); with ``seq`` the features are averaged over an unknown 'seq' axis first."""
     rng = np.random.default_rng(0)
@@ -48,7 +48,7 @@ def scorer_onnx(path, seq: bool = False):
         [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", CLASSES])],
         initializer=inits,
     )
-    onnx.save(onnx_model(graph), str(path))
+    onnx.save(onnx_model(graph, opsets=(("", opset),)), str(path))
     return path
 
 
@@ -283,3 +283,18 @@ def test_smoothing_a_foreign_model_calibrates_on_the_users_inputs_and_is_refused
     assert recipe.steps[1].calibration_data == tmp_path / "x.npz"
     m = run_recipe(recipe, progress="off")[1].result.metrics
     assert m.smoothing is not None and len(m.float_matmuls) == 1 and m.fidelity.inputs == "user"
+
+
+def test_a_model_at_an_opset_before_13_is_converted_so_that_its_per_channel_int8_loads(tmp_path):
+    """PP-OCR's text classifier is at opset 11: the static quantizer's per-channel DequantizeLinear (axis) made a
+    model onnxruntime refused ("Unrecognized attribute: axis"). The chain's copy is converted to opset 13 first."""
+    model = scorer_onnx(tmp_path / "old.onnx", opset=11)
+    np.savez(tmp_path / "x.npz", x=np.random.default_rng(7).random((16, FEATURES), dtype=np.float32))
+    steps = [{"type": "quantize.static", "per_channel": True}, {"type": "quantize.dynamic", "per_channel": True}]
+    recipe = recipe_for(tmp_path, model, steps[:1], load={"inputs": str(tmp_path / "x.npz")})
+    m = run_recipe(recipe, progress="off")[1].result.metrics
+    assert m.static_nodes > 0 and m.fidelity.min_cosine >= 0.99
+    recipe = recipe_for(tmp_path / "d", model, steps[1:], load={"inputs": str(tmp_path / "x.npz")})
+    m = run_recipe(recipe, progress="off")[1].result.metrics
+    assert m.pre_process.endswith("opset 11 converted to 13") and m.fidelity.min_cosine >= 0.99
+    assert onnx.load(str(model)).opset_import[0].version == 11  # the user's file is never changed

@@ -5,6 +5,8 @@ The CLI prints ``str(error)`` and exits with ``error.exit_code``; it never shows
 
 from __future__ import annotations
 
+import re
+
 
 class MmedgeError(Exception):
     """Base class: a problem with the user's input, files or environment."""
@@ -77,3 +79,24 @@ def closest(name: str, choices: list[str]) -> str:
 
     match = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
     return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def brief(exc: BaseException, limit: int = 200) -> str:
+    """onnxruntime's error as one short clause: the failing node and its message, without the source-file trace,
+    shortened at a word boundary."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    node = re.search(r"running (\S+) node\. Name:'([^']*)'", text)
+    if "Status Message:" in text:
+        message = text.split("Status Message:", 1)[1].strip()
+        message = re.sub(r"^\S+:\d+ .*? was false\. ", "", message)  # the C++ file, line and failed condition
+        text = f"{node.group(1)} node{f' {node.group(2)!r}' if node.group(2) else ''}: {message}" if node else message
+    return clip(text, limit)
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters at a word boundary, with an ellipsis when cut."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1].rsplit(" ", 1)[0].rstrip(",;:")
+    return cut + "…"

@@ -188,3 +188,37 @@ def test_eps_running_a_graph_follow_its_non_standard_ops():
     assert eps_running([("com.microsoft", "DynamicQuantizeLSTM")]) == ["cpu"]
     assert eps_running([("com.microsoft.nchwc", "Conv")]) == ["cpu"]
     assert eps_running([("com.example", "Custom")]) == []
+
+
+def test_a_model_onnxruntime_refuses_is_named_with_its_reason_cut_at_a_word(tmp_path):
+    """onnxruntime's reason for refusing a graph (here a per-axis DequantizeLinear at opset 11, which int8 of an
+    old model once wrote) is shortened at a word boundary, never mid-word."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from mmedge.errors import EpCannotRunError
+    from tests.conftest import onnx_model
+
+    node = helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"], axis=0, name="a_rather_long_node_name_" * 4)
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("q", TensorProto.INT8, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+        initializer=[
+            helper.make_tensor("s", TensorProto.FLOAT, [], [0.1]),
+            helper.make_tensor("z", TensorProto.INT8, [], [0]),
+        ],
+    )
+    onnx.save(onnx_model(graph, opsets=(("", 11),)), str(tmp_path / "old.onnx"))
+    with pytest.raises(EpCannotRunError) as err:
+        open_session(tmp_path / "old.onnx")
+    message = str(err.value)
+    reason = message.split("onnxruntime refused it (", 1)[1].rsplit("); ", 1)[0]
+    assert reason.endswith("…") and "[ONNXRuntimeError]" not in reason
+    import onnxruntime as ort
+
+    with pytest.raises(Exception) as raw:  # onnxruntime's whole reason, to compare with
+        ort.InferenceSession(str(tmp_path / "old.onnx"), providers=["CPUExecutionProvider"])
+    rest = str(raw.value).splitlines()[0].split(reason[:-1], 1)[1]
+    assert rest[:1] in (" ", ",", ";", ":", "(", '"'), f"cut mid-word before {rest[:10]!r}"

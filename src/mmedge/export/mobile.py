@@ -223,7 +223,7 @@ def _convert_to_ort(models: list[Path], out_dir: Path, target_platform: str) -> 
                     target_platform=target_platform,
                 )
             except Exception as exc:
-                from mmedge.runtime.shapes import brief, clip
+                from mmedge.errors import brief, clip
 
                 last = (log.getvalue().strip().splitlines() or [""])[-1]
                 seen = f" (the converter's last words: {clip(last, 200)})" if last else ""
@@ -259,7 +259,7 @@ def ort_session(path: Path):
     try:
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        from mmedge.runtime.shapes import brief
+        from mmedge.errors import brief
 
         error = MobileError(f"{path.name} does not load in onnxruntime ({brief(exc)}); the conversion is broken.")
         error.detail = str(exc)  # onnxruntime's whole message, which build_mobile reads for the cause

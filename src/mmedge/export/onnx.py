@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from mmedge.artifact import Artifact
-from mmedge.errors import ExportValidationError, MmedgeError
+from mmedge.errors import ExportValidationError, MmedgeError, brief
 from mmedge.results import ExportMetrics
 from mmedge.runtime.session import replacing
 from mmedge.steps.registry import StepConfig, StepContext, StepResult, register_step
@@ -160,7 +160,7 @@ def validate_export(checkpoint: Path, onnx_path: Path, cfg: ExportConfig) -> dic
             try:
                 got = sess.run(None, feeds)
             except Exception as exc:
-                failures.append(f"{where}: onnxruntime failed ({str(exc).splitlines()[0][:160]})")
+                failures.append(f"{where}: onnxruntime failed ({brief(exc, 160)})")
                 continue
             found, diffs = compare_outputs(got_out, got, refs, spec.atol, spec.rtol, where)
             failures += found

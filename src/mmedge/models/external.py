@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mmedge.errors import InputPathError, RecipeError, UntrustedCodeError
+from mmedge.errors import InputPathError, RecipeError, UntrustedCodeError, brief
 from mmedge.models.options import ExternalOptions, HFOptions
 from mmedge.models.registry import ModelFamily
 
@@ -75,7 +75,7 @@ def py_family(name: str) -> ModelFamily:
         try:
             made = factory(vocab_size=vocab_size, num_classes=num_classes, **cfg.model_dump())
         except Exception as exc:  # the user's code: whatever it raises is reported as one sentence
-            detail = str(exc).splitlines()[0][:160] if str(exc) else ""
+            detail = brief(exc, 160) if str(exc) else ""
             raise RecipeError(
                 f"the factory {name} failed ({type(exc).__name__}: {detail})"
                 "; it is called as factory(vocab_size=..., num_classes=..., **model.options) and must return "

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmedge.errors import EpCannotRunError, InputMismatchError, InputPathError, MmedgeError, NotOnnxError
+from mmedge.errors import EpCannotRunError, InputMismatchError, InputPathError, MmedgeError, NotOnnxError, brief
 from mmedge.runtime.providers import require
 
 _ORT_DTYPES = {
@@ -98,7 +98,7 @@ def open_session(
     try:
         sess = ort.InferenceSession(str(path), opts, providers=[(provider.ort_name, dict(provider.options))])
     except Exception as exc:  # ORT raises several private exception types for a bad file
-        msg = str(exc).splitlines()[0][:200]
+        msg = brief(exc)
         if _is_onnx(path):
             fix = (
                 "pass --allow-fallback to let the CPU EP run the nodes it cannot take"
@@ -227,6 +227,5 @@ def run(sess, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         return sess.run(None, feeds)
     except Exception as exc:
         raise InputMismatchError(
-            f"onnxruntime rejected the inputs ({str(exc).splitlines()[0][:200]}); feed "
-            "arrays shaped as `mmedge inspect MODEL` shows."
+            f"onnxruntime rejected the inputs ({brief(exc)}); feed arrays shaped as `mmedge inspect MODEL` shows."
         ) from None

@@ -13,7 +13,7 @@ import re
 
 import numpy as np
 
-from mmedge.errors import InputMismatchError, MmedgeError
+from mmedge.errors import InputMismatchError, MmedgeError, brief
 
 # onnxruntime's input types -> numpy dtypes of synthetic arrays
 _NUMPY = {
@@ -129,27 +129,6 @@ def synthetic_inputs(sess, dims: dict[str, int], label: str, command: str) -> tu
 
 def is_synthetic(source: str | None) -> bool:
     return bool(source) and source.startswith(SYNTHETIC)
-
-
-def brief(exc: BaseException, limit: int = 200) -> str:
-    """onnxruntime's error as one short clause: the failing node and its message, without the source-file trace,
-    shortened at a word boundary."""
-    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
-    node = re.search(r"running (\S+) node\. Name:'([^']*)'", text)
-    if "Status Message:" in text:
-        message = text.split("Status Message:", 1)[1].strip()
-        message = re.sub(r"^\S+:\d+ .*? was false\. ", "", message)  # the C++ file, line and failed condition
-        text = f"{node.group(1)} node{f' {node.group(2)!r}' if node.group(2) else ''}: {message}" if node else message
-    return clip(text, limit)
-
-
-def clip(text: str, limit: int) -> str:
-    """``text`` cut to at most ``limit`` characters at a word boundary, with an ellipsis when cut."""
-    if len(text) <= limit:
-        return text
-    cut = text[: limit - 1].rsplit(" ", 1)[0].rstrip(",;:")
-    return cut + "…"
 
 
 def shapes_text(feeds: dict[str, np.ndarray]) -> str:

@@ -29,7 +29,7 @@ from mmedge.compress.quantize.graph import (
 )
 from mmedge.compress.quantize.plan import DYNAMIC_EXTRA_OPTIONS, DYNAMIC_OP_TYPES, check_op_types
 from mmedge.compress.saturation import make_saturation_free, matmul_weights
-from mmedge.errors import MmedgeError
+from mmedge.errors import MmedgeError, brief
 from mmedge.results import DynamicQuantMetrics
 from mmedge.runtime.session import save_onnx
 from mmedge.steps.registry import StepConfig, StepContext, StepResult, register_step
@@ -163,7 +163,7 @@ def quantize_dynamic_model(src: Path, out: Path, cfg: DynamicQuantConfig, data_c
             )
     except Exception as exc:
         raise MmedgeError(
-            f"onnxruntime could not quantize {src} dynamically ({str(exc).splitlines()[0][:160]}); narrow op_types."
+            f"onnxruntime could not quantize {src} dynamically ({brief(exc, 160)}); narrow op_types."
         ) from None
     finally:
         prepared.unlink(missing_ok=True)

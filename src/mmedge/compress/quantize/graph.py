@@ -13,6 +13,7 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
+from mmedge.errors import MmedgeError
 from mmedge.runtime.session import model_metadata, save_onnx, set_metadata
 
 # Ops that mark a model as quantized (dynamic int8, QDQ, or the integer ops ORT fuses them into).
@@ -121,12 +122,42 @@ def pre_processed(src: Path, tmp: Path):
                 quant_pre_process(str(src), str(tmp))
             finally:
                 os.chdir(here)
-        return onnx.load(str(tmp)), "applied"
+        model, note = onnx.load(str(tmp)), "applied"
     except Exception as exc:
-        first = (str(exc).splitlines() or ["no message"])[0]  # some ORT failures carry an empty message
-        return onnx.load(str(src)), f"skipped: {type(exc).__name__}: {first[:160]}"
+        from mmedge.errors import brief
+
+        first = brief(exc, 160) if str(exc).strip() else "no message"  # some ORT failures carry an empty message
+        model, note = onnx.load(str(src)), f"skipped: {type(exc).__name__}: {first}"
     finally:
         tmp.unlink(missing_ok=True)
+    return upgraded(model, note)
+
+
+QDQ_OPSET = 13  # per-channel (axis) QuantizeLinear/DequantizeLinear, which the quantizers write, need opset 13
+
+
+def upgraded(model, note: str):
+    """(``model`` at opset ``QDQ_OPSET`` at least, ``note`` with the conversion said). ORT's quantizers write
+    per-axis DequantizeLinear nodes whatever the model's opset, and a model at opset 11 or 12 (PP-OCR's, from
+    Paddle2ONNX) is then refused by onnxruntime ("Unrecognized attribute: axis")."""
+    import onnx
+    from onnx import version_converter
+
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), QDQ_OPSET)
+    if opset >= QDQ_OPSET:
+        return model, note
+    try:
+        converted = version_converter.convert_version(model, QDQ_OPSET)
+    except Exception as exc:
+        from mmedge.errors import brief
+
+        raise MmedgeError(
+            f"the model is at opset {opset}, and int8 needs opset {QDQ_OPSET}, to which onnx could not convert it "
+            f"({brief(exc, 160)}); re-export it at opset {QDQ_OPSET} or later."
+        ) from None
+    converted.ir_version = max(model.ir_version, 7)  # opset 13 needs IR 7; keep a newer one
+    onnx.checker.check_model(converted)
+    return converted, f"{note}; opset {opset} converted to {QDQ_OPSET}"
 
 
 def prepare(src: Path, out: Path) -> Path:

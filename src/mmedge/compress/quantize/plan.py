@@ -16,7 +16,7 @@ from pathlib import Path
 from mmedge.compress.quantize.calibration import CalibrationConfig, calibration_method, quiet
 from mmedge.compress.quantize.graph import copy_metadata, op_histogram, similarity_head
 from mmedge.compress.saturation import saturation_free_file
-from mmedge.errors import MmedgeError, closest
+from mmedge.errors import MmedgeError, brief, closest
 
 SCHEMES = ("fp32", "int8-dynamic", "int8-static")
 # What ORT's dynamic quantizer handles (IntegerOpsRegistry), plus Gemm via the MatMul rewrite.
@@ -123,7 +123,7 @@ def quantize_plan(
         raise
     except Exception as exc:
         raise MmedgeError(
-            f"onnxruntime could not quantize {prepared.name} ({str(exc).splitlines()[0][:160]}); leave the failing "
+            f"onnxruntime could not quantize {prepared.name} ({brief(exc, 160)}); leave the failing "
             "op type or node out."
         ) from None
     finally:
