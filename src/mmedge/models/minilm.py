@@ -107,13 +107,24 @@ class MiniLM(nn.Module):
         self.layers = nn.ModuleList(BertLayer(dim, h, head_dim, w, eps) for h, w in zip(heads, ffn, strict=True))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.forward_from(self.forward_until(input_ids, attention_mask, 0), attention_mask, 0)
+
+    def forward_until(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layer: int) -> torch.Tensor:
+        """Token states (B, T, D) entering layer ``layer`` (0: the embeddings); with ``forward_from`` it splits the
+        encoder where a frozen part ends and a trained part begins."""
         t = input_ids.shape[1]
         positions = self.position(self.position_ids[:, :t])  # (1, T, D)
         x = self.embed_norm(self.word(input_ids) + positions + self.token_type.weight[0])  # (B, T, D)
-        bias = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * MASK_VALUE  # (B, 1, 1, T) additive, finite
-        for layer in self.layers:
-            x = layer(x, bias)
-        return x
+        return self.forward_from(x, attention_mask, 0, stop=layer) if layer else x
+
+    def forward_from(
+        self, states: torch.Tensor, attention_mask: torch.Tensor, layer: int, stop: int | None = None
+    ) -> torch.Tensor:
+        """Token states (B, T, D) after layers ``layer`` .. ``stop`` - 1 (default: the last) run on ``states``."""
+        bias = (1.0 - attention_mask[:, None, None, :].to(states.dtype)) * MASK_VALUE  # (B, 1, 1, T) additive, finite
+        for block in self.layers[layer:stop]:
+            states = block(states, bias)
+        return states
 
     def current_options(self) -> dict:
         """The keyword arguments that rebuild this model as it is now: depth, heads and FFN widths are read from
