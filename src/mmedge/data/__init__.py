@@ -13,7 +13,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from mmedge.data import digits_vqa
 from mmedge.errors import UnknownNameError, closest
 
-DATASETS = ("digits-vqa", "fashion-vqa", "user")
+DATASETS = ("digits-vqa", "easy-vqa", "fashion-vqa", "user")
+# data.val_images when the recipe leaves it out: a tenth of the pictures validation is drawn from (digits-vqa: of
+# the 4,000 left after test; easy-vqa: of the package's 4,000 train pictures). One default could not serve both
+# without changing the digits split, and a model records its data config as written (null stays null).
+VAL_IMAGES = {"digits-vqa": 250, "easy-vqa": 400}
+EASY_VQA_TEST_IMAGES = 1000  # easy-vqa's test split is the package's own 1,000 pictures
 
 
 class DataConfig(BaseModel):
@@ -21,7 +26,9 @@ class DataConfig(BaseModel):
 
     name: str = Field(
         "digits-vqa",
-        description="'digits-vqa' (built-in: 5,000 MNIST digits shipped inside mmedge), 'fashion-vqa' (built-in "
+        description="'digits-vqa' (built-in: 5,000 MNIST digits shipped inside mmedge), 'easy-vqa' (built-in "
+        "when the easy-vqa package is installed, mmedge[pretrained]; MIT: 4,000 + 1,000 64x64 colour pictures of one "
+        "shape each, 38,575 + 9,673 questions, 13 answers, the package's train/test split), 'fashion-vqa' (built-in "
         "when Debian's dataset-fashion-mnist is installed) or 'user' (your data, at `path`).",
     )
     source: Literal["mnist", "sklearn-digits"] = Field(
@@ -44,8 +51,17 @@ class DataConfig(BaseModel):
         False, description="Leave out rows whose image does not decode or whose label is unknown, and count them."
     )
     seed: int = Field(0, description="Seeds the splits and the questions; same seed, same data.")
-    test_images: int = Field(1000, ge=10, description="Built-in sets: images held out for the test split.")
-    val_images: int = Field(250, ge=10, description="Built-in sets: images held out for early stopping.")
+    test_images: int = Field(
+        1000,
+        ge=10,
+        description="digits-vqa: images held out for the test split (easy-vqa's test split is fixed: its 1,000).",
+    )
+    val_images: int | None = Field(
+        None,
+        ge=10,
+        description="Built-in sets: images held out of train for early stopping; by default 250 for digits-vqa and "
+        "400 (of 4,000) for easy-vqa, a tenth of the pictures each draws from.",
+    )
     max_images: int = Field(
         6000, ge=30, description="IDX sets: a stratified subset of this many images (fashion-mnist has 70,000)."
     )
@@ -79,6 +95,17 @@ class DataConfig(BaseModel):
             raise ValueError(
                 "data.path is needed for the 'user' dataset (and only for it); name your manifest or folder"
             )
+        # A recorded config repeats test_images at its default, so only another value is refused.
+        if self.name == "easy-vqa" and self.test_images != EASY_VQA_TEST_IMAGES:
+            raise ValueError(
+                "data.test_images does not apply to easy-vqa, whose test split is the package's fixed 1,000 "
+                "pictures; remove test_images"
+            )
+        if self.name == "easy-vqa" and self.val_images is not None and self.val_images > 2000:
+            raise ValueError(
+                f"data.val_images is {self.val_images} but easy-vqa draws validation from its 4,000 training "
+                "pictures; choose at most 2,000"
+            )
         if self.group_by is not None and self.name != "user":
             raise ValueError(
                 f"data.group_by names a manifest column, and the '{self.name}' dataset has none; remove group_by"
@@ -106,10 +133,13 @@ def load_dataset(cfg: DataConfig) -> digits_vqa.DigitsVQA:
         raise UnknownNameError(
             f"unknown dataset '{cfg.name}'{closest(cfg.name, list(DATASETS))}; choose one of: {', '.join(DATASETS)}."
         )
+    val_images = cfg.val_images if cfg.val_images is not None else VAL_IMAGES.get(cfg.name)
     if cfg.name == "digits-vqa":
-        return digits_vqa.build(
-            seed=cfg.seed, source=cfg.source, test_images=cfg.test_images, val_images=cfg.val_images
-        )
+        return digits_vqa.build(seed=cfg.seed, source=cfg.source, test_images=cfg.test_images, val_images=val_images)
+    if cfg.name == "easy-vqa":
+        from mmedge.data import easy_vqa
+
+        return easy_vqa.build(seed=cfg.seed, val_images=val_images)  # cached per (seed, val_images)
     from mmedge.data import user
 
     path = user.FASHION_MNIST_DIR if cfg.name == "fashion-vqa" else Path(cfg.path)
