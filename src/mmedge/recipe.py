@@ -37,7 +37,11 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-BUILTIN_RECIPES = {"digits-vqa": "digits-vqa.yaml", "vit-transformer": "vit-transformer.yaml"}
+BUILTIN_RECIPES = {
+    "digits-vqa": "digits-vqa.yaml",
+    "vit-transformer": "vit-transformer.yaml",
+    "easy-vqa": "easy-vqa.yaml",
+}
 DEFAULT_RECIPE = "digits-vqa"
 
 

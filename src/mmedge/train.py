@@ -101,6 +101,10 @@ def predict_split(
     """Logits float32 (N, classes) for a whole split, optionally with one modality removed."""
     import torch
 
+    if getattr(model, "late_fusion", False):
+        from mmedge.train_cache import predict_cached  # the same logits from one encoding per image and string
+
+        return predict_cached(model, split, vocab, blank_image, empty_text)
     model.eval()
     out = []
     with torch.no_grad():
@@ -201,6 +205,10 @@ def train_model(
 
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    if getattr(model, "late_fusion", False) and loss_fn is None and not extra_params and not cfg.augment:
+        from mmedge.train_cache import train_cached  # each tower's frozen part once, not once per question
+
+        return train_cached(model, data, vocab, cfg, on_epoch)
     gen = torch.Generator().manual_seed(cfg.seed)
     train = data.train
     prep = model.spec().image  # images as the model takes them (size, color)
@@ -212,16 +220,8 @@ def train_model(
     total = steps_per_epoch * cfg.epochs
     opt = torch.optim.AdamW([*model.parameters(), *extra_params], lr=cfg.lr, weight_decay=cfg.weight_decay)
 
-    warmup = min(steps_per_epoch, max(1, total // 10))  # one epoch, or a tenth of a short fine-tuning run
-
-    def lr_at(step: int) -> float:  # linear warm-up, then cosine to zero
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    best_acc, best_state, stale, history = -1.0, None, 0, []
-    started = time.perf_counter()
+    sched = warmup_cosine(opt, steps_per_epoch, total)
+    keeper = BestEpoch(model, cfg, on_epoch)
     for epoch in range(cfg.epochs):
         model.train()
         # Fresh questions every epoch: each image gets `questions_per_image` new ones, grouped by image so
@@ -275,37 +275,72 @@ def train_model(
             hits += int((logits.argmax(1) == target).sum())
             seen += len(rows)
         val = score(predict_split(model, data.val, vocab), data.val)
+        if keeper.end_epoch(epoch, loss_sum / seen, hits / seen, val.accuracy):
+            break
+    return model, keeper.finish()
+
+
+def warmup_cosine(opt, steps_per_epoch: int, total: int):
+    """Linear warm-up over one epoch (or a tenth of a short fine-tuning run), then cosine decay to zero."""
+    import torch
+
+    warmup = min(steps_per_epoch, max(1, total // 10))
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+
+
+class BestEpoch:
+    """The end of every training epoch: its record in the history, early stopping on validation accuracy, the
+    optional wall-clock cap, and the best epoch's weights, restored by ``finish``."""
+
+    def __init__(self, model, cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None):
+        self.model, self.cfg, self.on_epoch = model, cfg, on_epoch
+        self.best_acc, self.best_state, self.stale, self.history = -1.0, None, 0, []
+        self.started = time.perf_counter()
+
+    def end_epoch(self, epoch: int, loss: float, train_accuracy: float, val_accuracy: float) -> bool:
+        """Record epoch ``epoch`` (0-based); True when training should stop."""
+        cfg = self.cfg
         record = {
             "epoch": epoch + 1,
-            "loss": loss_sum / seen,
-            "train_accuracy": hits / seen,
-            "val_accuracy": val.accuracy,
-            "seconds": time.perf_counter() - started,
+            "loss": loss,
+            "train_accuracy": train_accuracy,
+            "val_accuracy": val_accuracy,
+            "seconds": time.perf_counter() - self.started,
         }
-        history.append(record)
-        if on_epoch:
-            on_epoch(record)
-        if val.accuracy > best_acc:
-            best_acc, stale = val.accuracy, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.history.append(record)
+        if self.on_epoch:
+            self.on_epoch(record)
+        if val_accuracy > self.best_acc:
+            self.best_acc, self.stale = val_accuracy, 0
+            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         else:
-            stale += 1
-        if stale >= cfg.patience:
-            history[-1]["stopped"] = "early_stopping"
-            break
+            self.stale += 1
+        if self.stale >= cfg.patience:
+            record["stopped"] = "early_stopping"
+            return True
         if cfg.max_minutes is not None and record["seconds"] > cfg.max_minutes * 60 and epoch + 1 < cfg.epochs:
-            history[-1]["stopped"] = "time_cap"
+            record["stopped"] = "time_cap"
             print(
                 f"training stopped by its wall-clock cap (max_minutes: {cfg.max_minutes:g}) after epoch {epoch + 1} "
                 f"of {cfg.epochs}; the best epoch on validation is kept. Remove max_minutes to train every epoch.",
                 file=sys.stderr,
                 flush=True,
             )
-            break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    model.eval()
-    return model, history
+            return True
+        return False
+
+    def finish(self) -> list[dict]:
+        """Restore the best epoch's weights (eval mode) and return the history."""
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        self.model.eval()
+        return self.history
 
 
 def stop_reason(history: list[dict], epochs: int) -> str:

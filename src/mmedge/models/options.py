@@ -162,6 +162,66 @@ class VitTransformerConfig(ImageOptions):
         return self
 
 
+class EffnetMiniLMConfig(FamilyConfig):
+    """effnet-minilm (:mod:`mmedge.models.effnet_minilm`): the pretrained EfficientNet-Lite0 image tower and the
+    pretrained all-MiniLM-L6-v2 text tower, each projected to ``fusion_dim``, fused by an MLP over
+    [image, text, image * text]. The image input is RGB normalized as the ImageNet weights expect (not measured on
+    the data): a pretrained tower only works on the statistics it was trained on."""
+
+    image_size: int = Field(
+        64,
+        ge=32,
+        description="Input side in pixels. 64 is easy-VQA's native size; EfficientNet-Lite0 was trained at 224, and "
+        "larger inputs cost latency roughly with the pixel count.",
+    )
+    pretrained: bool = Field(
+        True,
+        description="Start both towers from their packaged weights (EfficientNet-Lite0 ImageNet, all-MiniLM-L6-v2); "
+        "False starts from random weights (tests).",
+    )
+    train_image_blocks: int = Field(
+        0,
+        ge=0,
+        le=16,
+        description="How many of the image tower's last blocks (with its head conv) train; 0 freezes the tower. The "
+        "frozen part's outputs are computed once per image and cached, so a frozen tower costs one pass over the "
+        "data, not one per epoch.",
+    )
+    train_text_layers: int = Field(
+        0,
+        ge=0,
+        description="How many of the text tower's last layers train; 0 freezes it (its pooled outputs are computed "
+        "once per distinct question and cached).",
+    )
+    fusion_dim: int = Field(256, ge=8, description="Width each tower is projected to before the fusion.")
+    fusion_hidden: int = Field(256, ge=8, description="Width of the fusion MLP's hidden layer.")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout on the fused representation.")
+    max_text_length: int = Field(
+        24, ge=4, le=512, description="Longest question in tokens with [CLS] and [SEP]; easy-VQA's are at most 13."
+    )
+    # Shapes after structured pruning (None: the pretrained towers' own).
+    image_blocks: tuple[tuple[int, int, int, int], ...] | None = Field(
+        None, description="Per image block (expanded width, output width, kernel, stride) after pruning."
+    )
+    image_stem: int | None = Field(None, ge=1, description="Stem width after pruning (None: 32).")
+    image_head: int | None = Field(None, ge=1, description="Head conv width after pruning (None: 1280).")
+    text_layers: int = Field(6, ge=0, description="Text layers kept (depth pruning drops the last ones).")
+    text_heads: tuple[int, ...] | None = Field(None, description="Attention heads per text layer after pruning.")
+    text_ffn: tuple[int, ...] | None = Field(None, description="Feed-forward width per text layer after pruning.")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.train_text_layers > self.text_layers:
+            raise ValueError(
+                f"train_text_layers {self.train_text_layers} is more than the {self.text_layers} text layers"
+            )
+        for name in ("text_heads", "text_ffn"):
+            widths = getattr(self, name)
+            if widths is not None and (len(widths) != self.text_layers or min(widths, default=1) < 1):
+                raise ValueError(f"{name} needs {self.text_layers} positive numbers (one per layer), not {widths}")
+        return self
+
+
 class HFOptions(FamilyConfig):
     """``hf:PATH`` (:mod:`mmedge.models.hf`): a Hugging Face dual encoder, zero-shot or with a trained fusion head."""
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mmedge.errors import UnknownNameError, closest
-from mmedge.models.options import CnnLstmConfig, FamilyConfig, VitTransformerConfig
+from mmedge.models.options import CnnLstmConfig, EffnetMiniLMConfig, FamilyConfig, VitTransformerConfig
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,7 @@ class FamilyDecl:
 FAMILY_TABLE: dict[str, FamilyDecl] = {
     "cnn-lstm": FamilyDecl("mmedge.models.cnn_lstm", CnnLstmConfig),
     "vit-transformer": FamilyDecl("mmedge.models.vit_transformer", VitTransformerConfig),
+    "effnet-minilm": FamilyDecl("mmedge.models.effnet_minilm", EffnetMiniLMConfig),
 }
 
 
@@ -50,15 +51,17 @@ class ModelFamily:
 MODELS: dict[str, ModelFamily] = {}
 
 
-def register_model(name: str, config_cls: type[FamilyConfig]):
-    """Register the decorated ``nn.Module`` class as the zoo family ``name`` declared in :data:`FAMILY_TABLE`."""
+def register_model(name: str, config_cls: type[FamilyConfig], tokenizer: Callable[..., Any] | None = None):
+    """Register the decorated ``nn.Module`` class as the zoo family ``name`` declared in :data:`FAMILY_TABLE`;
+    ``tokenizer(config)`` gives a family's own tokenizer (a pretrained text tower's), else a word vocabulary is
+    built from the training texts."""
     decl = FAMILY_TABLE.get(name)
     if decl is None or decl.options is not config_cls:
         # a programming error, not a user's: the table is what recipe parsing reads, so it must not disagree
         raise TypeError(f"model family {name!r} ({config_cls.__name__}) is not declared so in FAMILY_TABLE")
 
     def wrap(cls):
-        MODELS[name] = ModelFamily(name, config_cls, cls)
+        MODELS[name] = ModelFamily(name, config_cls, cls, tokenizer)
         cls.family = name
         return cls
 
