@@ -76,6 +76,10 @@ def test_step_bundle_pipeline_runs_every_step_and_ships_a_verified_bundle(first_
         assert onnxruntime.__version__ in (packages.get("onnxruntime"), packages.get("onnxruntime-gpu"))
         assert prov["cpu"]["summary"] and "commit" in prov["git"]
         assert isinstance(prov["cpu"]["flags"], list)
+    # the exported model is the trained model itself: it is its own reference, and bench times nothing against it
+    ref = next(s for s in results["steps"] if s["type"] == "export")["metrics"]["reference_onnx"]
+    assert ref["file"] == "model.onnx" and ref["same_as_export"]
+    assert next(s for s in results["steps"] if s["type"] == "bench")["metrics"]["reference"] is None
     validated = next(s for s in results["steps"] if s["type"] == "validate")["metrics"]
     assert validated["gate"]["split"] == "val" and m["metrics"]["gate"]["split"] == "val"
     assert "plots/latency.png" in m["files"] and "![latency per EP" in (tmp / "bundle" / "report.md").read_text()
@@ -254,6 +258,18 @@ def test_compression_chain_ships_a_bundle_that_reports_every_step_per_branch(tmp
     assert all(r["image_missing"] < r["full"] and r["text_missing"] < r["full"] for r in robust)
     assert "## Missing modalities" in report
     assert "(plots/pareto.png)" in report and "(plots/sensitivity.png)" in report
+    # the loaded (unpruned) model exported once as fp32 ONNX: the yardstick of size and latency
+    ref = records[3].result.metrics.reference_onnx
+    assert ref.file == "reference.onnx" and not ref.same_as_export
+    assert ref.size_bytes > records[3].result.metrics.size_bytes  # the pruned student is smaller
+    against = records[6].result.metrics.reference
+    assert against.file.endswith("/reference.onnx") and against.rounds["1"] >= 1
+    assert 0 < against.size_ratio < 0.5 and set(against.latency_ratio) == {"1"}
+    lo, mid, hi = against.latency_ratio["1"]
+    assert 0 < lo <= mid <= hi
+    shipped = bundle.manifest["metrics"]["reference_onnx"]
+    assert shipped["size_ratio"] == pytest.approx(against.size_ratio) and shipped["latency_ratio"]["1"]["p50"] == mid
+    assert "Against the fp32 ONNX of the first model" in report
 
 
 def test_a_budget_no_candidate_meets_stops_the_run_unless_over_budget_is_allowed(tmp_path, trained_checkpoint):

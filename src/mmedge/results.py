@@ -215,6 +215,14 @@ class LoadOnnxMetrics(Evaluated):
     constants_to_initializers: int | None = None  # its Constant-node tensors stored as initializers in the copy
 
 
+class ReferenceOnnx(_Part):
+    """The fp32 ONNX of the chain's first (PyTorch) model, exported once: what size and latency are compared with."""
+
+    file: str  # in the export step's folder: model.onnx itself when the exported model is the first model
+    size_bytes: int
+    same_as_export: bool
+
+
 class ExportMetrics(StepMetrics):
     checks: list[dict[str, Any]]
     max_abs_diff: float
@@ -225,6 +233,19 @@ class ExportMetrics(StepMetrics):
     outputs: list[Any]
     size_bytes: int
     zip_bytes: int
+    reference_onnx: ReferenceOnnx | None = None
+
+
+class ReferenceRatios(_Part):
+    """The benched model against the reference ONNX, timed in the same alternating rounds (``compare_latency``)."""
+
+    file: str  # the reference's path relative to the run folder
+    size_bytes: int
+    size_ratio: float  # benched / reference
+    ep: str
+    threads: int
+    latency_ratio: dict[str, tuple[float, float, float]]  # batch -> p10, p50, p90 of benched / reference per round
+    rounds: dict[str, int]  # batch -> rounds timed
 
 
 class RewriteMetrics(Evaluated):
@@ -392,6 +413,7 @@ class BenchMetrics(StepMetrics):
     unavailable: dict[str, str]
     inputs: str
     within_budget: bool
+    reference: ReferenceRatios | None = None  # a chain from a PyTorch model: against its fp32 ONNX
 
 
 class MobileMetrics(StepMetrics):

@@ -345,6 +345,16 @@ def shipped_metrics(ctx: StepContext, model_path: Path) -> dict:
                 out["fidelity"] = _json(fidelity)
     if export is not None:
         out["export"] = {"opset": export.opset, "max_abs_diff": export.max_abs_diff, "checks": len(export.checks)}
+    if bench is not None and bench.reference is not None:  # against the fp32 ONNX of the chain's first model
+        ref = bench.reference
+        out["reference_onnx"] = {
+            "file": ref.file,
+            "size_bytes": ref.size_bytes,
+            "size_ratio": out["size_bytes"] / ref.size_bytes,
+            "latency_ratio": {b: {"p10": r[0], "p50": r[1], "p90": r[2]} for b, r in ref.latency_ratio.items()},
+            "ep": ref.ep,
+            "threads": ref.threads,
+        }
     pruned: MagnitudePruneMetrics | None = _typed(ctx, "prune.magnitude")
     if pruned is not None:
         out["sparsity"] = {"weights": pruned.sparsity_reached, "model": pruned.model_sparsity, "note": pruned.note}

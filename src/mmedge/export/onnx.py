@@ -217,7 +217,25 @@ def export_step(cfg: ExportConfig, ctx: StepContext) -> StepResult:
     report = export_checkpoint(ctx.artifact.path, out, cfg)
     report["size_bytes"] = out.stat().st_size
     report["zip_bytes"] = zipped_size(out)
+    report["reference_onnx"] = reference_onnx(cfg, ctx, out)
     return StepResult(
         Artifact(out, "onnx", ctx.artifact.spec, (*ctx.artifact.lineage, "export")),
         ExportMetrics.model_validate(report),
     )
+
+
+REFERENCE_FILE = "reference.onnx"
+
+
+def reference_onnx(cfg: ExportConfig, ctx: StepContext, exported: Path) -> dict | None:
+    """The chain's first model as fp32 ONNX, exported once beside the step's model: the yardstick that bench and
+    the bundle measure size and latency against. It is ``exported`` itself when no step changed the first model
+    (no pruning or distillation before the export); None for a chain that did not start from a PyTorch model."""
+    first = ctx.reference()
+    if first is None or first.result.artifact.kind != "torch-checkpoint":
+        return None
+    if first.result.artifact.path == ctx.artifact.path:
+        return {"file": exported.name, "size_bytes": exported.stat().st_size, "same_as_export": True}
+    path = ctx.out_dir / REFERENCE_FILE
+    export_checkpoint(first.result.artifact.path, path, cfg)
+    return {"file": path.name, "size_bytes": path.stat().st_size, "same_as_export": False}

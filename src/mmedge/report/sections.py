@@ -472,6 +472,14 @@ def latency(page: Page) -> list[str]:
         "",
         table(["EP", "threads", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ms", "samples/s", "runs"], rows),
     ]
+    if b.reference is not None:
+        r = b.reference
+        ratios = "; ".join(f"batch {batch}: {ratio_interval(list(v))}" for batch, v in r.latency_ratio.items())
+        out.append(
+            f"\nAgainst the fp32 ONNX of the first model ({r.file}, {r.size_bytes / 1e6:.2f} MB): size "
+            f"{r.size_ratio:.3f}×; latency ratio per round (p10–p50–p90; {r.ep}, {r.threads} thread(s), both timed in "
+            f"alternating rounds) {ratios}."
+        )
     out += [f"\nNot measured on {ep}: {reason}." for ep, reason in b.unavailable.items()]
     if not b.within_budget:
         out.append("\n**Over the latency budget.**")

@@ -129,4 +129,47 @@ def bench_step(cfg: BenchConfig, ctx: StepContext) -> StepResult:
         )
     within = budget is None or p50 <= budget
     metrics = {"targets": per_ep, "unavailable": unavailable, "inputs": source, "within_budget": within}
+    metrics["reference"] = against_reference(cfg, ctx, feeds, first_ep)
     return StepResult(ctx.artifact, BenchMetrics.model_validate(metrics))
+
+
+def against_reference(cfg: BenchConfig, ctx: StepContext, feeds, ep: str) -> dict | None:
+    """Size and latency of the benched model against the fp32 ONNX of the chain's first model (the export step's
+    ``reference_onnx``), timed in the same alternating rounds at each batch size; None without a reference, or
+    when the benched model is that reference."""
+    from mmedge.runtime.bench import compare_latency
+
+    export = ctx.latest("export")
+    ref = getattr(export.result.metrics, "reference_onnx", None) if export is not None else None
+    if ref is None:
+        return None
+    path = export.folder / ref.file
+    if path.resolve() == ctx.artifact.path.resolve():
+        return None
+    ratios, rounds = {}, {}
+    for batch in cfg.batch_sizes:
+        timed = compare_latency(
+            {"benched": ctx.artifact.path, "reference": path},
+            feeds,
+            ep,
+            cfg.threads,
+            batch,
+            rounds=REFERENCE_ROUNDS,
+            max_seconds=cfg.max_seconds,
+            min_round_ms=20,
+        )
+        ratios[str(batch)] = timed.ratio_interval("benched", "reference")
+        rounds[str(batch)] = len(timed.round_ms["benched"])
+    size = ctx.artifact.path.stat().st_size
+    return {
+        "file": f"{export.folder.name}/{ref.file}",
+        "size_bytes": ref.size_bytes,
+        "size_ratio": size / ref.size_bytes,
+        "ep": ep,
+        "threads": cfg.threads,
+        "latency_ratio": ratios,
+        "rounds": rounds,
+    }
+
+
+REFERENCE_ROUNDS = 20  # alternating rounds per batch size against the reference (fewer when max_seconds runs out)
