@@ -159,3 +159,26 @@ def test_quantize_auto_ships_the_per_branch_mix_it_was_given(tmp_path, tiny_onnx
     assert chosen["image"] == "int8-static" and chosen["text"] == "int8-dynamic" and "head" not in chosen
     ops = op_histogram(out)
     assert ops.get("QuantizeLinear", 0) >= 1 and ops.get("DynamicQuantizeLSTM") == 1
+
+
+def test_branch_sensitivity_alone_measures_each_branch_once_and_keeps_the_fallback_off(
+    tmp_path, tiny_onnx, data_cfg, monkeypatch
+):
+    """A large model measures its branches, not each of its nodes: one validation pass per branch and scheme."""
+    src = tiny_onnx["cnn-lstm"]
+    calls = []
+    real = auto._Evaluator.accuracy
+
+    def counted(self, path, split="val"):
+        calls.append((path, split))
+        return real(self, path, split)
+
+    monkeypatch.setattr(auto._Evaluator, "accuracy", counted)
+    cfg = AutoQuantConfig(**FAST, schemes=("int8-dynamic",), sensitivity="branches")
+    r = auto_quantize(src, tmp_path / "auto.onnx", cfg, data_cfg, None, 0.0, "cpu", None)
+    # dynamic int8 leaves Conv out, so the image branch has nothing to measure under it
+    assert r["sensitivity"]["nodes"] == [] and {b["branch"] for b in r["sensitivity"]["branches"]} >= {"text", "head"}
+    branches = len(r["sensitivity"]["branches"])
+    val = [p for p, split in calls if split == "val"]
+    assert len(val) == 1 + 2 + branches  # the input, fp32 and int8-dynamic candidates, one per branch
+    assert not any("+fp32x" in c["name"] for c in r["candidates"])  # no node ranking, no fallback
