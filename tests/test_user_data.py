@@ -261,6 +261,20 @@ def test_readme_data_path_on_colour_shapes_ships_an_rgb_bundle_named_after_the_d
     )
     assert answer.exit_code == 0, answer.output
     assert json.loads(answer.output)["notes"] == []  # a light background is no digit to invert
+    # On the device the data's build-time path does not exist: validate checks the bundle's own samples, and scores
+    # a data set only where one is given with --data (the path recorded at build time is never read).
+    moved = tmp_path / "elsewhere"
+    (tmp_path / "shapes").rename(moved)
+    alone = runner.invoke(app, ["validate", str(bundle), "--json"])
+    assert alone.exit_code == 0, alone.output
+    checked = json.loads(alone.stdout)
+    assert checked["bundle_samples"]["samples"] == 2 and "test" not in checked
+    assert any("pass --data PATH" in n for n in checked["notes"])
+    clean = moved / "clean.jsonl"  # the manifest as it lives on the device, without the row that was skipped
+    clean.write_text("".join(ln for ln in (moved / manifest.name).read_text().splitlines(True) if "none.png" not in ln))
+    given = runner.invoke(app, ["validate", str(bundle), "--data", str(clean), "--no-ablation"])
+    assert given.exit_code == 0, given.output
+    assert "test questions" in given.output
 
 
 @pytest.mark.slow
