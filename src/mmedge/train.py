@@ -24,6 +24,7 @@ from mmedge.data import DataConfig, load_dataset
 from mmedge.data.digits_vqa import FAMILIES, VQASplit, make_questions
 from mmedge.data.images import ImagePreprocessing
 from mmedge.data.text import Tokenizer, WordVocab
+from mmedge.epochs import BestEpoch, warmup_cosine
 from mmedge.errors import RecipeError
 from mmedge.models.checkpoint import load_checkpoint, save_checkpoint
 from mmedge.results import ModelMetrics, TrainMetrics
@@ -278,69 +279,6 @@ def train_model(
         if keeper.end_epoch(epoch, loss_sum / seen, hits / seen, val.accuracy):
             break
     return model, keeper.finish()
-
-
-def warmup_cosine(opt, steps_per_epoch: int, total: int):
-    """Linear warm-up over one epoch (or a tenth of a short fine-tuning run), then cosine decay to zero."""
-    import torch
-
-    warmup = min(steps_per_epoch, max(1, total // 10))
-
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-    return torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-
-
-class BestEpoch:
-    """The end of every training epoch: its record in the history, early stopping on validation accuracy, the
-    optional wall-clock cap, and the best epoch's weights, restored by ``finish``."""
-
-    def __init__(self, model, cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None):
-        self.model, self.cfg, self.on_epoch = model, cfg, on_epoch
-        self.best_acc, self.best_state, self.stale, self.history = -1.0, None, 0, []
-        self.started = time.perf_counter()
-
-    def end_epoch(self, epoch: int, loss: float, train_accuracy: float, val_accuracy: float) -> bool:
-        """Record epoch ``epoch`` (0-based); True when training should stop."""
-        cfg = self.cfg
-        record = {
-            "epoch": epoch + 1,
-            "loss": loss,
-            "train_accuracy": train_accuracy,
-            "val_accuracy": val_accuracy,
-            "seconds": time.perf_counter() - self.started,
-        }
-        self.history.append(record)
-        if self.on_epoch:
-            self.on_epoch(record)
-        if val_accuracy > self.best_acc:
-            self.best_acc, self.stale = val_accuracy, 0
-            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        else:
-            self.stale += 1
-        if self.stale >= cfg.patience:
-            record["stopped"] = "early_stopping"
-            return True
-        if cfg.max_minutes is not None and record["seconds"] > cfg.max_minutes * 60 and epoch + 1 < cfg.epochs:
-            record["stopped"] = "time_cap"
-            print(
-                f"training stopped by its wall-clock cap (max_minutes: {cfg.max_minutes:g}) after epoch {epoch + 1} "
-                f"of {cfg.epochs}; the best epoch on validation is kept. Remove max_minutes to train every epoch.",
-                file=sys.stderr,
-                flush=True,
-            )
-            return True
-        return False
-
-    def finish(self) -> list[dict]:
-        """Restore the best epoch's weights (eval mode) and return the history."""
-        if self.best_state is not None:
-            self.model.load_state_dict(self.best_state)
-        self.model.eval()
-        return self.history
 
 
 def stop_reason(history: list[dict], epochs: int) -> str:

@@ -88,8 +88,8 @@ def predict_cached(model, split, vocab, blank_image: bool = False, empty_text: b
 def train_cached(model, data, vocab, cfg, on_epoch: Callable[[dict], None] | None = None):
     """``train.train_model`` for a late-fusion model (same schedule, early stopping and history): the frozen
     prefixes of train and val are computed once; each step runs the trained layers on a batch of questions."""
+    from mmedge.epochs import BestEpoch, warmup_cosine
     from mmedge.runtime.evaluate import score
-    from mmedge.train import BestEpoch, warmup_cosine
 
     gen = torch.Generator().manual_seed(cfg.seed)
     keeper = BestEpoch(model, cfg, on_epoch)

@@ -58,7 +58,9 @@ def test_vit_attention_uses_separate_qkv_linears():
 
 
 def test_unknown_family_suggests_the_closest():
-    with pytest.raises(UnknownNameError, match="did you mean 'cnn-lstm'.*choose one of: cnn-lstm, vit-transformer"):
+    with pytest.raises(
+        UnknownNameError, match="did you mean 'cnn-lstm'.*choose one of: cnn-lstm, effnet-minilm, vit-transformer"
+    ):
         get_family("cnn_lstm")
 
 
