@@ -96,9 +96,10 @@ def output_fidelity(candidate: dict[str, np.ndarray], reference: dict[str, np.nd
     }
 
 
-def reproduction_problems(fidelity: dict) -> list[str]:
+def reproduction_problems(fidelity: dict, answers: set[str] | None = None) -> list[str]:
     """What keeps outputs (``output_fidelity``'s figures) from reproducing the model they are checked against: one
-    clause per output whose worst sample cosine or answer agreement falls short; empty when they reproduce it."""
+    clause per output whose worst sample cosine or answer agreement falls short; empty when they reproduce it.
+    ``answers`` names the outputs whose argmax is an answer (default: every output that looks like scores)."""
     problems = [
         f"output '{o['name']}' has a sample with cosine {o['min_cosine']:.5f} (required {REPRODUCE_MIN_COSINE:g})"
         for o in fidelity["outputs"]
@@ -108,6 +109,8 @@ def reproduction_problems(fidelity: dict) -> list[str]:
         f"output '{o['name']}' gives the same answers on {o['argmax_agreement']:.2%} (required "
         f"{REPRODUCE_MIN_AGREEMENT:.0%})"
         for o in fidelity["outputs"]
-        if o.get("argmax_agreement") is not None and o["argmax_agreement"] < REPRODUCE_MIN_AGREEMENT
+        if o.get("argmax_agreement") is not None
+        and o["argmax_agreement"] < REPRODUCE_MIN_AGREEMENT
+        and (answers is None or o["name"] in answers)
     ]
     return problems
