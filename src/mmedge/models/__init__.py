@@ -55,7 +55,10 @@ def family_config(name: str, options: dict[str, Any] | None) -> FamilyConfig:
     try:
         return cls(**(options or {}))
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors()
+        )
         raise RecipeError(
             f"invalid options for model family '{name}': {problems}; fix them in the recipe's model.options."
         ) from exc
