@@ -117,6 +117,7 @@ class Scored(StepMetrics):
     test: Score | None = None
     image_blanked: Score | None = None
     text_emptied: Score | None = None
+    paraphrase: Score | None = None  # the test pictures asked in wordings never seen in training (easy-vqa)
 
 
 class ImageFormat(_Part):

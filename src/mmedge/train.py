@@ -294,12 +294,16 @@ def evaluate_with_ablation(model, data, vocab: Tokenizer) -> dict:
     no_image = score(predict_split(model, split, vocab, blank_image=True), split)
     no_text = score(predict_split(model, split, vocab, empty_text=True), split)
     val = score(predict_split(model, data.val, vocab), data.val)
-    return {
+    out = {
         "val": val.to_json(),
         "test": full.to_json(),
         "image_blanked": no_image.to_json(),
         "text_emptied": no_text.to_json(),
     }
+    reworded = getattr(data, "paraphrase", None)
+    if reworded is not None:  # the same test pictures, asked in wordings training never saw
+        out["paraphrase"] = score(predict_split(model, reworded, vocab), reworded).to_json()
+    return out
 
 
 ProgressMode = Literal["bar", "lines", "off"]

@@ -106,3 +106,28 @@ def test_pretrained_towers_with_a_trained_head_answer_easy_vqa(easy):
     from mmedge.runtime.evaluate import score
 
     assert score(predict_split(model, easy.test, vocab), easy.test).accuracy > 0.8
+
+
+def test_a_data_set_with_paraphrases_gets_them_scored_and_reported_beside_the_missing_modalities(easy):
+    from mmedge.report.markdown import robustness_section
+    from mmedge.report.views import robustness
+    from mmedge.results import Score, TrainMetrics
+    from mmedge.train import evaluate_with_ablation
+
+    assert easy.paraphrase is not None and len(easy.paraphrase) == len(load_dataset(DataConfig(name="easy-vqa")).test)
+    scores = evaluate_with_ablation(small().eval(), easy, minilm_tokenizer(24))
+    assert 0 <= scores["paraphrase"]["accuracy"] <= 1 and set(scores["paraphrase"]["per_family"]) == {
+        "color",
+        "shape",
+        "yes/no",
+    }
+    row = {k: Score(**v) for k, v in scores.items()}
+    steps = [("train", TrainMetrics.model_construct(**row))]
+    rows = robustness(steps)
+    assert rows[0]["paraphrase"] == scores["paraphrase"]["accuracy"]
+    text = "\n".join(robustness_section(rows))
+    assert "| artifact (step) | both | image missing | text missing | paraphrased |" in text
+    assert "wordings training never saw" in text
+    # a data set without paraphrases keeps the three columns
+    plain = "\n".join(robustness_section([{k: v for k, v in rows[0].items() if k != "paraphrase"}]))
+    assert "paraphrased" not in plain

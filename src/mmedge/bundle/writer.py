@@ -311,7 +311,12 @@ def shipped_metrics(ctx: StepContext, model_path: Path) -> dict:
         "measured_on": machine_info(with_provenance=False),  # the manifest records the provenance once, at its top
     }
     if validate is not None and validate.test is not None:
-        scores = {"test": validate.test, "image_blanked": validate.image_blanked, "text_emptied": validate.text_emptied}
+        scores = {
+            "test": validate.test,
+            "image_blanked": validate.image_blanked,
+            "text_emptied": validate.text_emptied,
+            "paraphrase": validate.paraphrase,
+        }
         out["accuracy"] = {k: v.model_dump(mode="json") for k, v in scores.items() if v is not None}
         out["accuracy"]["split"] = f"test ({validate.samples} questions on held-out images)"
         out["parity"] = _json(validate.parity)

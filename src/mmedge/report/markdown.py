@@ -113,23 +113,24 @@ def split_section(split: dict) -> list[str]:
 
 def robustness_section(rows: list[dict]) -> list[str]:
     first = rows[0]
+    keys = ["image_missing", "text_missing"] + (["paraphrase"] if all("paraphrase" in r for r in rows) else [])
     cells = [
-        [
-            r["step"],
-            pct(r["full"]),
-            f"{pct(r['image_missing'])} ({(r['image_missing'] - first['image_missing']) * 100:+.2f})",
-            f"{pct(r['text_missing'])} ({(r['text_missing'] - first['text_missing']) * 100:+.2f})",
-        ]
-        for r in rows
+        [r["step"], pct(r["full"]), *(f"{pct(r[k])} ({(r[k] - first[k]) * 100:+.2f})" for k in keys)] for r in rows
     ]
+    said = (
+        ", and on the test pictures asked in wordings training never saw (paraphrased)" if "paraphrase" in keys else ""
+    )
     return [
         "",
         "## Missing modalities",
         "",
         "Test accuracy of each artifact of the run with both inputs, with the image missing (a blank frame) and "
-        "with the text missing (an empty question); in brackets the change in points against the first model.",
+        f"with the text missing (an empty question){said}; in brackets the change in points against the first model.",
         "",
-        table(["artifact (step)", "both", "image missing", "text missing"], cells),
+        table(
+            ["artifact (step)", "both", "image missing", "text missing", "paraphrased"][: 2 + len(keys)],
+            cells,
+        ),
     ]
 
 

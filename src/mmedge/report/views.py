@@ -15,13 +15,15 @@ def typed_steps(doc: dict) -> list[tuple[dict, StepMetrics]]:
 
 def robustness(steps: list[tuple[str, StepMetrics]]) -> list[dict]:
     """Test accuracy of every artifact the run made, complete and with one modality missing (image blank, text
-    empty), in pipeline order — whether compression made the model more fragile when a sensor or prompt drops."""
+    empty), in pipeline order — whether compression made the model more fragile when a sensor or prompt drops — and,
+    where the data set has one, on the paraphrased questions (whether it cost the text tower its generality)."""
     return [
         {
             "step": kind,
             "full": m.test.accuracy,
             "image_missing": m.image_blanked.accuracy,
             "text_missing": m.text_emptied.accuracy,
+            **({"paraphrase": m.paraphrase.accuracy} if m.paraphrase is not None else {}),
         }
         for kind, m in steps
         if isinstance(m, Scored) and None not in (m.test, m.image_blanked, m.text_emptied)

@@ -151,6 +151,9 @@ def evaluate_model(
     if ablation:
         metrics["image_blanked"] = score(predict(sess, split, vocab, blank_image=True), split).to_json()
         metrics["text_emptied"] = score(predict(sess, split, vocab, empty_text=True), split).to_json()
+        reworded = getattr(dataset, "paraphrase", None) if split_name == "test" else None
+        if reworded is not None:  # the same test pictures, asked in wordings training never saw
+            metrics["paraphrase"] = score(predict(sess, reworded, vocab), reworded).to_json()
     return metrics, logits
 
 
