@@ -3,7 +3,8 @@
 A late-fusion model (``model.late_fusion``: logits = fuse(encode_image(image), encode_text(text))) answers every
 question of an image from one image encoding, and every question string from one text encoding. easy-VQA has 4,000
 training images and 107 distinct question strings behind its 38,575 questions, so scoring a split through these
-encodings is exact and about a hundred times cheaper than one forward pass per question. When a tower is frozen
+encodings is exact and runs the image tower once per picture and the text tower 107 times, where one forward pass
+per question would run each of them 38,575 times. When a tower is frozen
 up to some layer, the activations there are computed once for the whole run, and each training step runs only the
 layers that train (``image_prefix`` / ``image_suffix``, ``text_prefix`` / ``text_suffix``).
 """
