@@ -124,7 +124,9 @@ class Fmt(str, Enum):
 @app.command()
 @guarded
 def train(
-    family: Annotated[str, typer.Option(help="Model family from the zoo: cnn-lstm or vit-transformer.")] = "cnn-lstm",
+    family: Annotated[
+        str, typer.Option(help="Model family from the zoo: cnn-lstm, vit-transformer or effnet-minilm.")
+    ] = "cnn-lstm",
     out_dir: Annotated[Path, typer.Option("--out", help="Checkpoint folder to write.")] = Path("checkpoints/model"),
     epochs: Annotated[
         int, typer.Option(min=1, help="Epochs (the cosine schedule spans them); early stopping may end sooner.")

@@ -47,7 +47,7 @@ DEFAULT_RECIPE = "digits-vqa"
 
 class ModelSection(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
-    family: str = Field("cnn-lstm", description="Zoo family: 'cnn-lstm' or 'vit-transformer'.")
+    family: str = Field("cnn-lstm", description="Zoo family: 'cnn-lstm', 'vit-transformer' or 'effnet-minilm'.")
     source: str | None = Field(
         None,
         description="Start from a model outside the zoo: 'onnx:PATH' (an existing ONNX file; the PyTorch steps are "
