@@ -188,6 +188,7 @@ class StructuredPruneMetrics(Scored):
     options_before: dict[str, Any]
     options_after: dict[str, Any]
     dropped_blocks: dict[str, Any]
+    vocabulary: dict[str, int] | None = None  # vocabulary pruning: pieces before and after
     history: list[dict[str, Any]]
 
 

@@ -102,9 +102,10 @@ def train_cached(model, data, vocab, cfg, on_epoch: Callable[[dict], None] | Non
         [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
     )
     sched = warmup_cosine(opt, steps_per_epoch, steps_per_epoch * cfg.epochs)
+    by_image = train.images.dim() > 2  # image layers train: batches of whole pictures run each one once per step
     for epoch in range(cfg.epochs):
         model.train()
-        order = torch.randperm(n, generator=gen)
+        order = _grouped_order(train.image_row, gen) if by_image else torch.randperm(n, generator=gen)
         loss_sum, hits = 0.0, 0
         for start in range(0, n, cfg.batch_size):
             rows = order[start : start + cfg.batch_size]
@@ -128,3 +129,14 @@ def train_cached(model, data, vocab, cfg, on_epoch: Callable[[dict], None] | Non
         if keeper.end_epoch(epoch, loss_sum / n, hits / n, val_accuracy):
             break
     return model, keeper.finish()
+
+
+def _grouped_order(image_row: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """A random order of the questions in which each picture's questions come together (pictures shuffled, and
+    the questions of a picture), so that a batch runs the trained image layers on a few pictures, not one per
+    question."""
+    n = len(image_row)
+    pictures = torch.randperm(int(image_row.max()) + 1, generator=gen)
+    rank = torch.empty_like(pictures)
+    rank[pictures] = torch.arange(len(pictures))
+    return torch.argsort(rank[image_row] * n + torch.randperm(n, generator=gen))

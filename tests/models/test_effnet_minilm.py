@@ -1,5 +1,7 @@
 """effnet-minilm: EfficientNet-Lite0 + all-MiniLM-L6-v2 fused late, trained with each tower's frozen part cached."""
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -131,3 +133,103 @@ def test_a_data_set_with_paraphrases_gets_them_scored_and_reported_beside_the_mi
     # a data set without paraphrases keeps the three columns
     plain = "\n".join(robustness_section([{k: v for k, v in rows[0].items() if k != "paraphrase"}]))
     assert "paraphrased" not in plain
+
+
+# ---- pruning the real towers -----------------------------------------------------------------------------------
+
+
+def test_vocabulary_pruning_keeps_frequent_pieces_and_spells_rare_words_from_smaller_ones():
+    from mmedge.compress.vocab import trim_wordpiece
+    from mmedge.errors import MmedgeError
+
+    full = minilm_tokenizer(24)
+    kept_texts = ["what color is the rectangle?"]
+    small_vocab, old_ids = trim_wordpiece(full, 3000, kept_texts)
+    assert 3000 < len(small_vocab) == len(old_ids) < 5000  # + one-character pieces + the texts' pieces
+    assert old_ids[:3000] == list(range(3000))  # special tokens and frequent pieces keep their ids
+    for text in kept_texts:  # the given texts tokenize to the same pieces
+        ids, _ = small_vocab.encode([text])
+        ref, _ = full.encode([text])
+        assert [old_ids[i] for i in ids[0]] == ref[0].tolist()
+    rare = "the kaleidoscope"  # 'kaleidoscope' is one piece of id > 3000 in the full vocabulary
+    ids, mask = small_vocab.encode([rare])
+    n = int(mask.sum())
+    assert n > int(full.encode([rare])[1].sum())  # split into more, smaller pieces ...
+    unk = small_vocab._tok.token_to_id("[UNK]")
+    assert unk not in ids[0, :n].tolist()  # ... not [UNK]
+    with pytest.raises(MmedgeError, match="keeps the whole"):
+        trim_wordpiece(full, 40000, [])
+    from mmedge.data.text import WordVocab
+
+    with pytest.raises(MmedgeError, match="prunes WordPiece vocabularies"):
+        trim_wordpiece(WordVocab.build(["a b"]), 1000, [])
+
+
+@pytest.mark.slow
+def test_structured_pruning_of_the_pretrained_towers_keeps_shapes_consistent_and_exports(easy, tmp_path):
+    """EfficientNet channels (expansions and depthwise convs together), MiniLM depth chosen by similarity and
+    its vocabulary, on the packaged weights: the result rebuilds from its options, exports and matches ONNX."""
+    from types import SimpleNamespace
+
+    from mmedge.compress.prune import StructuredPruneConfig, prune_vocabulary, structured_prune
+    from mmedge.export.onnx import export_checkpoint
+    from mmedge.models.checkpoint import load_checkpoint, save_checkpoint
+
+    model = small(pretrained=True)
+    model.prepare((), None)
+    vocab = minilm_tokenizer(24)
+    before = model.image_tower.current_blocks()
+    ckpt = SimpleNamespace(model=model, vocab=vocab, family="effnet-minilm")
+    vocabulary = prune_vocabulary(ckpt, easy, 4000)
+    assert vocabulary["pieces_after"] < 6000 and model.text_tower.word.num_embeddings == len(ckpt.vocab)
+    assert model.text_tower.position.num_embeddings == 24
+    cfg = StructuredPruneConfig(
+        ratio=0.0,
+        branch_ratios={"image": 0.5},
+        drop_blocks={"text": 4},
+        block_choice="similarity",
+        finetune_epochs=1,
+        finetune_towers=["image"],
+        augment=False,
+        iterative_steps=1,
+    )
+    metrics = structured_prune(model, easy, ckpt.vocab, cfg)
+    after = model.image_tower.current_blocks()
+    for old, new in zip(before, after, strict=True):
+        assert new.expand < old.expand and new.kernel == old.kernel and new.stride == old.stride
+    for block in model.image_tower.blocks:  # depthwise: one group per channel, as many as the expansion gives
+        dw = block.depthwise.conv
+        assert dw.groups == dw.in_channels == dw.out_channels
+    assert len(model.text_tower.layers) == 2 and len(metrics["dropped_blocks"]["text"]) == 4
+    assert all("similarity_distance" in d for d in metrics["dropped_blocks"]["text"])
+    assert metrics["parameters_after"] < 0.5 * metrics["parameters_before"]
+    assert not any(p.requires_grad for p in model.image_tower.parameters())  # saved frozen, as it was trained
+    save_checkpoint(model, ckpt.vocab, tuple(str(i) for i in range(13)), tmp_path / "pruned")
+    again = load_checkpoint(tmp_path / "pruned")  # strict load into the rebuilt shapes
+    split = easy.test
+    np.testing.assert_allclose(
+        predict_split(again.model, split, again.vocab), predict_split(model.eval(), split, ckpt.vocab), atol=1e-5
+    )
+    export_checkpoint(tmp_path / "pruned", tmp_path / "pruned.onnx")  # raises if ONNX Runtime disagrees
+
+
+def test_tower_fine_tuning_is_refused_for_a_model_that_trains_every_layer(tiny_checkpoints, data_cfg):
+    from mmedge.compress.prune import StructuredPruneConfig, structured_prune
+    from mmedge.errors import MmedgeError
+    from mmedge.models.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(tiny_checkpoints["cnn-lstm"])
+    cfg = StructuredPruneConfig(ratio=0.25, finetune_towers=["image"], iterative_steps=1)
+    with pytest.raises(MmedgeError, match="drop the option"):
+        structured_prune(ck.model, load_dataset(data_cfg), ck.vocab, cfg)
+
+
+def test_grouped_order_keeps_each_pictures_questions_together():
+    from mmedge.train_cache import _grouped_order
+
+    image_row = torch.tensor([0, 1, 0, 2, 1, 2, 2, 0, 3])
+    order = _grouped_order(image_row, torch.Generator().manual_seed(0))
+    assert sorted(order.tolist()) == list(range(9))
+    runs = [int(image_row[i]) for i in order]
+    changes = sum(a != b for a, b in itertools.pairwise(runs))
+    assert changes == 3  # four pictures, each one contiguous run

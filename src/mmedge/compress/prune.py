@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+from contextlib import contextmanager
 from typing import Literal
 
 import numpy as np
@@ -149,6 +150,22 @@ class StructuredPruneConfig(StepConfig):
         "text: 1}, the ones whose removal costs the least validation accuracy, before any channel is removed. At "
         "batch 1 a small transformer's time goes to per-kernel overhead, which only fewer blocks reduce.",
     )
+    block_choice: Literal["accuracy", "similarity"] = Field(
+        "accuracy",
+        description="Which block `drop_blocks` removes each round: 'accuracy', the one whose absence costs the least "
+        "validation accuracy; 'similarity', the one whose absence changes least how the branch's encodings of the "
+        "validation inputs relate to each other (their cosine-similarity matrix), which needs no labels and keeps "
+        "a pretrained tower general where validation accuracy cannot tell blocks apart (a text tower asked a "
+        "hundred distinct questions).",
+    )
+    vocab_size: int | None = Field(
+        None,
+        ge=1000,
+        description="Vocabulary pruning of a WordPiece text tower (effnet-minilm): keep the this many most frequent "
+        "pieces, every one-character piece and every piece of the training and validation questions; rarer "
+        "words are spelled from smaller pieces. all-MiniLM-L6-v2's 30,522-piece table is half its weights. "
+        "None keeps the vocabulary.",
+    )
     importance: Literal["magnitude", "taylor"] = Field(
         "taylor",
         description="How channels are ranked: L1 magnitude of their weights, or first-order Taylor |w * dL/dw| "
@@ -163,6 +180,18 @@ class StructuredPruneConfig(StepConfig):
         1, ge=0, description="Training epochs after each pruning step (0: none, e.g. when `distill` follows)."
     )
     lr: float = Field(1e-3, gt=0, description="Peak learning rate of the fine-tuning between steps.")
+    finetune_towers: tuple[Literal["image", "text"], ...] = Field(
+        (),
+        description="Models whose pretrained towers train frozen (effnet-minilm): the towers whose every layer is "
+        "fine-tuned between steps too, e.g. [image], as a pruned tower needs to win its accuracy back; the model "
+        "is saved frozen as before. A text tower fine-tuned on a data set's few distinct questions may lose its "
+        "hold on other wordings.",
+    )
+    augment: bool = Field(
+        True,
+        description="Random affine jitter on the fine-tuning's training images, as `train` does; off for models "
+        "whose towers' outputs are cached per image (effnet-minilm), where jitter would force a pass per question.",
+    )
     round_to: int = Field(
         4, ge=1, description="Keep channel counts multiples of this; CPU kernels prefer multiples of 4 or 8."
     )
@@ -298,15 +327,23 @@ def _branch_parameters(model) -> dict[str, int]:
     return out
 
 
-def _example_inputs(data, vocab, n: int = 4):
+def model_size(model) -> dict:
+    """The options that rebuild ``model`` and its parameter count per branch."""
+    return {"options": model.current_options(), "parameters": _branch_parameters(model)}
+
+
+def _example_inputs(model, data, vocab, n: int = 4):
     from mmedge.train import _tensors
 
-    return _tensors(data.train, vocab, np.arange(n))
+    return _tensors(data.train, vocab, np.arange(n), prep=model.spec().image)
 
 
-def structured_prune(model, data, vocab, cfg: StructuredPruneConfig, progress: str = "off") -> dict:
+def structured_prune(
+    model, data, vocab, cfg: StructuredPruneConfig, progress: str = "off", before: dict | None = None
+) -> dict:
     """Remove channels, hidden units and heads from ``model`` in place; returns what changed and the
-    validation accuracy after each step."""
+    validation accuracy after each step. ``before``: the options and per-branch parameter counts to report as the
+    starting point, when the model was already changed (its vocabulary pruned)."""
     import torch
     import torch_pruning as tp
     from torch import nn
@@ -317,10 +354,10 @@ def structured_prune(model, data, vocab, cfg: StructuredPruneConfig, progress: s
     torch.manual_seed(cfg.seed)
     model.eval()
     spec = model.spec()
-    before = {"options": model.current_options(), "parameters": _branch_parameters(model)}
-    example = _example_inputs(data, vocab)
+    before = before or model_size(model)
+    example = _example_inputs(model, data, vocab)
     macs_before, _ = tp.utils.count_ops_and_params(model, example)
-    dropped = drop_blocks(model, data, vocab, cfg.drop_blocks) if cfg.drop_blocks else {}
+    dropped = drop_blocks(model, data, vocab, cfg.drop_blocks, cfg.block_choice) if cfg.drop_blocks else {}
 
     ratio_dict: dict = {}
     for branch, prefixes in spec.branches.items():
@@ -335,7 +372,8 @@ def structured_prune(model, data, vocab, cfg: StructuredPruneConfig, progress: s
             r = cfg.ratio_of(spec.branch_of(name) or "other")
             for proj in (m.q, m.k, m.v):
                 num_heads[proj], head_ratios[proj] = m.num_heads, r
-    with warnings.catch_warnings():  # position tables and the query token keep the residual width; nothing to do
+    with warnings.catch_warnings(), _all_trainable(model):  # traced: frozen layers too
+        # position tables and the query token keep the residual width; nothing to do
         warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
         pruner = tp.pruner.MetaPruner(
             model,
@@ -356,16 +394,37 @@ def structured_prune(model, data, vocab, cfg: StructuredPruneConfig, progress: s
     for proj, heads in num_heads.items():
         pruner.head_pruning_ratio_dict[proj] = _head_schedule(heads, head_ratios[proj], cfg.iterative_steps)
     history = []
-    tune = TrainConfig(epochs=max(1, cfg.finetune_epochs), lr=cfg.lr, seed=cfg.seed, threads=cfg.threads, patience=99)
+    tune = TrainConfig(
+        epochs=max(1, cfg.finetune_epochs),
+        lr=cfg.lr,
+        seed=cfg.seed,
+        threads=cfg.threads,
+        patience=99,
+        augment=cfg.augment,
+    )
+    if cfg.finetune_towers and not hasattr(model, "set_trained"):
+        raise MmedgeError(
+            f"finetune_towers applies to models whose towers train frozen; {model.family} trains every layer "
+            "already, so drop the option."
+        )
+    trained = dict(model.config.model_dump()) if cfg.finetune_towers else {}
     for step in range(cfg.iterative_steps):
         if cfg.importance == "taylor":
             _accumulate_gradients(model, data, vocab, cfg)
-        pruner.step()
+        with _all_trainable(model):
+            pruner.step()
         model.zero_grad(set_to_none=True)
         for m in attention:  # whole heads were removed: keep the reshape in step with the projections
             m.num_heads = m.q.out_features // m.head_dim
         if cfg.finetune_epochs:
+            if cfg.finetune_towers:
+                model.set_trained(
+                    image_blocks=99 if "image" in cfg.finetune_towers else trained["train_image_blocks"],
+                    text_layers=99 if "text" in cfg.finetune_towers else trained["train_text_layers"],
+                )
             model, _ = train_model(model, data, vocab, tune.model_copy(update={"seed": cfg.seed + step}))
+            if cfg.finetune_towers:
+                model.set_trained(trained["train_image_blocks"], trained["train_text_layers"])
         model.eval()
         val = score(predict_split(model, data.val, vocab), data.val).accuracy
         history.append(
@@ -374,7 +433,7 @@ def structured_prune(model, data, vocab, cfg: StructuredPruneConfig, progress: s
         if progress == "lines":
             print(f"prune.structured step {step + 1}/{cfg.iterative_steps}: val {val:.1%}", file=sys.stderr, flush=True)
     macs_after, _ = tp.utils.count_ops_and_params(model, example)
-    after = {"options": model.current_options(), "parameters": _branch_parameters(model)}
+    after = model_size(model)
     total_before, total_after = sum(before["parameters"].values()), sum(after["parameters"].values())
     return {
         "ratio": cfg.ratio,
@@ -396,9 +455,10 @@ def structured_prune(model, data, vocab, cfg: StructuredPruneConfig, progress: s
     }
 
 
-def drop_blocks(model, data, vocab, counts: dict[str, int]) -> dict[str, list[dict]]:
-    """Remove whole residual blocks, per branch, in place: each round skips every remaining block in turn,
-    measures validation accuracy without it, and removes the one missed least."""
+def drop_blocks(model, data, vocab, counts: dict[str, int], choice: str = "accuracy") -> dict[str, list[dict]]:
+    """Remove whole residual blocks, per branch, in place: each round skips every remaining block in turn and
+    removes the one missed least, by validation accuracy or by the similarity structure of the branch's encodings
+    (``choice``; see ``StructuredPruneConfig.block_choice``)."""
     from torch import nn
 
     from mmedge.runtime.evaluate import score
@@ -415,18 +475,70 @@ def drop_blocks(model, data, vocab, counts: dict[str, int]) -> dict[str, list[di
             )
         if n == 0:
             continue
-        attr = next(name for name, m in model.named_children() if m is blocks)
+        path = next(name for name, m in model.named_modules() if m is blocks)
+        parent, _, attr = path.rpartition(".")
+        owner = model.get_submodule(parent) if parent else model
+        if choice == "similarity":
+            structure = _BranchStructure(model, branch, data.val, vocab)
         removed[branch] = []
         for _ in range(n):
             trials = []
             for i in range(len(blocks)):
-                setattr(model, attr, nn.ModuleList(b for j, b in enumerate(blocks) if j != i))
-                trials.append((score(predict_split(model, data.val, vocab), data.val).accuracy, -i))
-            acc, worst = max(trials)  # the block whose absence hurts least (the earliest on a tie)
+                setattr(owner, attr, nn.ModuleList(b for j, b in enumerate(blocks) if j != i))
+                if choice == "similarity":
+                    trials.append((-structure.distance(model), -i))
+                else:
+                    trials.append((score(predict_split(model, data.val, vocab), data.val).accuracy, -i))
+            best, worst = max(trials)  # the block whose absence hurts least (the earliest on a tie)
             blocks = nn.ModuleList(b for j, b in enumerate(blocks) if j != -worst)
-            setattr(model, attr, blocks)
-            removed[branch].append({"index": -worst, "val_accuracy_without": acc})
+            setattr(owner, attr, blocks)
+            if choice == "similarity":
+                removed[branch].append({"index": -worst, "similarity_distance": -best})
+            else:
+                removed[branch].append({"index": -worst, "val_accuracy_without": best})
     return removed
+
+
+class _BranchStructure:
+    """How a branch's encodings of the validation inputs relate to each other: the cosine-similarity matrix of the
+    encodings of the distinct questions (text) or of up to 256 pictures (image), as the unpruned model gives it;
+    ``distance`` is the RMS difference from it of the same matrix for the model as it is now."""
+
+    def __init__(self, model, branch: str, split, vocab):
+        import torch
+
+        encode = getattr(model, f"encode_{branch}", None)
+        if branch not in ("image", "text") or encode is None:
+            raise MmedgeError(
+                f"block_choice 'similarity' compares encodings of the {branch} branch, which this model does not "
+                "expose (encode_image / encode_text); use block_choice 'accuracy'."
+            )
+        if branch == "text":
+            ids, mask = vocab.encode(sorted(set(split.texts)))
+            self.inputs = (torch.from_numpy(ids), torch.from_numpy(mask))
+        else:
+            rows = np.unique(split.image_index)[:256]
+            self.inputs = (torch.from_numpy(split.pictures(rows, model.spec().image)),)
+        self.encode = encode
+        self.reference = self._similarity()
+
+    def _similarity(self):
+        import torch
+
+        with torch.no_grad():
+            out = self.encode(*self.inputs)
+        if isinstance(out, tuple):  # token states and their mask
+            states, mask = out
+            weights = mask[:, :, None].to(states.dtype)
+            out = (states * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+        elif out.dim() > 2:  # tokens or a map: their mean
+            out = out.flatten(2).mean(2) if out.dim() == 4 else out.mean(1)
+        unit = torch.nn.functional.normalize(out.float(), dim=1)
+        return unit @ unit.T
+
+    def distance(self, model) -> float:
+        model.eval()
+        return float(((self._similarity() - self.reference) ** 2).mean().sqrt())
 
 
 def _head_schedule(heads: int, ratio: float, steps: int) -> list[float]:
@@ -459,10 +571,26 @@ def _accumulate_gradients(model, data, vocab, cfg: StructuredPruneConfig) -> Non
     rng = np.random.default_rng(cfg.seed)
     model.eval()  # BatchNorm statistics and dropout stay fixed; only gradients are wanted
     model.zero_grad(set_to_none=True)
-    for _ in range(cfg.taylor_batches):
-        rows = rng.choice(len(data.train), size=min(64, len(data.train)), replace=False)
-        image, ids, mask = _tensors(data.train, vocab, rows)
-        F.cross_entropy(model(image, ids, mask), torch.from_numpy(data.train.labels[rows])).backward()
+    with _all_trainable(model):  # a frozen pretrained tower is pruned too: its channels need gradients to be ranked
+        for _ in range(cfg.taylor_batches):
+            rows = rng.choice(len(data.train), size=min(64, len(data.train)), replace=False)
+            image, ids, mask = _tensors(data.train, vocab, rows, prep=model.spec().image)
+            F.cross_entropy(model(image, ids, mask), torch.from_numpy(data.train.labels[rows])).backward()
+
+
+@contextmanager
+def _all_trainable(model):
+    """Every parameter requires grad inside, as torch-pruning needs to trace a frozen tower's layers and Taylor
+    importance needs their gradients; on leaving, the parameters frozen before (by name: pruning replaces the
+    tensors) are frozen again, so fine-tuning trains what it trained before."""
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    for p in model.parameters():
+        p.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for name, p in model.named_parameters():
+            p.requires_grad_(name not in frozen)
 
 
 @register_step(StructuredPruneConfig, StructuredPruneMetrics)
@@ -471,5 +599,24 @@ def prune_structured_step(cfg: StructuredPruneConfig, ctx: StepContext) -> StepR
     from mmedge.models.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(ctx.artifact.path)
-    metrics = structured_prune(ckpt.model, load_dataset(ctx.recipe.data), ckpt.vocab, cfg, progress=ctx.progress)
-    return _pruned_result(ckpt, metrics, "prune.structured", ctx, omit="history")
+    data = load_dataset(ctx.recipe.data)
+    before = model_size(ckpt.model)
+    vocabulary = prune_vocabulary(ckpt, data, cfg.vocab_size) if cfg.vocab_size else None
+    metrics = structured_prune(ckpt.model, data, ckpt.vocab, cfg, progress=ctx.progress, before=before)
+    return _pruned_result(ckpt, {**metrics, "vocabulary": vocabulary}, "prune.structured", ctx, omit="history")
+
+
+def prune_vocabulary(ckpt, data, keep_first: int) -> dict:
+    """Trim the checkpoint's WordPiece vocabulary and its model's word embeddings in place (``ckpt.vocab`` becomes
+    the smaller tokenizer); returns the sizes before and after."""
+    from mmedge.compress.vocab import trim_wordpiece
+
+    if not hasattr(ckpt.model, "keep_tokens"):
+        raise MmedgeError(
+            f"vocab_size prunes the word embeddings of a WordPiece text tower; the {ckpt.family} family has none, "
+            "so drop vocab_size."
+        )
+    before = len(ckpt.vocab)
+    ckpt.vocab, old_ids = trim_wordpiece(ckpt.vocab, keep_first, [*data.train.texts, *data.val.texts])
+    ckpt.model.keep_tokens(old_ids)
+    return {"pieces_before": before, "pieces_after": len(old_ids), "keep_first": keep_first}

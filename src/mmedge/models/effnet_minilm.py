@@ -54,7 +54,13 @@ class EffnetMiniLM(nn.Module):
         blocks = tuple(BlockSpec(*b) for b in c.image_blocks) if c.image_blocks else LITE0_BLOCKS
         self.image_tower = EfficientNetLite(blocks=blocks, stem=c.image_stem or 32, head=c.image_head or 1280)
         self.image_proj = nn.Linear(c.image_head or 1280, c.fusion_dim)
-        self.text_tower = MiniLM(vocab_size=vocab_size, layers=c.text_layers, heads=c.text_heads, ffn=c.text_ffn)
+        self.text_tower = MiniLM(
+            vocab_size=vocab_size,
+            layers=c.text_layers,
+            heads=c.text_heads,
+            ffn=c.text_ffn,
+            max_positions=c.text_positions or 512,
+        )
         self.text_proj = nn.Linear(self.text_tower.dim, c.fusion_dim)
         self.fusion = nn.Sequential(nn.Linear(3 * c.fusion_dim, c.fusion_hidden), nn.GELU(), nn.Dropout(c.dropout))
         self.head = nn.Linear(c.fusion_hidden, num_classes)
@@ -81,6 +87,18 @@ class EffnetMiniLM(nn.Module):
         ):
             for p in module.parameters():
                 p.requires_grad_(True)
+
+    def set_trained(self, image_blocks: int, text_layers: int) -> None:
+        """Train the last ``image_blocks`` image blocks (with the head conv) and the last ``text_layers`` text
+        layers from now on, and freeze the rest (e.g. to fine-tune towers after pruning)."""
+        self.config = self.config.model_copy(
+            update={
+                "train_image_blocks": min(image_blocks, len(self.image_tower.blocks)),
+                "train_text_layers": min(text_layers, len(self.text_tower.layers)),
+                "text_layers": len(self.text_tower.layers),
+            }
+        )
+        self._freeze()
 
     def trained_image_modules(self) -> list[nn.Module]:
         n = self.config.train_image_blocks
@@ -109,6 +127,15 @@ class EffnetMiniLM(nn.Module):
             atol=2e-4,
         )
 
+    def prune_fixed_modules(self) -> list[nn.Module]:
+        """Layers whose output width structured pruning must keep: the classifier (one output per answer) and the
+        text layers that write MiniLM's residual stream."""
+        return [self.head, *self.text_tower.prune_fixed_modules()]
+
+    def residual_blocks(self) -> dict[str, nn.ModuleList]:
+        """The blocks depth pruning may drop: the text tower's layers (each only adds to its residual stream)."""
+        return {"text": self.text_tower.residual_layers()}
+
     def current_options(self) -> dict:
         """The options that rebuild this model as it is now (tower widths and depth read from the layers)."""
         stem, blocks, head = self.image_tower.current_shape()
@@ -121,7 +148,18 @@ class EffnetMiniLM(nn.Module):
             "text_layers": text["layers"],
             "text_heads": list(text["heads"]),
             "text_ffn": list(text["ffn"]),
+            "text_positions": None if text["max_positions"] == 512 else text["max_positions"],
+            "fusion_dim": self.image_proj.out_features,
+            "fusion_hidden": self.fusion[0].out_features,
         }
+
+    def keep_tokens(self, old_ids: list[int]) -> None:
+        """Vocabulary pruning: keep the word embeddings of ``old_ids`` (see
+        :func:`mmedge.compress.vocab.trim_wordpiece`) and the position embeddings of ``max_text_length`` tokens, the
+        most the tokenizer gives."""
+        self.text_tower.keep_tokens(old_ids, max_positions=self.config.max_text_length)
+        self.vocab_size = len(old_ids)
+        self._freeze()
 
     # --- cached forward: frozen prefix once per image / question, trained suffix every step ---
 

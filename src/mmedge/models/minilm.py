@@ -141,6 +141,16 @@ class MiniLM(nn.Module):
             "eps": self.eps,
         }
 
+    def keep_tokens(self, old_ids: list[int], max_positions: int | None = None) -> None:
+        """Keep only the word embeddings of ``old_ids`` (new id i is old id ``old_ids[i]``; see
+        :func:`mmedge.compress.vocab.trim_wordpiece`), and the first ``max_positions`` position embeddings."""
+        rows = torch.as_tensor(old_ids, dtype=torch.long)
+        self.word = nn.Embedding.from_pretrained(self.word.weight.data[rows].clone(), freeze=False)
+        if max_positions is not None and max_positions < self.position.num_embeddings:
+            weight = self.position.weight.data[:max_positions].clone()
+            self.position = nn.Embedding.from_pretrained(weight, freeze=False)
+            self.position_ids = self.position_ids[:, :max_positions].clone()
+
     def residual_layers(self) -> nn.ModuleList:
         """The layers depth pruning may drop: each only adds to the residual stream (then normalizes it), so a
         model without one still runs. The list is the ``layers`` attribute; replace it to drop layers."""

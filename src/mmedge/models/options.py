@@ -208,12 +208,19 @@ class EffnetMiniLMConfig(FamilyConfig):
     text_layers: int = Field(6, ge=0, description="Text layers kept (depth pruning drops the last ones).")
     text_heads: tuple[int, ...] | None = Field(None, description="Attention heads per text layer after pruning.")
     text_ffn: tuple[int, ...] | None = Field(None, description="Feed-forward width per text layer after pruning.")
+    text_positions: int | None = Field(
+        None, ge=1, description="Position embeddings kept after vocabulary pruning (None: MiniLM's 512)."
+    )
 
     @model_validator(mode="after")
     def _check(self):
         if self.train_text_layers > self.text_layers:
             raise ValueError(
                 f"train_text_layers {self.train_text_layers} is more than the {self.text_layers} text layers"
+            )
+        if self.text_positions is not None and self.text_positions < self.max_text_length:
+            raise ValueError(
+                f"text_positions {self.text_positions} is fewer than max_text_length {self.max_text_length}"
             )
         for name in ("text_heads", "text_ffn"):
             widths = getattr(self, name)
