@@ -148,10 +148,14 @@ def test_table_rows_fill_every_column_and_mark_the_best_and_the_failed():
     cells = peers.table_rows([best, failed], paraphrase=True)
     assert all(len(c) == len(peers.HEADER) for c in cells)
     assert cells[0][:5] == ["**b**", "static", "98.50%", "90.00%", "0.50"]
-    assert cells[0][5:11] == ["28.0", "0.28×", "6.00", "0.60× (0.59–0.61)", "180.0", "1.00× (0.90–1.10)"]
+    assert cells[0][5:11] == ["28.0", "0.28×", "6.00", "0.60× (0.59–0.61)", "180", "1.00× (0.90–1.10)"]
     assert cells[0][-1] == ""
     assert cells[1][2:11] == ["–"] * 9 and cells[1][-1] == "ImportError: x"
     assert peers.table_rows([best], paraphrase=False)[0][3] == "–"
+
+
+def test_figures_keep_three_significant_digits():
+    assert [peers._fig(x) for x in (106.85, 27.87, 9.183, 0.06123, 0)] == ["107", "27.9", "9.18", "0.0612", "0"]
 
 
 def test_markdown_table_has_the_header_and_a_row_per_model():
@@ -162,6 +166,7 @@ def test_markdown_table_has_the_header_and_a_row_per_model():
         "calibration": {"rows": 254, "source": "mmedge's calibration draw"},
         "samples": {"test": 9673, "paraphrase": 9673},
         "rounds": 20,
+        "calls_per_round": {"1": 350, "32": 5},
         "limit": None,
         "best_peer": "b static",
         "tools": {"nncf": {"label": "NNCF", "packages": {"nncf": "3.4.0"}}},
@@ -175,7 +180,7 @@ def test_markdown_table_has_the_header_and_a_row_per_model():
     md = peers.markdown(data, rows, paraphrase=True)
     assert "| " + " | ".join(peers.HEADER) + " |" in md
     assert len(re.findall(r"^\| (teacher|b) \|", md, re.M)) == 2
-    assert "NNCF (nncf 3.4.0)" in md and "9,673" in md
+    assert "NNCF (nncf 3.4.0)" in md and "9,673" in md and "350 calls per round at batch 1" in md
 
 
 @pytest.mark.parametrize("key", sorted(peers.TOOLS))
