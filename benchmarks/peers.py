@@ -315,7 +315,11 @@ def markdown(data: dict, rows: list[dict], paraphrase: bool) -> str:
         "",
     ]
     if data.get("limit"):
-        lines += [f"**Development run: only the first {data['limit']} questions of each split were scored.**", ""]
+        lines += [
+            f"Accuracy is scored on {data['limit']:,} test questions drawn at random (seed 0) and on the same "
+            "questions reworded, so that twelve models fit one run; every model is scored on the same rows.",
+            "",
+        ]
     lines += [
         table(HEADER, table_rows(rows, paraphrase)),
         "",
@@ -352,14 +356,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--run",
         type=Path,
-        help="a `mmedge run` folder (.mmedge/runs/NAME): --teacher defaults to its export step's model, --shipped "
-        "to its quantize step's model, as its results.json records them",
+        help="a `mmedge run` folder (.mmedge/runs/NAME): --teacher defaults to the fp32 ONNX of the run's first "
+        "model (the export step's reference.onnx when the chain pruned or distilled it, else the export step's "
+        "model), --shipped to its quantize step's model, as its results.json records them",
     )
     p.add_argument("--data", choices=sorted(DATA), required=True, help="the data set the teacher was trained on")
     p.add_argument("--out-name", required=True, help="results file name: benchmarks/results/<out-name>.{json,md}")
     p.add_argument("--tools", nargs="+", choices=list(TOOLS), default=list(TOOLS), help="peer tools to run")
     p.add_argument("--rounds", type=int, default=30, help="interleaved timing rounds per batch size")
-    p.add_argument("--limit", type=int, help="score only the first N questions of each split (development only)")
+    p.add_argument(
+        "--limit", type=int, help="score N test questions drawn at random (seed 0), and their paraphrases, not all"
+    )
     p.add_argument("--venvs", type=Path, default=PEERS / ".venvs", help="where each tool's virtualenv is kept")
     p.add_argument("--work", type=Path, help="work folder (quantized models, logs; kept); default: a fresh temp folder")
     p.add_argument("--results-dir", type=Path, default=_common.RESULTS, help="where the results files go")
@@ -375,8 +382,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def run_models(folder: Path) -> dict[str, Path]:
-    """{"export": fp32 model, "quantize": shipped model} of a `mmedge run` folder, from its results.json (the steps
-    of its last run, with the artifact each wrote; paths relative to the folder the run was started in)."""
+    """{"export": the fp32 ONNX of the run's first model, "quantize": the shipped model} of a `mmedge run` folder,
+    from its results.json (the steps of its last run, with the artifact each wrote; paths relative to the folder the
+    run was started in)."""
     results = folder / "results.json"
     if not results.is_file():
         sys.exit(f"{folder} has no results.json; pass the folder a `mmedge run` wrote, e.g. .mmedge/runs/digits-vqa.")
@@ -388,6 +396,9 @@ def run_models(folder: Path) -> dict[str, Path]:
             # relative paths start at the folder the run was started in: the one that holds .mmedge
             base = next((p.parent for p in folder.resolve().parents if p.name == ".mmedge"), Path.cwd())
             found[kind] = path if path.is_absolute() else base / path
+            reference = found[kind].parent / "reference.onnx"  # the first model, when the chain changed it
+            if kind == "export" and reference.is_file():
+                found[kind] = reference
     return found
 
 
@@ -446,8 +457,10 @@ def main(argv=None) -> None:
     splits = {"test": dataset.test}
     if getattr(dataset, "paraphrase", None) is not None:
         splits["paraphrase"] = dataset.paraphrase
-    if args.limit:
-        splits = {k: s.subset(np.arange(min(args.limit, len(s)))) for k, s in splits.items()}
+    if args.limit:  # the same seeded questions of each split for every model
+        rng = np.random.default_rng(0)
+        rows_of = rng.permutation(len(dataset.test))[: args.limit]  # paraphrase rows are the test rows reworded
+        splits = {k: s.subset(np.sort(rows_of[rows_of < len(s)])) for k, s in splits.items()}
     ran = {r["name"]: Path(r["path"]) for r in rows if not r["error"]}
     accuracy, errors = score_models(ran, teacher, splits)
     for r in rows:

@@ -401,6 +401,7 @@ def compression_metrics(ctx: StepContext) -> dict:
             "macs_before": pruned.macs_before,
             "macs_after": pruned.macs_after,
             "dropped_blocks": pruned.dropped_blocks,
+            "vocabulary": pruned.vocabulary,
             "per_branch": pruned.per_branch,
             "options_before": pruned.options_before,
             "options_after": pruned.options_after,

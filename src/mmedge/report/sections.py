@@ -286,10 +286,24 @@ def compression_section(page: Page) -> list[str]:
             f"{p.macs_after:,} MACs; test accuracy right after: {pct(p.test.accuracy if p.test else None)}.",
         ]
         if p.dropped_blocks:
+            by_similarity = any("similarity_distance" in d for v in p.dropped_blocks.values() for d in v)
             out.append(
                 "Depth pruning removed "
                 + ", ".join(f"{len(v)} {b} block(s)" for b, v in p.dropped_blocks.items())
-                + " first (those whose absence cost the least validation accuracy)."
+                + " first ("
+                + (
+                    "those whose absence changed least how the branch's encodings of the validation inputs relate "
+                    "to each other)."
+                    if by_similarity
+                    else "those whose absence cost the least validation accuracy)."
+                )
+            )
+        if p.vocabulary:
+            v = p.vocabulary
+            out.append(
+                f"Vocabulary pruning kept {v['pieces_after']:,} of {v['pieces_before']:,} word pieces (the "
+                f"{v['keep_first']:,} most frequent, every one-character piece and those of the training and "
+                "validation questions); rarer words are spelled from smaller pieces."
             )
     d: DistillMetrics | None = page.latest("distill")
     if d is not None:
