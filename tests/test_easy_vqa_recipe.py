@@ -1,0 +1,66 @@
+"""The built-in easy-vqa recipe, every step of it, on a few hundred questions at a small input size."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from mmedge.bundle.manifest import load_bundle
+from mmedge.pipeline import run_recipe
+from mmedge.recipe import load_recipe
+
+pytestmark = pytest.mark.slow  # trains, prunes, exports and quantizes pretrained towers
+
+
+@pytest.fixture
+def small_easy_vqa(monkeypatch):
+    """easy-VQA cut to 600 training and 200 validation, test and paraphrased questions, wherever mmedge loads it."""
+    import mmedge.data
+    import mmedge.runtime.evaluate
+    import mmedge.train
+
+    full = mmedge.data.load_dataset
+
+    def load(cfg):
+        data = full(cfg)
+        rng = np.random.default_rng(0)
+
+        def cut(split, n):
+            return split.subset(np.sort(rng.choice(len(split), n, replace=False)))
+
+        test_rows = np.sort(rng.choice(len(data.test), 200, replace=False))
+        return replace(
+            data,
+            train=cut(data.train, 600),
+            val=cut(data.val, 200),
+            test=data.test.subset(test_rows),
+            paraphrase=data.paraphrase.subset(test_rows),
+        )
+
+    for module in (mmedge.data, mmedge.train, mmedge.runtime.evaluate):
+        monkeypatch.setattr(module, "load_dataset", load)
+
+
+def test_the_easy_vqa_recipe_prunes_the_pretrained_towers_and_ships_a_bundle(tmp_path, small_easy_vqa):
+    def smaller(data):
+        data["model"]["options"] = {"image_size": 32}
+        steps = {s["type"]: s for s in data["steps"]}
+        steps["train"].update(epochs=2)
+        steps["prune.structured"].update(iterative_steps=1, finetune_epochs=1, vocab_size=4000)
+        data["output"], data["workdir"] = str(tmp_path / "bundle"), str(tmp_path / "runs")
+        return data
+
+    recipe = load_recipe("easy-vqa", edit=smaller)
+    records = run_recipe(recipe, progress="off", allow_over_budget=True)
+    assert [r.config.type for r in records] == [s.type for s in recipe.steps]
+    by_type = {r.config.type: r for r in records}
+    pruned = by_type["prune.structured"].result.metrics
+    assert pruned.options_after["text_layers"] == 2 and pruned.vocabulary["pieces_after"] < 6000
+    assert pruned.options_after["image_blocks"][-1][0] < 1152  # the last block's expansion lost channels
+    assert pruned.paraphrase is not None
+    bundle = load_bundle(tmp_path / "bundle")
+    metrics = bundle.manifest["metrics"]
+    assert metrics["reference_onnx"]["size_ratio"] < 0.35  # against the fp32 ONNX of the trained model
+    assert set(metrics["reference_onnx"]["latency_ratio"]) >= {"1"}
+    assert metrics["accuracy"]["paraphrase"]["accuracy"] > 0
+    assert metrics["compression"]["structured_pruning"]["vocabulary"] == pruned.vocabulary
