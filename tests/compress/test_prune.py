@@ -156,6 +156,15 @@ def test_depth_pruning_removes_whole_transformer_blocks(tmp_path, tiny_checkpoin
     export_checkpoint(tmp_path / "shallow", tmp_path / "shallow.onnx")
 
 
+def test_depth_pruning_by_similarity_needs_no_labels_and_records_the_distance(tiny_checkpoints, data_cfg):
+    _, m = _structured(
+        "vit-transformer", tiny_checkpoints, data_cfg, drop_blocks={"image": 1}, block_choice="similarity", ratio=0.0
+    )
+    (record,) = m["dropped_blocks"]["image"]
+    assert record["index"] == 0 and record["similarity_distance"] > 0  # without its block the encodings relate anew
+    assert "val_accuracy_without" not in record and m["options_after"]["image_layers"] == 0
+
+
 @pytest.mark.parametrize(("family", "drop"), [("vit-transformer", {"image": 2}), ("cnn-lstm", {"image": 1})])
 def test_depth_pruning_more_blocks_than_removable_is_refused(tiny_checkpoints, data_cfg, family, drop):
     from mmedge.errors import MmedgeError

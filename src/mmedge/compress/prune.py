@@ -161,7 +161,7 @@ class StructuredPruneConfig(StepConfig):
     vocab_size: int | None = Field(
         None,
         ge=1000,
-        description="Vocabulary pruning of a WordPiece text tower (effnet-minilm): keep the this many most frequent "
+        description="Vocabulary pruning of a WordPiece text tower (effnet-minilm): keep this many most frequent "
         "pieces, every one-character piece and every piece of the training and validation questions; rarer "
         "words are spelled from smaller pieces. all-MiniLM-L6-v2's 30,522-piece table is half its weights. "
         "None keeps the vocabulary.",
