@@ -64,3 +64,12 @@ def test_the_easy_vqa_recipe_prunes_the_pretrained_towers_and_ships_a_bundle(tmp
     assert set(metrics["reference_onnx"]["latency_ratio"]) >= {"1"}
     assert metrics["accuracy"]["paraphrase"]["accuracy"] > 0
     assert metrics["compression"]["structured_pruning"]["vocabulary"] == pruned.vocabulary
+    # split into the parts an app runs apart, each judged for the mobile EPs at fixed shapes
+    parts = bundle.manifest["parts"]["files"]
+    assert set(parts) == {"vision.onnx", "text.onnx", "head.onnx"}
+    assert parts["vision.onnx"]["outputs"] == ["image_embeds"] and parts["text.onnx"]["outputs"] == ["text_embeds"]
+    for part in parts.values():
+        assert part["suited_ep"] in ("nnapi", "coreml-mlprogram", "coreml-neuralnetwork", "cpu")
+        assert part["mobile_eps"]["nnapi"]["nodes"] > 0
+    assert parts["text.onnx"]["suited_ep"] == "cpu"  # LayerNormalization and Erf: no mobile EP takes them all
+    assert (tmp_path / "bundle" / "vision.onnx").is_file()

@@ -7,6 +7,12 @@ A dual encoder exported by mmedge outputs its normalized embeddings next to the 
     text.onnx     input_ids, attention_mask -> text_embeds          (fusion head only)
     head.onnx     image_embeds[, text_embeds] -> logits
 
+A zoo model fused late (effnet-minilm) outputs its towers' projections under the same names. Each part is then
+judged, at fixed shapes (batch 1, the tokenizer's length), by onnxruntime's mobile usability checker for NNAPI and
+both CoreML formats; the manifest names the EP each part suits (``suited_ep``: the first of NNAPI, CoreML ML
+Program, CoreML NeuralNetwork that the checker rates usable, else the CPU EP), so an app can run the vision part on
+the NPU and the text part on the CPU.
+
 For zero-shot the head holds the label embeddings precomputed from the prompts; they also ship as
 ``label_embeddings.npy`` (classes, D) with the logit scale, so an app can score an image embedding against the
 labels with one matrix product, or add labels embedded elsewhere. The parts are cut from the shipped (possibly
@@ -15,6 +21,8 @@ quantized) model and must reproduce its logits on the given inputs, or nothing i
 
 from __future__ import annotations
 
+import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -39,8 +47,9 @@ def split_model(model_path: Path, out_dir: Path, feeds: dict[str, np.ndarray]) -
     outputs = [o.name for o in model.graph.output]
     if "image_embeds" not in outputs:
         raise MmedgeError(
-            "bundle.split needs a dual encoder whose graph outputs image_embeds (a Hugging Face model loaded with "
-            "hf:PATH); this model fuses its branches inside one graph, so leave split out."
+            "bundle.split needs a model whose graph outputs image_embeds (a late-fusion zoo model such as "
+            "effnet-minilm, or a Hugging Face model loaded with hf:PATH); this model fuses its branches inside one "
+            "graph, so leave split out."
         )
     inputs = [i.name for i in model.graph.input]
     embeds = [n for n in ("image_embeds", "text_embeds") if n in outputs]
@@ -65,6 +74,9 @@ def split_model(model_path: Path, out_dir: Path, feeds: dict[str, np.ndarray]) -
         for name in plan:
             (out_dir / name).unlink(missing_ok=True)
         raise MmedgeError(f"the split parts give logits {diff:.2e} away from the whole model; ship it unsplit.")
+    max_length = (json.loads(model_metadata(model).get("mmedge.tokenizer") or "{}")).get("max_length")
+    for name in plan:
+        written[name].update(suited_ep(out_dir / name, max_length))
     info: dict = {"files": written, "max_abs_diff": diff}
     if "text_embeds" not in outputs:  # zero-shot: recover the label embeddings and the scale from the head
         dim = full["image_embeds"].shape[1]
@@ -79,6 +91,29 @@ def split_model(model_path: Path, out_dir: Path, feeds: dict[str, np.ndarray]) -
             "logits": "logit_scale * image_embeds @ label_embeddings.T",
         }
     return info
+
+
+# The mobile EPs in the order a part is offered to them: NNAPI (Android), then CoreML's formats (iOS/macOS).
+PREFERENCE = ("nnapi", "coreml-mlprogram", "coreml-neuralnetwork")
+
+
+def suited_ep(part: Path, max_length: int | None) -> dict:
+    """The mobile usability of one part at fixed shapes (batch 1, ``max_length`` tokens), per EP, and the EP it
+    suits: the first of PREFERENCE whose verdict is 'yes', else 'cpu'."""
+    import onnx
+
+    from mmedge.export.mobile import MobileConfig, fixed_dims, make_fixed, usability
+
+    with tempfile.TemporaryDirectory(prefix="mmedge-part-") as tmp:
+        fixed = Path(tmp) / part.name
+        make_fixed(part, fixed, fixed_dims(onnx.load(str(part), load_external_data=False), MobileConfig(), max_length))
+        eps = usability(fixed)["eps"]
+    summary = {
+        key: {k: r[k] for k in ("supported_nodes", "nodes", "partitions", "unsupported_ops", "verdict")}
+        for key, r in eps.items()
+    }
+    suited = next((key for key in PREFERENCE if eps[key]["verdict"] == "yes"), "cpu")
+    return {"mobile_eps": summary, "suited_ep": suited}
 
 
 def _batch_from(model, part_inputs: tuple[str, ...], model_inputs: list[str]):

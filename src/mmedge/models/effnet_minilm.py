@@ -10,14 +10,18 @@
 Late fusion keeps the towers apart until the last layers: each can be compressed, quantized and shipped as its own
 part (vision, text, head), and a tower's output depends on its input alone. Training uses that: the frozen part
 of each tower runs once per image and once per distinct question, and only the layers that train run every step
-(``train_image_blocks``, ``train_text_layers``). BatchNorm and dropout inside the towers stay in inference mode
-while the rest trains: the towers keep the statistics they were pretrained with.
+(``train_image_blocks``, ``train_text_layers``). The exported graph also outputs both projections
+(``image_embeds``, ``text_embeds``, (B, F)), where ``bundle`` with ``split: true`` cuts it into its parts.
+BatchNorm and dropout inside the towers stay in inference mode while the rest trains: the towers keep the
+statistics they were pretrained with.
 
 The towers' weights are loaded by :meth:`EffnetMiniLM.prepare`, which mmedge calls when it trains a model for data;
 a model rebuilt from a checkpoint gets every weight from the checkpoint and needs no package.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -28,7 +32,7 @@ from mmedge.models.efficientnet_lite import LITE0_BLOCKS, LITE0_MEAN, LITE0_STD,
 from mmedge.models.minilm import MiniLM, mean_pool
 from mmedge.models.options import EffnetMiniLMConfig
 from mmedge.models.registry import register_model
-from mmedge.models.spec import ModelSpec, image_text_spec
+from mmedge.models.spec import ModelSpec, TensorSpec, image_text_spec
 
 
 def _tokenizer(config: EffnetMiniLMConfig):
@@ -64,6 +68,7 @@ class EffnetMiniLM(nn.Module):
         self.text_proj = nn.Linear(self.text_tower.dim, c.fusion_dim)
         self.fusion = nn.Sequential(nn.Linear(3 * c.fusion_dim, c.fusion_hidden), nn.GELU(), nn.Dropout(c.dropout))
         self.head = nn.Linear(c.fusion_hidden, num_classes)
+        self.export_embeddings = False  # set by the exporter: also output each tower's projection, to split at
         self._freeze()
 
     def prepare(self, classes: tuple[str, ...], tokenizer) -> None:
@@ -113,7 +118,7 @@ class EffnetMiniLM(nn.Module):
         return self
 
     def spec(self) -> ModelSpec:
-        return image_text_spec(
+        spec = image_text_spec(
             "effnet-minilm",
             self.prep,
             self.config.max_text_length,
@@ -126,6 +131,11 @@ class EffnetMiniLM(nn.Module):
             },
             atol=2e-4,
         )
+        embeds = tuple(
+            TensorSpec(name, "float32", ("batch", self.image_proj.out_features))
+            for name in ("image_embeds", "text_embeds")
+        )
+        return replace(spec, outputs=spec.outputs + embeds)  # the bundle splits at them: vision, text, head
 
     def prune_fixed_modules(self) -> list[nn.Module]:
         """Layers whose output width structured pruning must keep: the classifier (one output per answer) and the
@@ -206,5 +216,7 @@ class EffnetMiniLM(nn.Module):
     ) -> torch.Tensor:
         return self.fuse(features, self.encode_text(input_ids, attention_mask))
 
-    def forward(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.fuse(self.encode_image(image), self.encode_text(input_ids, attention_mask))
+    def forward(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        image_embeds, text_embeds = self.encode_image(image), self.encode_text(input_ids, attention_mask)
+        logits = self.fuse(image_embeds, text_embeds)
+        return (logits, image_embeds, text_embeds) if self.export_embeddings else logits

@@ -94,11 +94,21 @@ def embeddings_section(emb: dict) -> list[str]:
 
 def split_section(split: dict) -> list[str]:
     """The dual encoder's parts: what each takes and gives, and that together they reproduce the whole model."""
-    out = ["", "## Parts (dual encoder split)", "", "| file | inputs | outputs | size |", "|---|---|---|---|"]
+    judged = all("suited_ep" in part for part in split["files"].values())
+    head = ["file", "inputs", "outputs", "size"] + (["NNAPI", "CoreML ML Program", "suits"] if judged else [])
+    out = ["", "## Parts (dual encoder split)", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, part in split["files"].items():
-        out.append(
-            f"| `{name}` | {', '.join(part['inputs'])} | {', '.join(part['outputs'])} | {part['bytes'] / 1e6:.3f} MB |"
-        )
+        cells = [f"`{name}`", ", ".join(part["inputs"]), ", ".join(part["outputs"]), f"{part['bytes'] / 1e6:.3f} MB"]
+        if judged:
+            eps = part["mobile_eps"]
+            cells += [_ep_cell(eps["nnapi"]), _ep_cell(eps["coreml-mlprogram"]), part["suited_ep"]]
+        out.append("| " + " | ".join(cells) + " |")
+    if judged:
+        out += [
+            "",
+            "Each part at fixed shapes (batch 1, the tokenizer's length), as onnxruntime's mobile usability checker "
+            "judges it: nodes the EP takes and in how many partitions; `suits` is the EP the manifest names for it.",
+        ]
     out.append("")
     out.append(f"Run one after another, the parts give the whole model's logits within {split['max_abs_diff']:.1e}.")
     if "label_embeddings" in split:
@@ -109,6 +119,10 @@ def split_section(split: dict) -> list[str]:
             "vision encoder."
         )
     return out
+
+
+def _ep_cell(r: dict) -> str:
+    return f"{r['supported_nodes']}/{r['nodes']} in {r['partitions']} ({r['verdict']})"
 
 
 def robustness_section(rows: list[dict]) -> list[str]:
