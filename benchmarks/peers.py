@@ -217,17 +217,22 @@ def data_config(teacher: Path, name: str):
 
 
 def score_models(paths: dict[str, Path], teacher: Path, splits: dict) -> tuple[dict[str, dict], dict[str, str]]:
-    """({name: {split: accuracy}}, {name: one-line error}) with mmedge's ONNX evaluation. Every model is fed as the
-    teacher's metadata says (tokenizer, image preprocessing): a peer tool may drop the metadata, never the inputs."""
+    """({name: {split: accuracy}}, {name: one-line error}) with mmedge's ONNX evaluation. A model is fed as its own
+    metadata says (tokenizer, image preprocessing) when it has mmedge's: mmedge's shipped model may have pruned its
+    vocabulary. One without (a peer tool may drop the metadata, never the inputs) is fed as the teacher is."""
     from mmedge.runtime.evaluate import ModelInputs, predict, score
-    from mmedge.runtime.session import open_session
+    from mmedge.runtime.session import metadata_json, open_session
 
     inputs = ModelInputs.of(open_session(teacher, "cpu"))
     accuracy, errors = {}, {}
     for name, path in paths.items():
         try:
             sess = open_session(path, "cpu")
-            own = dataclasses.replace(inputs, names=tuple(i.name for i in sess.get_inputs()))
+            own = (
+                ModelInputs.of(sess)
+                if metadata_json(sess, "mmedge.tokenizer")
+                else dataclasses.replace(inputs, names=tuple(i.name for i in sess.get_inputs()))
+            )
             accuracy[name] = {s: score(predict(sess, split, own), split).accuracy for s, split in splits.items()}
         except Exception as exc:  # one model failing to load or run is a row's error, not the end of the run
             errors[name] = clip(f"{type(exc).__name__}: {exc}")
@@ -479,7 +484,9 @@ def main(argv=None) -> None:
 
     # Timing: real test questions (the first 64, tiled to the batch), every model that scored, one run.
     timed = {r["name"]: Path(r["path"]) for r in rows if not r["error"]}
-    sample = feeds_for(dataset.test, ModelInputs.of(open_session(teacher, "cpu")), np.arange(64))
+    # Tokenized as the shipped model tokenizes: its ids are in range for every model, also when it pruned its
+    # vocabulary (the teacher's would not be for it); timing needs valid shapes and ids, not the same words.
+    sample = feeds_for(dataset.test, ModelInputs.of(open_session(args.shipped or teacher, "cpu")), np.arange(64))
     comparisons = {}
     for b in BATCHES:
         print(f"timing batch {b}: {len(timed)} models, {args.rounds} rounds × at least {CALLS[b]} calls", flush=True)
