@@ -171,3 +171,13 @@ def test_depth_pruning_more_blocks_than_removable_is_refused(tiny_checkpoints, d
 
     with pytest.raises(MmedgeError, match="drop_blocks asks for .* which has [01] removable"):
         _structured(family, tiny_checkpoints, data_cfg, drop_blocks=drop)
+
+
+def test_vocabulary_pruning_is_refused_for_a_family_without_a_wordpiece_tower(tiny_checkpoints, data_cfg):
+    from mmedge.compress.prune import prune_vocabulary
+    from mmedge.data import load_dataset
+    from mmedge.errors import MmedgeError
+
+    ck = load_checkpoint(tiny_checkpoints["cnn-lstm"])
+    with pytest.raises(MmedgeError, match="the cnn-lstm family has none, so drop vocab_size"):
+        prune_vocabulary(ck, load_dataset(data_cfg), 2000)
