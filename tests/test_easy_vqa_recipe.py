@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from mmedge.bundle.manifest import load_bundle
+from mmedge.models.checkpoint import load_checkpoint
+from mmedge.models.efficientnet_lite import LITE0_BLOCKS
 from mmedge.pipeline import run_recipe
 from mmedge.recipe import load_recipe
 
@@ -58,6 +60,16 @@ def test_the_easy_vqa_recipe_prunes_the_pretrained_towers_and_ships_a_bundle(tmp
     assert pruned.options_after["text_layers"] == 2 and pruned.vocabulary["pieces_after"] < 6000
     assert pruned.options_after["image_blocks"][-1][0] < 1152  # the last block's expansion lost channels
     assert pruned.paraphrase is not None
+    assert all("similarity_distance" in d for d in pruned.dropped_blocks["text"])
+    # the pruned checkpoint rebuilds strictly from its options (export reloads it and checks ONNX against it)
+    model = load_checkpoint(by_type["prune.structured"].result.artifact.path).model
+    # expansions and depthwise convs lost channels together
+    for old, new in zip(LITE0_BLOCKS, model.image_tower.current_blocks(), strict=True):
+        assert new.expand < old.expand and (new.kernel, new.stride) == (old.kernel, old.stride)
+    for block in model.image_tower.blocks:
+        dw = block.depthwise.conv
+        assert dw.groups == dw.in_channels == dw.out_channels
+    assert len(model.text_tower.layers) == 2 and model.text_tower.position.num_embeddings == 24
     bundle = load_bundle(tmp_path / "bundle")
     metrics = bundle.manifest["metrics"]
     assert metrics["reference_onnx"]["size_ratio"] < 0.35  # against the fp32 ONNX of the trained model

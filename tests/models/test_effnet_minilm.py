@@ -165,54 +165,6 @@ def test_vocabulary_pruning_keeps_frequent_pieces_and_spells_rare_words_from_sma
         trim_wordpiece(WordVocab.build(["a b"]), 1000, [])
 
 
-@pytest.mark.slow
-def test_structured_pruning_of_the_pretrained_towers_keeps_shapes_consistent_and_exports(easy, tmp_path):
-    """EfficientNet channels (expansions and depthwise convs together), MiniLM depth chosen by similarity and
-    its vocabulary, on the packaged weights: the result rebuilds from its options, exports and matches ONNX."""
-    from types import SimpleNamespace
-
-    from mmedge.compress.prune import StructuredPruneConfig, prune_vocabulary, structured_prune
-    from mmedge.export.onnx import export_checkpoint
-    from mmedge.models.checkpoint import load_checkpoint, save_checkpoint
-
-    model = small(pretrained=True)
-    model.prepare((), None)
-    vocab = minilm_tokenizer(24)
-    before = model.image_tower.current_blocks()
-    ckpt = SimpleNamespace(model=model, vocab=vocab, family="effnet-minilm")
-    vocabulary = prune_vocabulary(ckpt, easy, 4000)
-    assert vocabulary["pieces_after"] < 6000 and model.text_tower.word.num_embeddings == len(ckpt.vocab)
-    assert model.text_tower.position.num_embeddings == 24
-    cfg = StructuredPruneConfig(
-        ratio=0.0,
-        branch_ratios={"image": 0.5},
-        drop_blocks={"text": 4},
-        block_choice="similarity",
-        finetune_epochs=1,
-        finetune_towers=["image"],
-        augment=False,
-        iterative_steps=1,
-    )
-    metrics = structured_prune(model, easy, ckpt.vocab, cfg)
-    after = model.image_tower.current_blocks()
-    for old, new in zip(before, after, strict=True):
-        assert new.expand < old.expand and new.kernel == old.kernel and new.stride == old.stride
-    for block in model.image_tower.blocks:  # depthwise: one group per channel, as many as the expansion gives
-        dw = block.depthwise.conv
-        assert dw.groups == dw.in_channels == dw.out_channels
-    assert len(model.text_tower.layers) == 2 and len(metrics["dropped_blocks"]["text"]) == 4
-    assert all("similarity_distance" in d for d in metrics["dropped_blocks"]["text"])
-    assert metrics["parameters_after"] < 0.5 * metrics["parameters_before"]
-    assert not any(p.requires_grad for p in model.image_tower.parameters())  # saved frozen, as it was trained
-    save_checkpoint(model, ckpt.vocab, tuple(str(i) for i in range(13)), tmp_path / "pruned")
-    again = load_checkpoint(tmp_path / "pruned")  # strict load into the rebuilt shapes
-    split = easy.test
-    np.testing.assert_allclose(
-        predict_split(again.model, split, again.vocab), predict_split(model.eval(), split, ckpt.vocab), atol=1e-5
-    )
-    export_checkpoint(tmp_path / "pruned", tmp_path / "pruned.onnx")  # raises if ONNX Runtime disagrees
-
-
 def test_tower_fine_tuning_is_refused_for_a_model_that_trains_every_layer(tiny_checkpoints, data_cfg):
     from mmedge.compress.prune import StructuredPruneConfig, structured_prune
     from mmedge.errors import MmedgeError
