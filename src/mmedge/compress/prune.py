@@ -525,12 +525,12 @@ class _BranchStructure:
     def _similarity(self):
         import torch
 
+        from mmedge.models.minilm import mean_pool
+
         with torch.no_grad():
             out = self.encode(*self.inputs)
-        if isinstance(out, tuple):  # token states and their mask
-            states, mask = out
-            weights = mask[:, :, None].to(states.dtype)
-            out = (states * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+        if isinstance(out, tuple):  # token states and their mask: the mean over real tokens
+            out = mean_pool(*out)
         elif out.dim() > 2:  # tokens or a map: their mean
             out = out.flatten(2).mean(2) if out.dim() == 4 else out.mean(1)
         unit = torch.nn.functional.normalize(out.float(), dim=1)
