@@ -30,13 +30,15 @@ def small_easy_vqa(monkeypatch):
         def cut(split, n):
             return split.subset(np.sort(rng.choice(len(split), n, replace=False)))
 
+        val_rows = np.sort(rng.choice(len(data.val), 200, replace=False))
         test_rows = np.sort(rng.choice(len(data.test), 200, replace=False))
         return replace(
             data,
             train=cut(data.train, 600),
-            val=cut(data.val, 200),
+            val=data.val.subset(val_rows),
             test=data.test.subset(test_rows),
             paraphrase=data.paraphrase.subset(test_rows),
+            val_paraphrase=data.val_paraphrase.subset(val_rows),
         )
 
     for module in (mmedge.data, mmedge.train, mmedge.runtime.evaluate):
@@ -49,6 +51,7 @@ def test_the_easy_vqa_recipe_prunes_the_pretrained_towers_and_ships_a_bundle(tmp
         steps = {s["type"]: s for s in data["steps"]}
         steps["train"].update(epochs=2)
         steps["prune.structured"].update(iterative_steps=1, finetune_epochs=1, vocab_size=4000)
+        steps["distill"].update(epochs=1)
         data["output"], data["workdir"] = str(tmp_path / "bundle"), str(tmp_path / "runs")
         return data
 
@@ -70,6 +73,11 @@ def test_the_easy_vqa_recipe_prunes_the_pretrained_towers_and_ships_a_bundle(tmp
         dw = block.depthwise.conv
         assert dw.groups == dw.in_channels == dw.out_channels
     assert len(model.text_tower.layers) == 2 and model.text_tower.position.num_embeddings == 24
+    # the trained model taught the pruned one on cached tower outputs, which validation's loss judged too
+    distilled = by_type["distill"].result.metrics
+    assert distilled.parameters == pruned.parameters_after and distilled.history[0].val_loss is not None
+    assert distilled.val_paraphrase is not None and distilled.text_emptied is not None
+    assert by_type["optimize"].result.metrics.nodes_after <= by_type["optimize"].result.metrics.nodes_before
     bundle = load_bundle(tmp_path / "bundle")
     metrics = bundle.manifest["metrics"]
     assert metrics["reference_onnx"]["size_ratio"] < 0.35  # against the fp32 ONNX of the trained model

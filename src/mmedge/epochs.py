@@ -31,10 +31,15 @@ class BestEpoch:
     def __init__(self, model, cfg, on_epoch: Callable[[dict], None] | None = None):
         self.model, self.cfg, self.on_epoch = model, cfg, on_epoch
         self.best_acc, self.best_state, self.stale, self.history = -1.0, None, 0, []
+        self.best_loss = math.inf
         self.started = time.perf_counter()
 
-    def end_epoch(self, epoch: int, loss: float, train_accuracy: float, val_accuracy: float) -> bool:
-        """Record epoch ``epoch`` (0-based); True when training should stop."""
+    def end_epoch(
+        self, epoch: int, loss: float, train_accuracy: float, val_accuracy: float, val_loss: float | None = None
+    ) -> bool:
+        """Record epoch ``epoch`` (0-based); True when training should stop. ``val_loss``, where given, breaks ties
+        of validation accuracy (lower is better): a distilled student that answers every validation question
+        right still gets closer to its teacher."""
         cfg = self.cfg
         record = {
             "epoch": epoch + 1,
@@ -43,11 +48,15 @@ class BestEpoch:
             "val_accuracy": val_accuracy,
             "seconds": time.perf_counter() - self.started,
         }
+        if val_loss is not None:
+            record["val_loss"] = val_loss
         self.history.append(record)
         if self.on_epoch:
             self.on_epoch(record)
-        if val_accuracy > self.best_acc:
+        closer = val_loss is not None and val_accuracy == self.best_acc and val_loss < self.best_loss
+        if val_accuracy > self.best_acc or closer:
             self.best_acc, self.stale = val_accuracy, 0
+            self.best_loss = math.inf if val_loss is None else val_loss
             self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         else:
             self.stale += 1

@@ -106,6 +106,7 @@ class EpochRecord(_Part):
     train_accuracy: float
     val_accuracy: float
     seconds: float
+    val_loss: float | None = None  # distillation: the loss on validation, which breaks ties of val_accuracy
     stopped: Literal["early_stopping", "time_cap"] | None = None
 
 
@@ -118,6 +119,7 @@ class Scored(StepMetrics):
     image_blanked: Score | None = None
     text_emptied: Score | None = None
     paraphrase: Score | None = None  # the test pictures asked in wordings never seen in training (easy-vqa)
+    val_paraphrase: Score | None = None  # the validation pictures in other unseen wordings again (easy-vqa)
 
 
 class ImageFormat(_Part):

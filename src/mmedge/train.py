@@ -200,16 +200,22 @@ def train_model(
     """Train ``model`` in place on ``data`` (DigitsVQA); returns the best-on-validation model and history.
 
     ``loss_fn(logits, batch)`` replaces the cross-entropy (distillation adds a teacher's terms);
-    ``extra_params`` are trained alongside the model (e.g. a feature projection)."""
+    ``extra_params`` are trained alongside the model (e.g. a feature projection). A late-fusion model without
+    augmentation trains on cached tower outputs (``train_cache``) where ``loss_fn`` is None or reads
+    ``CachedBatch`` steps (``loss_fn.cached``)."""
     import torch
     import torch.nn.functional as F
 
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
-    if getattr(model, "late_fusion", False) and loss_fn is None and not extra_params and not cfg.augment:
+    if (
+        getattr(model, "late_fusion", False)
+        and not cfg.augment
+        and (loss_fn is None or getattr(loss_fn, "cached", False))
+    ):
         from mmedge.train_cache import train_cached  # each tower's frozen part once, not once per question
 
-        return train_cached(model, data, vocab, cfg, on_epoch)
+        return train_cached(model, data, vocab, cfg, on_epoch, loss_fn, extra_params)
     gen = torch.Generator().manual_seed(cfg.seed)
     train = data.train
     prep = model.spec().image  # images as the model takes them (size, color)
@@ -300,9 +306,10 @@ def evaluate_with_ablation(model, data, vocab: Tokenizer) -> dict:
         "image_blanked": no_image.to_json(),
         "text_emptied": no_text.to_json(),
     }
-    reworded = getattr(data, "paraphrase", None)
-    if reworded is not None:  # the same test pictures, asked in wordings training never saw
-        out["paraphrase"] = score(predict_split(model, reworded, vocab), reworded).to_json()
+    for key in ("paraphrase", "val_paraphrase"):  # test / validation pictures asked in wordings training never saw
+        reworded = getattr(data, key, None)
+        if reworded is not None:
+            out[key] = score(predict_split(model, reworded, vocab), reworded).to_json()
     return out
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -72,6 +73,22 @@ class SplitCache:
         )
 
 
+@dataclass(frozen=True)
+class CachedBatch:
+    """One step's questions on the cached path, as a loss hook (distillation) sees them: rows of ``split``, and
+    each row's image and text row in that split's cache (a blank image / the empty question where modality dropout
+    removed one). Two caches of one split (e.g. a student's and its teacher's) share these rows."""
+
+    split: str  # "train" or "val"
+    rows: torch.Tensor  # (b,) question rows
+    image_rows: torch.Tensor  # (b,)
+    text_rows: torch.Tensor  # (b,)
+    target: torch.Tensor  # (b,) label indices
+
+
+CachedLossFn = Callable[[torch.Tensor, CachedBatch], torch.Tensor]
+
+
 def predict_cached(model, split, vocab, blank_image: bool = False, empty_text: bool = False) -> np.ndarray:
     """``train.predict_split`` for a late-fusion model: the same logits, from one encoding per image and string."""
     cache = SplitCache(model, split, vocab)
@@ -86,9 +103,21 @@ def predict_cached(model, split, vocab, blank_image: bool = False, empty_text: b
     return logits.float().numpy()
 
 
-def train_cached(model, data, vocab, cfg, on_epoch: Callable[[dict], None] | None = None):
+def train_cached(
+    model,
+    data,
+    vocab,
+    cfg,
+    on_epoch: Callable[[dict], None] | None = None,
+    loss_fn: CachedLossFn | None = None,
+    extra_params: tuple = (),
+):
     """``train.train_model`` for a late-fusion model (same schedule, early stopping and history): the frozen
-    prefixes of train and val are computed once; each step runs the trained layers on a batch of questions."""
+    prefixes of train and val are computed once; each step runs the trained layers on a batch of questions.
+
+    ``loss_fn(logits, CachedBatch)`` replaces the cross-entropy (distillation); it is also taken over validation
+    (as asked, and with modality dropout also with images blanked and with questions emptied) to break ties of
+    validation accuracy between epochs. ``extra_params`` train alongside the model."""
     from mmedge.epochs import BestEpoch, warmup_cosine
     from mmedge.runtime.evaluate import score
 
@@ -99,8 +128,9 @@ def train_cached(model, data, vocab, cfg, on_epoch: Callable[[dict], None] | Non
     n = len(targets)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     opt = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
+        [*(p for p in model.parameters() if p.requires_grad), *extra_params], lr=cfg.lr, weight_decay=cfg.weight_decay
     )
+    val_targets = torch.from_numpy(data.val.labels)
     sched = warmup_cosine(opt, steps_per_epoch, steps_per_epoch * cfg.epochs)
     by_image = train.images.dim() > 2  # image layers train: batches of whole pictures run each one once per step
     for epoch in range(cfg.epochs):
@@ -116,7 +146,10 @@ def train_cached(model, data, vocab, cfg, on_epoch: Callable[[dict], None] | Non
                 no_text = (u >= cfg.modality_dropout / 2) & (u < cfg.modality_dropout)
                 text_rows = torch.where(no_text, train.empty_text, text_rows)
             logits = train.logits(model, rows, image_rows, text_rows)
-            loss = F.cross_entropy(logits, targets[rows])
+            if loss_fn is None:
+                loss = F.cross_entropy(logits, targets[rows])
+            else:
+                loss = loss_fn(logits, CachedBatch("train", rows, image_rows, text_rows, targets[rows]))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -126,9 +159,32 @@ def train_cached(model, data, vocab, cfg, on_epoch: Callable[[dict], None] | Non
         with torch.no_grad():
             model.eval()
             val_accuracy = score(val.logits(model).numpy(), data.val).accuracy
-        if keeper.end_epoch(epoch, loss_sum / n, hits / n, val_accuracy):
+            val_loss = (
+                None if loss_fn is None else _val_loss(model, val, val_targets, loss_fn, cfg.modality_dropout > 0)
+            )
+        if keeper.end_epoch(epoch, loss_sum / n, hits / n, val_accuracy, val_loss):
             break
     return model, keeper.finish()
+
+
+def _val_loss(model, val: SplitCache, targets: torch.Tensor, loss_fn: CachedLossFn, with_removed: bool) -> float:
+    """The mean of ``loss_fn`` over validation as asked, and with ``with_removed`` also over validation with every
+    image blank and with every question empty (in steps of ``CHUNK`` questions, as hooks on the head see them)."""
+    total, count = 0.0, 0
+    for start in range(0, len(targets), CHUNK):
+        rows = torch.arange(start, min(start + CHUNK, len(targets)))
+        image, text = val.image_row[rows], val.text_row[rows]
+        variants = [(image, text)]
+        if with_removed:
+            variants += [
+                (torch.full_like(image, val.blank_image), text),
+                (image, torch.full_like(text, val.empty_text)),
+            ]
+        for i, t in variants:
+            batch = CachedBatch("val", rows, i, t, targets[rows])
+            total += float(loss_fn(val.logits(model, rows, i, t), batch)) * len(rows)
+            count += len(rows)
+    return total / count
 
 
 def _grouped_order(image_row: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

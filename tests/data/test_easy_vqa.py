@@ -120,6 +120,23 @@ def test_paraphrases_reword_every_test_question_into_an_unseen_wording(ds):
     assert len(set(para.texts)) > 150  # several rewrites of each of the 107 wordings
 
 
+def test_validation_paraphrases_use_wordings_neither_training_nor_the_test_paraphrases_use(ds):
+    train_texts = set(easy_vqa.get_train_questions()[0])
+    para, val = ds.val_paraphrase, ds.val
+    assert len(para) == len(val) and not set(para.texts) & (train_texts | set(ds.paraphrase.texts))
+    assert para.images is val.images and np.array_equal(para.image_index, val.image_index)
+    assert np.array_equal(para.labels, val.labels) and np.array_equal(para.families, val.families)
+    assert len(set(para.texts)) > 150
+
+
+def test_validation_rewrites_keep_the_meaning_of_a_question():
+    rng = np.random.default_rng(0)
+    seen = {ev.paraphrase_text("is there not a circle?", rng, ev._VAL_REWRITES) for _ in range(200)}
+    assert "is this shape not a circle?" in seen and all(" not " in s or " no " in s or "lack" in s for s in seen)
+    seen = {ev.paraphrase_text("what is the blue shape?", rng, ev._VAL_REWRITES) for _ in range(200)}
+    assert all("blue" in s for s in seen) and len(seen) == len(ev._VAL_REWRITES["shape of"])
+
+
 def test_paraphrases_keep_the_meaning_of_a_question():
     rng = np.random.default_rng(0)
     seen = {ev.paraphrase_text("is there a red shape?", rng) for _ in range(200)}

@@ -104,11 +104,25 @@ class OnnxTeacher:
         return torch.from_numpy(self.sess.run(None, feeds)[0])
 
 
-def distill_loss(student, teacher, cfg: DistillConfig, ids=None):
+def teacher_caches(teacher, data, vocab) -> dict:
+    """A late-fusion teacher's tower outputs on train and val, cached once (``train_cache.SplitCache``): each
+    distillation step then runs only its projections, fusion and head. Its towers run whole, as they do not train."""
+    from mmedge.train_cache import SplitCache
+
+    teacher.set_trained(0, 0)
+    return {"train": SplitCache(teacher, data.train, vocab), "val": SplitCache(teacher, data.val, vocab)}
+
+
+def distill_loss(student, teacher, cfg: DistillConfig, ids=None, caches: dict | None = None):
     """The loss hook for ``train_model`` and the parameters it adds (the feature projection).
-    ``teacher``: a PyTorch model, or an OnnxTeacher; ``ids``: student -> teacher token ids (see id_map)."""
+    ``teacher``: a PyTorch model, or an OnnxTeacher; ``ids``: student -> teacher token ids (see id_map).
+    ``caches`` (see teacher_caches): the hook reads ``train_cache.CachedBatch`` steps, where the teacher answers
+    each question from its cached tower outputs (with the student's modality dropout: the same blank image or empty
+    question)."""
     import torch
     import torch.nn.functional as F
+
+    from mmedge.train_cache import CachedBatch
 
     on_onnx = isinstance(teacher, OnnxTeacher)
     if cfg.feature_weight > 0 and on_onnx:
@@ -124,6 +138,8 @@ def distill_loss(student, teacher, cfg: DistillConfig, ids=None):
     t = cfg.temperature
 
     def teacher_logits(batch) -> torch.Tensor:
+        if isinstance(batch, CachedBatch):
+            return caches[batch.split].logits(teacher, batch.rows, batch.image_rows, batch.text_rows)
         input_ids = batch.input_ids if ids is None else ids[batch.input_ids]
         if on_onnx:
             return teacher.logits(batch, input_ids)
@@ -145,6 +161,7 @@ def distill_loss(student, teacher, cfg: DistillConfig, ids=None):
             total = total + cfg.feature_weight * F.mse_loss(projection(s_fused.value), t_fused.value)
         return total
 
+    loss.cached = caches is not None
     return loss, tuple(projection.parameters()) if projection is not None else ()
 
 
@@ -204,7 +221,11 @@ def distill_step(cfg: DistillConfig, ctx: StepContext) -> StepResult:
         # the student takes the teacher's input (image size, channels, statistics fitted to the data)
         options = {**image_options(current.options), **cfg.student}
         student = build_model(family, options, len(current.vocab), len(current.labels))
-    loss_fn, extra = distill_loss(student, teacher, cfg, id_map(current.vocab, t_vocab))
+    cached = (
+        getattr(student, "late_fusion", False) and getattr(teacher, "late_fusion", False) and not cfg.augment
+    )  # both answer from per-tower encodings: train on cached tower outputs
+    caches = teacher_caches(teacher, data, t_vocab) if cached else None
+    loss_fn, extra = distill_loss(student, teacher, cfg, id_map(current.vocab, t_vocab), caches)
     started = time.perf_counter()
     with _Progress(cfg.epochs, ctx.progress, label="distill") as bar:
         student, history = train_model(student, data, current.vocab, cfg, bar.update, loss_fn, extra)

@@ -16,6 +16,7 @@ LayerNormalization is written as a (two-input) ``Sum``.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Literal
 
@@ -130,6 +131,10 @@ def residual_sums(model) -> int:
     return count
 
 
+def _not_producer_warning(record: logging.LogRecord) -> bool:
+    return "Model producer not matched" not in record.getMessage()
+
+
 def optimize_model(src: Path, out: Path, cfg: OptimizeConfig) -> dict:
     import onnx
     import onnxruntime as ort
@@ -147,6 +152,8 @@ def optimize_model(src: Path, out: Path, cfg: OptimizeConfig) -> dict:
         heads = cfg.num_heads or heads
         options = FusionOptions("bert")
         options.enable_skip_layer_norm = options.enable_bias_skip_layer_norm = cfg.fuse_skip_layernorm
+        # it warns that mmedge, not PyTorch, produced the graph; the model type is given, so the warning says nothing
+        logging.getLogger("onnxruntime.transformers.optimizer").addFilter(_not_producer_warning)
         optimized = transformer_optimize(
             model,  # rewritten in place; ``before`` and the heads are already read from it
             model_type="bert",

@@ -16,7 +16,8 @@ Each question belongs to one family, by its answer (which the wording always ann
 
 Since the test questions reuse the training wordings, a model may score by matching strings rather than reading
 them; ``paraphrase`` asks the test pictures the same questions reworded (see ``paraphrase_text``) so that no
-paraphrased wording is a training one, to measure that. The decoded pictures are cached per process.
+paraphrased wording is a training one, to measure that; ``val_paraphrase`` does the same for the validation
+pictures in other wordings again, for choices made on reworded questions. The decoded pictures are cached per process.
 numpy and Pillow only.
 """
 
@@ -44,9 +45,12 @@ MAX_VAL_IMAGES = 2000  # half of train: more would leave too little to train on
 @dataclass(frozen=True)
 class EasyVQA(DigitsVQA):
     """The splits (a DigitsVQA, as every dataset) plus ``paraphrase``: the test pictures and answers, with every
-    question reworded into a wording no training question uses."""
+    question reworded into a wording no training question uses; and ``val_paraphrase``: the validation pictures
+    asked in wordings neither training nor the test paraphrases use, for choices that depend on reworded
+    questions."""
 
     paraphrase: VQASplit | None = None
+    val_paraphrase: VQASplit | None = None
 
 
 def _package():
@@ -152,6 +156,44 @@ _REWRITES: dict[str, tuple[str, ...]] = {
     ),
 }
 
+# Validation paraphrases: other wordings again, so that a choice made on reworded validation questions (e.g. how
+# far to cut the vocabulary) is never made on the test paraphrases' own wordings. No wording here is a training
+# one or one of the test rewrites above (checked when the data set is built).
+_VAL_REWRITES: dict[str, tuple[str, ...]] = {
+    "color of": (
+        "what's the color of the {obj}?",
+        "in which colour is the {obj} drawn?",
+        "what colour has the {obj}?",
+        "which color has the {obj}?",
+    ),
+    "shape of": (
+        "which figure is {obj}?",
+        "what is the shape of the {obj} one?",
+        "which shape is the {obj} one?",
+        "what is the {obj} thing?",
+    ),
+    "which shape": (
+        "what figure is drawn?",
+        "which shape is shown in the picture?",
+        "what shape appears?",
+        "what is drawn in the picture?",
+    ),
+    "present": (
+        "is there a {obj} drawn?",
+        "does the picture contain a {obj}?",
+        "do you see a {obj}?",
+        "is a {obj} shown?",
+        "is this shape {named}?",
+    ),
+    "absent": (
+        "is there no {obj} drawn?",
+        "does the picture lack a {obj}?",
+        "do you not see a {obj}?",
+        "is no {obj} shown?",
+        "is this shape not {named}?",
+    ),
+}
+
 
 def parse_question(text: str) -> tuple[str, str]:
     """(kind, object) of one of the package's questions: kind one of "color of", "shape of", "which shape",
@@ -166,7 +208,7 @@ def parse_question(text: str) -> tuple[str, str]:
     )
 
 
-def paraphrase_text(text: str, rng: np.random.Generator) -> str:
+def paraphrase_text(text: str, rng: np.random.Generator, rewrites: dict[str, tuple[str, ...]] = _REWRITES) -> str:
     """One question reworded, the rewrite drawn from ``rng`` among those of its kind, every one keeping the answer:
 
     - color of     "what color is the S?", "what is the color of the S?" (S: shape, circle, rectangle, triangle)
@@ -190,7 +232,7 @@ def paraphrase_text(text: str, rng: np.random.Generator) -> str:
                       "is the shape not a circle?"
     """
     kind, obj = parse_question(text)
-    options = _REWRITES[kind]
+    options = rewrites[kind]
     template = options[int(rng.integers(len(options)))]
     named = obj.removesuffix(" shape") if obj.endswith(" shape") else f"a {obj}"  # "is the shape red?" / "a circle"
     return template.format(obj=obj, named=named)
@@ -279,31 +321,33 @@ def _split(pictures, shapes, ids, keep: np.ndarray, texts, answers, classes, con
     )
 
 
-def paraphrases(test: VQASplit, train_texts, seed: int = 0) -> VQASplit:
-    """``test`` with every question reworded by ``paraphrase_text`` (seeded), the same pictures, answers and
-    families; no reworded question is a training wording (checked)."""
-    rng = np.random.default_rng([seed, 107])
-    texts = tuple(paraphrase_text(t, rng) for t in test.texts)
-    clash = set(texts) & set(train_texts)
-    if clash:  # a rewrite rule above repeats a package wording
-        raise AssertionError(f"paraphrases repeat training questions: {sorted(clash)}")
+def paraphrases(
+    split: VQASplit, avoid, seed: int = 0, rewrites: dict[str, tuple[str, ...]] = _REWRITES, stream: int = 107
+) -> VQASplit:
+    """``split`` with every question reworded by ``paraphrase_text`` from ``rewrites`` (seeded), the same
+    pictures, answers and families; no reworded question is one of the wordings ``avoid`` (checked)."""
+    rng = np.random.default_rng([seed, stream])
+    texts = tuple(paraphrase_text(t, rng, rewrites) for t in split.texts)
+    clash = set(texts) & set(avoid)
+    if clash:  # a rewrite rule above repeats a wording it must not
+        raise AssertionError(f"paraphrases repeat wordings they must avoid: {sorted(clash)}")
     return VQASplit(
-        test.images,
-        test.digits,
-        test.image_index,
+        split.images,
+        split.digits,
+        split.image_index,
         texts,
-        test.labels,
-        test.families,
-        test.classes,
-        test.family_names,
-        test._converted,  # the same pictures: converted once for both splits
+        split.labels,
+        split.families,
+        split.classes,
+        split.family_names,
+        split._converted,  # the same pictures: converted once for both splits
     )
 
 
 @functools.lru_cache(maxsize=4)
 def build(seed: int = 0, val_images: int = DEFAULT_VAL_IMAGES) -> EasyVQA:
     """The package's train/test split, ``val_images`` training pictures moved to val by image, stratified by shape,
-    seeded; and the paraphrased test questions."""
+    seeded; the paraphrased test questions and the paraphrased validation questions."""
     if not 1 <= val_images <= MAX_VAL_IMAGES:
         raise RecipeError(
             f"data.val_images is {val_images} but easy-vqa's validation split is carved from its {TRAIN_IMAGES:,} "
@@ -328,10 +372,12 @@ def build(seed: int = 0, val_images: int = DEFAULT_VAL_IMAGES) -> EasyVQA:
         f"as the easy-vqa package splits train and test; validation: {val_images:,} of its {TRAIN_IMAGES:,} train "
         f"images, by image, stratified by shape, seeded (seed {seed})"
     )
+    test_para = paraphrases(splits["test"], set(tr_texts), seed)
     return EasyVQA(
         **splits,
         source=SOURCE,
         seed=seed,
         split_info=split_info(rule, splits),
-        paraphrase=paraphrases(splits["test"], set(tr_texts), seed),
+        paraphrase=test_para,
+        val_paraphrase=paraphrases(splits["val"], {*tr_texts, *test_para.texts}, seed, _VAL_REWRITES, stream=108),
     )

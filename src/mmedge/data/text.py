@@ -125,6 +125,21 @@ class HFTokenizer:
     def __len__(self) -> int:
         return self._tok.get_vocab_size(with_added_tokens=True)
 
+    @functools.cached_property
+    def words(self) -> tuple[str, ...]:
+        """Every piece, in id order (as ``WordVocab.words``: a teacher with another vocabulary is read by piece)."""
+        pieces = [""] * len(self)
+        for piece, i in self._tok.get_vocab(with_added_tokens=True).items():
+            pieces[i] = piece
+        return tuple(pieces)
+
+    @property
+    def unk_id(self) -> int:
+        """The id of the unknown piece (the padding id where the tokenizer has none)."""
+        unk = getattr(self._tok.model, "unk_token", None)
+        found = self._tok.token_to_id(unk) if unk else None
+        return self.pad_id if found is None else found
+
     def encode(self, texts: Sequence[str], length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Token ids and mask, both int64 (B, T); special tokens added, truncated and right-padded to ``length``."""
         length = self.max_length if length is None else length
