@@ -34,7 +34,7 @@ lint: $(STAMP)
 
 # The whole suite, the device-side commands in the [cpu]-only virtualenv included.
 test: lint $(CPU_STAMP)
-	MMEDGE_CPU_PYTHON=$(abspath $(CPU_VENV))/bin/python $(BIN)/python -m pytest
+	MMEDGE_CPU_PYTHON=$(abspath $(CPU_VENV))/bin/python $(BIN)/python -m pytest --durations=15
 
 # The quick tier (no test marked slow): under two minutes.
 test-fast: lint

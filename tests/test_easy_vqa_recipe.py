@@ -52,6 +52,8 @@ def test_the_easy_vqa_recipe_prunes_the_pretrained_towers_and_ships_a_bundle(tmp
         steps["train"].update(epochs=2)
         steps["prune.structured"].update(iterative_steps=1, finetune_epochs=1, vocab_size=4000)
         steps["distill"].update(epochs=1)
+        steps["quantize.auto"].update(rounds=6)  # timing that decides nothing here: fewer rounds
+        steps["bench"].update(runs=30, warmup=3)
         data["output"], data["workdir"] = str(tmp_path / "bundle"), str(tmp_path / "runs")
         return data
 
@@ -86,10 +88,17 @@ def test_the_easy_vqa_recipe_prunes_the_pretrained_towers_and_ships_a_bundle(tmp
     assert metrics["compression"]["structured_pruning"]["vocabulary"] == pruned.vocabulary
     # split into the parts an app runs apart, each judged for the mobile EPs at fixed shapes
     parts = bundle.manifest["parts"]["files"]
-    assert set(parts) == {"vision.onnx", "text.onnx", "head.onnx"}
+    assert set(parts) == {"vision.onnx", "text.onnx", "head.onnx", "vision.float.onnx"}
     assert parts["vision.onnx"]["outputs"] == ["image_embeds"] and parts["text.onnx"]["outputs"] == ["text_embeds"]
     for part in parts.values():
         assert part["suited_ep"] in ("nnapi", "coreml-mlprogram", "coreml-neuralnetwork", "cpu")
         assert part["mobile_eps"]["nnapi"]["nodes"] > 0
     assert parts["text.onnx"]["suited_ep"] == "cpu"  # LayerNormalization and Erf: no mobile EP takes them all
     assert (tmp_path / "bundle" / "vision.onnx").is_file()
+    # CoreML takes no QDQ: the float vision part, cut from the model before quantization, ships for it
+    vision_for = bundle.manifest["parts"]["vision_for"]
+    assert vision_for["nnapi"] == "vision.onnx" and vision_for["coreml-mlprogram"] == "vision.float.onnx"
+    float_part = parts["vision.float.onnx"]
+    assert float_part["variant_of"] == "vision.onnx" and float_part["suited_ep"].startswith("coreml")
+    assert float_part["mobile_eps"]["coreml-mlprogram"]["partitions"] <= 3
+    assert (tmp_path / "bundle" / "vision.float.onnx").stat().st_size > parts["vision.onnx"]["bytes"]

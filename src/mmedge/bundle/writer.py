@@ -51,8 +51,10 @@ class BundleConfig(StepConfig):
     )
     split: bool = Field(
         False,
-        description="Dual encoders (hf:PATH): also ship vision.onnx, text.onnx and head.onnx (zero-shot: vision.onnx, "
-        "head.onnx and label_embeddings.npy), cut from the shipped model, so an app can embed images and texts apart.",
+        description="Dual encoders (hf:PATH) and late-fusion zoo models: also ship vision.onnx, text.onnx and "
+        "head.onnx (zero-shot: vision.onnx, head.onnx and label_embeddings.npy), cut from the shipped model, so an app "
+        "can embed images and texts apart; and vision.float.onnx, cut from the model before quantization, where it "
+        "runs on a mobile EP the quantized vision part cannot (CoreML).",
     )
 
 
@@ -452,7 +454,11 @@ def bundle_step(cfg: BundleConfig, ctx: StepContext) -> StepResult:
         from mmedge.runtime.inputs import step_feeds
 
         parts.mkdir()
-        metrics["split"] = split_model(ctx.artifact.path, parts, step_feeds(ctx.artifact.path, recipe.data)[0])
+        float_model = next(  # the model before quantization: its vision part may suit an EP the int8 one cannot
+            (r.result.artifact.path for r in reversed(ctx.records) if r.config.type in ("optimize", "export")), None
+        )
+        feeds = step_feeds(ctx.artifact.path, recipe.data)[0]
+        metrics["split"] = split_model(ctx.artifact.path, parts, feeds, float_model)
     from mmedge.pipeline import results_document
     from mmedge.report.render import draw_plots
     from mmedge.report.sections import BundleFacts, render_run

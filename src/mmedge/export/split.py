@@ -36,8 +36,13 @@ PARTS = {
 }
 
 
-def split_model(model_path: Path, out_dir: Path, feeds: dict[str, np.ndarray]) -> dict:
-    """Write the parts of ``model_path`` into ``out_dir``; returns what the manifest records about them."""
+def split_model(model_path: Path, out_dir: Path, feeds: dict[str, np.ndarray], float_path: Path | None = None) -> dict:
+    """Write the parts of ``model_path`` into ``out_dir``; returns what the manifest records about them.
+
+    ``float_path``: the same model before quantization. Where a mobile EP cannot take the shipped vision part but
+    takes that model's, its vision part ships too, as ``vision.float.onnx`` (CoreML in onnxruntime has no
+    QuantizeLinear / DequantizeLinear, and runs a float graph in fp16 on the Neural Engine itself); the manifest's
+    ``vision_for`` names the vision file for each mobile EP."""
     import onnx
     from onnx.utils import Extractor
 
@@ -78,6 +83,8 @@ def split_model(model_path: Path, out_dir: Path, feeds: dict[str, np.ndarray]) -
     for name in plan:
         written[name].update(suited_ep(out_dir / name, max_length))
     info: dict = {"files": written, "max_abs_diff": diff}
+    if "vision.onnx" in written and float_path is not None and float_path != model_path:
+        info.update(_float_vision(float_path, out_dir, feeds, written, max_length))
     if "text_embeds" not in outputs:  # zero-shot: recover the label embeddings and the scale from the head
         dim = full["image_embeds"].shape[1]
         cols = open_session(out_dir / "head.onnx").run(None, {"image_embeds": np.eye(dim, dtype=np.float32)})[0]
@@ -91,6 +98,50 @@ def split_model(model_path: Path, out_dir: Path, feeds: dict[str, np.ndarray]) -
             "logits": "logit_scale * image_embeds @ label_embeddings.T",
         }
     return info
+
+
+def _float_vision(float_path: Path, out_dir: Path, feeds: dict, written: dict, max_length: int | None) -> dict:
+    """Ship the float model's vision part beside the quantized one where it opens a mobile EP the quantized one
+    cannot use (checked: it reproduces the float model's image embeddings); returns ``vision_for``, the vision file
+    for each mobile EP (the quantized one wherever it serves)."""
+    import onnx
+    from onnx.utils import Extractor
+
+    from mmedge.runtime.session import open_session
+
+    shipped = written["vision.onnx"]["mobile_eps"]
+    vision_for = {ep: "vision.onnx" for ep in PREFERENCE if shipped[ep]["verdict"] == "yes"}
+    if len(vision_for) == len(PREFERENCE):
+        return {"vision_for": vision_for}
+    model = onnx.load(str(float_path))
+    if "image_embeds" not in [o.name for o in model.graph.output]:
+        return {"vision_for": vision_for}
+    name, path = "vision.float.onnx", out_dir / "vision.float.onnx"
+    inputs = [i.name for i in model.graph.input]
+    part = Extractor(_batch_from(model, ("image",), inputs)).extract_model(["image"], ["image_embeds"])
+    set_metadata(part, model_metadata(model))
+    part.producer_name, part.producer_version = model.producer_name, model.producer_version
+    onnx.save_model(part, str(path))
+    outputs = [o.name for o in model.graph.output]
+    whole = dict(zip(outputs, open_session(float_path).run(None, {k: feeds[k] for k in inputs}), strict=True))
+    got = open_session(path).run(None, {"image": feeds["image"]})[0]
+    diff = float(np.abs(got - whole["image_embeds"]).max())
+    judged = suited_ep(path, max_length)
+    opened = [ep for ep in PREFERENCE if ep not in vision_for and judged["mobile_eps"][ep]["verdict"] == "yes"]
+    if diff > 1e-4 * max(1.0, float(np.abs(whole["image_embeds"]).max())) or not opened:
+        path.unlink()
+        return {"vision_for": vision_for}
+    written[name] = {
+        "inputs": ["image"],
+        "outputs": ["image_embeds"],
+        "bytes": path.stat().st_size,
+        "variant_of": "vision.onnx",
+        "precision": "float",
+        "max_abs_diff": diff,
+        **judged,
+        "suited_ep": opened[0],
+    }
+    return {"vision_for": {**vision_for, **dict.fromkeys(opened, name)}}
 
 
 # The mobile EPs in the order a part is offered to them: NNAPI (Android), then CoreML's formats (iOS/macOS).

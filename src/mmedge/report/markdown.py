@@ -92,6 +92,9 @@ def embeddings_section(emb: dict) -> list[str]:
     return out
 
 
+_EP_NAMES = {"nnapi": "NNAPI", "coreml-mlprogram": "CoreML ML Program", "coreml-neuralnetwork": "CoreML NeuralNetwork"}
+
+
 def split_section(split: dict) -> list[str]:
     """The dual encoder's parts: what each takes and gives, and that together they reproduce the whole model."""
     judged = all("suited_ep" in part for part in split["files"].values())
@@ -108,6 +111,13 @@ def split_section(split: dict) -> list[str]:
             "",
             "Each part at fixed shapes (batch 1, the tokenizer's length), as onnxruntime's mobile usability checker "
             "judges it: nodes the EP takes and in how many partitions; `suits` is the EP the manifest names for it.",
+        ]
+    if any(f != "vision.onnx" for f in split.get("vision_for", {}).values()):
+        uses = ", ".join(f"{_EP_NAMES.get(ep, ep)}: `{f}`" for ep, f in split["vision_for"].items())
+        out += [
+            "",
+            f"Vision file per mobile EP ({uses}): the float vision part, cut from the model before quantization, "
+            "ships for the EPs that cannot take the quantized one.",
         ]
     out.append("")
     out.append(f"Run one after another, the parts give the whole model's logits within {split['max_abs_diff']:.1e}.")
