@@ -189,6 +189,40 @@ def quantize(python: Path, key: str, variant: str, model: Path, npz: Path, work:
     return {"path": out, "settings": settings, "quantize_s": spent, "log": str(log)}
 
 
+# mmedge's own passes on the same fp32 model, each with its defaults, in the project's environment: the rows that
+# show whether mmedge's quantizers are at least as fast as the plain peer recipe on the same graph.
+MMEDGE_PASSES = ("quantize.static", "quantize.dynamic", "optimize + quantize.static")
+
+
+def mmedge_pass(variant: str, model: Path, data_cfg, work: Path) -> dict:
+    """Run one of MMEDGE_PASSES on the fp32 model; {"path", "settings", "quantize_s"} or {"error"}. The static
+    pass calibrates on mmedge's calibration draw, the rows every peer tool was given."""
+    from mmedge.compress.optimize import OptimizeConfig, optimize_model
+    from mmedge.compress.quantize.dynamic import DynamicQuantConfig, quantize_dynamic_model
+    from mmedge.compress.quantize.static import StaticQuantConfig, quantize_static_model
+
+    folder = work / f"mmedge-{variant.replace(' + ', '-')}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    out = folder / "model.onnx"
+    t0 = time.perf_counter()
+    try:
+        src = model
+        if variant.startswith("optimize"):
+            src = folder / "optimized.onnx"
+            optimize_model(model, src, OptimizeConfig())
+        if variant.endswith("quantize.static"):
+            cfg = StaticQuantConfig()
+            quantize_static_model(src, out, cfg, data_cfg)
+        else:
+            cfg = DynamicQuantConfig()
+            quantize_dynamic_model(src, out, cfg, data_cfg)
+    except Exception as exc:  # a pass failing on the model is a row's error, as a peer's is
+        return {"error": clip(f"{type(exc).__name__}: {exc}"), "quantize_s": time.perf_counter() - t0}
+    settings = cfg.model_dump(mode="json", exclude={"tolerance"})
+    return {"path": out, "settings": settings, "quantize_s": time.perf_counter() - t0}
+
+
 def model_bytes(path: Path) -> int:
     """Bytes on disk of an ONNX model: its file and the external data files it refers to."""
     import onnx
@@ -238,6 +272,24 @@ def score_models(paths: dict[str, Path], teacher: Path, splits: dict) -> tuple[d
             errors[name] = clip(f"{type(exc).__name__}: {exc}")
         print(f"scored {name}: {accuracy.get(name) or errors[name]}", flush=True)
     return accuracy, errors
+
+
+# Each of mmedge's passes against the plain onnxruntime recipe of the same scheme, on the same model.
+PLAIN_RECIPE = {"mmedge quantize.static": "ort static-qdq-per-channel", "mmedge quantize.dynamic": "ort dynamic"}
+
+
+def own_vs_plain(comparisons: dict) -> list[dict]:
+    """Per batch size, each mmedge pass's per-round time ratio to the plain onnxruntime recipe of its scheme
+    (p10, p50, p90) and the verdict: faster or slower where the p10-p90 interval excludes 1.0, else as fast."""
+    out = []
+    for own, plain in PLAIN_RECIPE.items():
+        for batch, c in comparisons.items():
+            if own not in c.round_ms or plain not in c.round_ms:
+                continue
+            lo, mid, hi = c.ratio_interval(own, plain)
+            verdict = "as fast" if c.equally_fast(own, plain) else ("faster" if hi < 1.0 else "slower")
+            out.append({"mmedge": own, "plain": plain, "batch": int(batch), "ratio": [lo, mid, hi], "verdict": verdict})
+    return out
 
 
 def mark_best(rows: list[dict], b1) -> str | None:
@@ -310,7 +362,8 @@ def markdown(data: dict, rows: list[dict], paraphrase: bool) -> str:
         f"# Peer quantizers — {data['data']['name']}",
         "",
         f"The fp32 teacher `{data['teacher']}` quantized by each peer tool with its own documented settings, beside "
-        "the model mmedge shipped. Every tool calibrated on the same "
+        "the model mmedge shipped and mmedge's own passes with their defaults applied to the same teacher "
+        f"({', '.join(MMEDGE_PASSES)}). Every tool calibrated on the same "
         f"{data['calibration']['rows']} rows ({data['calibration']['source']}). Accuracy: mmedge's ONNX evaluation "
         f"on the test split ({data['samples']['test']:,} questions)"
         + (f" and the paraphrase split ({data['samples']['paraphrase']:,})" if paraphrase else "")
@@ -341,6 +394,8 @@ def markdown(data: dict, rows: list[dict], paraphrase: bool) -> str:
             else ""
         ),
         "",
+        own_sentence(data["own_vs_plain"]),
+        "",
         "Tool versions: "
         + "; ".join(
             f"{t['label']} ({', '.join(f'{k} {v}' for k, v in t['packages'].items()) or 'not installed'})"
@@ -352,6 +407,21 @@ def markdown(data: dict, rows: list[dict], paraphrase: bool) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def own_sentence(own: list[dict]) -> str:
+    """mmedge's passes against the plain onnxruntime recipe on the same model, as the timing rounds measured it."""
+    if not own:
+        return "mmedge's passes were not timed beside onnxruntime's plain recipe (one of the two failed)."
+    parts = [
+        f"{o['mmedge'].removeprefix('mmedge ')} / onnxruntime {o['plain'].removeprefix('ort ')} at batch {o['batch']}: "
+        f"{o['ratio'][1]:.2f}× ({o['ratio'][0]:.2f}–{o['ratio'][2]:.2f}), {o['verdict']}"
+        for o in own
+    ]
+    return (
+        "mmedge's passes against onnxruntime's plain recipe of the same scheme on the same teacher (per-round time "
+        "ratio, median (p10–p90); faster or slower only where the interval excludes 1): " + "; ".join(parts) + "."
+    )
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -454,6 +524,10 @@ def main(argv=None) -> None:
     rows = [{"name": "teacher", "tool": "teacher", "variant": "fp32", "peer": False, "path": teacher, "error": ""}]
     if args.shipped is not None:
         rows.append({"name": "mmedge", "tool": "mmedge", "variant": "shipped", "peer": False, "path": args.shipped})
+    for variant in MMEDGE_PASSES:
+        got = mmedge_pass(variant, teacher, cfg, work)
+        rows.append({"name": f"mmedge {variant}", "tool": "mmedge", "variant": variant, "peer": False, **got})
+        print(f"mmedge {variant}: {got.get('error') or got['path']} ({got['quantize_s']:.0f} s)", flush=True)
     for p in peers:
         rows.append({"name": f"{p['key']} {p['variant']}", "peer": True, **p})
     for r in rows:
@@ -498,6 +572,7 @@ def main(argv=None) -> None:
             r["p50_ms"] = {b: c.candidates[r["name"]].p50_ms for b, c in comparisons.items()}
             r["ratio"] = {b: list(c.ratio_interval(r["name"], "teacher")) for b, c in comparisons.items()}
     best = mark_best(rows, comparisons["1"])
+    own = own_vs_plain(comparisons)
 
     data = {
         "provenance": provenance,
@@ -516,6 +591,7 @@ def main(argv=None) -> None:
         "rounds": args.rounds,
         "calls_per_round": {b: c.calls_per_round for b, c in comparisons.items()},
         "best_peer": best,
+        "own_vs_plain": own,
         "tools": tools,
         "rows": [{k: (str(v) if isinstance(v, Path) else v) for k, v in r.items() if k not in ("key",)} for r in rows],
         "comparisons": {b: c.to_json() for b, c in comparisons.items()},

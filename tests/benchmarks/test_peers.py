@@ -169,6 +169,7 @@ def test_markdown_table_has_the_header_and_a_row_per_model():
         "calls_per_round": {"1": 350, "32": 5},
         "limit": None,
         "best_peer": "b static",
+        "own_vs_plain": [],
         "tools": {"nncf": {"label": "NNCF", "packages": {"nncf": "3.4.0"}}},
         "provenance": {
             "cpu": {"summary": "x86", "logical_cores": 2},
@@ -181,6 +182,56 @@ def test_markdown_table_has_the_header_and_a_row_per_model():
     assert "| " + " | ".join(peers.HEADER) + " |" in md
     assert len(re.findall(r"^\| (teacher|b) \|", md, re.M)) == 2
     assert "NNCF (nncf 3.4.0)" in md and "9,673" in md and "350 calls per round at batch 1" in md
+
+
+class _Rounds:
+    """A stand-in for a LatencyComparison: per-round times of each model, and its spread rule."""
+
+    rounds = 30
+
+    def __init__(self, round_ms):
+        self.round_ms = round_ms
+
+    def ratio_interval(self, a, b):
+        r = np.asarray(self.round_ms[a]) / np.asarray(self.round_ms[b])
+        return tuple(float(x) for x in np.percentile(r, [10, 50, 90]))
+
+    def equally_fast(self, a, b):
+        lo, _, hi = self.ratio_interval(a, b)
+        return lo <= 1.0 <= hi
+
+
+def test_own_vs_plain_says_faster_slower_or_as_fast_by_the_spread():
+    base = np.linspace(9.0, 11.0, 30)
+    b1 = _Rounds(
+        {
+            "ort static-qdq-per-channel": base,
+            "mmedge quantize.static": base * 0.8,  # every round faster
+            "ort dynamic": base,
+            "mmedge quantize.dynamic": base * np.where(np.arange(30) % 2, 1.1, 0.95),  # the interval holds 1
+        }
+    )
+    b32 = _Rounds({"ort static-qdq-per-channel": base, "mmedge quantize.static": base * 1.3})  # no dynamic rows
+    own = peers.own_vs_plain({"1": b1, "32": b32})
+    verdicts = {(o["mmedge"], o["batch"]): o["verdict"] for o in own}
+    assert verdicts == {
+        ("mmedge quantize.static", 1): "faster",
+        ("mmedge quantize.static", 32): "slower",
+        ("mmedge quantize.dynamic", 1): "as fast",
+    }
+    sentence = peers.own_sentence(own)
+    assert "quantize.static / onnxruntime static-qdq-per-channel at batch 1: 0.80× (0.80–0.80), faster" in sentence
+    assert "not timed" in peers.own_sentence([])
+
+
+def test_mmedge_pass_quantizes_the_model_or_gives_the_rows_error(tmp_path):
+    model = _model(tmp_path / "fp32.onnx", external=False)
+    got = peers.mmedge_pass("quantize.dynamic", model, None, tmp_path / "work")
+    assert got["path"].is_file() and got["settings"]["type"] == "quantize.dynamic"
+    ops = {n.op_type for n in onnx.load(got["path"]).graph.node}
+    assert "MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops, ops
+    failed = peers.mmedge_pass("quantize.static", model, None, tmp_path / "work")  # nothing to calibrate on
+    assert "path" not in failed and failed["error"].startswith(("MmedgeError", "ValueError")), failed
 
 
 @pytest.mark.parametrize("key", sorted(peers.TOOLS))
