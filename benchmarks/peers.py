@@ -191,7 +191,7 @@ def quantize(python: Path, key: str, variant: str, model: Path, npz: Path, work:
 
 # mmedge's own passes on the same fp32 model, each with its defaults, in the project's environment: the rows that
 # show whether mmedge's quantizers are at least as fast as the plain peer recipe on the same graph.
-MMEDGE_PASSES = ("quantize.static", "quantize.dynamic", "optimize + quantize.static")
+MMEDGE_PASSES = ("quantize.static", "quantize.dynamic", "optimize + quantize.static", "optimize + quantize.dynamic")
 
 
 def mmedge_pass(variant: str, model: Path, data_cfg, work: Path) -> dict:
@@ -275,7 +275,12 @@ def score_models(paths: dict[str, Path], teacher: Path, splits: dict) -> tuple[d
 
 
 # Each of mmedge's passes against the plain onnxruntime recipe of the same scheme, on the same model.
-PLAIN_RECIPE = {"mmedge quantize.static": "ort static-qdq-per-channel", "mmedge quantize.dynamic": "ort dynamic"}
+PLAIN_RECIPE = {
+    "mmedge quantize.static": "ort static-qdq-per-channel",
+    "mmedge quantize.dynamic": "ort dynamic",
+    "mmedge optimize + quantize.static": "ort static-qdq-per-channel",
+    "mmedge optimize + quantize.dynamic": "ort dynamic",
+}
 
 
 def own_vs_plain(comparisons: dict) -> list[dict]:

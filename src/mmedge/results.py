@@ -290,6 +290,7 @@ class DynamicQuantMetrics(RewriteMetrics):
 
 class StaticQuantMetrics(RewriteMetrics):
     static_nodes: int
+    riding_nodes: int = 0  # activations and residual Adds quantized with their Convs (plan.riding_nodes)
     dynamic_nodes: int
     calibration: dict[str, Any]
     calibration_ranges: str

@@ -117,3 +117,53 @@ def test_bert_attention_is_fused_with_heads_read_from_the_graph_then_quantized(t
     mask = feeds["attention_mask"].astype(bool)
     cos = (got * ref).sum(-1) / (np.linalg.norm(got, axis=-1) * np.linalg.norm(ref, axis=-1))
     assert cos[mask].mean() > 0.99, cos[mask].mean()
+
+
+def test_mmedges_own_minilm_attention_is_fused_and_quantized_dynamically(tmp_path):
+    """mmedge's MiniLM, exported as mmedge exports it (dynamo, opset 18): the padding mask's two-axis Unsqueeze and
+    the scores' scale as a product are what keep onnxruntime's BERT fusion from matching; optimize rewrites both and
+    every layer becomes one Attention kernel with the same outputs, which quantize.dynamic runs as QAttention."""
+    import onnx
+    import torch
+
+    from mmedge.compress.optimize import bert_attention_form
+    from mmedge.compress.quantize.dynamic import DynamicQuantConfig, quantize_dynamic_model
+    from mmedge.models.minilm import MiniLM
+
+    torch.manual_seed(0)
+    encoder = MiniLM(vocab_size=100, dim=64, layers=2, head_dim=16, max_positions=32).eval()
+    ids = torch.randint(1, 100, (3, 9))
+    batch, text = torch.export.Dim("batch", min=1, max=64), torch.export.Dim("text", min=2, max=32)
+    program = torch.onnx.export(
+        encoder,
+        (ids, torch.ones_like(ids)),
+        None,
+        dynamo=True,
+        opset_version=18,
+        external_data=False,
+        input_names=["input_ids", "attention_mask"],
+        output_names=["states"],
+        dynamic_shapes=({0: batch, 1: text}, {0: batch, 1: text}),
+        optimize=True,
+        verbose=False,
+    )
+    src = tmp_path / "minilm.onnx"
+    onnx.save(program.model_proto, str(src))
+    copy = onnx.load(str(src))
+    assert bert_attention_form(copy) == 1 + 2  # one shared mask Unsqueeze, one scale per layer
+    assert bert_attention_form(copy) == 0  # nothing left to rewrite
+    fused = tmp_path / "fused.onnx"
+    info = optimize_model(src, fused, OptimizeConfig())
+    assert info["num_heads"] == 4 and info["ops"].get("Attention") == 2, info["ops"]
+    rng = np.random.default_rng(0)
+    feeds = {"input_ids": rng.integers(1, 100, (8, 12)), "attention_mask": np.ones((8, 12), np.int64)}
+    feeds["attention_mask"][:4, 7:] = 0  # padded rows
+    ref = open_session(src).run(None, feeds)[0]
+    np.testing.assert_allclose(open_session(fused).run(None, feeds)[0], ref, atol=1e-4)
+    q = tmp_path / "q.onnx"
+    qinfo = quantize_dynamic_model(fused, q, DynamicQuantConfig(per_channel=True))  # Attention is a default op type
+    assert qinfo["ops"].get("QAttention") == 2, qinfo["ops"]
+    got = open_session(q).run(None, feeds)[0]
+    mask = feeds["attention_mask"].astype(bool)
+    cos = (got * ref).sum(-1) / (np.linalg.norm(got, axis=-1) * np.linalg.norm(ref, axis=-1))
+    assert cos[mask].mean() > 0.99, cos[mask].mean()

@@ -189,3 +189,57 @@ def test_quantization_leaves_nothing_in_the_working_directory_nor_on_the_console
     assert list(work.iterdir()) == []
     # nor onnxruntime's advice to pre-process: the metrics record that it was skipped, and why
     assert not [r.getMessage() for r in caplog.records if "pre-processing" in r.getMessage()]
+
+
+def test_relus_and_residual_adds_ride_with_their_static_convs(tmp_path):
+    """Conv -> ReLU6 -> Conv plus a residual Add of two Conv outputs: quantized with the Convs, onnxruntime folds
+    the ReLU6 into the Conv and runs the Add as QLinearAdd; an Add of a constant (a bias or a mask) stays float."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from mmedge.compress.quantize.plan import quantize_plan
+    from mmedge.runtime.session import session_options
+
+    rng = np.random.default_rng(0)
+
+    def conv(name, x, y, k):
+        w = numpy_helper.from_array(rng.normal(0, 0.3, (8, 8, k, k)).astype(np.float32), f"{name}.w")
+        return helper.make_node("Conv", [x, w.name], [y], name=name, pads=[k // 2] * 4), w
+
+    nodes, weights = [], []
+    for name, x, y, k in (("a", "x", "a_out", 3), ("b", "r_out", "b_out", 1), ("d", "s_out", "y", 1)):
+        node, w = conv(name, x, y, k)
+        nodes.append(node)
+        weights.append(w)
+    low, high = numpy_helper.from_array(np.float32(0), "low"), numpy_helper.from_array(np.float32(6), "high")
+    shift = numpy_helper.from_array(np.full((1, 8, 1, 1), -3, np.float32), "shift")
+    nodes += [
+        helper.make_node("Clip", ["a_out", "low", "high"], ["r_out"], name="relu6"),
+        helper.make_node("Add", ["b_out", "a_out"], ["s_out"], name="residual"),
+        helper.make_node("Add", ["s_out", "shift"], ["m"], name="constant_add"),
+    ]
+    nodes = [nodes[0], nodes[3], nodes[1], nodes[4], nodes[2], nodes[5]]  # topological order
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8, 8, 8])],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, ["n", 8, 8, 8]) for o in ("y", "m")],
+        [*weights, low, high, shift],
+    )
+    src = tmp_path / "convs.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    prepared = prepare(src, tmp_path / "prepared.onnx")
+    feeds = {"x": rng.normal(0, 1, (64, 8, 8, 8)).astype(np.float32)}
+    calib = CalibrationConfig()
+    cache = calibrate(prepared, feeds, calib, ["Conv"], tmp_path / "calibration.json")
+    out = tmp_path / "q.onnx"
+    info = quantize_plan(prepared, out, {"a": "int8-static", "b": "int8-static", "d": "int8-static"}, cache, calib)
+    assert info["static_nodes"] == 3 and info["riding_nodes"] == 2  # relu6 and residual; not constant_add
+    opts = session_options(level="all", optimized_path=tmp_path / "loaded.onnx")
+    ort.InferenceSession(str(out), opts, providers=["CPUExecutionProvider"])
+    loaded = op_histogram(onnx.load(opts.optimized_model_filepath))
+    assert loaded.get("QLinearConv") == 3 and loaded.get("QLinearAdd") == 1 and "Clip" not in loaded, loaded
+    test = {"x": rng.normal(0, 1, (16, 8, 8, 8)).astype(np.float32)}
+    for got, want in zip(open_session(out).run(None, test), open_session(src).run(None, test), strict=True):
+        cos = (got * want).sum() / (np.linalg.norm(got) * np.linalg.norm(want))
+        assert cos > 0.99, cos

@@ -67,10 +67,10 @@ class AutoQuantConfig(StepConfig):
     static_op_types: tuple[str, ...] = Field(
         ("Conv", "MatMul", "Gemm"),
         description="Op types the static scheme "
-        "quantizes with QDQ (LSTM and Gather go dynamic, as in quantize.static).",
+        "quantizes with QDQ (LSTM, Gather and a fused Attention go dynamic, as in quantize.static).",
     )
     dynamic_op_types: tuple[str, ...] = Field(
-        ("MatMul", "Gemm", "LSTM", "Gather"),
+        ("MatMul", "Gemm", "LSTM", "Gather", "Attention"),
         description="Op types the dynamic scheme quantizes; Conv is left out (ConvInteger ran ~6x slower here).",
     )
     per_channel: bool = Field(True, description="Per-channel weight scales.")
@@ -189,7 +189,7 @@ def _plan(nodes: list[dict], scheme: str, cfg: AutoQuantConfig, fallback: frozen
         if s == "int8-static":
             if op in static_ops and op != "LSTM":
                 plan[n["node"]] = "int8-static"
-            elif op in ("LSTM", "Gather"):  # no QDQ LSTM in ORT; the embedding table is stored in int8
+            elif op in ("LSTM", "Gather", "Attention"):  # no QDQ LSTM or Attention in ORT; int8 embedding tables
                 plan[n["node"]] = "int8-dynamic"
         elif s == "int8-dynamic" and op in dynamic_ops:
             plan[n["node"]] = "int8-dynamic"

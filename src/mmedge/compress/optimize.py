@@ -131,6 +131,64 @@ def residual_sums(model) -> int:
     return count
 
 
+def bert_attention_form(model) -> int:
+    """Rewrite, in place, the two spots where torch.onnx writes mmedge's attention differently from the BERT graphs
+    that ``onnxruntime.transformers``' Attention fusion matches, without changing what the graph computes: an
+    ``Unsqueeze`` of several constant axes (the padding mask's ``[:, None, None, :]``) becomes one ``Unsqueeze`` per
+    axis, and the scores' scale ``q·kᵀ × d^-½`` becomes ``q·kᵀ ÷ d^½`` (the fusion finds the mask's ``Mul`` beside
+    the scores only when the scale is a ``Div``). Returns how many nodes were rewritten."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    values = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    producer = {o: n for n in graph.node for o in n.output}
+    readers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+
+    def feeds_softmax(node) -> bool:  # node -> Add (the mask) -> Softmax
+        adds = [r for r in readers.get(node.output[0], []) if r.op_type == "Add"]
+        return any(r.op_type == "Softmax" for a in adds for r in readers.get(a.output[0], []))
+
+    nodes, count = [], 0
+    for node in graph.node:
+        axes = values.get(node.input[1]) if node.op_type == "Unsqueeze" and len(node.input) == 2 else None
+        scale = values.get(node.input[1]) if node.op_type == "Mul" and len(node.input) == 2 else None
+        if axes is not None and axes.size > 1 and (axes >= 0).all():
+            current = node.input[0]
+            for i, axis in enumerate(sorted(int(a) for a in axes.reshape(-1))):  # ascending: each keeps its place
+                name = f"{node.name}_axis{axis}"
+                graph.initializer.append(numpy_helper.from_array(np.array([axis], np.int64), f"{name}_axes"))
+                out = node.output[0] if i == axes.size - 1 else f"{name}_out"
+                nodes.append(helper.make_node("Unsqueeze", [current, f"{name}_axes"], [out], name=name))
+                current = out
+            count += 1
+            continue
+        if (
+            scale is not None
+            and scale.size == 1
+            and scale.dtype.kind == "f"
+            and float(scale.reshape(-1)[0]) != 0.0
+            and node.input[0] in producer
+            and producer[node.input[0]].op_type == "MatMul"
+            and feeds_softmax(node)
+        ):
+            divisor = f"{node.name}_divisor"
+            graph.initializer.append(numpy_helper.from_array((1.0 / scale).astype(scale.dtype), divisor))
+            node.op_type = "Div"
+            node.input[1] = divisor
+            count += 1
+        nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return count
+
+
 def _not_producer_warning(record: logging.LogRecord) -> bool:
     return "Model producer not matched" not in record.getMessage()
 
@@ -150,6 +208,7 @@ def optimize_model(src: Path, out: Path, cfg: OptimizeConfig) -> dict:
         # model_type "bert" enables the generic fusions; num_heads/hidden_size 0 lets ORT try to infer them.
         heads, hidden = attention_heads(model)
         heads = cfg.num_heads or heads
+        bert_attention_form(model)
         options = FusionOptions("bert")
         options.enable_skip_layer_norm = options.enable_bias_skip_layer_norm = cfg.fuse_skip_layernorm
         # it warns that mmedge, not PyTorch, produced the graph; the model type is given, so the warning says nothing

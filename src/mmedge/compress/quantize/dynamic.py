@@ -38,8 +38,8 @@ from mmedge.steps.registry import StepConfig, StepContext, StepResult, register_
 class DynamicQuantConfig(StepConfig):
     type: Literal["quantize.dynamic"] = "quantize.dynamic"
     op_types: tuple[str, ...] = Field(
-        ("MatMul", "Gemm", "LSTM", "Gather"),
-        description="Op types to quantize. "
+        ("MatMul", "Gemm", "LSTM", "Gather", "Attention"),
+        description="Op types to quantize (Attention: the fused kernel `optimize` writes, as QAttention). "
         "Conv is left out by default: ConvInteger ran ~6x slower than float Conv here.",
     )
     per_channel: bool = Field(False, description="Per-channel weight scales (more faithful, larger scale tables).")

@@ -55,12 +55,40 @@ def quantizable_nodes(prepared: Path) -> list[dict]:
         op = node.op_type
         if node.name in keep_float:
             continue
-        weighted = op in ("MatMul", "Conv", "Gemm") and len(node.input) > 1 and node.input[1] in consts
+        weighted = op in ("MatMul", "Conv", "Gemm", "Attention") and len(node.input) > 1 and node.input[1] in consts
         table = op == "Gather" and node.input[0] in consts
         if not (weighted or table or op == "LSTM"):
             continue
         out.append({"node": node.name, "op": op, "branch": branches.get(node.name, "other")})
     return out
+
+
+def riding_nodes(model, static: set[str], ranges: set[str]) -> list[str]:
+    """Nodes of a convolutional tower that ride along with its statically quantized Convs: a ReLU/ReLU6 (``Relu``,
+    ``Clip``) reading such a Conv, and a residual ``Add`` whose two inputs both come from such Convs or riders, where
+    ``ranges`` (the calibrated tensors) holds every tensor they read and write. Quantized with them, onnxruntime folds
+    the activation into the Conv's output scale and runs the Add as QLinearAdd; left float, each one dequantizes its
+    inputs and quantizes its output again. Nothing outside the Convs' paths rides (masks, biases, a transformer's
+    residual stream)."""
+    convs = {n.name for n in model.graph.node if n.op_type == "Conv"}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    quantized = static & convs
+    riders = []
+
+    def from_quantized(name: str) -> bool:
+        return name in producer and producer[name].name in quantized
+
+    for node in model.graph.node:  # topological order: a node's producers come first
+        if node.op_type in ("Relu", "Clip"):
+            data = [node.input[0]]
+        elif node.op_type == "Add" and len(node.input) == 2:
+            data = list(node.input)
+        else:
+            continue
+        if all(from_quantized(i) for i in data) and all(t in ranges for t in (*data, *node.output)):
+            riders.append(node.name)
+            quantized.add(node.name)
+    return riders
 
 
 def quantize_plan(
@@ -79,8 +107,12 @@ def quantize_plan(
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
-    nodes = {n.name: n.op_type for n in onnx.load(str(prepared), load_external_data=False).graph.node}
+    graph = onnx.load(str(prepared), load_external_data=False)
+    nodes = {n.name: n.op_type for n in graph.graph.node}
     static = sorted(n for n, s in plan.items() if s == "int8-static")
+    riders = []
+    if static and cache is not None:
+        riders = riding_nodes(graph, set(static), set(json.loads(Path(cache).read_text()).get("data", {})))
     dynamic = sorted(n for n, s in plan.items() if s == "int8-dynamic")
     current = prepared
     try:
@@ -94,8 +126,8 @@ def quantize_plan(
                     mid,
                     None,
                     quant_format=QuantFormat.QDQ,
-                    op_types_to_quantize=sorted({nodes[n] for n in static}),
-                    nodes_to_quantize=static,
+                    op_types_to_quantize=sorted({nodes[n] for n in (*static, *riders)}),
+                    nodes_to_quantize=[*static, *riders],
                     per_channel=per_channel,
                     activation_type=QuantType.QUInt8 if activation_type == "uint8" else QuantType.QInt8,
                     weight_type=QuantType.QInt8,
@@ -130,4 +162,9 @@ def quantize_plan(
         out.with_name(out.stem + ".static.onnx").unlink(missing_ok=True)
     precision = "+".join(s for s in ("int8-static", "int8-dynamic") if s in plan.values()) or "fp32"
     copy_metadata(prepared, out, {"mmedge.precision": precision, "mmedge.plan": json.dumps(plan, sort_keys=True)})
-    return {"ops": op_histogram(out), "static_nodes": len(static), "dynamic_nodes": len(dynamic)}
+    return {
+        "ops": op_histogram(out),
+        "static_nodes": len(static),
+        "riding_nodes": len(riders),
+        "dynamic_nodes": len(dynamic),
+    }

@@ -39,9 +39,10 @@ class StaticQuantConfig(StepConfig):
         "quantizing a large-negative attention mask ruins calibration.",
     )
     dynamic_op_types: tuple[str, ...] = Field(
-        ("LSTM", "Gather"),
-        description="Op types quantized dynamically after the static pass: ORT's QDQ quantizer has no LSTM, so "
-        "without this the LSTM stays float; Gather stores the embedding table in int8.",
+        ("LSTM", "Gather", "Attention"),
+        description="Op types quantized dynamically after the static pass: ORT's QDQ quantizer has no LSTM and no "
+        "fused Attention (what `optimize` writes for a transformer), so without this they stay float; Gather stores "
+        "the embedding table in int8.",
     )
     per_channel: bool = Field(True, description="One scale per output channel of each weight (more faithful).")
     activation_type: Literal["uint8", "int8"] = Field(
