@@ -7,7 +7,9 @@ a virtualenv of its own, built from its pinned requirements file in benchmarks/p
 constraints (torch pinned to the offline CPU build), by a small script of its own (benchmarks/peers/quantize_*.py).
 Every tool calibrates on the same rows: mmedge's calibration draw for the model (CalibrationConfig defaults: 256
 seeded training questions, stratified by answer), saved once as an .npz. A tool that cannot be installed, or fails
-on the model, gets its one-line error in the table.
+on the model, gets its one-line error in the table. mmedge's own quantize.static and quantize.dynamic, alone and after
+optimize, run on the same model in the project's environment, and each is timed against onnxruntime's plain recipe of
+its scheme.
 
 Back in the project's environment every model is scored with mmedge's ONNX evaluation on the test split (and the
 paraphrase split where the data set has one), sized, and timed: CPU execution provider, 1 thread, batch 1 and 32,

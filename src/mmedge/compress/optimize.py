@@ -61,20 +61,25 @@ class OptimizeConfig(StepConfig):
     )
 
 
+def _constants_and_producers(graph) -> tuple[dict, dict]:
+    """({tensor: array} of the initializers and Constant nodes, {tensor: the node that writes it}) of ``graph``."""
+    from onnx import numpy_helper
+
+    values = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return values, {o: n for n in graph.node for o in n.output}
+
+
 def attention_heads(model) -> tuple[int, int]:
     """(num_heads, hidden_size) of a transformer graph, 0 where unknown: the hidden size is the width of its
     LayerNormalizations, the heads come from the Reshapes that split it into ``[..., heads or -1, head_dim]`` (a
     constant shape, or a Concat of constants as torch.onnx writes it)."""
     from collections import Counter
 
-    from onnx import numpy_helper
-
     graph = model.graph
-    values = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-    producer = {o: n for n in graph.node for o in n.output}
+    values, producer = _constants_and_producers(graph)
 
     def const(name):  # an integer constant, looking through Unsqueeze
         node = producer.get(name)
@@ -141,11 +146,7 @@ def bert_attention_form(model) -> int:
     from onnx import helper, numpy_helper
 
     graph = model.graph
-    values = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-    producer = {o: n for n in graph.node for o in n.output}
+    values, producer = _constants_and_producers(graph)
     readers: dict[str, list] = {}
     for node in graph.node:
         for name in node.input:
