@@ -101,6 +101,7 @@ def test_foreign_onnx_goes_through_every_onnx_step_judged_by_fidelity_on_synthet
     assert bundle.verify() == []
     m = bundle.manifest
     assert m["model"]["lineage"] == ["load.onnx", "optimize", "quantize.dynamic", "bundle"]
+    assert m["model"]["session_config"] == {"session.set_denormal_as_zero": "1"}  # what its figures assume
     assert m["inputs"][0]["name"] == "x" and m["labels"] is None
     assert m["metrics"]["fidelity"]["inputs"] == "synthetic" and m["metrics"]["inputs"]["kind"] == "synthetic"
     with np.load(bundle.path(m["samples"]["tensors"])) as npz:

@@ -26,7 +26,7 @@ from mmedge import __version__
 from mmedge.artifact import Artifact
 from mmedge.recipe import Recipe
 from mmedge.runtime.inputs import chain_inputs
-from mmedge.runtime.session import replacing
+from mmedge.runtime.session import apply_process_defaults, replacing
 from mmedge.steps.registry import StepConfig, StepContext, StepRecord, StepResult, get_step
 
 RESULTS_SCHEMA_VERSION = 2  # 2: decisions on validation (selection_split, gate), provenance
@@ -128,6 +128,7 @@ def run_recipe(
 ) -> list[StepRecord]:
     root = recipe.workdir / recipe.name
     root.mkdir(parents=True, exist_ok=True)
+    apply_process_defaults()  # before any step lets a library open the process's first session
     records: list[StepRecord] = []
     artifact: Artifact | None = None
     previous = ""

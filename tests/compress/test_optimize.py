@@ -3,8 +3,9 @@ import pytest
 
 from mmedge.compress.optimize import OptimizeConfig, optimize_model
 from mmedge.runtime.inputs import split_feeds
+from mmedge.runtime.options import session_options
 from mmedge.runtime.providers import PROVIDERS
-from mmedge.runtime.session import metadata_json, open_session, session_options
+from mmedge.runtime.session import metadata_json, open_session
 
 
 @pytest.mark.parametrize("family", ["cnn-lstm", "vit-transformer"])
@@ -127,7 +128,10 @@ def test_mmedges_own_minilm_attention_is_fused_and_quantized_dynamically(tmp_pat
     import torch
 
     from mmedge.compress.optimize import bert_attention_form
+    from mmedge.compress.quantize.calibration import CalibrationConfig
     from mmedge.compress.quantize.dynamic import DynamicQuantConfig, quantize_dynamic_model
+    from mmedge.compress.quantize.static import StaticQuantConfig, quantize_static_model
+    from mmedge.errors import MmedgeError
     from mmedge.models.minilm import MiniLM
 
     torch.manual_seed(0)
@@ -167,3 +171,13 @@ def test_mmedges_own_minilm_attention_is_fused_and_quantized_dynamically(tmp_pat
     mask = feeds["attention_mask"].astype(bool)
     cos = (got * ref).sum(-1) / (np.linalg.norm(got, axis=-1) * np.linalg.norm(ref, axis=-1))
     assert cos[mask].mean() > 0.99, cos[mask].mean()
+    # quantize.static quantizes a fused transformer's MatMuls dynamically; with nothing else, it says what to use
+    np.savez(tmp_path / "calibration.npz", **feeds)
+    calib = CalibrationConfig(data=tmp_path / "calibration.npz")
+    with pytest.raises(MmedgeError, match="use quantize.dynamic for this model, or set transformer_matmuls: static"):
+        quantize_static_model(fused, tmp_path / "s.onnx", StaticQuantConfig(calibration=calib))
+    assert not (tmp_path / "s.onnx").exists()
+    sinfo = quantize_static_model(
+        fused, tmp_path / "s.onnx", StaticQuantConfig(calibration=calib, transformer_matmuls="static")
+    )
+    assert sinfo["ops"].get("QAttention") == 2 and sinfo["static_nodes"] > 0, sinfo

@@ -198,7 +198,7 @@ def test_relus_and_residual_adds_ride_with_their_static_convs(tmp_path):
     from onnx import TensorProto, helper, numpy_helper
 
     from mmedge.compress.quantize.plan import quantize_plan
-    from mmedge.runtime.session import session_options
+    from mmedge.runtime.options import session_options
 
     rng = np.random.default_rng(0)
 

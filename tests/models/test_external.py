@@ -72,6 +72,7 @@ def test_worked_example_trains_exports_quantizes_validates_and_bundles(tmp_path,
     )
     manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
     assert manifest["model"]["family"] == "bow-fusion"
+    assert manifest["model"]["session_config"] == {"session.set_denormal_as_zero": "1"}
     sample = json.loads((tmp_path / "bundle" / "samples" / "samples.json").read_text())[0]
     answer = runner.invoke(
         app,

@@ -124,6 +124,20 @@ def _manifest_head(name: str) -> dict:
     }
 
 
+def _model_entry(file: str, family: str | None, lineage: tuple[str, ...]) -> dict:
+    """The manifest's ``model``: its file, family and lineage, and the onnxruntime session config entries its
+    figures were measured with (set them in the session that runs it)."""
+    from mmedge.runtime.options import DEFAULT_SESSION_CONFIG
+
+    return {
+        "file": file,
+        "format": "onnx",
+        "family": family,
+        "lineage": list(lineage),
+        "session_config": dict(DEFAULT_SESSION_CONFIG),
+    }
+
+
 def foreign_manifest(name: str, sess, metrics: dict, samples: dict, lineage: tuple[str, ...]) -> dict:
     """The manifest of a model mmedge did not write: its inputs and outputs as the graph declares them; no
     preprocessing, tokenizer or labels are known."""
@@ -134,7 +148,7 @@ def foreign_manifest(name: str, sess, metrics: dict, samples: dict, lineage: tup
     return {
         **_manifest_head(name),
         "task": {"type": "onnx-model", "output": "as the source model's; judged by fidelity to it"},
-        "model": {"file": "model.onnx", "format": "onnx", "family": None, "lineage": list(lineage)},
+        "model": _model_entry("model.onnx", None, lineage),
         "inputs": tensors(sess.get_inputs()),
         "outputs": tensors(sess.get_outputs()),
         "preprocessing": None,
@@ -156,7 +170,7 @@ def build_manifest(
     return {
         **_manifest_head(name),
         "task": task,
-        "model": {"file": model_path.name, "format": "onnx", "family": spec["family"], "lineage": list(lineage)},
+        "model": _model_entry(model_path.name, spec["family"], lineage),
         "inputs": spec["inputs"],
         "outputs": spec["outputs"],
         "preprocessing": {

@@ -38,8 +38,11 @@ from mmedge.compress.quantize.graph import copy_metadata, op_histogram, prepare
 from mmedge.compress.quantize.plan import (
     DYNAMIC_OP_TYPES,
     STATIC_OP_TYPES,
+    TRANSFORMER_MATMULS_HELP,
     quantizable_nodes,
     quantize_plan,
+    static_scheme,
+    transformer_branches,
 )
 from mmedge.compress.quantize.plan import check_op_types as _check_op_types
 from mmedge.errors import BudgetExceededError
@@ -73,6 +76,7 @@ class AutoQuantConfig(StepConfig):
         ("MatMul", "Gemm", "LSTM", "Gather", "Attention"),
         description="Op types the dynamic scheme quantizes; Conv is left out (ConvInteger ran ~6x slower here).",
     )
+    transformer_matmuls: Literal["dynamic", "static"] = Field("dynamic", description=TRANSFORMER_MATMULS_HELP)
     per_channel: bool = Field(True, description="Per-channel weight scales.")
     max_accuracy_drop: float | None = Field(
         None,
@@ -181,6 +185,7 @@ def _plan(nodes: list[dict], scheme: str, cfg: AutoQuantConfig, fallback: frozen
     """{node: scheme} for one candidate; per-branch precision from the recipe wins over the search."""
     static_ops = set(cfg.static_op_types) | ({"MatMul"} if "Gemm" in cfg.static_op_types else set())
     dynamic_ops = set(cfg.dynamic_op_types) | ({"MatMul"} if "Gemm" in cfg.dynamic_op_types else set())
+    transformer = transformer_branches(nodes)
     plan = {}
     for n in nodes:
         forced = cfg.branch_precision.get(n["branch"], "auto")
@@ -188,7 +193,7 @@ def _plan(nodes: list[dict], scheme: str, cfg: AutoQuantConfig, fallback: frozen
         op = n["op"]
         if s == "int8-static":
             if op in static_ops and op != "LSTM":
-                plan[n["node"]] = "int8-static"
+                plan[n["node"]] = static_scheme(n, transformer, cfg.transformer_matmuls)
             elif op in ("LSTM", "Gather", "Attention"):  # no QDQ LSTM or Attention in ORT; int8 embedding tables
                 plan[n["node"]] = "int8-dynamic"
         elif s == "int8-dynamic" and op in dynamic_ops:

@@ -25,8 +25,8 @@ from pydantic import Field
 from mmedge.compress.onnx_check import Tolerance, gated_result
 from mmedge.compress.quantize.graph import copy_metadata, op_histogram
 from mmedge.results import OptimizeMetrics
+from mmedge.runtime.options import session_options
 from mmedge.runtime.providers import STANDARD_DOMAINS, eps_running
-from mmedge.runtime.session import session_options
 from mmedge.steps.registry import StepConfig, StepContext, StepResult, register_step
 
 

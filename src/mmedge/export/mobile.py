@@ -253,7 +253,7 @@ def ort_session(path: Path):
     """An InferenceSession on a .ort file the way a device loads it (saved runtime optimizations replayed)."""
     import onnxruntime as ort
 
-    from mmedge.runtime.session import session_options
+    from mmedge.runtime.options import session_options
 
     opts = session_options(1, config=SESSION_CONFIG)
     try:
@@ -412,7 +412,8 @@ def build_mobile(
     import onnx
     import onnxruntime as ort
 
-    from mmedge.runtime.session import metadata_json, open_session, run, session_options
+    from mmedge.runtime.options import session_options
+    from mmedge.runtime.session import metadata_json, open_session, run
 
     cfg = cfg or MobileConfig()
     sess = open_session(model_path, "cpu")

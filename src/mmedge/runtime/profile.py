@@ -18,8 +18,8 @@ def branch_latency(
     import onnxruntime as ort
 
     from mmedge.runtime.branches import node_branches
+    from mmedge.runtime.options import session_options
     from mmedge.runtime.providers import require
-    from mmedge.runtime.session import session_options
 
     provider = require(ep)
     with tempfile.TemporaryDirectory(prefix="mmedge-profile-") as tmp:

@@ -181,13 +181,14 @@ def probe(name: str) -> tuple[bool, str]:
     ep = resolve(name)
     if ep.name == "cpu":
         return True, ""
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    from mmedge.runtime.options import session_options
+
+    opts = session_options()
     options = {k: v for k, v in ep.options.items() if k not in _PROBE_SKIPS}
     with _captured_output() as log, warnings.catch_warnings(record=True) as warned:
         warnings.simplefilter("always")
         try:
-            sess = ort.InferenceSession(_relu_model(), opts, providers=[(ep.ort_name, options)])
+            sess = ort.InferenceSession(relu_model(), opts, providers=[(ep.ort_name, options)])
             started = ep.ort_name in sess.get_providers()
             error = ""
         except Exception as exc:  # ORT raises several private exception types
@@ -199,7 +200,7 @@ def probe(name: str) -> tuple[bool, str]:
     return False, why or "onnxruntime could not create it and fell back to the CPU EP (no usable device or drivers)"
 
 
-def _relu_model() -> bytes:
+def relu_model() -> bytes:
     """y = relu(x), x float32 of shape [1], at IR 8 / opset 13 so that every onnxruntime mmedge supports loads it."""
     from onnx import TensorProto, helper
 

@@ -1,9 +1,10 @@
-"""ONNX Runtime sessions with explicit providers and checked inputs, and the ONNX file helpers every side shares:
-session options, a model's metadata as a dict, and writing a model file atomically (no torch)."""
+"""ONNX Runtime sessions with explicit providers and checked inputs (made with ``options``), and the ONNX file
+helpers every side shares: a model's metadata as a dict, and writing a model file atomically (no torch)."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import tempfile
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from mmedge.errors import EpCannotRunError, InputMismatchError, InputPathError, MmedgeError, NotOnnxError, brief
+from mmedge.runtime.options import session_options
 from mmedge.runtime.providers import require
 
 _ORT_DTYPES = {
@@ -36,45 +38,15 @@ def check_onnx_path(path: str | Path) -> Path:
     return path
 
 
-# ORT's graph optimization levels by the names recipes use.
-OPTIMIZATION_LEVELS = {
-    "disabled": "ORT_DISABLE_ALL",
-    "basic": "ORT_ENABLE_BASIC",
-    "extended": "ORT_ENABLE_EXTENDED",
-    "all": "ORT_ENABLE_ALL",
-}
-
-
-def session_options(
-    threads: int = 0,
-    *,
-    level: str | None = None,
-    optimized_path: str | Path | None = None,
-    profile_prefix: str | None = None,
-    config: dict[str, str] | None = None,
-):
-    """``onnxruntime.SessionOptions`` as mmedge makes every session: ORT's own warnings off (they would interleave
-    with mmedge's one-sentence errors); ``threads`` intra-op threads and one inter-op thread (0: ORT's defaults),
-    since batch-1 edge timing is most stable that way; ``level`` one of OPTIMIZATION_LEVELS (None: ORT's default,
-    all); ``optimized_path`` to write the graph as optimized; ``profile_prefix`` to profile; ``config`` session
-    config entries."""
+@functools.cache
+def apply_process_defaults() -> None:
+    """Open one tiny CPU session with DEFAULT_SESSION_CONFIG, so that what onnxruntime applies once per process
+    (denormals as zero on the calling thread) is mmedge's setting, whichever library opens the next session."""
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-    if level is not None:
-        opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPTIMIZATION_LEVELS[level])
-    if optimized_path is not None:
-        opts.optimized_model_filepath = str(optimized_path)
-    if profile_prefix:
-        opts.enable_profiling = True
-        opts.profile_file_prefix = profile_prefix
-    for key, value in (config or {}).items():
-        opts.add_session_config_entry(key, value)
-    return opts
+    from mmedge.runtime.providers import relu_model
+
+    ort.InferenceSession(relu_model(), session_options(), providers=["CPUExecutionProvider"])
 
 
 def open_session(

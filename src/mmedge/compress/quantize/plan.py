@@ -29,6 +29,28 @@ STATIC_OP_TYPES = ("Conv", "MatMul", "Gemm", "Gather", "Relu", "MaxPool", "Avera
 DYNAMIC_EXTRA_OPTIONS = {"MatMulConstBOnly": True, "DefaultTensorType": 1}  # onnx.TensorProto.FLOAT
 
 
+TRANSFORMER_MATMULS_HELP = (
+    "How a static plan quantizes the MatMuls of a branch that holds a fused Attention kernel (what `optimize` writes "
+    "for a transformer). 'dynamic': int8 with activation ranges measured per call; the kernels around them "
+    "(LayerNormalization, Attention, BiasGelu) run in float, so a static QDQ MatMul quantizes its input and "
+    "dequantizes its output on every call, which DynamicQuantizeMatMul does in one kernel. 'static': QDQ like the "
+    "other op types."
+)
+
+
+def static_scheme(node: dict, transformer: set[str], transformer_matmuls: str) -> str:
+    """The scheme a static plan gives ``node`` (an entry of ``quantizable_nodes``) of an op type it quantizes
+    statically: int8-dynamic for a MatMul of a ``transformer`` branch when ``transformer_matmuls`` says so."""
+    if node["op"] == "MatMul" and node["branch"] in transformer and transformer_matmuls == "dynamic":
+        return "int8-dynamic"
+    return "int8-static"
+
+
+def transformer_branches(nodes: list[dict]) -> set[str]:
+    """The branches of ``nodes`` (``quantizable_nodes``) that hold a fused Attention kernel."""
+    return {n["branch"] for n in nodes if n["op"] == "Attention"}
+
+
 def check_op_types(value: tuple[str, ...], known: tuple[str, ...]) -> tuple[str, ...]:
     """``value`` if every op type is one of ``known`` (and there is one); a config validator's ValueError otherwise."""
     for op in value:

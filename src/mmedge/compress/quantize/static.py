@@ -22,9 +22,12 @@ from mmedge.compress.quantize.graph import copy_metadata, prepare
 from mmedge.compress.quantize.plan import (
     DYNAMIC_OP_TYPES,
     STATIC_OP_TYPES,
+    TRANSFORMER_MATMULS_HELP,
     check_op_types,
     quantizable_nodes,
     quantize_plan,
+    static_scheme,
+    transformer_branches,
 )
 from mmedge.errors import MmedgeError
 from mmedge.results import StaticQuantMetrics
@@ -44,6 +47,7 @@ class StaticQuantConfig(StepConfig):
         "fused Attention (what `optimize` writes for a transformer), so without this they stay float; Gather stores "
         "the embedding table in int8.",
     )
+    transformer_matmuls: Literal["dynamic", "static"] = Field("dynamic", description=TRANSFORMER_MATMULS_HELP)
     per_channel: bool = Field(True, description="One scale per output channel of each weight (more faithful).")
     activation_type: Literal["uint8", "int8"] = Field(
         "uint8", description="uint8 activations with int8 weights (u8s8) is the fast path on x86."
@@ -65,14 +69,15 @@ class StaticQuantConfig(StepConfig):
         return check_op_types(v, DYNAMIC_OP_TYPES) if v else v
 
 
-def static_plan(nodes: list[dict], op_types, dynamic_op_types) -> dict[str, str]:
-    """{node: scheme} for ``quantize_plan``: nodes of ``op_types`` static (LSTM never: QDQ has none), nodes of
-    ``dynamic_op_types`` dynamic, the rest float."""
+def static_plan(nodes: list[dict], op_types, dynamic_op_types, transformer_matmuls: str = "dynamic") -> dict[str, str]:
+    """{node: scheme} for ``quantize_plan``: nodes of ``op_types`` static (LSTM never: QDQ has none; a fused
+    transformer's MatMuls as ``transformer_matmuls`` says), nodes of ``dynamic_op_types`` dynamic, the rest float."""
     ops = set(op_types) | ({"MatMul"} if "Gemm" in op_types else set())  # Gemm was rewritten as MatMul
+    transformer = transformer_branches(nodes)
     plan = {}
     for n in nodes:
         if n["op"] in ops and n["op"] != "LSTM":
-            plan[n["node"]] = "int8-static"
+            plan[n["node"]] = static_scheme(n, transformer, transformer_matmuls)
         elif n["op"] in dynamic_op_types:
             plan[n["node"]] = "int8-dynamic"
     return plan
@@ -85,8 +90,14 @@ def quantize_static_model(src: Path, out: Path, cfg: StaticQuantConfig, data_cfg
     cache = out.with_name("calibration.json")
     try:
         nodes = quantizable_nodes(prepared)
-        plan = static_plan(nodes, cfg.op_types, cfg.dynamic_op_types)
+        plan = static_plan(nodes, cfg.op_types, cfg.dynamic_op_types, cfg.transformer_matmuls)
         if not any(s == "int8-static" for s in plan.values()):
+            if static_plan(nodes, cfg.op_types, (), "static"):
+                raise MmedgeError(
+                    "every node quantize.static would quantize statically is a MatMul of a fused transformer, which "
+                    "it quantizes dynamically (transformer_matmuls: dynamic); use quantize.dynamic for this model, "
+                    "or set transformer_matmuls: static."
+                )
             raise MmedgeError(
                 f"the model has no {'/'.join(cfg.op_types)} node with a constant weight to quantize statically; "
                 "choose other op_types."
