@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from mmedge.provenance import collect
@@ -33,3 +34,24 @@ def write_results(name: str, data: dict, markdown: str) -> None:
     (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=1, default=str) + "\n")
     (RESULTS / f"{name}.md").write_text(markdown)
     print(markdown)
+
+
+def run_models(folder: Path) -> dict[str, Path]:
+    """{"export": the fp32 ONNX of the run's first model, "quantize": the shipped model} of a `mmedge run` folder,
+    from its results.json (the steps of its last run, with the artifact each wrote; paths relative to the folder the
+    run was started in)."""
+    results = folder / "results.json"
+    if not results.is_file():
+        sys.exit(f"{folder} has no results.json; pass the folder a `mmedge run` wrote, e.g. .mmedge/runs/digits-vqa.")
+    found = {}
+    for step in json.loads(results.read_text())["steps"]:
+        path = Path((step.get("artifact") or {}).get("path") or "")
+        kind = step["type"].split(".")[0]
+        if kind in ("export", "quantize") and path.suffix == ".onnx":
+            # relative paths start at the folder the run was started in: the one that holds .mmedge
+            base = next((p.parent for p in folder.resolve().parents if p.name == ".mmedge"), Path.cwd())
+            found[kind] = path if path.is_absolute() else base / path
+            reference = found[kind].parent / "reference.onnx"  # the first model, when the chain changed it
+            if kind == "export" and reference.is_file():
+                found[kind] = reference
+    return found

@@ -374,7 +374,9 @@ def markdown(data: dict, rows: list[dict], paraphrase: bool) -> str:
         f"{data['calibration']['rows']} rows ({data['calibration']['source']}). Accuracy: mmedge's ONNX evaluation "
         f"on the test split ({data['samples']['test']:,} questions)"
         + (f" and the paraphrase split ({data['samples']['paraphrase']:,})" if paraphrase else "")
-        + ". Latency: CPU execution provider, 1 thread, all models in the same alternating rounds "
+        + ". Latency: CPU execution provider, 1 thread, every model's session with the same config ("
+        + ", ".join(f"`{k}={v}`" for k, v in data["session_config"].items())
+        + ", mmedge's default), all models in the same alternating rounds "
         f"({data['rounds']} rounds; {calls['1']} calls per round at batch 1, {calls['32']} at batch 32); p50 over all "
         "calls, and the ratio to the teacher taken round by round: median (p10–p90).",
         "",
@@ -455,33 +457,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=3600, help="seconds allowed for one install or one quantization")
     args = p.parse_args(argv)
     if args.run is not None:
-        run = run_models(args.run)
+        run = _common.run_models(args.run)
         args.teacher = args.teacher or run.get("export")
         args.shipped = args.shipped or run.get("quantize")
     if args.teacher is None:
         p.error("pass --teacher (the fp32 .onnx) or --run (a `mmedge run` folder with an export step)")
     return args
-
-
-def run_models(folder: Path) -> dict[str, Path]:
-    """{"export": the fp32 ONNX of the run's first model, "quantize": the shipped model} of a `mmedge run` folder,
-    from its results.json (the steps of its last run, with the artifact each wrote; paths relative to the folder the
-    run was started in)."""
-    results = folder / "results.json"
-    if not results.is_file():
-        sys.exit(f"{folder} has no results.json; pass the folder a `mmedge run` wrote, e.g. .mmedge/runs/digits-vqa.")
-    found = {}
-    for step in json.loads(results.read_text())["steps"]:
-        path = Path((step.get("artifact") or {}).get("path") or "")
-        kind = step["type"].split(".")[0]
-        if kind in ("export", "quantize") and path.suffix == ".onnx":
-            # relative paths start at the folder the run was started in: the one that holds .mmedge
-            base = next((p.parent for p in folder.resolve().parents if p.name == ".mmedge"), Path.cwd())
-            found[kind] = path if path.is_absolute() else base / path
-            reference = found[kind].parent / "reference.onnx"  # the first model, when the chain changed it
-            if kind == "export" and reference.is_file():
-                found[kind] = reference
-    return found
 
 
 def main(argv=None) -> None:
@@ -490,9 +471,11 @@ def main(argv=None) -> None:
     from mmedge.provenance import collect
     from mmedge.runtime.bench import compare_latency, machine_info
     from mmedge.runtime.evaluate import ModelInputs, feeds_for
-    from mmedge.runtime.session import open_session
+    from mmedge.runtime.options import DEFAULT_SESSION_CONFIG
+    from mmedge.runtime.session import apply_process_defaults, open_session
 
     args = parse_args(argv)
+    apply_process_defaults()  # every model is timed with mmedge's session config, whoever opens the first session
     if not args.teacher.is_file():
         sys.exit(f"teacher model {args.teacher} does not exist; pass the fp32 .onnx a `mmedge run` exported.")
     if args.shipped is not None and not args.shipped.is_file():
@@ -597,6 +580,7 @@ def main(argv=None) -> None:
         },
         "rounds": args.rounds,
         "calls_per_round": {b: c.calls_per_round for b, c in comparisons.items()},
+        "session_config": DEFAULT_SESSION_CONFIG,
         "best_peer": best,
         "own_vs_plain": own,
         "tools": tools,

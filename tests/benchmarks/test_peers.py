@@ -167,6 +167,7 @@ def test_markdown_table_has_the_header_and_a_row_per_model():
         "samples": {"test": 9673, "paraphrase": 9673},
         "rounds": 20,
         "calls_per_round": {"1": 350, "32": 5},
+        "session_config": {"session.set_denormal_as_zero": "1"},
         "limit": None,
         "best_peer": "b static",
         "own_vs_plain": [],
@@ -182,6 +183,7 @@ def test_markdown_table_has_the_header_and_a_row_per_model():
     assert "| " + " | ".join(peers.HEADER) + " |" in md
     assert len(re.findall(r"^\| (teacher|b) \|", md, re.M)) == 2
     assert "NNCF (nncf 3.4.0)" in md and "9,673" in md and "350 calls per round at batch 1" in md
+    assert "`session.set_denormal_as_zero=1`" in md  # the session config every model was timed with
 
 
 class _Rounds:
