@@ -130,6 +130,8 @@ def test_mmedges_own_minilm_attention_is_fused_and_quantized_dynamically(tmp_pat
     from mmedge.compress.optimize import bert_attention_form
     from mmedge.compress.quantize.calibration import CalibrationConfig
     from mmedge.compress.quantize.dynamic import DynamicQuantConfig, quantize_dynamic_model
+    from mmedge.compress.quantize.graph import prepare
+    from mmedge.compress.quantize.plan import quantizable_nodes
     from mmedge.compress.quantize.static import StaticQuantConfig, quantize_static_model
     from mmedge.errors import MmedgeError
     from mmedge.models.minilm import MiniLM
@@ -171,12 +173,17 @@ def test_mmedges_own_minilm_attention_is_fused_and_quantized_dynamically(tmp_pat
     mask = feeds["attention_mask"].astype(bool)
     cos = (got * ref).sum(-1) / (np.linalg.norm(got, axis=-1) * np.linalg.norm(ref, axis=-1))
     assert cos[mask].mean() > 0.99, cos[mask].mean()
-    # quantize.static quantizes a fused transformer's MatMuls dynamically; with nothing else, it says what to use
+    # every MatMul with a weight sits in a branch that computes attention, fused or not (Softmax of queries x keys)
+    for model in (src, fused):
+        nodes = quantizable_nodes(prepare(model, tmp_path / "prepared.onnx"))
+        assert {n["op"] for n in nodes} >= {"MatMul"} and all(n["attention"] for n in nodes), nodes
+    # quantize.static quantizes a transformer's MatMuls dynamically; with nothing else, it says what to use
     np.savez(tmp_path / "calibration.npz", **feeds)
     calib = CalibrationConfig(data=tmp_path / "calibration.npz")
-    with pytest.raises(MmedgeError, match="use quantize.dynamic for this model, or set transformer_matmuls: static"):
-        quantize_static_model(fused, tmp_path / "s.onnx", StaticQuantConfig(calibration=calib))
-    assert not (tmp_path / "s.onnx").exists()
+    for model in (src, fused):
+        with pytest.raises(MmedgeError, match="use quantize.dynamic for this model, or set transformer_matmuls: stat"):
+            quantize_static_model(model, tmp_path / "s.onnx", StaticQuantConfig(calibration=calib))
+        assert not (tmp_path / "s.onnx").exists()
     sinfo = quantize_static_model(
         fused, tmp_path / "s.onnx", StaticQuantConfig(calibration=calib, transformer_matmuls="static")
     )

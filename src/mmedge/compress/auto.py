@@ -42,7 +42,6 @@ from mmedge.compress.quantize.plan import (
     quantizable_nodes,
     quantize_plan,
     static_scheme,
-    transformer_branches,
 )
 from mmedge.compress.quantize.plan import check_op_types as _check_op_types
 from mmedge.errors import BudgetExceededError
@@ -185,7 +184,6 @@ def _plan(nodes: list[dict], scheme: str, cfg: AutoQuantConfig, fallback: frozen
     """{node: scheme} for one candidate; per-branch precision from the recipe wins over the search."""
     static_ops = set(cfg.static_op_types) | ({"MatMul"} if "Gemm" in cfg.static_op_types else set())
     dynamic_ops = set(cfg.dynamic_op_types) | ({"MatMul"} if "Gemm" in cfg.dynamic_op_types else set())
-    transformer = transformer_branches(nodes)
     plan = {}
     for n in nodes:
         forced = cfg.branch_precision.get(n["branch"], "auto")
@@ -193,7 +191,7 @@ def _plan(nodes: list[dict], scheme: str, cfg: AutoQuantConfig, fallback: frozen
         op = n["op"]
         if s == "int8-static":
             if op in static_ops and op != "LSTM":
-                plan[n["node"]] = static_scheme(n, transformer, cfg.transformer_matmuls)
+                plan[n["node"]] = static_scheme(n, cfg.transformer_matmuls)
             elif op in ("LSTM", "Gather", "Attention"):  # no QDQ LSTM or Attention in ORT; int8 embedding tables
                 plan[n["node"]] = "int8-dynamic"
         elif s == "int8-dynamic" and op in dynamic_ops:

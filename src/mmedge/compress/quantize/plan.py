@@ -30,25 +30,47 @@ DYNAMIC_EXTRA_OPTIONS = {"MatMulConstBOnly": True, "DefaultTensorType": 1}  # on
 
 
 TRANSFORMER_MATMULS_HELP = (
-    "How a static plan quantizes the MatMuls of a branch that holds a fused Attention kernel (what `optimize` writes "
-    "for a transformer). 'dynamic': int8 with activation ranges measured per call; the kernels around them "
-    "(LayerNormalization, Attention, BiasGelu) run in float, so a static QDQ MatMul quantizes its input and "
-    "dequantizes its output on every call, which DynamicQuantizeMatMul does in one kernel. 'static': QDQ like the "
-    "other op types."
+    "How a static plan quantizes the MatMuls of a branch that computes attention (a fused Attention kernel, what "
+    "`optimize` writes for a transformer, or a Softmax over queries times keys). 'dynamic': int8 with activation "
+    "ranges measured per call; the kernels around them (LayerNormalization, the attention, GELU) run in float, so a "
+    "static QDQ MatMul quantizes its input and dequantizes its output on every call, which DynamicQuantizeMatMul "
+    "does in one kernel. 'static': QDQ like the other op types."
 )
+# Fused attention kernels (com.microsoft), and the element-wise steps (scale, mask) between the product of queries
+# and keys and the Softmax of an unfused attention.
+ATTENTION_KERNELS = ("Attention", "MultiHeadAttention", "QAttention")
+_SCORE_STEPS = ("Add", "Sub", "Mul", "Div", "Where", "Cast")
 
 
-def static_scheme(node: dict, transformer: set[str], transformer_matmuls: str) -> str:
+def static_scheme(node: dict, transformer_matmuls: str) -> str:
     """The scheme a static plan gives ``node`` (an entry of ``quantizable_nodes``) of an op type it quantizes
-    statically: int8-dynamic for a MatMul of a ``transformer`` branch when ``transformer_matmuls`` says so."""
-    if node["op"] == "MatMul" and node["branch"] in transformer and transformer_matmuls == "dynamic":
+    statically: int8-dynamic for a MatMul of a branch that computes attention when ``transformer_matmuls`` says so."""
+    if node["op"] == "MatMul" and node["attention"] and transformer_matmuls == "dynamic":
         return "int8-dynamic"
     return "int8-static"
 
 
-def transformer_branches(nodes: list[dict]) -> set[str]:
-    """The branches of ``nodes`` (``quantizable_nodes``) that hold a fused Attention kernel."""
-    return {n["branch"] for n in nodes if n["op"] == "Attention"}
+def attention_branches(model, branches: dict[str, str]) -> set[str]:
+    """The branches (``branches``: {node: branch}) of ``model`` (an onnx ModelProto) that compute attention: a
+    fused kernel (ATTENTION_KERNELS), or a Softmax whose input comes, through element-wise steps (scale, mask), from a
+    MatMul of two activations (queries times keys). A classifier's Softmax over logits is not attention."""
+    graph = model.graph
+    consts = {i.name for i in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    producer = {o: n for n in graph.node for o in n.output}
+
+    def scores(tensor: str, hops: int = 4) -> bool:  # the tensor is a product of two activations, a few steps back
+        node = producer.get(tensor)
+        if node is None or hops == 0:
+            return False
+        if node.op_type in ("MatMul", "FusedMatMul"):
+            return not any(i in consts for i in node.input[:2])
+        return node.op_type in _SCORE_STEPS and any(scores(i, hops - 1) for i in node.input if i not in consts)
+
+    return {
+        branches.get(n.name, "other")
+        for n in graph.node
+        if n.op_type in ATTENTION_KERNELS or (n.op_type == "Softmax" and scores(n.input[0]))
+    }
 
 
 def check_op_types(value: tuple[str, ...], known: tuple[str, ...]) -> tuple[str, ...]:
@@ -62,8 +84,9 @@ def check_op_types(value: tuple[str, ...], known: tuple[str, ...]) -> tuple[str,
 
 
 def quantizable_nodes(prepared: Path) -> list[dict]:
-    """Nodes a plan can quantize: name, op type, branch. MatMul/Conv/Gemm with a constant weight, LSTM, and
-    Gather on a constant table (embeddings)."""
+    """Nodes a plan can quantize: name, op type, branch, and whether that branch computes attention
+    (``attention_branches``). MatMul/Conv/Gemm with a constant weight, LSTM, and Gather on a constant table
+    (embeddings)."""
     import onnx
 
     from mmedge.runtime.branches import node_branches
@@ -71,6 +94,7 @@ def quantizable_nodes(prepared: Path) -> list[dict]:
     model = onnx.load(str(prepared))
     consts = {i.name for i in model.graph.initializer}
     branches = node_branches(model)
+    attention = attention_branches(model, branches)
     keep_float = set(similarity_head(model))
     out = []
     for node in model.graph.node:
@@ -81,7 +105,8 @@ def quantizable_nodes(prepared: Path) -> list[dict]:
         table = op == "Gather" and node.input[0] in consts
         if not (weighted or table or op == "LSTM"):
             continue
-        out.append({"node": node.name, "op": op, "branch": branches.get(node.name, "other")})
+        branch = branches.get(node.name, "other")
+        out.append({"node": node.name, "op": op, "branch": branch, "attention": branch in attention})
     return out
 
 

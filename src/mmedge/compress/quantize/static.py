@@ -27,7 +27,6 @@ from mmedge.compress.quantize.plan import (
     quantizable_nodes,
     quantize_plan,
     static_scheme,
-    transformer_branches,
 )
 from mmedge.errors import MmedgeError
 from mmedge.results import StaticQuantMetrics
@@ -70,14 +69,14 @@ class StaticQuantConfig(StepConfig):
 
 
 def static_plan(nodes: list[dict], op_types, dynamic_op_types, transformer_matmuls: str = "dynamic") -> dict[str, str]:
-    """{node: scheme} for ``quantize_plan``: nodes of ``op_types`` static (LSTM never: QDQ has none; a fused
-    transformer's MatMuls as ``transformer_matmuls`` says), nodes of ``dynamic_op_types`` dynamic, the rest float."""
+    """{node: scheme} for ``quantize_plan``: nodes of ``op_types`` static (LSTM never: QDQ has none; the MatMuls of
+    a branch that computes attention as ``transformer_matmuls`` says), nodes of ``dynamic_op_types`` dynamic, the rest
+    float."""
     ops = set(op_types) | ({"MatMul"} if "Gemm" in op_types else set())  # Gemm was rewritten as MatMul
-    transformer = transformer_branches(nodes)
     plan = {}
     for n in nodes:
         if n["op"] in ops and n["op"] != "LSTM":
-            plan[n["node"]] = static_scheme(n, transformer, transformer_matmuls)
+            plan[n["node"]] = static_scheme(n, transformer_matmuls)
         elif n["op"] in dynamic_op_types:
             plan[n["node"]] = "int8-dynamic"
     return plan
@@ -94,8 +93,8 @@ def quantize_static_model(src: Path, out: Path, cfg: StaticQuantConfig, data_cfg
         if not any(s == "int8-static" for s in plan.values()):
             if static_plan(nodes, cfg.op_types, (), "static"):
                 raise MmedgeError(
-                    "every node quantize.static would quantize statically is a MatMul of a fused transformer, which "
-                    "it quantizes dynamically (transformer_matmuls: dynamic); use quantize.dynamic for this model, "
+                    "every node quantize.static would quantize statically is a MatMul of a transformer, which it "
+                    "quantizes dynamically (transformer_matmuls: dynamic); use quantize.dynamic for this model, "
                     "or set transformer_matmuls: static."
                 )
             raise MmedgeError(
