@@ -6,6 +6,7 @@ from mmedge.compress.quantize.graph import prepare
 from mmedge.compress.quantize.plan import quantizable_nodes
 from mmedge.errors import BudgetExceededError, RecipeError
 from mmedge.recipe import parse_recipe
+from mmedge.results import Sensitivity
 from mmedge.runtime.evaluate import evaluate_model
 
 FAST = {"rounds": 3, "calibration": {"samples": 32}}
@@ -36,6 +37,7 @@ def test_step_quantize_auto_keeps_a_candidate_within_budget_and_reports_sensitiv
     assert lo <= mid <= hi and r["choice"]["objective"] == "size"
     fastest = next(c for c in r["candidates"] if c["name"] == r["choice"]["fastest"])
     assert fastest["latency_ratio"] == [1.0, 1.0, 1.0]
+    Sensitivity.model_validate(r["sensitivity"])  # the step records it in its metrics: it must fit their schema
 
 
 def test_quantize_auto_decides_before_it_scores_the_test_split(tmp_path, tiny_onnx, data_cfg, monkeypatch):

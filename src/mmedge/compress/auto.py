@@ -402,7 +402,9 @@ def _sensitivity(nodes: list[dict], cfg: AutoQuantConfig, ev: _Evaluator, build,
             if n["node"] not in full:
                 continue
             p = build({n["node"]: full[n["node"]]})
-            out["nodes"].append({**n, "scheme": scheme, "drop_points": round((input_val - ev.accuracy(p)) * 100, 4)})
+            drop = round((input_val - ev.accuracy(p)) * 100, 4)
+            where = {k: n[k] for k in ("node", "op", "branch")}
+            out["nodes"].append({**where, "scheme": scheme, "drop_points": drop})
         for branch in sorted({n["branch"] for n in nodes}):
             part = {k: v for k, v in full.items() if next(x for x in nodes if x["node"] == k)["branch"] == branch}
             if part:
