@@ -23,7 +23,7 @@ from typing import Literal
 from pydantic import Field
 
 from mmedge.compress.onnx_check import Tolerance, gated_result
-from mmedge.compress.quantize.graph import copy_metadata, op_histogram
+from mmedge.compress.quantize.graph import copy_metadata, op_histogram, residual_sums
 from mmedge.results import OptimizeMetrics
 from mmedge.runtime.options import session_options
 from mmedge.runtime.providers import STANDARD_DOMAINS, eps_running
@@ -108,32 +108,6 @@ def attention_heads(model) -> tuple[int, int]:
         if not rem and shape[-2] in (-1, heads):
             votes[heads] += 1
     return (votes.most_common(1)[0][0] if votes else 0), hidden
-
-
-def residual_sums(model) -> int:
-    """Rewrite, in place, each ``Add`` of two computed tensors whose only reader is a LayerNormalization as ``Sum``
-    (the same sum, which ORT's load-time SkipLayerNormalization fusion does not match). Returns how many."""
-    graph = model.graph
-    consts = {i.name for i in graph.initializer} | {n.output[0] for n in graph.node if n.op_type == "Constant"}
-    outputs = {o.name for o in graph.output}
-    readers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
-    count = 0
-    for node in graph.node:
-        if node.op_type != "Add" or node.domain not in ("", "ai.onnx") or node.output[0] in outputs:
-            continue
-        reads = readers.get(node.output[0], [])
-        if (
-            len(reads) == 1
-            and reads[0].op_type == "LayerNormalization"
-            and reads[0].input[0] == node.output[0]
-            and not any(i in consts for i in node.input)
-        ):
-            node.op_type = "Sum"
-            count += 1
-    return count
 
 
 def bert_attention_form(model) -> int:

@@ -25,6 +25,7 @@ from mmedge.compress.quantize.graph import (
     gemm_to_matmul,
     op_histogram,
     pre_processed,
+    residual_sums,
     similarity_head,
 )
 from mmedge.compress.quantize.plan import DYNAMIC_EXTRA_OPTIONS, DYNAMIC_OP_TYPES, check_op_types
@@ -127,6 +128,7 @@ def quantize_dynamic_model(src: Path, out: Path, cfg: DynamicQuantConfig, data_c
 
     model, pre_process = pre_processed(src, out.with_name(out.stem + ".pre.onnx"))
     rewritten = gemm_to_matmul(model) if "Gemm" in cfg.op_types else 0
+    residual_sums(model)  # as prepare() does for the other quantizers
     prepared = out.with_name(out.stem + ".prepared.onnx")
     onnx.save_model(model, str(prepared))
     smoothing, kept_float = None, []

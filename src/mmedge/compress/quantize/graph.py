@@ -160,11 +160,39 @@ def upgraded(model, note: str):
     return converted, f"{note}; opset {opset} converted to {QDQ_OPSET}"
 
 
+def residual_sums(model) -> int:
+    """Rewrite, in place, each ``Add`` of two computed tensors whose only reader is a LayerNormalization as ``Sum``
+    (the same sum, which ORT's load-time SkipLayerNormalization fusion does not match). Returns how many."""
+    graph = model.graph
+    consts = {i.name for i in graph.initializer} | {n.output[0] for n in graph.node if n.op_type == "Constant"}
+    outputs = {o.name for o in graph.output}
+    readers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    count = 0
+    for node in graph.node:
+        if node.op_type != "Add" or node.domain not in ("", "ai.onnx") or node.output[0] in outputs:
+            continue
+        reads = readers.get(node.output[0], [])
+        if (
+            len(reads) == 1
+            and reads[0].op_type == "LayerNormalization"
+            and reads[0].input[0] == node.output[0]
+            and not any(i in consts for i in node.input)
+        ):
+            node.op_type = "Sum"
+            count += 1
+    return count
+
+
 def prepare(src: Path, out: Path) -> Path:
-    """The model every plan starts from: ORT pre-processing, Gemm as MatMul + Add, mmedge metadata kept (plus
-    ``mmedge.pre_process``: whether pre-processing applied)."""
+    """The model every plan starts from: ORT pre-processing, Gemm as MatMul + Add, a transformer's residual adds
+    as Sum (``residual_sums``: the quantized model stays clear of ORT's slow SkipLayerNormalization fusion, as
+    ``optimize`` keeps it), mmedge metadata kept (plus ``mmedge.pre_process``: whether pre-processing applied)."""
     model, pre_process = pre_processed(src, out.with_name(out.stem + ".pre.onnx"))
     gemm_to_matmul(model)
+    residual_sums(model)
     set_metadata(model, {**model_metadata(src), "mmedge.pre_process": pre_process})
     save_onnx(model, out)
     return out
