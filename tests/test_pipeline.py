@@ -174,12 +174,25 @@ def test_a_step_that_reruns_invalidates_the_steps_after_it(first_run, tmp_path):
     assert [r.cached for r in again] == [True, True, True, False, False, False]
 
 
-def test_an_output_changed_by_hand_is_not_taken_from_the_cache(first_run, tmp_path):
+def test_an_output_changed_by_hand_is_not_taken_from_the_cache(first_run, tmp_path, capsys):
     recipe, _ = own_copy(first_run, tmp_path)
     (tmp_path / "bundle" / "report.md").write_text("edited")
+    capsys.readouterr()
     again = run_recipe(recipe, progress="off")
     assert [r.cached for r in again] == [True, True, True, True, True, False]
     assert load_bundle(tmp_path / "bundle")
+    assert "the output of the cached bundle step" in capsys.readouterr().err  # said, not silent
+
+
+def test_a_truncated_step_record_is_said_and_the_step_runs_again(first_run, tmp_path, capsys):
+    recipe, records = own_copy(first_run, tmp_path)
+    marker = records[2].folder / "result.json"  # validate, in this test's copy
+    marker.write_bytes(marker.read_bytes()[:100])  # as a full disk or a crash of another tool might leave it
+    capsys.readouterr()
+    again = run_recipe(recipe, progress="off")
+    assert [r.cached for r in again][:3] == [True, True, False]
+    assert f"the cached validate step's record {marker} is unreadable" in capsys.readouterr().err
+    assert json.loads(marker.read_text())["metrics"]["test"]  # rewritten whole
 
 
 def test_a_cached_step_whose_figures_do_not_fit_the_schema_runs_again(first_run, tmp_path, capsys):

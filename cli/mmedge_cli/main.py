@@ -563,6 +563,13 @@ def run(
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved recipe and stop.")] = False,
     force: Annotated[bool, typer.Option(help="Re-run every step, ignoring the cache.")] = False,
+    no_wait: Annotated[
+        bool,
+        typer.Option(
+            "--no-wait",
+            help="When another run of the same recipe uses the working folder, stop at once instead of waiting.",
+        ),
+    ] = False,
     fmt: Annotated[Fmt, typer.Option("--format", help="Format of the --dry-run output.")] = Fmt.yaml,
     allow_over_budget: Annotated[
         bool,
@@ -665,6 +672,7 @@ def run(
         progress="bar" if sys.stderr.isatty() else "lines",
         on_step=show,
         allow_over_budget=allow_over_budget,
+        wait=not no_wait,
     )
     for line in summary_lines(records, r):
         out.print(line, markup=False, highlight=False)

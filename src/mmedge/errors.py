@@ -73,6 +73,10 @@ class ExportValidationError(MmedgeError):
         )
 
 
+class RunLockedError(MmedgeError):
+    """Another mmedge run holds the run folder (``mmedge run --no-wait``)."""
+
+
 def closest(name: str, choices: list[str]) -> str:
     """A ' (did you mean X?)' suffix for the closest known name, or ''."""
     import difflib

@@ -2,6 +2,7 @@
 
     <workdir>/<recipe name>/<NN>-<type>-<key>/   one folder per step; result.json marks it finished
     <workdir>/<recipe name>/results.json          every step's metrics and timing, merged
+    <workdir>/<recipe name>/.lock                 held while a run uses the folder (a second one waits)
 
 A step's key hashes the mmedge, onnxruntime, onnx and torch versions, the model and data sections, the previous
 step's key and output (a content hash) and the step's own config, so editing one step re-runs it and everything
@@ -11,19 +12,23 @@ interrupted run leaves no step that looks finished.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import shutil
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from mmedge import __version__
 from mmedge.artifact import Artifact
+from mmedge.errors import RunLockedError
 from mmedge.recipe import Recipe
 from mmedge.runtime.inputs import chain_inputs
 from mmedge.runtime.session import apply_process_defaults, replacing
@@ -96,27 +101,74 @@ def _relative(result: StepResult, tmp: Path) -> dict:
     return data
 
 
+def _note(message: str) -> None:
+    print(f"note: {message}", file=sys.stderr, flush=True)
+
+
 def _load_cached(folder: Path, step: StepConfig) -> StepResult | None:
+    """The finished step in ``folder``, or None when it must run (again): never finished, or its record unreadable
+    (truncated, edited, written by another mmedge), or its output gone or changed since; the last two are said."""
     marker = folder / "result.json"
     if not marker.is_file():
         return None
-    data = json.loads(marker.read_text())
-    if data["artifact"].pop("inside", False):
-        data["artifact"]["path"] = str(folder / data["artifact"]["path"])
     try:
+        data = json.loads(marker.read_text())
+        if data["artifact"].pop("inside", False):
+            data["artifact"]["path"] = str(folder / data["artifact"]["path"])
         result = StepResult.from_json(data, get_step(step.type).metrics_cls)
     except ValidationError:  # written by a different mmedge: its figures do not fit this one's schema
-        print(
-            f"note: the cached {step.type} step in {folder} does not fit this mmedge's results; running it again.",
-            file=sys.stderr,
-            flush=True,
-        )
+        _note(f"the cached {step.type} step in {folder} does not fit this mmedge's results; running it again.")
+        return None
+    except (ValueError, KeyError, TypeError, AttributeError):  # truncated or edited: not the JSON a step writes
+        _note(f"the cached {step.type} step's record {marker} is unreadable (truncated or edited); running it again.")
         return None
     path = result.artifact.path
     # Gone, or changed since the step wrote it (by hand, or by another recipe writing the same output folder).
-    if not path.exists() or data.get("fingerprint") != fingerprint(path):
+    if not path.exists():
+        _note(f"the output of the cached {step.type} step, {path}, is gone; running the step again.")
+        return None
+    if data.get("fingerprint") != fingerprint(path):
+        _note(f"the output of the cached {step.type} step, {path}, changed since the step wrote it; running it again.")
         return None
     return result
+
+
+@contextlib.contextmanager
+def run_lock(root: Path, wait: bool = True):
+    """Hold the run folder ``root`` for this process. A second run of the same recipe in the same working folder
+    waits for the first, saying whose run it waits for, or with ``wait=False`` refuses at once; runs of other
+    recipes have other folders and proceed in parallel. The lock is the operating system's (``filelock``): a run
+    that is killed releases it with its process."""
+    from filelock import FileLock, Timeout
+
+    lock, owner = FileLock(root / ".lock"), root / ".lock.owner"
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        holder = _lock_owner(owner)
+        if not wait:
+            raise RunLockedError(
+                f"{root} is in use by another mmedge run ({holder}); wait for it to finish, or run again without "
+                "--no-wait to wait for it."
+            ) from None
+        _note(f"waiting for the other mmedge run using {root} ({holder}) to finish.")
+        lock.acquire()
+    try:
+        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        owner.write_text(json.dumps({"pid": os.getpid(), "started": started}))
+        yield
+    finally:
+        owner.unlink(missing_ok=True)
+        lock.release()
+
+
+def _lock_owner(path: Path) -> str:
+    """ "pid N, started T" from the lock's owner file, as far as it can be read."""
+    try:
+        info = json.loads(path.read_text())
+        return f"pid {info['pid']}, started {info['started']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "pid unknown"
 
 
 def run_recipe(
@@ -125,9 +177,17 @@ def run_recipe(
     progress: str = "bar",
     on_step: Callable[[StepRecord], None] | None = None,
     allow_over_budget: bool = False,
+    wait: bool = True,
 ) -> list[StepRecord]:
+    """Run ``recipe``'s steps in order, each from its cache when finished before; ``wait``: when another run holds
+    the recipe's run folder, wait for it (else refuse, ``RunLockedError``)."""
     root = recipe.workdir / recipe.name
     root.mkdir(parents=True, exist_ok=True)
+    with run_lock(root, wait):
+        return _run_steps(recipe, root, force, progress, on_step, allow_over_budget)
+
+
+def _run_steps(recipe, root, force, progress, on_step, allow_over_budget) -> list[StepRecord]:
     apply_process_defaults()  # before any step lets a library open the process's first session
     records: list[StepRecord] = []
     artifact: Artifact | None = None

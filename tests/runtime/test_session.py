@@ -264,3 +264,54 @@ def test_every_process_runs_with_denormals_flushed_to_zero():
         pytest.skip("onnxruntime's exp on this CPU never yields a denormal; nothing to flush")
     assert 0.0 < plain < np.finfo(np.float32).tiny
     assert second_output("mmedge") == 0.0
+
+
+def test_a_folder_replaced_under_a_reader_is_never_missing_nor_partly_written(tmp_path):
+    """A bundle is written beside the old one and swapped in: a reader that opens the folder over and over while it
+    is replaced a hundred times always finds it, with every file of one version in it."""
+    import threading
+    import time
+
+    from mmedge.runtime.session import _exchange, replace_folder
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    if not _exchange(a, b):
+        pytest.skip("this system cannot swap two paths in one step: there the bundle is missing for an instant")
+    a.rmdir(), b.rmdir()
+    out = tmp_path / "bundle"
+    names = {"model.onnx", "manifest.json", "report.md"}
+
+    def version(i: int):
+        folder = tmp_path / f".new-{i}"
+        folder.mkdir()
+        for name in names:
+            (folder / name).write_text(str(i))
+        return folder
+
+    replace_folder(version(0), out)
+    seen, problems, done = set(), [], threading.Event()
+
+    def read():
+        while not done.is_set():
+            try:
+                listed = {p.name for p in out.iterdir()}
+                seen.add((out / "manifest.json").read_text())
+            except OSError as exc:  # the folder or its manifest missing
+                problems.append(repr(exc))
+                continue
+            if listed != names:
+                problems.append(repr(listed))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    for i in range(1, 101):
+        replace_folder(version(i), out)
+        time.sleep(0.001)  # bundles are written minutes apart; a reader has until the next replacement
+    done.set()
+    reader.join()
+    assert {p.read_text() for p in out.iterdir()} == {"100"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".bundle.old", "bundle"]  # the previous version only
+    assert {p.read_text() for p in (tmp_path / ".bundle.old").iterdir()} == {"99"}
+    assert len(seen) > 1  # the reader really read while the folder was replaced
+    assert problems == []

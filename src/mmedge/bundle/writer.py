@@ -221,7 +221,7 @@ def write_bundle(
     extra_files: dict[str, Path] | None = None,
 ) -> Path:
     """Write the bundle into a temporary sibling folder, then swap it into place."""
-    from mmedge.runtime.session import model_metadata, open_session
+    from mmedge.runtime.session import model_metadata, open_session, replace_folder
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -261,12 +261,7 @@ def write_bundle(
             p.relative_to(tmp).as_posix(): {"sha256": sha256(p), "bytes": p.stat().st_size} for p in files
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        old = out.with_name(f".{out.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        if out.exists():
-            out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

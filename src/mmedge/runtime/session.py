@@ -7,6 +7,7 @@ import contextlib
 import functools
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -145,6 +146,45 @@ def replacing(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the paths ``a`` and ``b`` in one step (Linux ``renameat2`` with ``RENAME_EXCHANGE``): a reader sees one
+    or the other, never neither. False where the system or the file system has no such call."""
+    import ctypes
+    import errno
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+def replace_folder(new: Path, out: Path) -> None:
+    """Put the finished folder ``new`` at ``out`` (same parent folder). Where the system can swap two paths in one
+    step, a reader of ``out`` finds a whole folder throughout, the old one or the new one, and the old one stays
+    beside it as ``.<name>.old`` until the next replacement, so that a reader who opened it just before the swap can
+    finish. Elsewhere the old one is moved aside first and removed: for that instant ``out`` is missing."""
+    new, out = Path(new), Path(out)
+    old = out.with_name(f".{out.name}.old")
+    if out.exists() and _exchange(new, out):
+        shutil.rmtree(old, ignore_errors=True)  # the version before the previous one
+        new.rename(old)  # ``new`` holds the previous version now
+        return
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    new.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def save_onnx(model, path: str | Path) -> Path:
