@@ -184,6 +184,15 @@ def test_an_output_changed_by_hand_is_not_taken_from_the_cache(first_run, tmp_pa
     assert "the output of the cached bundle step" in capsys.readouterr().err  # said, not silent
 
 
+def test_a_killed_runs_working_folder_is_removed_by_the_next_run(first_run, tmp_path):
+    recipe, records = own_copy(first_run, tmp_path)
+    stale = records[0].folder.parent / f".{records[3].folder.name}.k1ll3d"  # as a SIGKILL mid-step leaves it
+    stale.mkdir()
+    (stale / "model.onnx").write_bytes(b"half")
+    again = run_recipe(recipe, progress="off")
+    assert all(r.cached for r in again[:5]) and not stale.exists()
+
+
 def test_a_truncated_step_record_is_said_and_the_step_runs_again(first_run, tmp_path, capsys):
     recipe, records = own_copy(first_run, tmp_path)
     marker = records[2].folder / "result.json"  # validate, in this test's copy

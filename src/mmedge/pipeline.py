@@ -189,6 +189,9 @@ def run_recipe(
 
 def _run_steps(recipe, root, force, progress, on_step, allow_over_budget) -> list[StepRecord]:
     apply_process_defaults()  # before any step lets a library open the process's first session
+    for stale in root.glob(".[0-9][0-9]-*"):  # a step's hidden working folder, left by a run that was killed
+        if stale.is_dir():  # the lock is held: no other run is using it
+            shutil.rmtree(stale, ignore_errors=True)
     records: list[StepRecord] = []
     artifact: Artifact | None = None
     previous = ""
