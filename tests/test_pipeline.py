@@ -184,6 +184,20 @@ def test_an_output_changed_by_hand_is_not_taken_from_the_cache(first_run, tmp_pa
     assert "the output of the cached bundle step" in capsys.readouterr().err  # said, not silent
 
 
+def test_a_cache_written_by_another_onnxruntime_or_mmedge_is_not_reused(first_run, tmp_path, monkeypatch):
+    from mmedge import pipeline, provenance
+
+    recipe, _ = own_copy(first_run, tmp_path)
+    versions = provenance.package_versions()
+    monkeypatch.setattr(provenance, "package_versions", lambda: {**versions, "onnxruntime": "0.0.1"})
+    assert not any(r.cached for r in run_recipe(recipe, progress="off"))  # every step keyed anew
+    monkeypatch.undo()
+    back = run_recipe(recipe, progress="off")  # the first cache, still there for its version; the bundle folder was
+    assert [r.cached for r in back] == [True] * 5 + [False]  # rewritten by the other version's run, so it is rewritten
+    monkeypatch.setattr(pipeline, "__version__", "0.0.1")
+    assert not any(r.cached for r in run_recipe(recipe, progress="off"))
+
+
 def test_a_killed_runs_working_folder_is_removed_by_the_next_run(first_run, tmp_path):
     recipe, records = own_copy(first_run, tmp_path)
     stale = records[0].folder.parent / f".{records[3].folder.name}.k1ll3d"  # as a SIGKILL mid-step leaves it
