@@ -303,7 +303,10 @@ def load_recipe(path: str | Path | None = None, edit: Callable[[dict], dict] | N
             f"recipe file {path} does not exist; pass a YAML or TOML recipe, or one of the "
             f"built-in names: {', '.join(BUILTIN_RECIPES)}."
         )
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"recipe {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8.") from None
     try:
         data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:

@@ -73,13 +73,28 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
             f"{root} has no {MANIFEST}, so it is not an mmedge bundle; pass a folder written by `mmedge run`."
         )
     try:
-        manifest = json.loads((root / MANIFEST).read_text())
+        manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise BundleError(f"{root / MANIFEST} is not valid JSON ({exc.msg}); rebuild the bundle.") from None
-    if manifest.get("schema") != SCHEMA or manifest.get("schema_version") != SCHEMA_VERSION:
+    except UnicodeDecodeError as exc:
+        raise BundleError(f"{root / MANIFEST} is not UTF-8 text (byte {exc.start}); rebuild the bundle.") from None
+    if not isinstance(manifest, dict) or (
+        manifest.get("schema") != SCHEMA or manifest.get("schema_version") != SCHEMA_VERSION
+    ):
         raise BundleError(
             f"{root / MANIFEST} is not an mmedge bundle manifest of schema version {SCHEMA_VERSION}; "
             "rebuild the bundle with this mmedge version."
+        )
+    files, model = manifest.get("files", {}), manifest.get("model", {})
+    well_formed = (
+        isinstance(files, dict)
+        and all(isinstance(v, dict) and isinstance(v.get("sha256"), str) for v in files.values())
+        and isinstance(model, dict)
+        and isinstance(model.get("file", ""), str)
+    )
+    if not well_formed:
+        raise BundleError(
+            f"{root / MANIFEST} has malformed 'files' or 'model' entries (edited or damaged); rebuild the bundle."
         )
     bundle = Bundle(root, manifest)
     if verify and (problems := bundle.verify()):

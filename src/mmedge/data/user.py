@@ -20,6 +20,7 @@ import gzip
 import hashlib
 import io
 import json
+import math
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -59,8 +60,16 @@ class UserDataset:
         return np.asarray([index[x] for x in self.labels], dtype=np.int64)
 
 
+def _read_text(path: Path) -> str:
+    """A manifest or captions file as text (UTF-8, with or without a byte-order mark)."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not UTF-8 text (byte {exc.start}); save it as UTF-8.") from None
+
+
 def _read_rows(path: Path) -> list[dict]:
-    text = path.read_text(encoding="utf-8-sig")
+    text = _read_text(path)
     if path.suffix.lower() == ".jsonl":
         rows = []
         for n, line in enumerate(text.splitlines(), start=1):
@@ -250,9 +259,11 @@ def read_idx(path: str | Path) -> np.ndarray:
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise DataError(f"{path} is not an unsigned-byte IDX file (bad magic number); pass MNIST-format files.")
     ndim = data[3]
+    if ndim == 0 or len(data) < 4 + 4 * ndim:
+        raise DataError(f"{path} has an IDX header of {ndim} dimensions that the file does not hold; it is damaged.")
     dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
-    if body.size != int(np.prod(dims)):
+    if body.size != math.prod(dims):  # Python integers: absurd dimensions cannot overflow
         raise DataError(f"{path} holds {body.size} values but its header says {dims}; the file is truncated.")
     return body.reshape(dims)
 
@@ -312,7 +323,7 @@ def read_image_folder(
 
 
 def _read_csv_rows(path: Path, columns: tuple[str, ...]) -> list[dict]:
-    reader = csv.DictReader(path.read_text(encoding="utf-8-sig").splitlines())
+    reader = csv.DictReader(_read_text(path).splitlines())
     missing = [c for c in columns if c not in (reader.fieldnames or [])]
     if missing:
         raise DataError(f"{path} has no {', '.join(missing)} column(s); its header must name {', '.join(columns)}.")
