@@ -10,6 +10,7 @@ import json
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -158,3 +159,51 @@ def test_bundle_manifests(manifest_bytes):
         refused_cleanly(read, data, "manifest.json")
 
     check()
+
+
+def _image_kinds() -> dict[str, bytes]:
+    """One file of each kind a user may have: 16-bit, CMYK, palette, grey + alpha, EXIF-rotated, 1×1, floating-point,
+    and a PNG whose header claims 10^10 pixels (a decompression bomb)."""
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    def save(img, fmt, **kw) -> bytes:
+        out = io.BytesIO()
+        img.save(out, format=fmt, **kw)
+        return out.getvalue()
+
+    bomb = bytearray(save(Image.new("L", (8, 8)), "PNG"))
+    bomb[16:24] = struct.pack(">II", 100_000, 100_000)  # IHDR width and height
+    bomb[29:33] = struct.pack(">I", zlib.crc32(bytes(bomb[12:29])))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90° to view
+    return {
+        "16bit.png": save(Image.new("I;16", (8, 8), 40000), "PNG"),
+        "cmyk.jpg": save(Image.new("CMYK", (8, 8), (10, 20, 30, 40)), "JPEG"),
+        "palette.png": save(Image.new("P", (8, 8), 3), "PNG"),
+        "grey-alpha.png": save(Image.new("LA", (8, 8), (90, 10)), "PNG"),
+        "rotated.jpg": save(Image.new("RGB", (8, 4), (200, 0, 0)), "JPEG", exif=exif),
+        "one-pixel.png": save(Image.new("RGB", (1, 1), (5, 5, 5)), "PNG"),
+        "float.tif": save(Image.new("F", (8, 8), 0.5), "TIFF"),
+        "bomb.png": bytes(bomb),
+    }
+
+
+@pytest.mark.parametrize("name", list(_image_kinds()))
+def test_image_kinds_decode_faithfully_or_are_refused_in_a_sentence(name, tmp_path):
+    from mmedge.data.images import ImagePreprocessing, load_image
+
+    path = tmp_path / name
+    path.write_bytes(_image_kinds()[name])
+    prep = ImagePreprocessing(channels=1, height=8, width=8, mean=(0.0,), std=(1.0,))
+    if name in ("float.tif", "bomb.png"):
+        with pytest.raises(MmedgeError, match="floating-point pixels|more pixels than Pillow's safety limit"):
+            load_image(path, prep)
+        return
+    x = load_image(path, prep)
+    assert x.shape == (1, 1, 8, 8) and np.isfinite(x).all()
+    if name == "16bit.png":  # 40000 of 65535, not clipped to white
+        assert abs(float(x.mean()) - 40000 / 65535) < 0.01
+    refused_cleanly(lambda p: load_image(p, ImagePreprocessing()), _image_kinds()[name], name)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,18 +58,65 @@ class ImagePreprocessing:
         )
 
 
+def decode_failures() -> tuple[type[BaseException], ...]:
+    """What Pillow raises for a file that does not decode, an image over its decompression-bomb pixel limit included
+    (between one and two times the limit Pillow only warns: open images inside ``bombs_refused``)."""
+    from PIL import Image, UnidentifiedImageError
+
+    return (
+        UnidentifiedImageError,
+        OSError,
+        SyntaxError,
+        ValueError,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+    )
+
+
+@contextlib.contextmanager
+def bombs_refused():
+    """Pillow's decompression-bomb warning raised as an error inside the block."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        yield
+
+
+def as_8bit(img):
+    """A PIL image with 16- or 32-bit integer pixels scaled to 8 bits (Pillow's own conversion clips them at 255:
+    a 16-bit photo would turn white); other images as they are."""
+    from PIL import Image
+
+    if not (img.mode.startswith("I;16") or img.mode == "I"):
+        return img
+    pixels = np.asarray(img, dtype=np.float64)
+    top = 255.0 if img.mode == "I" and pixels.max(initial=0) <= 255 else 65535.0
+    return Image.fromarray(np.clip(np.round(pixels * (255.0 / top)), 0, 255).astype(np.uint8), "L")
+
+
 def load_image(path: str | Path, prep: ImagePreprocessing, invert: bool = False) -> np.ndarray:
     """Decode an image file into float32 (1, C, H, W) as the model expects."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     path = Path(path)
     if not path.is_file():
         raise InputPathError(f"image file {path} does not exist; pass the path of a PNG or JPEG file.")
     try:
-        with Image.open(path) as img:
+        with bombs_refused(), Image.open(path) as img:
             img.load()
-            pixels = to_model_pixels(upright(img), prep)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            if img.mode == "F":
+                raise ImageDecodeError(
+                    f"image {path} holds floating-point pixels, whose range is unknown; pass an 8- or 16-bit PNG, "
+                    "JPEG or BMP file."
+                )
+            pixels = to_model_pixels(as_8bit(upright(img)), prep)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageDecodeError(
+            f"image {path} has more pixels than Pillow's safety limit ({Image.MAX_IMAGE_PIXELS:,}; a decompression "
+            "bomb?); pass a smaller image."
+        ) from None
+    except decode_failures() as exc:
         raise ImageDecodeError(
             f"image {path} does not decode ({type(exc).__name__}); pass a valid PNG, JPEG or BMP file."
         ) from exc

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from mmedge.data.digits_vqa import SPLITS, DigitsVQA, VQASplit, split_info
-from mmedge.data.images import upright
+from mmedge.data.images import as_8bit, bombs_refused, decode_failures, upright
 from mmedge.errors import InputPathError, MmedgeError, closest
 
 COLUMNS = ("image", "text", "label")
@@ -100,14 +100,14 @@ def _read_rows(path: Path) -> list[dict]:
 def _image_key(image: Path, shown: str, seen: dict[Path, str | DataError]) -> str:
     """A digest of the image file once it is known to decode; each file is read and decoded once."""
     if image not in seen:
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image
 
         data = image.read_bytes()
         try:
-            with Image.open(io.BytesIO(data)) as im:
+            with bombs_refused(), Image.open(io.BytesIO(data)) as im:
                 im.load()
             seen[image] = hashlib.blake2b(data, digest_size=16).hexdigest()
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
+        except decode_failures() as exc:
             seen[image] = DataError(f"names the image '{shown}', which does not decode ({type(exc).__name__})")
     if isinstance(seen[image], DataError):
         raise seen[image]
@@ -334,8 +334,8 @@ def decode_rgb(path: Path) -> np.ndarray:
     """uint8 (H, W, 3) pixels of an image file (already checked to decode), turned upright as its EXIF says."""
     from PIL import Image
 
-    with Image.open(path) as im:
-        return np.asarray(upright(im).convert("RGB"), dtype=np.uint8)
+    with bombs_refused(), Image.open(path) as im:
+        return np.asarray(as_8bit(upright(im)).convert("RGB"), dtype=np.uint8)
 
 
 IDX_NAMES = {
