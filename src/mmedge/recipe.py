@@ -221,6 +221,14 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
         raise RecipeError(
             f"{source} is invalid: {_describe(exc, Recipe)}; fix it and check with `mmedge run RECIPE --dry-run`."
         ) from None
+    except MmedgeError as exc:  # a check of a section's value (an unknown model family, ...): name the recipe too
+        if source in str(exc):
+            raise
+        try:
+            named = type(exc)(f"{source}: {exc}")
+        except TypeError:  # an error type whose constructor takes more than the sentence
+            named = RecipeError(f"{source}: {exc}")
+        raise named from None
 
 
 def overrides(

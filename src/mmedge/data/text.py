@@ -117,7 +117,15 @@ class HFTokenizer:
                 "this model tokenizes with a Hugging Face tokenizer.json, which needs the tokenizers package; "
                 "run `pip install tokenizers` (or 'mmedge[hf]')."
             ) from exc
-        tok = Tokenizer.from_str(self.json_text)
+        try:
+            tok = Tokenizer.from_str(self.json_text)
+        except Exception as exc:  # the tokenizers package raises plain Exceptions for a file it cannot read
+            from mmedge.errors import MmedgeError, brief
+
+            raise MmedgeError(
+                f"the tokenizer.json does not load ({brief(exc, 120)}); restore it from the bundle or model it came "
+                "with."
+            ) from None
         tok.no_padding()
         tok.no_truncation()
         return tok
@@ -165,8 +173,17 @@ class HFTokenizer:
 
     @classmethod
     def load(cls, folder: Path) -> HFTokenizer:
-        extra = json.loads(Path(folder, "tokenizer_mmedge.json").read_text())
-        return cls(Path(folder, "tokenizer.json").read_text(), int(extra["max_length"]), int(extra["pad_id"]))
+        from mmedge.errors import MmedgeError
+
+        try:
+            extra = json.loads(Path(folder, "tokenizer_mmedge.json").read_text(encoding="utf-8"))
+            text = Path(folder, "tokenizer.json").read_text(encoding="utf-8")
+            return cls(text, int(extra["max_length"]), int(extra["pad_id"]))
+        except (UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+            raise MmedgeError(
+                f"the tokenizer.json or tokenizer_mmedge.json in {folder} is damaged ({type(exc).__name__}); restore "
+                "them from the checkpoint they came with."
+            ) from None
 
 
 Tokenizer = WordVocab | HFTokenizer
