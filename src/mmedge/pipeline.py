@@ -163,7 +163,7 @@ def run_lock(root: Path, wait: bool = True):
 
 
 def _lock_owner(path: Path) -> str:
-    """ "pid N, started T" from the lock's owner file, as far as it can be read."""
+    """Who holds the lock, as its owner file says ("pid N, started T"), or "pid unknown"."""
     try:
         info = json.loads(path.read_text())
         return f"pid {info['pid']}, started {info['started']}"
