@@ -6,6 +6,7 @@ The CLI prints ``str(error)`` and exits with ``error.exit_code``; it never shows
 from __future__ import annotations
 
 import re
+import sys
 
 
 class MmedgeError(Exception):
@@ -75,6 +76,11 @@ class ExportValidationError(MmedgeError):
 
 class RunLockedError(MmedgeError):
     """Another mmedge run holds the run folder (``mmedge run --no-wait``)."""
+
+
+def note(message: str) -> None:
+    """A one-line note to the user on stderr: something mmedge did on its own, said rather than silent."""
+    print(f"note: {message}", file=sys.stderr, flush=True)
 
 
 def closest(name: str, choices: list[str]) -> str:

@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from pydantic import ValidationError
 from mmedge import __version__
 from mmedge.artifact import Artifact
 from mmedge.errors import RunLockedError
+from mmedge.errors import note as _note
 from mmedge.recipe import Recipe
 from mmedge.runtime.inputs import chain_inputs
 from mmedge.runtime.session import apply_process_defaults, replacing
@@ -99,10 +99,6 @@ def _relative(result: StepResult, tmp: Path) -> dict:
         data["artifact"]["path"] = str(path.relative_to(tmp))
         data["artifact"]["inside"] = True
     return data
-
-
-def _note(message: str) -> None:
-    print(f"note: {message}", file=sys.stderr, flush=True)
 
 
 def _load_cached(folder: Path, step: StepConfig) -> StepResult | None:

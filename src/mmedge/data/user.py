@@ -21,7 +21,6 @@ import hashlib
 import io
 import json
 import math
-import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import numpy as np
 
 from mmedge.data.digits_vqa import SPLITS, DigitsVQA, VQASplit, split_info
 from mmedge.data.images import as_8bit, bombs_refused, decode_failures, upright
-from mmedge.errors import InputPathError, MmedgeError, closest
+from mmedge.errors import InputPathError, MmedgeError, closest, note
 
 COLUMNS = ("image", "text", "label")
 SPLIT_COLUMN = "split"  # optional: train / val / test per row, followed as written
@@ -504,7 +503,7 @@ def rare_labels(train_labels: np.ndarray, classes: tuple[str, ...]) -> str | Non
 
 
 def _note(text: str) -> None:
-    print(f"note: {text}.", file=sys.stderr, flush=True)
+    note(f"{text}.")
 
 
 def _rarest(unit_of_row: np.ndarray, labels: np.ndarray, n_units: int) -> np.ndarray:
