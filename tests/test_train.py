@@ -83,3 +83,70 @@ def test_modality_dropout_blanks_images_and_empties_texts_in_the_share_asked_for
         assert seen["rows"] > 1000
         assert seen["no_text"] / seen["rows"] == pytest.approx(0.2, abs=0.03)
         assert seen["no_image"] / seen["rows"] == pytest.approx(0.2, abs=0.03)
+
+
+class Killed(Exception):
+    """Stands for a kill between two epochs (the checkpoint of the epoch before is on disk)."""
+
+
+def stop_at(epoch: int):
+    """An on_epoch hook that interrupts training as epoch ``epoch`` (1-based) ends, before its checkpoint."""
+
+    def hook(record: dict) -> None:
+        if record["epoch"] == epoch:
+            raise Killed
+
+    return hook
+
+
+def resumed_equals_uninterrupted(build, data, vocab, cfg, folder) -> list[dict]:
+    """Train once straight through, and once interrupted as epoch 2 ends then resumed by a fresh model from the
+    epoch checkpoint in ``folder``: the final weights and the history's figures are identical, bit for bit."""
+    straight, history = train_model(build(), data, vocab, cfg)
+    with pytest.raises(Killed):
+        train_model(build(), data, vocab, cfg, on_epoch=stop_at(2), resume=folder)
+    assert (folder / "epoch.safetensors").is_file()
+    resumed, again = train_model(build(), data, vocab, cfg, resume=folder)
+    for name, value in straight.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[name]), name
+    figures = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
+    assert figures(again) == figures(history)
+    return again
+
+
+def test_a_killed_training_resumes_from_its_last_epoch_and_ends_as_an_uninterrupted_one(data_cfg, tmp_path, capsys):
+    """Augmentation, modality dropout (both from the loop's generator) and the cosine schedule all continue where
+    they were; the note says where training resumed."""
+    from mmedge.data import load_dataset
+
+    data = load_dataset(data_cfg)
+    vocab = WordVocab.build(data.train.texts)
+
+    def build():
+        torch.manual_seed(0)
+        return build_model("cnn-lstm", TINY["cnn-lstm"], len(vocab), 12)
+
+    cfg = tiny_train_config(epochs=3, modality_dropout=0.2)
+    history = resumed_equals_uninterrupted(build, data, vocab, cfg, tmp_path / "resume")
+    assert len(history) == 3
+    assert "resuming after epoch 1 of 3" in capsys.readouterr().err
+
+
+def test_a_damaged_epoch_checkpoint_is_said_and_training_starts_from_zero(data_cfg, tmp_path, capsys):
+    from mmedge.data import load_dataset
+
+    data = load_dataset(data_cfg)
+    vocab = WordVocab.build(data.train.texts)
+    folder = tmp_path / "resume"
+    folder.mkdir()
+    (folder / "epoch.safetensors").write_bytes(b"\x00" * 100)
+    torch.manual_seed(0)
+    _, history = train_model(
+        build_model("cnn-lstm", TINY["cnn-lstm"], len(vocab), 12),
+        data,
+        vocab,
+        tiny_train_config(epochs=1),
+        resume=folder,
+    )
+    assert len(history) == 1
+    assert "does not load" in capsys.readouterr().err

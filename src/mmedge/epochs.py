@@ -1,13 +1,16 @@
 """What every training loop shares at its epochs: the learning-rate schedule, and the end of an epoch (history,
 early stopping on validation, the wall-clock cap, the best epoch's weights). Used by ``mmedge.train`` (whole forward
-passes) and ``mmedge.train_cache`` (late-fusion models with cached tower prefixes)."""
+passes) and ``mmedge.train_cache`` (late-fusion models with cached tower prefixes), and the per-epoch checkpoint
+a killed run resumes from."""
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 
 def warmup_cosine(opt, steps_per_epoch: int, total: int):
@@ -80,3 +83,117 @@ class BestEpoch:
             self.model.load_state_dict(self.best_state)
         self.model.eval()
         return self.history
+
+
+class EpochCheckpoint:
+    """A training loop's whole state after its latest epoch, in ``folder/epoch.safetensors``, so that a run that
+    was killed resumes at the next epoch instead of from zero, and computes what an uninterrupted run computes:
+    the weights, the optimizer's moments, the schedule's position, the best epoch so far and both random
+    generators (the loop's and torch's global one, which dropout draws from) are restored bit for bit.
+
+    One file, written beside its old version and renamed over it, so a kill mid-write leaves the previous epoch's
+    state. The folder belongs to one step and one cache key (the pipeline names it after the step's folder and
+    removes it when the step is finished); a state that does not load (damaged, or of another model) is said on
+    stderr and training starts from zero. ``folder`` None checkpoints nothing."""
+
+    FILE = "epoch.safetensors"
+
+    def __init__(self, folder: Path | None):
+        self.path = None if folder is None else Path(folder) / self.FILE
+
+    def save(self, epoch: int, finished: bool, model, opt, sched, gen, keeper: BestEpoch, extra_params=()) -> None:
+        """The state after epoch ``epoch`` (0-based); ``finished``: the loop stops after it."""
+        if self.path is None:
+            return
+        import torch
+        from safetensors.torch import save_file
+
+        from mmedge.runtime.session import replacing
+
+        tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+        tensors.update({f"extra.{i}": p.detach() for i, p in enumerate(extra_params)})
+        if keeper.best_state is not None:
+            tensors.update({f"best.{k}": v for k, v in keeper.best_state.items()})
+        optimizer = opt.state_dict()
+        scalars: dict = {}
+        for index, state in optimizer["state"].items():
+            for name, value in state.items():
+                if torch.is_tensor(value):
+                    tensors[f"opt.{index}.{name}"] = value
+                else:
+                    scalars[f"{index}.{name}"] = value
+        tensors["rng.loop"], tensors["rng.torch"] = gen.get_state(), torch.get_rng_state()
+        meta = {
+            "epoch": epoch,
+            "finished": finished,
+            "opt_scalars": scalars,
+            "param_groups": optimizer["param_groups"],
+            "sched": sched.state_dict(),
+            "keeper": {
+                "best_acc": keeper.best_acc,
+                "best_loss": keeper.best_loss if math.isfinite(keeper.best_loss) else None,
+                "stale": keeper.stale,
+                "history": keeper.history,
+                "elapsed": time.perf_counter() - keeper.started,
+                "has_best": keeper.best_state is not None,
+            },
+        }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        shared = {k: v.detach().contiguous().clone() for k, v in tensors.items()}  # no storage shared between keys
+        with replacing(self.path) as tmp:
+            save_file(shared, tmp, metadata={"mmedge.epoch": json.dumps(meta)})
+
+    def restore(self, model, opt, sched, gen, keeper: BestEpoch, extra_params=()) -> tuple[int, bool]:
+        """Load the saved state into the loop's objects: (the first epoch still to run, whether the loop had
+        finished). (0, False) when nothing was saved, or the state does not fit (then said on stderr)."""
+        if self.path is None or not self.path.is_file():
+            return 0, False
+        try:
+            first, finished = self._load(model, opt, sched, gen, keeper, extra_params)
+        except Exception as exc:  # damaged, or of another model: training from zero is always correct
+            print(
+                f"note: the epoch checkpoint {self.path} does not load ({type(exc).__name__}); training starts from "
+                "epoch 1.",
+                file=sys.stderr,
+                flush=True,
+            )
+            return 0, False
+        print(
+            f"note: resuming after epoch {first} of {keeper.cfg.epochs} from the epoch checkpoint {self.path}.",
+            file=sys.stderr,
+            flush=True,
+        )
+        return first, finished
+
+    def _load(self, model, opt, sched, gen, keeper: BestEpoch, extra_params) -> tuple[int, bool]:
+        import torch
+        from safetensors import safe_open
+
+        with safe_open(self.path, framework="pt") as f:
+            meta = json.loads(f.metadata()["mmedge.epoch"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+        part = lambda prefix: {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}  # noqa: E731
+        model.load_state_dict(part("model."), strict=True)
+        extra = part("extra.")
+        if len(extra) != len(extra_params):
+            raise ValueError("another number of extra parameters")
+        with torch.no_grad():
+            for i, p in enumerate(extra_params):
+                p.copy_(extra[str(i)])
+        state: dict = {}
+        for key, value in part("opt.").items():
+            index, name = key.split(".", 1)
+            state.setdefault(int(index), {})[name] = value
+        for key, value in meta["opt_scalars"].items():
+            index, name = key.split(".", 1)
+            state.setdefault(int(index), {})[name] = value
+        opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        sched.load_state_dict(meta["sched"])
+        gen.set_state(tensors["rng.loop"])
+        torch.set_rng_state(tensors["rng.torch"])
+        saved = meta["keeper"]
+        keeper.best_acc, keeper.stale, keeper.history = saved["best_acc"], saved["stale"], saved["history"]
+        keeper.best_loss = math.inf if saved["best_loss"] is None else saved["best_loss"]
+        keeper.best_state = part("best.") if saved["has_best"] else None
+        keeper.started = time.perf_counter() - saved["elapsed"]
+        return meta["epoch"] + 1, meta["finished"]

@@ -3,11 +3,13 @@
     <workdir>/<recipe name>/<NN>-<type>-<key>/   one folder per step; result.json marks it finished
     <workdir>/<recipe name>/results.json          every step's metrics and timing, merged
     <workdir>/<recipe name>/.lock                 held while a run uses the folder (a second one waits)
+    <workdir>/<recipe name>/.resume/<step folder>/ a long step's per-epoch state, until the step finishes
 
 A step's key hashes the mmedge, onnxruntime, onnx and torch versions, the model and data sections, the previous
 step's key and output (a content hash) and the step's own config, so editing one step re-runs it and everything
 after it, and nothing before it. A step runs in a temporary folder that is renamed only when it succeeds: an
-interrupted run leaves no step that looks finished.
+interrupted run leaves no step that looks finished, and a killed training or distillation continues from its last
+finished epoch.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from mmedge.runtime.inputs import chain_inputs
 from mmedge.runtime.session import apply_process_defaults, replacing
 from mmedge.steps.registry import StepConfig, StepContext, StepRecord, StepResult, get_step
 
+RESUME = ".resume"  # per-epoch states of unfinished steps, one folder per step folder name
 RESULTS_SCHEMA_VERSION = 2  # 2: decisions on validation (selection_split, gate), provenance
 
 
@@ -197,12 +200,15 @@ def _run_steps(recipe, root, force, progress, on_step, allow_over_budget) -> lis
         folder = root / f"{i:02d}-{cfg.type}-{key}"
         cached = None if force else _load_cached(folder, cfg)
         started = time.perf_counter()
+        resume = root / RESUME / folder.name
         if cached is None:
             shutil.rmtree(folder, ignore_errors=True)
+            if force:
+                shutil.rmtree(resume, ignore_errors=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=root))
             tmp.chmod(0o755)
             try:
-                ctx = StepContext(recipe, artifact, tmp, records, progress, allow_over_budget)
+                ctx = StepContext(recipe, artifact, tmp, records, progress, allow_over_budget, resume)
                 with chain_inputs(*_chain_inputs(records)):
                     result = get_step(cfg.type).run(cfg, ctx)
                 seconds = time.perf_counter() - started
@@ -218,6 +224,7 @@ def _run_steps(recipe, root, force, progress, on_step, allow_over_budget) -> lis
                     )
                 )
                 tmp.rename(folder)
+                shutil.rmtree(resume, ignore_errors=True)  # finished: its epochs are not needed again
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
@@ -236,6 +243,7 @@ def _run_steps(recipe, root, force, progress, on_step, allow_over_budget) -> lis
             json.dumps(result.to_json()["metrics"], sort_keys=True, default=str).encode()
         ).hexdigest()
         previous = f"{key}:{fingerprint(result.artifact.path)}:{measured}"
+    shutil.rmtree(root / RESUME, ignore_errors=True)  # every step finished: epoch states of older keys too
     write_results(recipe, records, root / "results.json")
     from mmedge.report.render import write_report
 

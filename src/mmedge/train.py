@@ -24,7 +24,7 @@ from mmedge.data import DataConfig, load_dataset
 from mmedge.data.digits_vqa import FAMILIES, VQASplit, make_questions
 from mmedge.data.images import ImagePreprocessing
 from mmedge.data.text import Tokenizer, WordVocab
-from mmedge.epochs import BestEpoch, warmup_cosine
+from mmedge.epochs import BestEpoch, EpochCheckpoint, warmup_cosine
 from mmedge.errors import RecipeError
 from mmedge.models.checkpoint import load_checkpoint, save_checkpoint
 from mmedge.results import ModelMetrics, TrainMetrics
@@ -196,13 +196,15 @@ def train_model(
     on_epoch: Callable[[dict], None] | None = None,
     loss_fn: LossFn | None = None,
     extra_params: tuple = (),
+    resume: Path | None = None,
 ) -> tuple[object, list[dict]]:
     """Train ``model`` in place on ``data`` (DigitsVQA); returns the best-on-validation model and history.
 
     ``loss_fn(logits, batch)`` replaces the cross-entropy (distillation adds a teacher's terms);
     ``extra_params`` are trained alongside the model (e.g. a feature projection). A late-fusion model without
     augmentation trains on cached tower outputs (``train_cache``) where ``loss_fn`` is None or reads
-    ``CachedBatch`` steps (``loss_fn.cached``)."""
+    ``CachedBatch`` steps (``loss_fn.cached``). ``resume``: a folder for the per-epoch checkpoint (``EpochCheckpoint``)
+    that a killed run continues from."""
     import torch
     import torch.nn.functional as F
 
@@ -215,7 +217,7 @@ def train_model(
     ):
         from mmedge.train_cache import train_cached  # each tower's frozen part once, not once per question
 
-        return train_cached(model, data, vocab, cfg, on_epoch, loss_fn, extra_params)
+        return train_cached(model, data, vocab, cfg, on_epoch, loss_fn, extra_params, resume)
     gen = torch.Generator().manual_seed(cfg.seed)
     train = data.train
     prep = model.spec().image  # images as the model takes them (size, color)
@@ -229,7 +231,9 @@ def train_model(
 
     sched = warmup_cosine(opt, steps_per_epoch, total)
     keeper = BestEpoch(model, cfg, on_epoch)
-    for epoch in range(cfg.epochs):
+    checkpoint = EpochCheckpoint(resume)
+    first, finished = checkpoint.restore(model, opt, sched, gen, keeper, extra_params)
+    for epoch in range(first, first if finished else cfg.epochs):
         model.train()
         # Fresh questions every epoch: each image gets `questions_per_image` new ones, grouped by image so
         # that the image encoder runs once per image and its features are shared by its questions.
@@ -282,7 +286,9 @@ def train_model(
             hits += int((logits.argmax(1) == target).sum())
             seen += len(rows)
         val = score(predict_split(model, data.val, vocab), data.val)
-        if keeper.end_epoch(epoch, loss_sum / seen, hits / seen, val.accuracy):
+        stop = keeper.end_epoch(epoch, loss_sum / seen, hits / seen, val.accuracy)
+        checkpoint.save(epoch, stop or epoch + 1 == cfg.epochs, model, opt, sched, gen, keeper, extra_params)
+        if stop:
             break
     return model, keeper.finish()
 
@@ -362,12 +368,14 @@ def run_training(
     cfg: TrainConfig,
     out_dir: Path,
     progress: ProgressMode = "bar",
+    resume: Path | None = None,
 ) -> tuple[Path, dict]:
-    """Build, train, evaluate (with the modality ablation) and save a checkpoint folder."""
+    """Build, train, evaluate (with the modality ablation) and save a checkpoint folder; ``resume``: the folder of
+    the per-epoch checkpoint a killed run continues from."""
     data, vocab, model = build_for_data(family, options, data_cfg, cfg.seed)
     started = time.perf_counter()
     with _Progress(cfg.epochs, progress) as bar:
-        model, history = train_model(model, data, vocab, cfg, on_epoch=bar.update)
+        model, history = train_model(model, data, vocab, cfg, on_epoch=bar.update, resume=resume)
     seconds = time.perf_counter() - started
     metrics = {
         "family": family,
@@ -507,6 +515,7 @@ def train_step(cfg: TrainConfig, ctx: StepContext) -> StepResult:
         cfg,
         ctx.out_dir / "checkpoint",
         progress=ctx.progress,
+        resume=ctx.resume_dir,
     )
     ckpt = load_checkpoint(path)
     _save_reference_logits(ckpt, recipe.data, ctx.out_dir)

@@ -111,14 +111,16 @@ def train_cached(
     on_epoch: Callable[[dict], None] | None = None,
     loss_fn: CachedLossFn | None = None,
     extra_params: tuple = (),
+    resume=None,
 ):
     """``train.train_model`` for a late-fusion model (same schedule, early stopping and history): the frozen
     prefixes of train and val are computed once; each step runs the trained layers on a batch of questions.
 
     ``loss_fn(logits, CachedBatch)`` replaces the cross-entropy (distillation); it is also taken over validation
     (as asked, and with modality dropout also with images blanked and with questions emptied) to break ties of
-    validation accuracy between epochs. ``extra_params`` train alongside the model."""
-    from mmedge.epochs import BestEpoch, warmup_cosine
+    validation accuracy between epochs. ``extra_params`` train alongside the model; ``resume``: as in
+    ``train_model``."""
+    from mmedge.epochs import BestEpoch, EpochCheckpoint, warmup_cosine
     from mmedge.runtime.evaluate import score
 
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -133,7 +135,9 @@ def train_cached(
     val_targets = torch.from_numpy(data.val.labels)
     sched = warmup_cosine(opt, steps_per_epoch, steps_per_epoch * cfg.epochs)
     by_image = train.images.dim() > 2  # image layers train: batches of whole pictures run each one once per step
-    for epoch in range(cfg.epochs):
+    checkpoint = EpochCheckpoint(resume)
+    first, finished = checkpoint.restore(model, opt, sched, gen, keeper, extra_params)
+    for epoch in range(first, first if finished else cfg.epochs):
         model.train()
         order = _grouped_order(train.image_row, gen) if by_image else torch.randperm(n, generator=gen)
         loss_sum, hits = 0.0, 0
@@ -162,7 +166,9 @@ def train_cached(
             val_loss = (
                 None if loss_fn is None else _val_loss(model, val, val_targets, loss_fn, cfg.modality_dropout > 0)
             )
-        if keeper.end_epoch(epoch, loss_sum / n, hits / n, val_accuracy, val_loss):
+        stop = keeper.end_epoch(epoch, loss_sum / n, hits / n, val_accuracy, val_loss)
+        checkpoint.save(epoch, stop or epoch + 1 == cfg.epochs, model, opt, sched, gen, keeper, extra_params)
+        if stop:
             break
     return model, keeper.finish()
 

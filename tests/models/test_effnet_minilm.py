@@ -229,3 +229,13 @@ def test_distillation_on_cached_towers_moves_the_student_to_its_teacher_with_mod
     assert not all(torch.equal(a, p) for a, p in zip(projection, extra, strict=True))
     after = agreement()
     assert after > before + 0.3, (before, after)  # measured: 0.00 -> 0.53
+
+
+def test_a_killed_training_on_cached_towers_resumes_as_an_uninterrupted_one(easy, tmp_path):
+    from tests.test_train import resumed_equals_uninterrupted
+
+    cfg = TrainConfig(epochs=3, batch_size=64, lr=3e-3, augment=False, patience=3, modality_dropout=0.2)
+    history = resumed_equals_uninterrupted(
+        lambda: small(train_text_layers=1), easy, minilm_tokenizer(24), cfg, tmp_path / "resume"
+    )
+    assert len(history) == 3

@@ -10,11 +10,12 @@ report.
 3. A scheme over budget falls back: its most sensitive nodes return to float, one at a time, until the
    validation accuracy is within budget; every step of that search is a candidate too.
 4. Every candidate within budget (and the float input) is timed in alternating rounds on the target execution
-   provider. A latency difference counts only beyond the run-to-run spread: two candidates are equally fast unless
-   the p10-p90 interval of their per-round time ratio excludes 1.0. ``objective: size`` (default) takes the
-   smallest candidate not slower than the fastest by more than ``latency_tolerance``; ``objective: latency`` the
-   smallest of those equally fast as the fastest. If none is within budget the step fails, listing what it tried,
-   unless over-budget results are allowed.
+   provider. A latency difference counts only beyond what the run measured: a candidate is slower than the fastest
+   only where the 90 % interval of its median per-round time ratio excludes 1.0. ``objective: size`` (default) takes
+   the smallest candidate not slower than the fastest by more than ``latency_tolerance``; ``objective: latency`` the
+   smallest of those as fast as the fastest. The median's interval, not the scatter of single rounds, decides, so
+   that a few disturbed rounds do not change the shipped file from one run to the next. If none is within budget
+   the step fails, listing what it tried, unless over-budget results are allowed.
 
 The budget is a drop in validation accuracy against the model the pipeline started from (its first PyTorch
 checkpoint, or the loaded ONNX file), so the accuracy already spent by pruning and distillation counts too.
@@ -109,7 +110,8 @@ class AutoQuantConfig(StepConfig):
         ge=0,
         lt=1,
         description="objective 'size': a candidate counts as fast enough unless it is slower than the fastest by "
-        "more than this share beyond the measured spread (its per-round ratio's p10 above 1 + tolerance).",
+        "more than this share beyond what the run measured (the 90 % interval of its median per-round ratio above 1 + "
+        "tolerance).",
     )
     fallback: bool = Field(True, description="Return the most sensitive nodes to float until the budget holds.")
     sensitivity: Literal["nodes", "branches"] = Field(
@@ -370,25 +372,27 @@ def fastest_of(ok: list[dict], timing) -> dict:
 def choose(ok: list[dict], objective: str, tolerance: float, timing) -> tuple[dict, str]:
     """The chosen candidate among those within budget, and the rule that chose it in words.
 
-    A latency difference counts only beyond the measured spread: candidate c is slower than the fastest f only
-    when the p10 of its per-round ratio t(c)/t(f) is above 1 (plus the tolerance for the size objective)."""
+    A latency difference counts only beyond what the run measured: candidate c is slower than the fastest f only
+    when the whole 90 % interval of its median per-round ratio t(c)/t(f) lies above 1 (plus the tolerance for the
+    size objective). The interval of the median, not the scatter of single rounds, so that a few disturbed rounds
+    do not turn the choice from one run to the next (a shipped model should be the same file every time)."""
     fastest = fastest_of(ok, timing)
     limit = 1.0 + (tolerance if objective == "size" else 0.0)
     if timing.rounds < MIN_ROUNDS_FOR_A_DIFFERENCE:  # too few rounds to tell any two apart: size decides
         fast_enough = list(ok)
     else:
-        fast_enough = [c for c in ok if c is fastest or timing.ratio_interval(c["name"], fastest["name"])[0] <= limit]
+        fast_enough = [c for c in ok if c is fastest or timing.median_interval(c["name"], fastest["name"])[0] <= limit]
     best = min(fast_enough, key=lambda c: (c["size_bytes"], c["p50_ms"]))
     others = ", ".join(sorted(c["name"] for c in fast_enough if c is not best)) or "none"
     if objective == "size":
         rule = (
-            f"smallest within budget whose per-round latency ratio to the fastest ({fastest['name']}) has its p10 at "
-            f"most {limit:.2f}; also fast enough: {others}"
+            f"smallest within budget whose median per-round latency ratio to the fastest ({fastest['name']}) may be "
+            f"at most {limit:.2f} (90 % interval); also fast enough: {others}"
         )
     else:
         rule = (
-            f"smallest of those measurably as fast as the fastest ({fastest['name']}: p10 of the per-round ratio "
-            f"at most 1.00); also as fast: {others}"
+            f"smallest of those measurably as fast as the fastest ({fastest['name']}: the 90 % interval of the median "
+            f"per-round ratio reaches 1.00); also as fast: {others}"
         )
     return best, rule
 

@@ -234,7 +234,7 @@ def distill_step(cfg: DistillConfig, ctx: StepContext) -> StepResult:
     loss_fn, extra = distill_loss(student, teacher, cfg, id_map(current.vocab, t_vocab), caches)
     started = time.perf_counter()
     with _Progress(cfg.epochs, ctx.progress, label="distill") as bar:
-        student, history = train_model(student, data, current.vocab, cfg, bar.update, loss_fn, extra)
+        student, history = train_model(student, data, current.vocab, cfg, bar.update, loss_fn, extra, ctx.resume_dir)
     metrics = {
         "family": student.family,
         "parameters": sum(p.numel() for p in student.parameters()),

@@ -118,6 +118,22 @@ class LatencyComparison:
         p10, p50, p90 = np.percentile(ratios, [10, 50, 90])
         return float(p10), float(p50), float(p90)
 
+    def median_interval(self, a: str, b: str, confidence: float = 0.9) -> tuple[float, float]:
+        """A ``confidence`` interval of the median per-round ratio time(a) / time(b), free of any assumption on
+        the rounds' distribution (two order statistics of the ratios, by the binomial law of how many fall below the
+        median). Where the p10-p90 interval says how much single rounds scatter, this says how well the run pins the
+        typical ratio: a few disturbed rounds widen the first but barely move this one, so a decision taken on it
+        comes out the same from one run to the next."""
+        ratios = np.sort(np.asarray(self.round_ms[a]) / np.asarray(self.round_ms[b]))
+        n = len(ratios)
+        below, k = 0.0, 0  # k: how many order statistics each tail may leave out at this confidence
+        while k < n // 2:
+            below += math.comb(n, k) / 2**n
+            if below > (1 - confidence) / 2:
+                break
+            k += 1
+        return float(ratios[max(k - 1, 0)]), float(ratios[n - max(k, 1)])
+
     def equally_fast(self, a: str, b: str) -> bool:
         """True unless the p10-p90 interval of the per-round ratio of a to b excludes 1.0 (see RULE)."""
         if self.rounds < MIN_ROUNDS_FOR_A_DIFFERENCE:

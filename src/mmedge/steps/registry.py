@@ -182,6 +182,7 @@ class StepContext:
     records: list[StepRecord] = field(default_factory=list)
     progress: str = "bar"  # how training reports: bar, lines or off
     allow_over_budget: bool = False  # keep the best result when no candidate meets the budget
+    resume_dir: Path | None = None  # where a long step keeps the state a killed run resumes from (kept across runs)
 
     def reference(self) -> StepRecord | None:
         """The step that made the model this chain started from (train, load, load.model or load.onnx)."""
