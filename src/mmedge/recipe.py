@@ -322,4 +322,8 @@ def load_recipe(path: str | Path | None = None, edit: Callable[[dict], dict] | N
             f"recipe {path} is not valid {'TOML' if path.suffix == '.toml' else 'YAML'} "
             f"({str(exc).splitlines()[0]}); fix its syntax."
         ) from None
+    except RecursionError:  # both parsers recurse once per level of nesting
+        raise RecipeError(
+            f"recipe {path} nests lists or mappings too deeply to read; a recipe needs a few levels at most."
+        ) from None
     return parse_recipe(edit(data) if isinstance(data, dict) else data, f"recipe {path}")

@@ -28,7 +28,7 @@ import numpy as np
 
 from mmedge.data.digits_vqa import SPLITS, DigitsVQA, VQASplit, split_info
 from mmedge.data.images import as_8bit, bombs_refused, decode_failures, upright
-from mmedge.errors import InputPathError, MmedgeError, closest, note
+from mmedge.errors import InputPathError, MmedgeError, clip, closest, note
 
 COLUMNS = ("image", "text", "label")
 SPLIT_COLUMN = "split"  # optional: train / val / test per row, followed as written
@@ -79,21 +79,41 @@ def _read_rows(path: Path) -> list[dict]:
             except json.JSONDecodeError as exc:
                 rows.append({"__error__": f"is not valid JSON ({exc.msg})", "__row__": n})
                 continue
+            except RecursionError:  # json recurses once per level of nesting
+                rows.append({"__error__": "nests lists or objects too deeply to read", "__row__": n})
+                continue
             rows.append(
                 {**row, "__row__": n} if isinstance(row, dict) else {"__error__": "is not an object", "__row__": n}
             )
         return rows
     if path.suffix.lower() == ".csv":
         reader = csv.DictReader(text.splitlines())
-        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+        missing = [c for c in COLUMNS if c not in (_csv_header(reader, path) or [])]
         if missing:
             have = ", ".join(reader.fieldnames or []) or "none"
             raise DataError(
                 f"{path} has no {', '.join(missing)} column(s) (it has: {have}); the header must name image, text "
                 "and label."
             )
-        return [{**row, "__row__": n} for n, row in enumerate(reader, start=1)]
+        return _csv_rows(reader, path)
     raise DataError(f"{path} is neither .jsonl nor .csv; write the manifest as JSON lines or CSV with a header.")
+
+
+def _csv_header(reader: csv.DictReader, path: Path) -> list[str] | None:
+    """The column names of a CSV file; a line the csv module cannot read is refused in a sentence."""
+    try:
+        return reader.fieldnames
+    except csv.Error as exc:
+        raise DataError(f"{path} is not readable as CSV ({exc}, line {reader.line_num}); save it as CSV.") from None
+
+
+def _csv_rows(reader: csv.DictReader, path: Path) -> list[dict]:
+    """The rows of a CSV file, numbered from 1; a line the csv module cannot read (a field over its size limit, for
+    one) is refused in a sentence."""
+    try:
+        return [{**row, "__row__": n} for n, row in enumerate(reader, start=1)]
+    except csv.Error as exc:
+        raise DataError(f"{path} is not readable as CSV ({exc}, line {reader.line_num}); save it as CSV.") from None
 
 
 def _image_key(image: Path, shown: str, seen: dict[Path, str | DataError]) -> str:
@@ -126,10 +146,16 @@ def _check_row(
         missing.append(group_by)
     if missing:
         raise DataError(f"has no {', '.join(missing)}")
-    image = (root / str(row["image"])).resolve()
-    if not image.is_relative_to(root):
+    try:
+        image = (root / str(row["image"])).resolve()
+        inside = image.is_relative_to(root)
+        exists = inside and image.is_file()
+    except (ValueError, OSError) as exc:  # a NUL byte, or a name longer than the system takes
+        shown = clip(repr(str(row["image"])), 60)
+        raise DataError(f"names the image {shown}, which cannot be a file name ({type(exc).__name__})") from None
+    if not inside:
         raise DataError(f"names the image '{row['image']}', which lies outside the dataset folder {root}")
-    if not image.is_file():
+    if not exists:
         raise DataError(f"names the image '{row['image']}', which does not exist")
     key = _image_key(image, str(row["image"]), seen)
     label = str(row["label"])
@@ -304,7 +330,7 @@ def read_image_folder(
     path = found[0]
     if path.suffix == ".tsv":
         rows = []
-        for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+        for n, line in enumerate(_read_text(path).splitlines(), start=1):
             if line.strip():
                 image, sep, text = line.partition("\t")
                 rows.append(
@@ -323,10 +349,10 @@ def read_image_folder(
 
 def _read_csv_rows(path: Path, columns: tuple[str, ...]) -> list[dict]:
     reader = csv.DictReader(_read_text(path).splitlines())
-    missing = [c for c in columns if c not in (reader.fieldnames or [])]
+    missing = [c for c in columns if c not in (_csv_header(reader, path) or [])]
     if missing:
         raise DataError(f"{path} has no {', '.join(missing)} column(s); its header must name {', '.join(columns)}.")
-    return [{**row, "__row__": n} for n, row in enumerate(reader, start=1)]
+    return _csv_rows(reader, path)
 
 
 def decode_rgb(path: Path) -> np.ndarray:
