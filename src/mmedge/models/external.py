@@ -136,20 +136,48 @@ def read_hf_config(path: Path) -> dict:
             f"Hugging Face model folder {path} does not exist or has no config.json; pass hf:PATH to a folder "
             "written by save_pretrained (nothing is downloaded)."
         )
+    file = path / "config.json"
     try:
-        return json.loads((path / "config.json").read_text())
+        config = json.loads(file.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"{file} is not UTF-8 text (byte {exc.start}); restore the model folder.") from None
     except json.JSONDecodeError as exc:
-        raise RecipeError(f"{path / 'config.json'} is not valid JSON ({exc.msg}); restore the model folder.") from None
+        raise RecipeError(f"{file} is not valid JSON ({exc.msg}); restore the model folder.") from None
+    except RecursionError:  # json recurses once per level of nesting
+        raise RecipeError(f"{file} nests lists or objects too deeply to read; restore the model folder.") from None
+    if not isinstance(config, dict):
+        raise RecipeError(
+            f"{file} holds a {type(config).__name__}, not an object of settings; restore the model folder."
+        )
+    return config
+
+
+def asks_for_code(path: Path, config: dict) -> str | None:
+    """Which file of the Hugging Face folder ``path`` asks transformers to import the folder's own code (an
+    ``auto_map`` entry), or None. config.json's is followed when the model is built; tokenizer_config.json's when
+    there is no tokenizer.json and transformers makes the tokenizer. An unreadable tokenizer_config.json asks for
+    nothing here: transformers refuses it later, and mmedge says so in a sentence."""
+    if config.get("auto_map"):
+        return "config.json"
+    tokenizer_config = path / "tokenizer_config.json"
+    if (path / "tokenizer.json").is_file() or not tokenizer_config.is_file():
+        return None
+    try:
+        settings = json.loads(tokenizer_config.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return None
+    return "tokenizer_config.json" if isinstance(settings, dict) and settings.get("auto_map") else None
 
 
 def hf_family(path: Path) -> ModelFamily:
     """The family of a Hugging Face folder: its config is checked now, transformers and torch load when built."""
     config = read_hf_config(path)
+    asking = asks_for_code(path, config)
+    if asking:
+        require_trust(f"the Hugging Face model {path} asks to run its own code (auto_map in {asking})")
     remote = bool(config.get("auto_map"))
-    if remote:
-        require_trust(f"the Hugging Face model {path} asks to run its own code (auto_map in config.json)")
     kind = config.get("model_type")
-    if kind not in HF_ARCHITECTURES and not remote:
+    if not remote and (not isinstance(kind, str) or kind not in HF_ARCHITECTURES):
         raise RecipeError(
             f"the Hugging Face model {path} is a '{kind}'; mmedge loads image-text dual encoders: "
             f"{', '.join(HF_ARCHITECTURES.values())}."

@@ -29,7 +29,8 @@ from torch import nn
 
 from mmedge.data.images import ImagePreprocessing
 from mmedge.data.text import HFTokenizer
-from mmedge.errors import InputPathError, MissingDependencyError
+from mmedge.errors import InputPathError, MissingDependencyError, brief
+from mmedge.models.external import code_trusted
 from mmedge.models.options import HFOptions
 from mmedge.models.spec import ModelSpec, TensorSpec
 
@@ -46,7 +47,8 @@ def load_tokenizer(path: Path, max_length: int) -> HFTokenizer:
         try:
             from transformers import AutoTokenizer
 
-            tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+            # never transformers' own prompt to run the folder's code: only --trust-code allows it
+            tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=code_trusted())
             text = tok.backend_tokenizer.to_str()
         except Exception as exc:  # transformers raises many kinds here; the sentence below is what a user needs
             raise InputPathError(
@@ -131,7 +133,13 @@ class HFDualEncoder(nn.Module):
         transformers.logging.set_verbosity_error()  # mmedge reports what matters; no per-load progress bars
         transformers.logging.disable_progress_bar()
         loader = getattr(transformers, architecture)
-        model = loader.from_pretrained(str(path), local_files_only=True, trust_remote_code=remote)
+        try:
+            model = loader.from_pretrained(str(path), local_files_only=True, trust_remote_code=remote)
+        except Exception as exc:  # transformers raises many kinds for a folder it cannot load; one sentence here
+            raise InputPathError(
+                f"transformers cannot load the Hugging Face model {path} as {architecture} ({type(exc).__name__}: "
+                f"{brief(exc, 160)}); restore the folder as save_pretrained wrote it."
+            ) from None
         model.eval()
         vision = getattr(model.config, "vision_config", None)
         return cls(model, cfg, num_classes, image_preprocessing(path, vision), kind)
