@@ -9,6 +9,7 @@ So a model with open dimensions runs on the user's arrays (``--inputs``) or with
 
 from __future__ import annotations
 
+import math
 import re
 
 import numpy as np
@@ -31,6 +32,10 @@ SYNTHETIC = "synthetic"  # how a source string of synthetic inputs starts (the r
 # dim_param values that name nothing: '?' is what some exporters (Paddle2ONNX among them) write for "unknown", on
 # every open axis at once, and the axes it marks are independent of each other.
 UNNAMED = ("", "?")
+MAX_AXES = 64  # the most axes a numpy array has
+# The most synthetic input bytes made for one model: 20× a 3×2048×2048 float image, far below what would exhaust the
+# memory of the machines mmedge runs on.
+MAX_SYNTHETIC_BYTES = 1 << 30
 
 
 def dim_name(dim_param: str | None, input_name: str, axis: int) -> str:
@@ -118,6 +123,7 @@ def synthetic_inputs(sess, dims: dict[str, int], label: str, command: str) -> tu
                 shape.append(dim)
                 continue
             shape.append(dims.get(dim_name(dim, value.name, axis), 1))
+        check_synthetic_shape(value.name, shape, dtype, label)
         if np.issubdtype(dtype, np.floating):
             feeds[value.name] = rng.random(shape, dtype=np.float32).astype(dtype)
         else:
@@ -125,6 +131,25 @@ def synthetic_inputs(sess, dims: dict[str, int], label: str, command: str) -> tu
         shown.append(f"{value.name} {np.dtype(dtype).name}[{', '.join(map(str, shape))}]")
     given = f"; sizes from --dim {', '.join(f'{n}={v}' for n, v in dims.items())}" if dims else ""
     return feeds, f"{SYNTHETIC} random values, not real data ({'; '.join(shown)}{given})"
+
+
+def check_synthetic_shape(name: str, shape: list[int], dtype, label: str) -> None:
+    """Refuse, in a sentence, an input whose synthetic array numpy cannot hold (more than its 64 axes) or that
+    would take more than MAX_SYNTHETIC_BYTES: a fixed size of 2**40 in a damaged or hostile model would otherwise
+    end in a MemoryError, or in the system killing the process part-way through filling the array."""
+    if len(shape) > MAX_AXES:
+        raise MmedgeError(
+            f"input '{name}' of {label} has {len(shape)} axes, more than the {MAX_AXES} an array can have, so mmedge "
+            "cannot make synthetic values for it; check the model's input shapes."
+        )
+    size = math.prod(shape) * np.dtype(dtype).itemsize
+    if size > MAX_SYNTHETIC_BYTES:
+        shown = ", ".join(map(str, shape))
+        raise MmedgeError(
+            f"input '{name}' of {label} would need {size / 2**30:,.1f} GiB of synthetic values (shape [{shown}]), "
+            f"more than the {MAX_SYNTHETIC_BYTES // 2**30} GiB mmedge makes; check the model's fixed sizes and the "
+            "--dim sizes, or pass real inputs with --inputs FILE.npz."
+        )
 
 
 def is_synthetic(source: str | None) -> bool:
