@@ -33,9 +33,7 @@ def onnx_summary(path: str | Path) -> dict:
                 continue
             t = v.type.tensor_type
             shape = [d.dim_param or (d.dim_value if d.HasField("dim_value") else "?") for d in t.shape.dim]
-            out.append(
-                {"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name, "shape": shape}
-            )
+            out.append({"name": v.name, "dtype": _dtype_name(t.elem_type), "shape": shape})
         return out
 
     params = sum(_elements(init.dims) for init in model.graph.initializer) + _constant_elements(model.graph)
@@ -55,6 +53,17 @@ def onnx_summary(path: str | Path) -> dict:
         "mmedge": {k: v for k, v in mmedge.items() if k not in ("tokenizer", "spec")},
         "vocabulary_size": _vocabulary_size(mmedge.get("tokenizer")),
     }
+
+
+def _dtype_name(elem_type: int) -> str:
+    """numpy's name for an ONNX element type, or the ONNX number where numpy has none (undefined, a sequence or
+    map input, a type newer than this onnx, a damaged file)."""
+    import onnx
+
+    try:
+        return onnx.helper.tensor_dtype_to_np_dtype(elem_type).name
+    except (KeyError, ValueError, TypeError):
+        return f"onnx type {elem_type}"
 
 
 def _elements(dims) -> int:
