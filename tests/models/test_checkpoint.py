@@ -51,3 +51,25 @@ def test_truncated_weights_file_is_refused(tmp_path):
     w.write_bytes(w.read_bytes()[:100])
     with pytest.raises(MmedgeError, match="damaged"):
         load_checkpoint(tmp_path / "ck")
+
+
+def test_the_same_weights_give_the_same_file_whatever_order_safetensors_wrote_its_metadata_in(tmp_path):
+    """safetensors writes metadata from a hash map, in an order that changes between processes; checkpoints sort it."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save
+
+    from mmedge.models.checkpoint import canonical_safetensors
+
+    data = save({"w": torch.arange(6.0).reshape(2, 3)}, metadata={"format": "pt", "mmedge": "1", "z": "2"})
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    meta = header.pop("__metadata__")
+    for order in (list(meta.items()), list(reversed(meta.items()))):
+        written = json.dumps({"__metadata__": dict(order), **header}, separators=(",", ":")).encode()
+        other = data[:8] + written.ljust(size) + data[8 + size :]
+        assert canonical_safetensors(other) == canonical_safetensors(data)
+    (tmp_path / "w.safetensors").write_bytes(canonical_safetensors(data))
+    with safe_open(tmp_path / "w.safetensors", framework="pt") as f:
+        assert f.metadata() == meta and torch.equal(f.get_tensor("w"), torch.arange(6.0).reshape(2, 3))

@@ -31,9 +31,20 @@ class Checkpoint:
         return self.model.spec()
 
 
+def canonical_safetensors(data: bytes) -> bytes:
+    """``data`` (a safetensors file) with its JSON header's keys in sorted order. safetensors writes the metadata
+    from a hash map, whose order changes from one process to the next, so the same weights would otherwise give
+    files that differ in a few header bytes; sorted, the same model is the same file."""
+    size = int.from_bytes(data[:8], "little")
+    header = json.dumps(json.loads(data[8 : 8 + size]), sort_keys=True, separators=(",", ":")).encode()
+    if len(header) > size:  # never the case for safetensors' own compact header; keep the file as it is
+        return data
+    return data[:8] + header + b" " * (size - len(header)) + data[8 + size :]
+
+
 def save_checkpoint(model, vocab: Tokenizer, labels: tuple[str, ...], path: Path, extra: dict | None = None) -> Path:
     """Write the checkpoint folder atomically (a temporary sibling, then rename)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -41,7 +52,8 @@ def save_checkpoint(model, vocab: Tokenizer, labels: tuple[str, ...], path: Path
     tmp.chmod(0o755)  # mkdtemp makes it private
     try:
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(state, tmp / "model.safetensors", metadata={"format": "pt", "mmedge": __version__})
+        weights = save(state, metadata={"format": "pt", "mmedge": __version__})
+        (tmp / "model.safetensors").write_bytes(canonical_safetensors(weights))
         config = {
             "family": model.family,
             "options": model.current_options(),  # widths as they are now, e.g. after structured pruning
