@@ -124,16 +124,23 @@ def bundle_summary(path: str | Path) -> dict:
     m = bundle.manifest
     return {
         "bundle": str(bundle.root),
-        "name": m["name"],
-        "schema_version": m["schema_version"],
-        "mmedge_version": m["mmedge_version"],
-        "created": m["created"],
+        "name": _entry(m, "name"),
+        "schema_version": _entry(m, "schema_version"),
+        "mmedge_version": _entry(m, "mmedge_version"),
+        "created": _entry(m, "created"),
         "verified": not problems,
         "problems": problems,
-        "files": m["files"],
-        "labels": m["labels"],
-        "inputs": m["inputs"],
-        "preprocessing": m["preprocessing"],
-        "metrics": m["metrics"],
-        "model": onnx_summary(bundle.model_path) if not problems else m["model"],
+        "files": _entry(m, "files", dict),
+        "labels": _entry(m, "labels", list),
+        "inputs": _entry(m, "inputs", list),
+        "preprocessing": _entry(m, "preprocessing", dict),
+        "metrics": _entry(m, "metrics", dict),
+        "model": onnx_summary(bundle.model_path) if not problems else m.get("model"),
     }
+
+
+def _entry(manifest: dict, key: str, kind: type | None = None):
+    """The manifest's ``key``, None where it is missing, or an empty ``kind`` where it is not one: an edited manifest
+    is shown as it is rather than failing with a KeyError, and what reads a section as a mapping or a list can."""
+    value = manifest.get(key)
+    return kind() if kind is not None and not isinstance(value, kind) else value
