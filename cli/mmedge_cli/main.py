@@ -51,9 +51,7 @@ def guarded(fn):
         except (typer.Exit, typer.Abort):
             raise
         except MmedgeError as exc:
-            from rich.markup import escape
-
-            err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True)
+            _say(exc)
             raise typer.Exit(exc.exit_code) from None
         except ModuleNotFoundError as exc:
             root = (exc.name or "").split(".")[0]
@@ -70,6 +68,10 @@ def guarded(fn):
             err.print("interrupted; finished steps are cached and a re-run resumes after them.")
             raise typer.Exit(130) from None
         except Exception as exc:
+            full = _disk_full(exc)
+            if full is not None:
+                _say(full)
+                raise typer.Exit(full.exit_code) from None
             if os.environ.get("MMEDGE_DEBUG"):
                 raise
             err.print(
@@ -80,6 +82,27 @@ def guarded(fn):
             raise typer.Exit(3) from None
 
     return wrapper
+
+
+def _say(exc: MmedgeError) -> None:
+    """An error's sentence on stderr, as the one line a failed command prints."""
+    from rich.markup import escape
+
+    err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True)
+
+
+def _disk_full(exc: Exception) -> MmedgeError | None:
+    """A write that failed for want of room where no step said what it was writing (a checkpoint, a report, the
+    results), as the user's error that it is, or None for any other failure."""
+    from mmedge.errors import disk_full, disk_full_errno
+
+    code = disk_full_errno(exc)
+    if code is None:
+        return None
+    name = getattr(exc, "filename", None)
+    what = str(name) if name else "mmedge's output"
+    where = Path(name).parent if name else Path.cwd()
+    return disk_full(code, what, where, "--out or the recipe's workdir")
 
 
 def _version(value: bool):

@@ -5,8 +5,13 @@ The CLI prints ``str(error)`` and exits with ``error.exit_code``; it never shows
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
 import re
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 
 class MmedgeError(Exception):
@@ -76,6 +81,74 @@ class ExportValidationError(MmedgeError):
 
 class RunLockedError(MmedgeError):
     """Another mmedge run holds the run folder (``mmedge run --no-wait``)."""
+
+
+class DiskFullError(MmedgeError):
+    """A write that failed for want of room: the disk or the user's quota is full, or a file-size limit was hit.
+
+    Exit code 2 like every other problem of the environment: the fix is the user's (free space, another folder),
+    and running again afterwards resumes where the run stopped."""
+
+
+# What the system answers when there is no room for a write: the disk is full, the file would pass a file-size
+# limit (`ulimit -f`, or the largest file the file system holds), or the user's disk quota is used up.
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+def disk_full_errno(exc: BaseException | None) -> int | None:
+    """The errno of a disk-full failure behind ``exc``, or None: an OSError's own errno, found on ``exc`` or along
+    its causes, or the system's message for it quoted in a library's own exception (safetensors and torch wrap
+    the OSError into their own types and keep only its text)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+            return exc.errno
+        text = str(exc)
+        for code in DISK_FULL_ERRNOS:
+            if os.strerror(code) in text:
+                return code
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def visible_folder(path: str | Path) -> Path:
+    """``path``, or the nearest folder above it whose name is not hidden: what a user knows of a run's temporary
+    folder (``.02-export-….tmp``) is the run folder that holds it."""
+    path = Path(path)
+    while path.name.startswith(".") and path.parent != path:
+        path = path.parent
+    return path
+
+
+def disk_full(code: int, what: str, where: str | Path, elsewhere: str) -> DiskFullError:
+    """The one sentence for a write that failed with ``code`` (an errno of ``DISK_FULL_ERRNOS``): what was being
+    written, in which folder, and the fix — room there, or ``elsewhere`` (the option or setting that moves it)."""
+    where = visible_folder(where)
+    if code == errno.EFBIG:
+        return DiskFullError(
+            f"writing {what} in {where} passed a file-size limit (`ulimit -f`, or the file system's largest file); "
+            f"raise the limit or point {elsewhere} to another file system."
+        )
+    room = "the disk quota is used up" if code == errno.EDQUOT else "the disk is full"
+    return DiskFullError(
+        f"{room} where {what} was being written ({where}); free space on it or point {elsewhere} elsewhere."
+    )
+
+
+@contextlib.contextmanager
+def disk_full_as(what: str, where: str | Path, elsewhere: str) -> Iterator[None]:
+    """Within the block, a write that fails for want of room becomes ``disk_full``'s DiskFullError naming ``what``;
+    an MmedgeError raised inside (a more precise one, from a nested block) passes through unchanged."""
+    try:
+        yield
+    except MmedgeError:
+        raise
+    except Exception as exc:
+        code = disk_full_errno(exc)
+        if code is None:
+            raise
+        raise disk_full(code, what, where, elsewhere) from exc
 
 
 def note(message: str) -> None:

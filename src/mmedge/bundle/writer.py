@@ -23,7 +23,7 @@ from pydantic import Field
 from mmedge import __version__
 from mmedge.artifact import Artifact
 from mmedge.bundle.manifest import MANIFEST, SCHEMA, SCHEMA_VERSION, load_bundle, sha256
-from mmedge.errors import BudgetExceededError, BundleError, MissingDependencyError
+from mmedge.errors import BudgetExceededError, BundleError, MissingDependencyError, disk_full_as
 from mmedge.provenance import collect
 from mmedge.report.views import robustness
 from mmedge.results import (
@@ -220,52 +220,70 @@ def write_bundle(
     samples: int = 8,
     extra_files: dict[str, Path] | None = None,
 ) -> Path:
-    """Write the bundle into a temporary sibling folder, then swap it into place."""
-    from mmedge.runtime.session import model_metadata, open_session, replace_folder
-
+    """Write the bundle into a temporary sibling folder, then swap it into place. A disk that fills up meanwhile is
+    one sentence naming the bundle (``DiskFullError``); the temporary folder is removed and the previous bundle is
+    left as it was."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared
-    try:
-        shutil.copyfile(model_path, tmp / "model.onnx")
-        sess = open_session(tmp / "model.onnx", "cpu")
-        meta = model_metadata(sess)
-        if "mmedge.tokenizer" in meta:
-            tok = json.loads(meta["mmedge.tokenizer"])
-            if tok.get("type") == "hf":  # the Hugging Face tokenizer file, verbatim: `tokenizers` reads it on device
-                (tmp / "tokenizer.json").write_text(tok["json"])
-            else:
-                (tmp / "vocab.json").write_text(json.dumps(tok, indent=1))
-            sample_info = _write_samples(tmp / "samples", tmp / "model.onnx", data_cfg, samples)
-        else:  # a foreign ONNX model: no data, its chain's inputs are the samples
-            sample_info = _write_chain_samples(tmp / "samples", tmp / "model.onnx", samples)
-        (tmp / "report.md").write_text(report_md)
-        for rel, src in (extra_files or {}).items():
-            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, tmp / rel)
-        if "mmedge.tokenizer" in meta:
-            manifest = build_manifest(name, tmp / "model.onnx", meta, metrics, sample_info, lineage)
-        else:
-            manifest = foreign_manifest(name, sess, metrics, sample_info, lineage)
-        manifest["model"]["size_bytes"] = (tmp / "model.onnx").stat().st_size
-        if "mobile" in metrics:
-            fixed = open_session(tmp / "model.fixed.onnx", "cpu").get_inputs()
-            manifest["variants"] = mobile_variants(
-                manifest["inputs"], {v.name: list(v.shape) for v in fixed}, metrics["mobile"]["session_config"]
-            )
-        if "split" in metrics:
-            manifest["parts"] = metrics["split"]
-        files = sorted(p for p in tmp.rglob("*") if p.is_file())
-        manifest["files"] = {
-            p.relative_to(tmp).as_posix(): {"sha256": sha256(p), "bytes": p.stat().st_size} for p in files
-        }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        replace_folder(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with disk_full_as(f"bundle {out}", out.parent, "--out (or the recipe's output)"):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        try:
+            _fill_bundle(tmp, name, model_path, data_cfg, metrics, lineage, report_md, samples, extra_files)
+            from mmedge.runtime.session import replace_folder
+
+            replace_folder(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return out
+
+
+def _fill_bundle(
+    tmp: Path,
+    name: str,
+    model_path: Path,
+    data_cfg,
+    metrics: dict,
+    lineage: tuple[str, ...],
+    report_md: str,
+    samples: int,
+    extra_files: dict[str, Path] | None,
+) -> None:
+    """Write every file of the bundle, the manifest last, into the empty folder ``tmp``."""
+    from mmedge.runtime.session import model_metadata, open_session
+
+    tmp.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be shared
+    shutil.copyfile(model_path, tmp / "model.onnx")
+    sess = open_session(tmp / "model.onnx", "cpu")
+    meta = model_metadata(sess)
+    if "mmedge.tokenizer" in meta:
+        tok = json.loads(meta["mmedge.tokenizer"])
+        if tok.get("type") == "hf":  # the Hugging Face tokenizer file, verbatim: `tokenizers` reads it on device
+            (tmp / "tokenizer.json").write_text(tok["json"])
+        else:
+            (tmp / "vocab.json").write_text(json.dumps(tok, indent=1))
+        sample_info = _write_samples(tmp / "samples", tmp / "model.onnx", data_cfg, samples)
+    else:  # a foreign ONNX model: no data, its chain's inputs are the samples
+        sample_info = _write_chain_samples(tmp / "samples", tmp / "model.onnx", samples)
+    (tmp / "report.md").write_text(report_md)
+    for rel, src in (extra_files or {}).items():
+        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, tmp / rel)
+    if "mmedge.tokenizer" in meta:
+        manifest = build_manifest(name, tmp / "model.onnx", meta, metrics, sample_info, lineage)
+    else:
+        manifest = foreign_manifest(name, sess, metrics, sample_info, lineage)
+    manifest["model"]["size_bytes"] = (tmp / "model.onnx").stat().st_size
+    if "mobile" in metrics:
+        fixed = open_session(tmp / "model.fixed.onnx", "cpu").get_inputs()
+        manifest["variants"] = mobile_variants(
+            manifest["inputs"], {v.name: list(v.shape) for v in fixed}, metrics["mobile"]["session_config"]
+        )
+    if "split" in metrics:
+        manifest["parts"] = metrics["split"]
+    files = sorted(p for p in tmp.rglob("*") if p.is_file())
+    manifest["files"] = {p.relative_to(tmp).as_posix(): {"sha256": sha256(p), "bytes": p.stat().st_size} for p in files}
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
 
 
 def mobile_variants(inputs: list[dict], fixed: dict[str, list], session_config: dict) -> list[dict]:
@@ -448,6 +466,13 @@ def compression_metrics(ctx: StepContext) -> dict:
 
 @register_step(BundleConfig, BundleMetrics)
 def bundle_step(cfg: BundleConfig, ctx: StepContext) -> StepResult:
+    """The ``bundle`` step. Its plots and split parts are written in the step's folder before the bundle itself: a
+    disk that fills up there is said as such too, and the run removes the step's folder."""
+    with disk_full_as("the bundle step's plots and parts", ctx.out_dir, "the recipe's workdir (`workdir:`)"):
+        return _bundle_step(cfg, ctx)
+
+
+def _bundle_step(cfg: BundleConfig, ctx: StepContext) -> StepResult:
     recipe = ctx.recipe
     budget = recipe.budgets.max_size_mb
     size_mb = ctx.artifact.path.stat().st_size / 1e6

@@ -12,6 +12,26 @@ import json
 import sys
 import warnings
 
+# The worker's exit code when a write failed for want of room, with ``DISK_FULL_MARK`` and the errno as its last
+# line on stderr: the parent then says so in one sentence instead of blaming the exporter.
+DISK_FULL_EXIT = 75
+DISK_FULL_MARK = "mmedge-export-disk-full:"
+
+
+def run(argv: list[str]) -> int:
+    """``main``, with a disk-full failure anywhere in it (saving the model, or a cache torch writes) reported as
+    ``DISK_FULL_EXIT`` rather than as a traceback."""
+    from mmedge.errors import disk_full_errno
+
+    try:
+        return main(argv)
+    except Exception as exc:
+        code = disk_full_errno(exc)
+        if code is None:
+            raise
+        print(f"{DISK_FULL_MARK} {code}", file=sys.stderr, flush=True)
+        return DISK_FULL_EXIT
+
 
 def main(argv: list[str]) -> int:
     checkpoint, out, opset = argv[0], argv[1], int(argv[2])
@@ -151,4 +171,4 @@ def task_description(task: str) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run(sys.argv[1:]))

@@ -17,7 +17,8 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from mmedge.artifact import Artifact
-from mmedge.errors import ExportValidationError, MmedgeError, brief
+from mmedge.errors import ExportValidationError, MmedgeError, brief, disk_full, disk_full_as
+from mmedge.export._worker import DISK_FULL_EXIT, DISK_FULL_MARK
 from mmedge.results import ExportMetrics
 from mmedge.runtime.session import replacing
 from mmedge.steps.registry import StepConfig, StepContext, StepResult, register_step
@@ -68,13 +69,17 @@ class ExportConfig(StepConfig):
         return v
 
 
-def export_checkpoint(checkpoint: Path, out: Path, cfg: ExportConfig | None = None) -> dict:
-    """Export and validate; on success ``out`` holds the model and the validation report is returned."""
+def export_checkpoint(checkpoint: Path, out: Path, cfg: ExportConfig | None = None, elsewhere: str = "--out") -> dict:
+    """Export and validate; on success ``out`` holds the model and the validation report is returned. A disk
+    that fills up meanwhile is one sentence that names ``out``'s folder and ``elsewhere`` (the option or setting
+    that moves it), and leaves no partial file."""
     from mmedge.models.checkpoint import load_checkpoint
 
     cfg = cfg or ExportConfig()
     load_checkpoint(checkpoint)  # a missing or damaged checkpoint is reported here, not as an exporter failure
-    with replacing(out) as tmp:  # only a graph that passes validation takes the name ``out``
+    what = f"the ONNX export of {checkpoint}"
+    # only a graph that passes validation takes the name ``out``
+    with disk_full_as(what, Path(out).parent, elsewhere), replacing(out) as tmp:
         env = dict(os.environ, PYTHONWARNINGS="ignore")
         try:
             proc = subprocess.run(
@@ -97,6 +102,8 @@ def export_checkpoint(checkpoint: Path, out: Path, cfg: ExportConfig | None = No
                 f"the ONNX export of {checkpoint} took longer than {cfg.timeout_s:.0f} s; raise "
                 "the export step's timeout_s."
             ) from None
+        if proc.returncode == DISK_FULL_EXIT:
+            raise disk_full(_worker_errno(proc.stderr), what, Path(out).parent, elsewhere)
         if proc.returncode != 0:
             tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-8:])
             raise MmedgeError(
@@ -104,6 +111,16 @@ def export_checkpoint(checkpoint: Path, out: Path, cfg: ExportConfig | None = No
                 f"torch.onnx cannot export. Exporter output:\n{tail}"
             )
         return validate_export(checkpoint, tmp, cfg)
+
+
+def _worker_errno(stderr: str | None) -> int:
+    """The errno the export worker gave with ``DISK_FULL_EXIT`` (ENOSPC when its line is missing)."""
+    import errno
+
+    for line in reversed((stderr or "").splitlines()):
+        if line.startswith(DISK_FULL_MARK) and line.split()[-1].isdigit():
+            return int(line.split()[-1])
+    return errno.ENOSPC
 
 
 def validate_export(checkpoint: Path, onnx_path: Path, cfg: ExportConfig) -> dict:
@@ -211,10 +228,14 @@ def zipped_size(path: Path) -> int:
     return len(zlib.compress(Path(path).read_bytes(), 6))
 
 
+# What moves a run's step folders to another disk, for the sentence a full disk gives.
+WORKDIR = "the recipe's workdir (`workdir:`)"
+
+
 @register_step(ExportConfig, ExportMetrics)
 def export_step(cfg: ExportConfig, ctx: StepContext) -> StepResult:
     out = ctx.out_dir / "model.onnx"
-    report = export_checkpoint(ctx.artifact.path, out, cfg)
+    report = export_checkpoint(ctx.artifact.path, out, cfg, WORKDIR)
     report["size_bytes"] = out.stat().st_size
     report["zip_bytes"] = zipped_size(out)
     report["reference_onnx"] = reference_onnx(cfg, ctx, out)
@@ -237,5 +258,5 @@ def reference_onnx(cfg: ExportConfig, ctx: StepContext, exported: Path) -> dict 
     if first.result.artifact.path == ctx.artifact.path:
         return {"file": exported.name, "size_bytes": exported.stat().st_size, "same_as_export": True}
     path = ctx.out_dir / REFERENCE_FILE
-    export_checkpoint(first.result.artifact.path, path, cfg)
+    export_checkpoint(first.result.artifact.path, path, cfg, WORKDIR)
     return {"file": path.name, "size_bytes": path.stat().st_size, "same_as_export": False}
