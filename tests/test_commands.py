@@ -28,9 +28,14 @@ def dequantize_onnx(path):
     return path
 
 
-def test_model_file_of_a_bundle_is_its_model_and_of_a_file_the_file(tmp_path):
-    assert model_file(REFERENCE_BUNDLE) == REFERENCE_BUNDLE / "model.onnx"
-    assert model_file(tmp_path / "m.onnx") == tmp_path / "m.onnx"
+def test_model_file_of_a_bundle_is_a_private_copy_of_its_model_and_of_a_file_the_file(tmp_path):
+    with model_file(REFERENCE_BUNDLE) as (path, bundle):
+        assert path.read_bytes() == (REFERENCE_BUNDLE / "model.onnx").read_bytes()
+        assert path.parent.name == REFERENCE_BUNDLE.name and not path.is_relative_to(REFERENCE_BUNDLE)
+        assert bundle.model_path == REFERENCE_BUNDLE / "model.onnx"
+    assert not path.exists()  # removed with the snapshot
+    with model_file(tmp_path / "m.onnx") as (path, bundle):
+        assert path == tmp_path / "m.onnx" and bundle is None
 
 
 def test_bench_models_fp16_refuses_a_quantized_model_before_timing_anything(tmp_path):

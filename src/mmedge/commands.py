@@ -8,20 +8,30 @@ import contract in pyproject.toml keeps it so.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mmedge.errors import MmedgeError
 
+if TYPE_CHECKING:
+    from mmedge.bundle.manifest import Bundle
 
-def model_file(path: Path) -> Path:
-    """An .onnx path as given, or the model of a bundle folder."""
-    if path.is_dir():
-        from mmedge.bundle.manifest import load_bundle
 
-        return load_bundle(path).model_path
-    return path
+@contextlib.contextmanager
+def model_file(path: Path) -> Iterator[tuple[Path, Bundle | None]]:
+    """(the model file to read, the bundle it comes from or None): an .onnx path as given, or for a bundle folder a
+    private copy of its model, from a snapshot that also gives its samples, so that a run replacing the bundle
+    meanwhile cannot mix two versions (``mmedge.bundle.manifest``)."""
+    if not path.is_dir():
+        yield path, None
+        return
+    from mmedge.bundle.manifest import load_bundle
+
+    with load_bundle(path) as bundle, bundle.model_copy() as copy:
+        yield copy, bundle
 
 
 def refuse_quantized_for_fp16(name: str, path: Path) -> None:
@@ -74,34 +84,36 @@ def bench_models(
     dims = dict(dims or {})
     if inputs is not None and dims:
         raise MmedgeError("--dim sizes synthetic inputs, and --inputs gives real ones; pass one of them.")
-    paths = [model_file(Path(m)) for m in models]
-    names = model_names(paths)
-    table = dict(zip(names, paths, strict=True))
-    if fp16:
-        for name, path in table.items():
-            refuse_quantized_for_fp16(name, path)
-    feeds, sources, opened = {}, {}, {}
-    for name, given, path in zip(names, models, paths, strict=True):
-        sess = open_session(path, "cpu")
-        real = (npz_feeds(inputs), str(inputs)) if inputs is not None else bench_inputs(Path(given), path)
-        if real is not None:
-            feeds[name], sources[name] = real
-        else:  # no real inputs for this model: every open size comes from --dim, never a guess
-            own = open_dims(sess)
-            opened.update(own)
-            feeds[name], sources[name] = synthetic_inputs(
-                sess, {k: v for k, v in dims.items() if k in own}, name, f"mmedge bench {given}"
-            )
-        trial_run(sess, tile_batch(feeds[name], 1), sources[name], name)
-    if dims:
-        synthetic = [n for n in names if is_synthetic(sources[n])]
-        if not synthetic:
-            raise MmedgeError(
-                "--dim sizes synthetic inputs, and every model here is timed on real ones "
-                f"({'; '.join(sorted(set(sources.values())))}); drop --dim."
-            )
-        check_dim_names(dims, opened, ", ".join(synthetic))
-    with tempfile.TemporaryDirectory(prefix="mmedge-bench-") as tmp:
+    with contextlib.ExitStack() as stack:  # each bundle's snapshot, held until every model is timed
+        opened = [stack.enter_context(model_file(Path(m))) for m in models]
+        paths = [path for path, _ in opened]
+        names = model_names(paths)
+        table = dict(zip(names, paths, strict=True))
+        if fp16:
+            for name, path in table.items():
+                refuse_quantized_for_fp16(name, path)
+        feeds, sources, open_sizes = {}, {}, {}
+        for name, given, (path, bundle) in zip(names, models, opened, strict=True):
+            sess = open_session(path, "cpu")
+            real = (npz_feeds(inputs), str(inputs)) if inputs is not None else bench_inputs(Path(given), path, bundle)
+            if real is not None:
+                feeds[name], sources[name] = real
+            else:  # no real inputs for this model: every open size comes from --dim, never a guess
+                own = open_dims(sess)
+                open_sizes.update(own)
+                feeds[name], sources[name] = synthetic_inputs(
+                    sess, {k: v for k, v in dims.items() if k in own}, name, f"mmedge bench {given}"
+                )
+            trial_run(sess, tile_batch(feeds[name], 1), sources[name], name)
+        if dims:
+            synthetic = [n for n in names if is_synthetic(sources[n])]
+            if not synthetic:
+                raise MmedgeError(
+                    "--dim sizes synthetic inputs, and every model here is timed on real ones "
+                    f"({'; '.join(sorted(set(sources.values())))}); drop --dim."
+                )
+            check_dim_names(dims, open_sizes, ", ".join(synthetic))
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="mmedge-bench-"))
         if fp16:
             from mmedge.compress.quantize.fp16 import Fp16Config, fp16_model
 
@@ -128,8 +140,11 @@ def bench_models(
         if accuracy:
             from mmedge.runtime.evaluate import evaluate_model
 
-            for name, path in table.items():  # the fp16 copies exist only inside this block
+            for name, path in table.items():  # the fp16 copies and the bundles' model copies exist only in this block
                 doc["models"][name]["accuracy"] = evaluate_model(path, ablation=False)[0]["test"]["accuracy"]
+        for name, (_, bundle) in zip(names, opened, strict=True):
+            if bundle is not None:  # the model's place in its bundle, not its private copy's
+                doc["models"][name]["path"] = str(bundle.model_path)
     if out_dir is not None:
         from mmedge.report.render import write_report
 
@@ -144,20 +159,24 @@ def mobile_files(model: Path, out_dir: Path, dims: dict[str, int] | None = None,
     fixed-shape variant takes each open size from ``dims``, else from the ``inputs`` arrays (the batch stays 1: a
     phone answers one question at a time), else from the model's tokenizer; every size still unknown is named in
     one sentence. Returns the analysis, with ``inputs`` naming where the check inputs came from."""
+    with model_file(model) as (path, bundle):
+        return _mobile_files(model, path, bundle, out_dir, dict(dims or {}), inputs)
+
+
+def _mobile_files(model: Path, path: Path, bundle: Bundle | None, out_dir: Path, dims: dict, inputs) -> dict:
+    """``mobile_files`` of the model file ``path`` (a bundle's private copy, or the .onnx ``model`` itself)."""
     from mmedge.export.mobile import MobileConfig, build_mobile
     from mmedge.runtime.inputs import bench_inputs, npz_feeds
     from mmedge.runtime.session import open_session
     from mmedge.runtime.shapes import check_dim_names, open_dims, trial_run
 
-    path = model_file(model)
     sess = open_session(path, "cpu")
-    dims = dict(dims or {})
     check_dim_names(dims, open_dims(sess), path.name)
     if inputs is not None:
         feeds, source = npz_feeds(inputs), str(inputs)
         trial_run(sess, feeds, source, path.name)
     else:
-        real = bench_inputs(model, path)
+        real = bench_inputs(model, path, bundle)
         if real is None:
             from mmedge.runtime.shapes import synthetic_inputs
 

@@ -117,10 +117,13 @@ def _maybe_json(value: str):
 
 
 def bundle_summary(path: str | Path) -> dict:
+    """What ``mmedge inspect`` shows of a bundle: its manifest, checksum problems and, when intact, its model, all
+    from one snapshot of the folder."""
     from mmedge.bundle.manifest import load_bundle
 
-    bundle = load_bundle(path, verify=False)
-    problems = bundle.verify()
+    with load_bundle(path, verify=False) as bundle:
+        problems = bundle.verify()
+        model = _bundle_model(bundle) if not problems else bundle.manifest.get("model")
     m = bundle.manifest
     return {
         "bundle": str(bundle.root),
@@ -135,8 +138,16 @@ def bundle_summary(path: str | Path) -> dict:
         "inputs": _entry(m, "inputs", list),
         "preprocessing": _entry(m, "preprocessing", dict),
         "metrics": _entry(m, "metrics", dict),
-        "model": onnx_summary(bundle.model_path) if not problems else m.get("model"),
+        "model": model,
     }
+
+
+def _bundle_model(bundle) -> dict:
+    """``onnx_summary`` of a bundle's model, read from the snapshot and named by its place in the bundle."""
+    with bundle.model_copy() as copy:
+        summary = onnx_summary(copy)
+    summary["path"] = str(bundle.model_path)
+    return summary
 
 
 def _entry(manifest: dict, key: str, kind: type | None = None):

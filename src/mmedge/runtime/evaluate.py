@@ -258,21 +258,18 @@ def validate_model(
     return metrics
 
 
-def validate_samples(bundle_root: str | Path, manifest: dict, ep: str = "cpu") -> dict:
-    """A bundle checked against its own samples, with nothing but the bundle: each sample's recorded inputs are run
-    and the answers and logits compared with those recorded when the bundle was built."""
-    import json
-
-    root = Path(bundle_root)
+def validate_samples(bundle, ep: str = "cpu") -> dict:
+    """A bundle (a ``Bundle`` snapshot) checked against its own samples, with nothing but the bundle: each sample's
+    recorded inputs are run and the answers and logits compared with those recorded when the bundle was built."""
+    manifest = bundle.manifest
     info = manifest.get("samples") or {}
     if info.get("tensors") and info.get("outputs"):
-        return _validate_recorded_outputs(root, manifest, info, ep)
+        return _validate_recorded_outputs(bundle, info, ep)
     if not info.get("tensors") or not info.get("file"):
-        raise MmedgeError(f"bundle {root} ships no samples; validate it on a data set with --data PATH.")
-    rows = json.loads((root / info["file"]).read_text())
-    with np.load(root / info["tensors"], allow_pickle=False) as npz:
-        feeds = {k: npz[k] for k in npz.files}
-    sess = open_session(root / manifest["model"]["file"], ep)
+        raise MmedgeError(f"bundle {bundle.root} ships no samples; validate it on a data set with --data PATH.")
+    rows = bundle.read_json(info["file"])
+    feeds = bundle.read_arrays(info["tensors"])
+    sess = open_session(bundle.model_path, ep, model=bundle.model_bytes)
     names = {i.name for i in sess.get_inputs()}
     logits = run(sess, {k: v for k, v in feeds.items() if k in names})[0]
     want = np.asarray([r["logits"] for r in rows], dtype=np.float64)
@@ -287,16 +284,14 @@ def validate_samples(bundle_root: str | Path, manifest: dict, ep: str = "cpu") -
     }
 
 
-def _validate_recorded_outputs(root: Path, manifest: dict, info: dict, ep: str) -> dict:
+def _validate_recorded_outputs(bundle, info: dict, ep: str) -> dict:
     """A bundle of a model mmedge did not write: its recorded inputs run again, every output compared with the one
     recorded at build time (``runtime.fidelity``); ``problems`` lists what keeps them from reproducing it."""
     from mmedge.runtime.fidelity import output_fidelity, reproduction_problems, session_outputs
 
-    with np.load(root / info["tensors"], allow_pickle=False) as npz:
-        feeds = {k: npz[k] for k in npz.files}
-    with np.load(root / info["outputs"], allow_pickle=False) as npz:
-        want = {k: npz[k] for k in npz.files}
-    sess = open_session(root / manifest["model"]["file"], ep)
+    feeds = bundle.read_arrays(info["tensors"])
+    want = bundle.read_arrays(info["outputs"])
+    sess = open_session(bundle.model_path, ep, model=bundle.model_bytes)
     fidelity = output_fidelity(session_outputs(sess, feeds), want)
     return {
         "samples": min(len(v) for v in feeds.values()),

@@ -42,15 +42,18 @@ def split_feeds(path, data_cfg=None, n: int = 64) -> dict[str, np.ndarray]:
     return feeds_for(split, ModelInputs.of(sess), np.arange(min(n, len(split))))
 
 
-def bundle_feeds(bundle_dir: Path) -> dict[str, np.ndarray]:
-    from mmedge.bundle.manifest import load_bundle
+def bundle_feeds(bundle) -> dict[str, np.ndarray]:
+    """The sample input tensors a bundle ships: of a ``Bundle`` snapshot already loaded (so that they are of the
+    version its model is), or of a bundle folder."""
+    from mmedge.bundle.manifest import Bundle, load_bundle
 
-    bundle = load_bundle(bundle_dir)
-    tensors = bundle.manifest.get("samples", {}).get("tensors")
+    if not isinstance(bundle, Bundle):
+        with load_bundle(bundle) as loaded:
+            return bundle_feeds(loaded)
+    tensors = (bundle.manifest.get("samples") or {}).get("tensors")
     if not tensors:
-        raise BundleError(f"bundle {bundle_dir} ships no sample tensors; rebuild it with `mmedge run`.")
-    with np.load(bundle.path(tensors), allow_pickle=False) as npz:
-        return {k: npz[k] for k in npz.files}
+        raise BundleError(f"bundle {bundle.root} ships no sample tensors; rebuild it with `mmedge run`.")
+    return bundle.read_arrays(tensors)
 
 
 def synthetic_inputs(
@@ -101,11 +104,14 @@ def step_feeds(path, data_cfg=None) -> tuple[dict[str, np.ndarray], str]:
     return split_feeds(path, data_cfg), "test split samples"
 
 
-def bench_inputs(given: Path, model_path: Path) -> tuple[dict[str, np.ndarray], str] | None:
-    """(feeds, where they came from) for ``mmedge bench``: a bundle's samples, else the model's test split; None
-    when there are no real inputs (the caller draws synthetic ones to the sizes the user gives, or refuses)."""
+def bench_inputs(given: Path, model_path: Path, bundle=None) -> tuple[dict[str, np.ndarray], str] | None:
+    """(feeds, where they came from) for ``mmedge bench``: a bundle's samples (those of ``bundle``, the snapshot
+    ``model_path`` was copied from, when given), else the model's test split; None when there are no real inputs
+    (the caller draws synthetic ones to the sizes the user gives, or refuses)."""
     from mmedge.runtime.session import metadata_json
 
+    if bundle is not None:
+        return bundle_feeds(bundle), f"bundle samples ({given})"
     for folder in (given, model_path.parent):
         if folder.is_dir() and (folder / "manifest.json").is_file():
             return bundle_feeds(folder), f"bundle samples ({folder})"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import numpy as np
 from mmedge.bundle.manifest import load_bundle
 from mmedge.data.images import ImagePreprocessing, load_image, looks_inverted
 from mmedge.data.text import HFTokenizer, WordVocab, tokenize
+from mmedge.errors import BundleError
 from mmedge.runtime.session import open_session, run
 
 
@@ -31,7 +33,29 @@ def polarity_note(prep: ImagePreprocessing, pixels: np.ndarray, invert: bool) ->
 def predict_bundle(
     bundle_dir: str | Path, image: str | Path, text: str, invert: bool = False, top: int = 3, ep: str = "cpu"
 ) -> dict:
-    bundle = load_bundle(bundle_dir)
+    """The answer, the top labels and notes for one image and question. Manifest, tokenizer and model are read
+    from one snapshot of the bundle, so a run that replaces the bundle meanwhile cannot mix two versions."""
+    with load_bundle(bundle_dir) as bundle:
+        return _predict(bundle, image, text, invert, top, ep)
+
+
+def _text(bundle, name: str) -> str:
+    """A text file of the bundle (a tokenizer or vocabulary), refused in a sentence when it is not UTF-8."""
+    try:
+        return bundle.read(name).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BundleError(f"{bundle.path(name)} is not UTF-8 text (byte {exc.start}); rebuild the bundle.") from None
+
+
+def _vocab(bundle, name: str) -> WordVocab:
+    """The bundle's word vocabulary (vocab.json)."""
+    try:
+        return WordVocab.from_json(json.loads(_text(bundle, name)))
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"cannot read the vocabulary {bundle.path(name)}: {exc}; re-export the model.") from None
+
+
+def _predict(bundle, image: str | Path, text: str, invert: bool, top: int, ep: str) -> dict:
     m = bundle.manifest
     prep = ImagePreprocessing.from_json(m["preprocessing"]["image"])
     text_cfg = m["preprocessing"]["text"]
@@ -41,11 +65,11 @@ def predict_bundle(
     feeds = {"image": pixels}
     if takes_text and text_cfg["tokenizer"] == "huggingface":  # tokenizer.json, run by the tokenizers package
         tokenizer = HFTokenizer(
-            bundle.path(text_cfg["tokenizer_file"]).read_text(), int(text_cfg["max_length"]), int(text_cfg["pad_id"])
+            _text(bundle, text_cfg["tokenizer_file"]), int(text_cfg["max_length"]), int(text_cfg["pad_id"])
         )
         feeds["input_ids"], feeds["attention_mask"] = tokenizer.encode([text])
     elif takes_text:
-        vocab = WordVocab.load(bundle.path(text_cfg["vocab_file"]))
+        vocab = _vocab(bundle, text_cfg["vocab_file"])
         feeds["input_ids"], feeds["attention_mask"] = vocab.encode([text])
         known = set(vocab.words)
         unknown = [w for w in tokenize(text, vocab.lowercase) if w not in known]
@@ -53,7 +77,7 @@ def predict_bundle(
             notes.append(f"words not in the vocabulary were read as <unk>: {', '.join(unknown)}")
     elif text:
         notes.append("this zero-shot model classifies the image against its labels; the text was not used")
-    sess = open_session(bundle.model_path, ep)
+    sess = open_session(bundle.model_path, ep, model=bundle.model_bytes)
     logits = run(sess, feeds)[0][0]
     probs = softmax(logits.astype(np.float64))
     order = np.argsort(-probs)[:top]

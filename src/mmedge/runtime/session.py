@@ -57,22 +57,26 @@ def open_session(
     allow_fallback: bool = False,
     profile_prefix: str | None = None,
     config: dict[str, str] | None = None,
+    model: bytes | None = None,
 ):
     """An InferenceSession on exactly ``ep`` (no silent CPU fallback unless ``allow_fallback``); raises if the file
-    is not a loadable ONNX model, or if the EP cannot take it."""
+    is not a loadable ONNX model, or if the EP cannot take it. With ``model`` the session is made from those bytes
+    (a bundle's snapshot), and ``path`` only names the model in messages."""
     import onnxruntime as ort
 
-    path = check_onnx_path(path)
+    path = check_onnx_path(path) if model is None else Path(path)
     provider = require(ep)
     config = dict(config or {})
     if provider.name != "cpu" and not allow_fallback:
         config["session.disable_cpu_ep_fallback"] = "1"
     opts = session_options(threads, config=config, profile_prefix=profile_prefix)
     try:
-        sess = ort.InferenceSession(str(path), opts, providers=[(provider.ort_name, dict(provider.options))])
+        sess = ort.InferenceSession(
+            str(path) if model is None else model, opts, providers=[(provider.ort_name, dict(provider.options))]
+        )
     except Exception as exc:  # ORT raises several private exception types for a bad file
         msg = brief(exc)
-        if _is_onnx(path):
+        if _is_onnx(path if model is None else model):
             fix = (
                 "pass --allow-fallback to let the CPU EP run the nodes it cannot take"
                 if provider.name != "cpu" and not allow_fallback
@@ -94,12 +98,15 @@ def open_session(
     return sess
 
 
-def _is_onnx(path: Path) -> bool:
-    """Whether the file parses as an ONNX model (so a session failure is the EP's, not the file's)."""
+def _is_onnx(source: Path | bytes) -> bool:
+    """Whether the file (or the bytes) parses as an ONNX model (so a session failure is the EP's, not the file's)."""
     import onnx
 
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        if isinstance(source, bytes):
+            model = onnx.load_model_from_string(source)
+        else:
+            model = onnx.load(str(source), load_external_data=False)
     except Exception:
         return False
     return len(model.graph.node) > 0

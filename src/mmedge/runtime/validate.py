@@ -26,31 +26,36 @@ def validate(
     ablation: bool = True,
     reference: str | Path | None = None,
 ) -> dict:
-    """Validation figures of an .onnx file or a bundle folder (see the module docstring)."""
+    """Validation figures of an .onnx file or a bundle folder (see the module docstring). A bundle is read as one
+    snapshot: its samples and its model (a private copy, which the scoring opens by path) are of one version even
+    when a run replaces the bundle meanwhile."""
     model = Path(model)
-    out: dict = {"notes": []}
-    if model.is_dir():
-        bundle = load_bundle(model)
-        path = bundle.model_path
+    if not model.is_dir():
+        return _validate(model, model, {"notes": []}, data, ep, ablation, reference)
+    with load_bundle(model) as bundle, bundle.model_copy() as path:
+        out: dict = {"notes": []}
         if (bundle.manifest.get("samples") or {}).get("tensors"):
-            out["bundle_samples"] = validate_samples(bundle.root, bundle.manifest, ep)
-    else:
-        path = model
+            out["bundle_samples"] = validate_samples(bundle, ep)
+        return _validate(path, bundle.model_path, out, data, ep, ablation, reference)
+
+
+def _validate(path: Path, shown: Path, out: dict, data: str | Path | None, ep: str, ablation: bool, reference) -> dict:
+    """``validate`` of the model file ``path``, named ``shown`` in messages and the figures, adding to ``out``."""
     sess = open_session(path, ep)
     recorded = metadata_json(sess, "mmedge.data") or {}
     if metadata_json(sess, "mmedge.tokenizer") is None:  # a model mmedge did not write: no data, no labels
         if data is not None:
             raise MmedgeError(
-                f"--data scores a model mmedge trained, and {path} is a model from elsewhere (no mmedge metadata, no "
+                f"--data scores a model mmedge trained, and {shown} is a model from elsewhere (no mmedge metadata, no "
                 "labels to score against); drop --data: a bundle is checked against the outputs it recorded."
             )
         if "bundle_samples" not in out:
             raise MmedgeError(
-                f"{path} is a model from elsewhere (no mmedge metadata), so it has no labelled data to be scored on; "
+                f"{shown} is a model from elsewhere (no mmedge metadata), so it has no labelled data to be scored on; "
                 "validate the bundle `mmedge run --model onnx:` made of it (it ships the inputs and outputs it was "
                 "built with), or time it with `mmedge bench --inputs FILE.npz`."
             )
-        out["model"] = str(path)
+        out["model"] = str(shown)
         return out
     if data is not None:
         labels = metadata_json(sess, "mmedge.labels")
@@ -58,13 +63,13 @@ def validate(
     elif recorded.get("name", "digits-vqa") == "user" or recorded.get("path"):
         note = "the model was trained on user data that lives on the build machine; pass --data PATH to score it"
         if "bundle_samples" not in out:
-            raise MmedgeError(f"{path}: {note}.")
+            raise MmedgeError(f"{shown}: {note}.")
         out["notes"].append(note)
         return out
     else:
         cfg = None
     out.update(validate_model(path, cfg, ep=ep, ablation=ablation, reference=reference))
-    out["model"] = str(path)
+    out["model"] = str(shown)
     return out
 
 
