@@ -331,18 +331,29 @@ def damage_section(recipe: str, name: str, tmp: Path, reference: dict) -> dict:
         root = run_root(cwd, name)
         damage(root)
         started = time.monotonic()
-        proc = launch(recipe, cwd, tmp / "damage.log")
-        rc = proc.wait()
-        text = (tmp / "damage.log").read_text(errors="replace")
-        ok = rc == 0 and "running it again" in text and "Traceback" not in text
-        ok = ok and not bundle_differences(reference["bundle"], cwd / "bundles" / name)
-        cases.append({"case": label, "kind": "healed", "survived": ok, "seconds": round(time.monotonic() - started, 2)})
+        log = tmp / f"damage-{len(cases)}.log"
+        rc = launch(recipe, cwd, log).wait()
+        text = log.read_text(errors="replace")
+        said = re.search(r"running (it|the step) again", text) is not None
+        differences = bundle_differences(reference["bundle"], cwd / "bundles" / name) if rc == 0 else []
+        ok = rc == 0 and said and "Traceback" not in text and not differences
+        cases.append(
+            {
+                "case": label,
+                "kind": "healed",
+                "survived": ok,
+                "seconds": round(time.monotonic() - started, 2),
+                "exit_code": rc,
+                "said": said,
+                "differences": differences,
+            }
+        )
         shutil.rmtree(cwd, ignore_errors=True)
 
     def last(root: Path, kind: str) -> Path:
         return sorted(root.glob(f"[0-9][0-9]-{kind}-*"))[-1]
 
-    healed("truncated result.json of the bundle step", lambda r: _truncate(last(r, "bundle") / "result.json"))
+    healed("truncated result.json of the quantize step", lambda r: _truncate(last(r, "quantize.*") / "result.json"))
     healed("edited result.json of the validate step", lambda r: _edit(last(r, "validate") / "result.json"))
     healed("changed output of the quantize step", lambda r: _append(next(last(r, "quantize.*").glob("*.onnx"))))
     healed("removed output of the export step", lambda r: _remove_onnx(last(r, "export")))
@@ -403,7 +414,7 @@ def _remove_onnx(folder: Path) -> None:
 
 
 def _truncate_checkpoint(root: Path) -> Path:
-    folder = sorted(root.glob("[0-9][0-9]-distill-*"))[-1] / "checkpoint"
+    folder = sorted(root.glob("[0-9][0-9]-*/checkpoint"))[-1]  # the last PyTorch checkpoint of the chain
     _truncate(folder / "model.safetensors")
     return folder
 
@@ -506,7 +517,77 @@ def memory_section(reference: dict, tmp: Path) -> dict:
     return {"model": str(model), "probes": out}
 
 
-# -- disk full and fuzzing: their test modules, run long and read back ----------------------------------------------
+# -- full disk ---------------------------------------------------------------------------------------------------
+
+
+def _file_size_limit(limit: int):
+    """A child's files may not grow past ``limit`` bytes; passing it is an error (EFBIG), as a full disk's ENOSPC,
+    not the signal that would kill the process."""
+
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def _files(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): _sha(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def disk_section(recipe: str, name: str, tmp: Path, reference: dict) -> dict:
+    """The run's export, or its bundle step, runs again on a disk that fills up (a file-size limit) at a few
+    sizes: one sentence and exit 2, the previous bundle and results.json byte for byte as they were, nothing partial
+    visible; then, with room again, the run finishes with the uninterrupted run's bundle."""
+    cases = []
+    for step in ("export", "bundle"):
+        for limit in (16_000, 64_000, 256_000):
+            cwd = Path(tempfile.mkdtemp(dir=tmp, prefix=f"disk-{step}-"))
+            shutil.copytree(reference["cwd"] / ".mmedge", cwd / ".mmedge", symlinks=True)
+            shutil.copytree(reference["bundle"], cwd / "bundles" / name)
+            root = run_root(cwd, name)
+            for folder in root.glob(f"[0-9][0-9]-{step}-*"):
+                shutil.rmtree(folder)
+            bundle, results = _files(cwd / "bundles" / name), _sha(root / "results.json")
+            started = time.monotonic()
+            done = subprocess.run(
+                [str(BIN / "mmedge"), "run", recipe],
+                cwd=cwd,
+                capture_output=True,
+                text=True,
+                env={**os.environ, "COLUMNS": "400"},
+                preexec_fn=_file_size_limit(limit),
+            )
+            seconds = time.monotonic() - started
+            lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+            errors = [ln for ln in lines if ln.startswith(("error:", "internal error:"))]
+            kept = _files(cwd / "bundles" / name) == bundle and _sha(root / "results.json") == results
+            partial = audit(cwd, name) + [f.name for f in root.glob(f"[0-9][0-9]-{step}-*")]
+            refused = done.returncode == 2 and len(errors) == 1 and errors[0] == lines[-1] and kept and not partial
+            # under a limit above every file the step writes, the run simply finishes: then its bundle must be whole
+            finished = done.returncode == 0 and not bundle_differences(reference["bundle"], cwd / "bundles" / name)
+            case = {
+                "case": f"full disk ({limit // 1000} kB file-size limit) while the {step} step writes",
+                "outcome": "refused" if done.returncode else "finished",
+                "survived": refused or finished,
+                "seconds": round(seconds, 2),
+                "message": errors[-1:],
+                "previous_kept": kept,
+                "partial": partial,
+            }
+            if limit == 16_000:  # room again: the run heals
+                healed = subprocess.run([str(BIN / "mmedge"), "run", recipe], cwd=cwd, capture_output=True, text=True)
+                case["healed"] = healed.returncode == 0 and not bundle_differences(
+                    reference["bundle"], cwd / "bundles" / name
+                )
+                case["survived"] = case["survived"] and case["healed"]
+            cases.append(case)
+            print(f"{case['case']}: survived {case['survived']} ({seconds:.1f} s)", flush=True)
+            shutil.rmtree(cwd, ignore_errors=True)
+    return {"cases": cases}
+
+
+# -- fuzzing: the suite's hypothesis module, run long and read back -------------------------------------------------
 
 
 def pytest_section(test_file: str, env: dict, tmp: Path, label: str) -> dict:
@@ -580,7 +661,7 @@ def main(argv=None) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="mmedge-reliability-", dir=args.keep))
     data: dict = {"provenance": provenance, "recipe": args.recipe, "seed": args.seed, "sections": {}}
     try:
-        needs_run = {"kills", "determinism", "damage", "concurrency", "memory"} & set(sections)
+        needs_run = {"kills", "determinism", "damage", "concurrency", "memory", "disk"} & set(sections)
         reference = reference_run(args.recipe, name, tmp) if needs_run else None
         if reference:
             data["reference"] = {k: reference[k] for k in ("seconds", "durations", "startup", "outputs")}
@@ -597,7 +678,7 @@ def main(argv=None) -> None:
             "damage": lambda: damage_section(args.recipe, name, tmp, reference),
             "concurrency": lambda: concurrency_section(args.recipe, name, tmp, reference),
             "memory": lambda: memory_section(reference, tmp),
-            "disk": lambda: pytest_section("tests/test_disk_full.py", {}, tmp, "disk"),
+            "disk": lambda: disk_section(args.recipe, name, tmp, reference),
             "fuzz": lambda: pytest_section(
                 "tests/test_fuzz.py", {"MMEDGE_FUZZ_EXAMPLES": str(args.fuzz_examples)}, tmp, "fuzz"
             ),
@@ -611,6 +692,11 @@ def main(argv=None) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
     _common.RESULTS = args.results_dir
     _common.write_results(args.out_name, data, markdown(data))
+
+
+def _refused(case: dict) -> bool:
+    """A case that ended in a refusal (not healed by a re-run, not finished because the fault never struck)."""
+    return case.get("kind") != "healed" and case.get("outcome") != "finished"
 
 
 def markdown(data: dict) -> str:
@@ -630,20 +716,19 @@ def markdown(data: dict) -> str:
                 "–",
             ]
         )
-    for section, label in (("damage", "damaged state"), ("concurrency", "concurrent runs")):
+    for section, label in (("damage", "damaged state"), ("concurrency", "concurrent runs"), ("disk", "full disk")):
         if section in s:
             cases = s[section]["cases"]
-            times = [c["seconds"] for c in cases if c.get("seconds") is not None and c.get("kind") != "healed"]
+            times = [c["seconds"] for c in cases if c.get("seconds") is not None and _refused(c)]
             rows.append(
                 [label, len(cases), sum(c["survived"] for c in cases), 0, f"{max(times):.2f} s" if times else "–"]
             )
-    for section, label in (("disk", "full disk"), ("fuzz", "fuzzed inputs")):
-        if section in s and "report" in s[section]:
-            parsers = s[section]["report"].get("parsers", s[section]["report"])
-            tried = sum(v.get("tried", 0) for v in parsers.values())
-            bad = sum(v.get("failures", 0) for v in parsers.values())
-            slowest = max((v.get("slowest_refusal_seconds") or 0 for v in parsers.values()), default=0)
-            rows.append([label, tried, tried - bad, 0 if not bad else "see JSON", f"{slowest:.2f} s"])
+    parsers = s.get("fuzz", {}).get("report", {}).get("parsers", {})
+    if parsers:
+        tried = sum(v["cases"] for v in parsers.values())
+        bad = sum(v["failed"] + v["over_deadline"] for v in parsers.values())
+        slowest = max((v.get("slowest_refusal_s") or 0 for v in parsers.values()), default=0)
+        rows.append(["fuzzed inputs", tried, tried - bad, 0, f"{slowest:.2f} s"])
     lines = [
         f"# Reliability battery ({data['recipe']})",
         "",
@@ -671,6 +756,29 @@ def markdown(data: dict) -> str:
             + f"; step outputs identical: {', '.join(same) or 'none'}"
             + (f"; differing: {', '.join(differ)}" if differ else "")
             + f"; other bundle differences: {', '.join(d['bundle_differences']) or 'none'}.",
+            "",
+        ]
+    if parsers:
+        lines += [
+            f"Fuzzing: `tests/test_fuzz.py` with {s['fuzz']['report'].get('max_examples')} examples per parser "
+            f"(exit code {s['fuzz']['exit_code']}); a case over its {s['fuzz']['report'].get('deadline_s')} s "
+            "deadline counts as a hang.",
+            "",
+            table(
+                ["parser test", "cases", "accepted", "refused in a sentence", "failed", "hangs", "slowest s"],
+                [
+                    [
+                        k,
+                        v["cases"],
+                        v["accepted"],
+                        v["refused"],
+                        v["failed"],
+                        v["over_deadline"],
+                        f"{v['slowest_s']:.3f}",
+                    ]
+                    for k, v in parsers.items()
+                ],
+            ),
             "",
         ]
     if "memory" in s:
