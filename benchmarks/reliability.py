@@ -226,7 +226,7 @@ def kill_once(recipe: str, name: str, cwd: Path, log: Path, target: dict, durati
         "resumed_epoch": bool(re.search(r"resuming after epoch", text)),
         "problems": audit(cwd, name),
     }
-    if target["signal"] == "SIGINT" and sent:
+    if target["signal"] == "SIGINT" and sent and record["step_running"] <= len(durations):
         lines = [ln for ln in text.strip().splitlines() if ln.strip()]
         record["sigint_one_line"] = (
             rc == 130 and "Traceback" not in text and bool(lines) and lines[-1].startswith("interrupted;")
@@ -264,10 +264,19 @@ def kills_section(recipe: str, name: str, tmp: Path, reference: dict, chains: li
             }
         )
         shutil.rmtree(cwd / ".mmedge" / "runs" / name / ".resume", ignore_errors=True)
-    sent = [a for a in attempts if a["sent"]]
+    return summarize_kills(attempts, finals, len(durations))
+
+
+def summarize_kills(attempts: list[dict], finals: list[dict], steps: int) -> dict:
+    """The kill section's figures from its raw records. A signal that reached a run which had already finished
+    every step (it arrived while the process was exiting) is not a kill inside a step: it is listed, not counted."""
+    for a in attempts:
+        a["landed"] = bool(a["sent"]) and a["step_running"] is not None and a["step_running"] <= steps
+    sent = [a for a in attempts if a["landed"]]
     return {
         "attempts": attempts,
         "finals": finals,
+        "signals_after_the_run_finished": sum(a["sent"] and not a["landed"] for a in attempts),
         "kills": len(sent),
         "sigkills": sum(a["signal"] == "SIGKILL" for a in sent),
         "sigints": sum(a["signal"] == "SIGINT" for a in sent),
@@ -641,12 +650,28 @@ def main(argv=None) -> None:
     p.add_argument("--out-name", default="reliability")
     p.add_argument("--results-dir", type=Path, default=_common.RESULTS)
     p.add_argument("--keep", type=Path, help="keep the run folders here")
+    p.add_argument(
+        "--resummarize", type=Path, metavar="JSON", help="recompute a results file's figures from its raw records"
+    )
     p.add_argument("--probe", nargs=3, metavar=("KIND", "ROWS", "MODEL"), help=argparse.SUPPRESS)
     p.add_argument("--probe-out", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.probe:
         kind, rows, model = args.probe
         args.probe_out.write_text(json.dumps(memory_probe(kind, int(rows), Path(model))))
+        return
+    if args.resummarize:
+        data = json.loads(args.resummarize.read_text())
+        kills = data["sections"].get("kills")
+        if kills:
+            steps = len(data["reference"]["durations"])
+            section_seconds = kills.get("section_seconds")
+            data["sections"]["kills"] = {
+                **summarize_kills(kills["attempts"], kills["finals"], steps),
+                "section_seconds": section_seconds,
+            }
+        _common.RESULTS = args.resummarize.parent
+        _common.write_results(args.resummarize.stem, data, markdown(data))
         return
     sections = [s for s in args.sections.split(",") if s]
     unknown = set(sections) - set(SECTIONS)
@@ -711,7 +736,7 @@ def markdown(data: dict) -> str:
             [
                 "killed runs (SIGKILL / SIGINT)",
                 f"{k['kills']} ({k['sigkills']} / {k['sigints']}) in steps {', '.join(map(str, k['steps_hit']))}",
-                sum(not a["problems"] and a.get("sigint_one_line", True) for a in k["attempts"] if a["sent"]),
+                sum(not a["problems"] and a.get("sigint_one_line", True) for a in k["attempts"] if a["landed"]),
                 lost,
                 "–",
             ]
@@ -743,7 +768,8 @@ def markdown(data: dict) -> str:
             f"{k['resumed_from_an_epoch']} re-runs resumed training or distillation from an epoch checkpoint; "
             f"SIGINT exited 130 with one line every time: {k['sigint_one_line_exit_130']}; each chain's final bundle "
             f"equals the uninterrupted run's (model files byte for byte, manifest except timings): "
-            f"{k['bundles_identical']}.",
+            f"{k['bundles_identical']}. Signals that arrived after the run had finished every step (not counted): "
+            f"{k.get('signals_after_the_run_finished', 0)}.",
             "",
         ]
     if "determinism" in s:

@@ -299,3 +299,29 @@ def test_a_model_at_an_opset_before_13_is_converted_so_that_its_per_channel_int8
     m = run_recipe(recipe, progress="off")[1].result.metrics
     assert m.pre_process.endswith("opset 11 converted to 13") and m.fidelity.min_cosine >= 0.99
     assert onnx.load(str(model)).opset_import[0].version == 11  # the user's file is never changed
+
+
+def test_a_model_with_its_weights_as_external_data_beside_it_goes_through_the_chain(tmp_path):
+    """Exporters write large models with their weights in files beside the .onnx: the chain's own copy takes those
+    weights inside it, so every later step reads one file; data leaving the model's folder is refused."""
+    model = scorer_onnx(tmp_path / "plain.onnx")
+    proto = onnx.load(str(model))
+    folder = tmp_path / "external"
+    folder.mkdir()
+    onnx.save(proto, str(folder / "scorer.onnx"), save_as_external_data=True, location="weights.bin", size_threshold=0)
+    assert (folder / "weights.bin").is_file()
+    records = run_recipe(recipe_for(tmp_path, folder / "scorer.onnx", [{"type": "quantize.dynamic"}]), progress="off")
+    copy = records[0].result.artifact.path
+    assert not any(t.data_location == TensorProto.EXTERNAL for t in onnx.load(str(copy)).graph.initializer)
+    assert records[-1].result.metrics.fidelity.min_cosine > 0.99
+
+    escaped = tmp_path / "escaped"
+    escaped.mkdir()
+    moved = onnx.load(str(folder / "scorer.onnx"), load_external_data=False)
+    for tensor in moved.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = "../external/weights.bin"
+    onnx.save(moved, str(escaped / "scorer.onnx"))
+    with pytest.raises(MmedgeError, match="outside its folder"):
+        run_recipe(recipe_for(tmp_path / "b", escaped / "scorer.onnx", []), progress="off")

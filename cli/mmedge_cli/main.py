@@ -555,7 +555,7 @@ def inspect(
         )
         acc = summary["metrics"].get("accuracy", {}).get("test", {}).get("accuracy")
         if acc is not None:
-            out.print(f"test accuracy {acc:.2%}; labels: {', '.join(summary['labels'])}")
+            out.print(f"test accuracy {acc:.2%}; labels: {', '.join(map(str, summary['labels']))}")
         if "inputs" not in model:  # the model file was not verified, so not read: show what the manifest states
             model = {**model, "inputs": summary["inputs"]}
             title = f"{model.get('file', path)} as the manifest states it (file not verified)"

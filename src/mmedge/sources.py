@@ -26,7 +26,7 @@ import numpy as np
 from pydantic import Field
 
 from mmedge.artifact import Artifact
-from mmedge.errors import InputPathError, RecipeError
+from mmedge.errors import InputPathError, NotOnnxError, RecipeError
 from mmedge.results import LoadOnnxMetrics
 from mmedge.steps.registry import STEP_TABLE, StepConfig, StepContext, StepResult, register_step
 
@@ -165,6 +165,32 @@ class LoadOnnxConfig(StepConfig):
     )
 
 
+def own_copy(src: Path, out: Path) -> None:
+    """The chain's copy of the user's model at ``out``: the file as it is, or, when it keeps weights as external
+    data beside it, one file with those weights inside (once checked to lie inside the model's folder), so that
+    every later step reads one self-contained file."""
+    import onnx
+
+    from mmedge.runtime.session import refuse_external_data, save_onnx
+
+    try:
+        proto = onnx.load(str(src), load_external_data=False)
+    except Exception:  # not an ONNX file: opening the copy refuses it in one sentence
+        proto = None
+    if proto is None or not any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
+        shutil.copyfile(src, out)
+        return
+    refuse_external_data(src)
+    onnx.load_external_data_for_model(proto, str(src.parent))
+    try:
+        save_onnx(proto, out)
+    except ValueError:  # protobuf's 2 GB limit on one file
+        raise NotOnnxError(
+            f"{src} with its external data is over the 2 GB one ONNX file can hold, which mmedge's steps need; "
+            "compress a model under 2 GB of weights."
+        ) from None
+
+
 @register_step(LoadOnnxConfig, LoadOnnxMetrics)
 def load_onnx_step(cfg: LoadOnnxConfig, ctx: StepContext) -> StepResult:
     from mmedge.runtime.session import metadata_json, open_session
@@ -173,7 +199,7 @@ def load_onnx_step(cfg: LoadOnnxConfig, ctx: StepContext) -> StepResult:
     if src.suffix.lower() != ".onnx" or not src.is_file():
         raise InputPathError(f"model source {src} is not an .onnx file that exists; pass onnx:PATH/TO/model.onnx.")
     out = ctx.out_dir / "model.onnx"
-    shutil.copyfile(src, out)  # the chain works on its own copy; the user's file is never touched
+    own_copy(src, out)  # the chain works on its own copy; the user's files are never touched
     sess = open_session(out, "cpu")
     metrics: dict = {
         "source": str(src),

@@ -315,3 +315,52 @@ def test_a_folder_replaced_under_a_reader_is_never_missing_nor_partly_written(tm
     assert {p.read_text() for p in (tmp_path / ".bundle.old").iterdir()} == {"99"}
     assert len(seen) > 1  # the reader really read while the folder was replaced
     assert problems == []
+
+
+def _with_external_weight(folder, location: str, offset: int = 0, length: int = 16):
+    """A one-node model (y = x + w) whose 4 float weights are external data at ``location``."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4], [0.0] * 4)
+    w.ClearField("float_data")
+    w.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        w.external_data.add(key=key, value=value)
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
+        [w],
+    )
+    path = folder / "model.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("location", "offset", "said"),
+    [
+        ("../outside.bin", 0, "outside its folder"),
+        ("/etc/hostname", 0, "outside its folder"),
+        ("gone.bin", 0, "is missing"),
+        ("w.bin", 8, "ends past its file"),
+    ],
+)
+def test_external_data_outside_the_folder_missing_or_short_is_named_as_such(tmp_path, location, offset, said):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (tmp_path / "outside.bin").write_bytes(b"\0" * 16)
+    (folder / "w.bin").write_bytes(b"\0" * 16)
+    path = _with_external_weight(folder, location, offset)
+    with pytest.raises(NotOnnxError, match=said) as exc:
+        open_session(path)
+    assert str(path) in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_external_data_inside_the_folder_loads(tmp_path):
+    (tmp_path / "w.bin").write_bytes(np.arange(4, dtype=np.float32).tobytes())
+    sess = open_session(_with_external_weight(tmp_path, "w.bin"))
+    out = sess.run(None, {"x": np.ones(4, np.float32)})[0]
+    assert out.tolist() == [1.0, 2.0, 3.0, 4.0]

@@ -76,6 +76,8 @@ def open_session(
         )
     except Exception as exc:  # ORT raises several private exception types for a bad file
         msg = brief(exc)
+        if model is None:
+            refuse_external_data(path)
         if _is_onnx(path if model is None else model):
             fix = (
                 "pass --allow-fallback to let the CPU EP run the nodes it cannot take"
@@ -110,6 +112,48 @@ def _is_onnx(source: Path | bytes) -> bool:
     except Exception:
         return False
     return len(model.graph.node) > 0
+
+
+def refuse_external_data(path: Path) -> None:
+    """Raise NotOnnxError in one sentence when the model at ``path`` keeps weights in external data that lies
+    outside its folder, is missing or is too short (``external_data_problem``)."""
+    problem = external_data_problem(path)
+    if problem:
+        raise NotOnnxError(
+            f"{path} keeps weights in external data that {problem}; keep every data file of the model beside it, "
+            "inside its folder, as the exporter wrote them."
+        )
+
+
+def external_data_problem(path: Path) -> str | None:
+    """What is wrong with the external data of the model at ``path``, as the end of a sentence, or None: a
+    location outside the model's folder (absolute, through ``..`` or a link), a missing file, or an offset and
+    length past the file's end. onnxruntime refuses such a model too, but in words that blame the operators."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # not a model: the caller says so
+        return None
+    folder = path.resolve().parent
+    for tensor in proto.graph.initializer:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in tensor.external_data}
+        where = info.get("location", "")
+        target = (folder / where).resolve() if where and "\0" not in where else None
+        if target is None or Path(where).is_absolute() or not target.is_relative_to(folder):
+            return f"lie outside its folder ({where!r}, for tensor '{tensor.name}')"
+        if not target.is_file():
+            return f"is missing ({where!r}, for tensor '{tensor.name}')"
+        try:
+            end = int(info.get("offset") or 0) + int(info.get("length") or 0)
+        except ValueError:
+            return f"has no readable offset or length (tensor '{tensor.name}')"
+        size = target.stat().st_size
+        if end > size:
+            return f"ends past its file ({where!r} holds {size} bytes, tensor '{tensor.name}' ends at {end})"
+    return None
 
 
 def model_metadata(source) -> dict[str, str]:
