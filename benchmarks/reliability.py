@@ -59,7 +59,14 @@ def launch(recipe: str, cwd: Path, log: Path, *extra: str) -> subprocess.Popen:
             stderr=subprocess.STDOUT,
             start_new_session=True,
             env=env,
+            preexec_fn=_interruptible,
         )
+
+
+def _interruptible() -> None:
+    """SIGINT as a terminal delivers it: a shell starts background jobs with SIGINT ignored, which their children
+    inherit, and Python leaves an ignored SIGINT ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def steps_done(text: str) -> list[tuple[int, str, bool]]:
@@ -200,10 +207,11 @@ def kill_once(recipe: str, name: str, cwd: Path, log: Path, target: dict, durati
         deadline = started + target["fraction"] * durations[step - 1]
         while proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.01)
-    sent = False
+    sent, at, done_at_kill = False, None, None
     if proc.poll() is None:
+        done_at_kill = max((i for i, _, _ in steps_done(log.read_text(errors="replace"))), default=0)
         os.killpg(proc.pid, getattr(signal, target["signal"]))
-        sent = True
+        sent, at = True, time.monotonic() - t0
     rc = proc.wait()
     for _ in range(100):  # the group's other processes (the export worker) go with it
         try:
@@ -218,15 +226,17 @@ def kill_once(recipe: str, name: str, cwd: Path, log: Path, target: dict, durati
         **target,
         "sent": sent,
         "exit_code": rc,
-        "at_seconds": round(time.monotonic() - t0, 2),
+        "at_seconds": None if at is None else round(at, 2),
+        "exit_seconds": round(time.monotonic() - t0, 2),
         "step_running": (max((i for i, _, _ in done), default=0) + 1) if sent else None,
+        "steps_done_at_kill": done_at_kill,
         "finished_before": sorted(before),
         "reused": cached,
         "reused_every_finished_step": set(before) <= set(cached) or not sent,
         "resumed_epoch": bool(re.search(r"resuming after epoch", text)),
         "problems": audit(cwd, name),
     }
-    if target["signal"] == "SIGINT" and sent and record["step_running"] <= len(durations):
+    if target["signal"] == "SIGINT" and sent and done_at_kill < len(durations):
         lines = [ln for ln in text.strip().splitlines() if ln.strip()]
         record["sigint_one_line"] = (
             rc == 130 and "Traceback" not in text and bool(lines) and lines[-1].startswith("interrupted;")
@@ -271,7 +281,8 @@ def summarize_kills(attempts: list[dict], finals: list[dict], steps: int) -> dic
     """The kill section's figures from its raw records. A signal that reached a run which had already finished
     every step (it arrived while the process was exiting) is not a kill inside a step: it is listed, not counted."""
     for a in attempts:
-        a["landed"] = bool(a["sent"]) and a["step_running"] is not None and a["step_running"] <= steps
+        done = a.get("steps_done_at_kill", (a["step_running"] or 1) - 1)
+        a["landed"] = bool(a["sent"]) and done < steps
     sent = [a for a in attempts if a["landed"]]
     return {
         "attempts": attempts,

@@ -96,6 +96,7 @@ def export_checkpoint(checkpoint: Path, out: Path, cfg: ExportConfig | None = No
                 text=True,
                 timeout=cfg.timeout_s,
                 env=env,
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
             )
         except subprocess.TimeoutExpired:
             raise MmedgeError(
@@ -111,6 +112,16 @@ def export_checkpoint(checkpoint: Path, out: Path, cfg: ExportConfig | None = No
                 f"torch.onnx cannot export. Exporter output:\n{tail}"
             )
         return validate_export(checkpoint, tmp, cfg)
+
+
+def _die_with_parent() -> None:
+    """In the export worker, before it starts: Linux kills it when the process that started it dies (a run killed
+    with SIGKILL), instead of leaving it to export into the folder of a step that no run will finish."""
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
 def _worker_errno(stderr: str | None) -> int:
