@@ -137,23 +137,36 @@ def external_data_problem(path: Path) -> str | None:
         return None
     folder = path.resolve().parent
     for tensor in proto.graph.initializer:
-        if tensor.data_location != onnx.TensorProto.EXTERNAL:
-            continue
-        info = {e.key: e.value for e in tensor.external_data}
-        where = info.get("location", "")
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            problem = _external_tensor_problem(tensor, folder)
+            if problem:
+                return problem
+    return None
+
+
+def _external_tensor_problem(tensor, folder: Path) -> str | None:
+    """``external_data_problem`` for one tensor whose data is external, its model in ``folder``."""
+    from mmedge.errors import clip
+
+    info = {e.key: e.value for e in tensor.external_data}
+    where = info.get("location", "")
+    named = f"{clip(where, 80)!r}, for tensor '{clip(tensor.name, 80)}'"
+    try:
         target = (folder / where).resolve() if where and "\0" not in where else None
         if target is None or Path(where).is_absolute() or not target.is_relative_to(folder):
-            return f"lie outside its folder ({where!r}, for tensor '{tensor.name}')"
+            return f"lie outside its folder ({named})"
         if not target.is_file():
-            return f"is missing ({where!r}, for tensor '{tensor.name}')"
-        try:
-            end = int(info.get("offset") or 0) + int(info.get("length") or 0)
-        except ValueError:
-            return f"has no readable offset or length (tensor '{tensor.name}')"
+            return f"is missing ({named})"
         size = target.stat().st_size
-        if end > size:
-            return f"ends past its file ({where!r} holds {size} bytes, tensor '{tensor.name}' ends at {end})"
-    return None
+    except OSError as exc:  # a name too long for the file system, a loop of links
+        return f"cannot be opened ({named}: {exc.strerror})"
+    try:
+        end = int(info.get("offset") or 0) + int(info.get("length") or 0)
+    except ValueError:
+        return f"has no readable offset or length ({named})"
+    return (
+        f"ends past its file ({named}: the file holds {size} bytes, the tensor ends at {end})" if end > size else None
+    )
 
 
 def model_metadata(source) -> dict[str, str]:
