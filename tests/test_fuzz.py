@@ -629,8 +629,9 @@ def load_untrusted(folder: Path) -> None:
     """What `mmedge run --model hf:FOLDER` does without --trust-code: check the folder, load its tokenizer, build
     the model, with "y" typed at any prompt. Afterwards no code of the folder has run, been imported or been copied
     to transformers' cache."""
-    from mmedge.models.external import TRUST_ENV, hf_family
+    from mmedge.models.external import hf_family
     from mmedge.models.options import HFOptions
+    from mmedge.models.trust import TRUST_ENV
 
     trusted, copies = os.environ.pop(TRUST_ENV, None), _code_copies()
     try:  # transformers asks on the console before it runs a folder's code: a user who answers yes is no trust

@@ -664,7 +664,7 @@ def run(
     from mmedge.sources import input_overrides
 
     if trust_code:
-        from mmedge.models.external import trust_code as allow
+        from mmedge.models.trust import trust_code as allow
 
         allow()  # also reaches the export subprocess, which imports the model again
 

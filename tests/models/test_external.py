@@ -84,7 +84,7 @@ def test_worked_example_trains_exports_quantizes_validates_and_bundles(tmp_path,
 def test_factory_reference_and_return_value_are_checked(tmp_path, monkeypatch):
     from mmedge.errors import RecipeError
     from mmedge.models import build_model
-    from mmedge.models.external import trust_code
+    from mmedge.models.trust import trust_code
 
     trust_code()
     (tmp_path / "my_factories.py").write_text("def wrong(vocab_size, num_classes):\n    return 42\n")
@@ -104,7 +104,7 @@ def test_factory_reference_and_return_value_are_checked(tmp_path, monkeypatch):
 
 def test_factory_options_are_passed_through(monkeypatch):
     from mmedge.models import build_model
-    from mmedge.models.external import trust_code
+    from mmedge.models.trust import trust_code
 
     trust_code()
     model = build_model(EXAMPLE, {"width": 8}, vocab_size=20, num_classes=4)

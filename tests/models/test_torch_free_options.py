@@ -30,7 +30,7 @@ SCRIPT = textwrap.dedent("""
 
     from mmedge.errors import MmedgeError
     from mmedge.models import FAMILY_TABLE, family_config
-    from mmedge.models.external import trust_code
+    from mmedge.models.trust import trust_code
 
     trust_code()  # py: names are refused untrusted; trusted, their module must still not be imported to validate
     out = {"families": sorted(FAMILY_TABLE), "ok": {}, "errors": {}}

@@ -28,23 +28,11 @@ from typing import Any
 from mmedge.errors import InputPathError, RecipeError, UntrustedCodeError, brief
 from mmedge.models.options import ExternalOptions, HFOptions
 from mmedge.models.registry import ModelFamily
+from mmedge.models.trust import code_trusted
 
-TRUST_ENV = "MMEDGE_TRUST_CODE"
 _FACTORY = re.compile(r"^py:([A-Za-z_][\w.]*):([A-Za-z_]\w*)$")
 # Hugging Face model_type -> the transformers class that loads it: the image-text dual encoders mmedge supports
 HF_ARCHITECTURES = {"clip": "CLIPModel", "vision-text-dual-encoder": "VisionTextDualEncoderModel"}
-
-
-def code_trusted() -> bool:
-    return os.environ.get(TRUST_ENV) == "1"
-
-
-def trust_code(enabled: bool = True) -> None:
-    """Allow (or forbid again) importing user code, here and in the subprocesses mmedge starts."""
-    if enabled:
-        os.environ[TRUST_ENV] = "1"
-    else:
-        os.environ.pop(TRUST_ENV, None)
 
 
 def require_trust(what: str) -> None:

@@ -30,9 +30,9 @@ from torch import nn
 from mmedge.data.images import ImagePreprocessing
 from mmedge.data.text import HFTokenizer
 from mmedge.errors import InputPathError, MissingDependencyError, brief
-from mmedge.models.external import code_trusted
 from mmedge.models.options import HFOptions
 from mmedge.models.spec import ModelSpec, TensorSpec
+from mmedge.models.trust import code_trusted
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
