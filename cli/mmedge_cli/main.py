@@ -51,7 +51,8 @@ def guarded(fn):
         except (typer.Exit, typer.Abort):
             raise
         except MmedgeError as exc:
-            _say(exc)
+            if type(exc).__name__ != "PeerFailedError":  # that rank says why; this one leaves quietly
+                _say(exc)
             raise typer.Exit(exc.exit_code) from None
         except ModuleNotFoundError as exc:
             root = (exc.name or "").split(".")[0]
@@ -74,10 +75,10 @@ def guarded(fn):
                 raise typer.Exit(full.exit_code) from None
             if os.environ.get("MMEDGE_DEBUG"):
                 raise
-            err.print(
-                f"[bold red]internal error:[/] {type(exc).__name__}: {exc}. This is a bug in mmedge; rerun with "
-                "MMEDGE_DEBUG=1 for the traceback and report it.",
-                highlight=False,
+            _report(
+                "internal error",
+                f"{type(exc).__name__}: {exc}. This is a bug in mmedge; rerun with MMEDGE_DEBUG=1 for the traceback "
+                "and report it.",
             )
             raise typer.Exit(3) from None
 
@@ -86,9 +87,29 @@ def guarded(fn):
 
 def _say(exc: MmedgeError) -> None:
     """An error's sentence on stderr, as the one line a failed command prints."""
+    _report("error", str(exc))
+
+
+LAUNCHED_ENV = "MMEDGE_LAUNCHED"  # set by `mmedge run --nproc-per-node`, which says a failed rank's sentence itself
+
+
+def _report(label: str, message: str) -> None:
+    """``label: message`` on stderr. A rank of a distributed run names itself, leaves the sentence where torchrun
+    reports a failed worker, and says it on its own stderr (its other output is silenced), unless mmedge's
+    launcher will say it."""
     from rich.markup import escape
 
-    err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True)
+    from mmedge.distributed import error_file_message, launched_rank
+
+    console = err
+    rank = launched_rank()
+    if rank is not None:
+        message = f"rank {rank}: {message}"
+        error_file_message(message)
+        if os.environ.get(LAUNCHED_ENV):
+            return
+        console = Console(file=sys.__stderr__, soft_wrap=True)
+    console.print(f"[bold red]{label}:[/] {escape(message)}", highlight=False, markup=True)
 
 
 def _disk_full(exc: Exception) -> MmedgeError | None:
@@ -658,10 +679,49 @@ def run(
             "for the synthetic inputs (every one but the batch needs a size).",
         ),
     ] = None,
+    nproc_per_node: Annotated[
+        int | None,
+        typer.Option(
+            "--nproc-per-node",
+            min=1,
+            help="Train data-parallel in N processes on this machine (torchrun's launcher, gloo); the same as "
+            "`torchrun --nproc-per-node N -m mmedge_cli run ...`. Batch sizes stay global: each rank computes its "
+            "share.",
+        ),
+    ] = None,
+    max_restarts: Annotated[
+        int,
+        typer.Option(
+            "--max-restarts",
+            min=0,
+            help="With --nproc-per-node: restart every rank this many times when one fails; training resumes "
+            "from its last finished epoch.",
+        ),
+    ] = 0,
+    dist_backend: Annotated[
+        str,
+        typer.Option("--dist-backend", help="Backend of a distributed run: auto (gloo: mmedge trains on the CPU)."),
+    ] = "auto",
+    dist_timeout: Annotated[
+        float,
+        typer.Option(
+            "--dist-timeout",
+            min=0.1,
+            help="Minutes a rank of a distributed run waits for the others (a collective, or rank 0's steps) before "
+            "the run stops.",
+        ),
+    ] = 30.0,
 ):
     """Run a whole recipe: train → export → validate → bench → bundle, with each step cached."""
+    from mmedge import distributed
+
+    if nproc_per_node is not None and not distributed.launched():
+        raise typer.Exit(_launch(nproc_per_node, max_restarts))
     from mmedge.recipe import load_recipe, overrides
     from mmedge.sources import input_overrides
+
+    distributed.join(dist_backend, dist_timeout)
+    distributed.quiet_other_ranks()
 
     if trust_code:
         from mmedge.models.trust import trust_code as allow
@@ -689,13 +749,76 @@ def run(
         state = "cached" if rec.cached else f"{rec.seconds:.1f} s"
         out.print(f"[bold]{rec.index}. {rec.config.type}[/] — {state} — {rec.folder}")
 
-    records = run_recipe(
-        r,
-        force=force,
-        progress="bar" if sys.stderr.isatty() else "lines",
-        on_step=show,
-        allow_over_budget=allow_over_budget,
-        wait=not no_wait,
-    )
+    try:
+        records = run_recipe(
+            r,
+            force=force,
+            progress="bar" if sys.stderr.isatty() else "lines",
+            on_step=show,
+            allow_over_budget=allow_over_budget,
+            wait=not no_wait,
+        )
+    except RuntimeError as exc:
+        if distributed.peer_gone(exc):  # another rank ended first, and says why
+            raise distributed.PeerFailedError(str(exc)) from None
+        raise
+    finally:
+        distributed.leave()
     for line in summary_lines(records, r):
         out.print(line, markup=False, highlight=False)
+
+
+def _launch(nproc: int, max_restarts: int) -> int:
+    """``mmedge run --nproc-per-node N ...``: the same command in N processes through torchrun's launcher
+    (``torch.distributed.run``, a rendezvous on this machine); a failed rank's sentence is said once."""
+    import uuid
+
+    from mmedge.distributed import DistributedError
+
+    try:
+        from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+        from torch.distributed.launcher.api import elastic_launch
+        from torch.distributed.run import config_from_args, parse_args
+    except ModuleNotFoundError as exc:
+        raise ModuleNotFoundError(exc.msg, name="torch") from None
+    argv = list(sys.argv[2:])  # what followed `mmedge run`, less this launcher's own options
+    for option in ("--nproc-per-node", "--max-restarts"):
+        while option in argv:
+            at = argv.index(option)
+            del argv[at : at + 2]
+        argv = [a for a in argv if not a.startswith(option + "=")]
+    # each rank takes its share of the cores (torchrun would otherwise set 1 thread and say so)
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    os.environ[LAUNCHED_ENV] = "1"
+    args = parse_args(
+        [
+            f"--nproc-per-node={nproc}",
+            f"--max-restarts={max_restarts}",
+            "--rdzv-backend=c10d",
+            "--rdzv-endpoint=localhost:0",
+            f"--rdzv-id={uuid.uuid4()}",
+            "--module",
+            "mmedge_cli",
+            "run",
+            *argv,
+        ]
+    )
+    if args.master_port is None:
+        args.master_port = 29500
+    config, command, command_args = config_from_args(args)
+    import logging
+
+    logging.getLogger("torch.distributed.elastic").setLevel(
+        logging.CRITICAL
+    )  # the failed rank's sentence is said below
+    try:
+        elastic_launch(config, command)(*command_args)
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        message = failure.message.get("message") if isinstance(failure.message, dict) else failure.message
+        if not message or "elastic/errors" in str(message):  # no word from the rank: its exit code or signal
+            message = f"rank {rank} exited with code {failure.exitcode}"
+        stopped = DistributedError(f"the distributed run stopped: {message}")
+        stopped.exit_code = failure.exitcode if failure.exitcode > 0 else 1  # the rank's own, or 1 for a signal
+        raise stopped from None
+    return 0

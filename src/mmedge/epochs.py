@@ -102,13 +102,19 @@ class EpochCheckpoint:
         self.path = None if folder is None else Path(folder) / self.FILE
 
     def save(self, epoch: int, finished: bool, model, opt, sched, gen, keeper: BestEpoch, extra_params=()) -> None:
-        """The state after epoch ``epoch`` (0-based); ``finished``: the loop stops after it."""
+        """The state after epoch ``epoch`` (0-based); ``finished``: the loop stops after it. In a distributed run
+        every rank calls this: the ranks' torch generators are gathered, and rank 0 writes."""
         if self.path is None:
             return
         import torch
         from safetensors.torch import save_file
 
+        from mmedge.distributed import rng_states, world
         from mmedge.runtime.session import replacing
+
+        generators = rng_states(torch.get_rng_state())
+        if not world().main:
+            return
 
         tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
         tensors.update({f"extra.{i}": p.detach() for i, p in enumerate(extra_params)})
@@ -122,7 +128,8 @@ class EpochCheckpoint:
                     tensors[f"opt.{index}.{name}"] = value
                 else:
                     scalars[f"{index}.{name}"] = value
-        tensors["rng.loop"], tensors["rng.torch"] = gen.get_state(), torch.get_rng_state()
+        tensors["rng.loop"] = gen.get_state()
+        tensors.update({f"rng.torch.{rank}": state for rank, state in enumerate(generators)})
         meta = {
             "epoch": epoch,
             "finished": finished,
@@ -145,7 +152,20 @@ class EpochCheckpoint:
 
     def restore(self, model, opt, sched, gen, keeper: BestEpoch, extra_params=()) -> tuple[int, bool]:
         """Load the saved state into the loop's objects: (the first epoch still to run, whether the loop had
-        finished). (0, False) when nothing was saved, or the state does not fit (then said on stderr)."""
+        finished). (0, False) when nothing was saved, or the state does not fit (then said on stderr). In a
+        distributed run every rank loads it, and they must agree on where they resume (else none resumes)."""
+        from mmedge.distributed import DistributedError, all_sum, world
+
+        first, finished = self._restore(model, opt, sched, gen, keeper, extra_params)
+        size = world().size
+        if size > 1 and all_sum([first, float(finished)]) != [first * size, float(finished) * size]:
+            raise DistributedError(
+                f"the ranks found different epoch checkpoints in {self.path.parent}; remove that folder to train "
+                "from epoch 1, and keep the working folder on a file system every rank shares."
+            )
+        return first, finished
+
+    def _restore(self, model, opt, sched, gen, keeper: BestEpoch, extra_params=()) -> tuple[int, bool]:
         if self.path is None or not self.path.is_file():
             return 0, False
         try:
@@ -189,8 +209,12 @@ class EpochCheckpoint:
             state.setdefault(int(index), {})[name] = value
         opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
         sched.load_state_dict(meta["sched"])
+        from mmedge.distributed import world
+
         gen.set_state(tensors["rng.loop"])
-        torch.set_rng_state(tensors["rng.torch"])
+        mine = tensors.get(f"rng.torch.{world().rank}")
+        if mine is not None:  # a rank the saving run did not have keeps the generator its seed gave it
+            torch.set_rng_state(mine)
         saved = meta["keeper"]
         keeper.best_acc, keeper.stale, keeper.history = saved["best_acc"], saved["stale"], saved["history"]
         keeper.best_loss = math.inf if saved["best_loss"] is None else saved["best_loss"]

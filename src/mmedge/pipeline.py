@@ -29,6 +29,7 @@ from pydantic import ValidationError
 
 from mmedge import __version__
 from mmedge.artifact import Artifact
+from mmedge.distributed import Coordinator, check_shared_folder, world
 from mmedge.errors import RunLockedError
 from mmedge.errors import note as _note
 from mmedge.recipe import Recipe
@@ -181,12 +182,42 @@ def run_recipe(
     """Run ``recipe``'s steps in order, each from its cache when finished before; ``wait``: when another run holds
     the recipe's run folder, wait for it (else refuse, ``RunLockedError``)."""
     root = recipe.workdir / recipe.name
+    w = world()
+    if not w.main:  # another rank: trains with rank 0, and otherwise follows its word
+        return _follow(recipe, root, allow_over_budget)
     root.mkdir(parents=True, exist_ok=True)
     with run_lock(root, wait):
-        return _run_steps(recipe, root, force, progress, on_step, allow_over_budget)
+        coordinator = Coordinator() if w.active else None
+        if coordinator:
+            check_shared_folder(root)
+        return _run_steps(recipe, root, force, progress, on_step, allow_over_budget, coordinator)
 
 
-def _run_steps(recipe, root, force, progress, on_step, allow_over_budget) -> list[StepRecord]:
+def _follow(recipe: Recipe, root: Path, allow_over_budget: bool) -> list[StepRecord]:
+    """A rank other than 0: run each data-parallel step with rank 0, and take every step's record from it. Nothing
+    is written here; a step run here that tried to write would find its folder missing."""
+    coordinator = Coordinator()
+    check_shared_folder(root)
+    records: list[StepRecord] = []
+    artifact: Artifact | None = None
+    unused = Path(tempfile.gettempdir()) / f"mmedge-rank-{world().rank}-writes-nothing"
+    while "end" not in (message := coordinator.receive()):
+        cfg = recipe.steps[message["step"] - 1]
+        if message["together"]:
+            ctx = StepContext(recipe, artifact, unused, records, "off", allow_over_budget, Path(message["resume"]))
+            get_step(cfg.type).run(cfg, ctx)
+        done = coordinator.receive()["record"]
+        result = StepResult.from_json(done, get_step(cfg.type).metrics_cls)
+        records.append(
+            StepRecord(done["index"], cfg, done["key"], Path(done["folder"]), result, done["seconds"], done["cached"])
+        )
+        artifact = result.artifact
+    return records
+
+
+def _run_steps(recipe, root, force, progress, on_step, allow_over_budget, coordinator=None) -> list[StepRecord]:
+    """Run the steps (on rank 0 of a distributed run, telling the other ranks, ``coordinator``, each step: whether
+    they train it together, and its record)."""
     apply_process_defaults()  # before any step lets a library open the process's first session
     for stale in root.glob(".[0-9][0-9]-*"):  # a step's hidden working folder, left by a run that was killed
         if stale.is_dir():  # the lock is held: no other run is using it
@@ -201,6 +232,9 @@ def _run_steps(recipe, root, force, progress, on_step, allow_over_budget) -> lis
         cached = None if force else _load_cached(folder, cfg)
         started = time.perf_counter()
         resume = root / RESUME / folder.name
+        together = cached is None and get_step(cfg.type).decl.parallel
+        if coordinator:
+            coordinator.send({"step": i, "together": together, "resume": str(resume)})
         if cached is None:
             shutil.rmtree(folder, ignore_errors=True)
             if force:
@@ -209,7 +243,7 @@ def _run_steps(recipe, root, force, progress, on_step, allow_over_budget) -> lis
             tmp.chmod(0o755)
             try:
                 ctx = StepContext(recipe, artifact, tmp, records, progress, allow_over_budget, resume)
-                with chain_inputs(*_chain_inputs(records)):
+                with chain_inputs(*_chain_inputs(records)), _said_to(coordinator, not together):
                     result = get_step(cfg.type).run(cfg, ctx)
                 seconds = time.perf_counter() - started
                 (tmp / "result.json").write_text(
@@ -234,6 +268,8 @@ def _run_steps(recipe, root, force, progress, on_step, allow_over_budget) -> lis
             seconds = json.loads((folder / "result.json").read_text()).get("seconds", 0.0)
         record = StepRecord(i, cfg, key, folder, result, seconds, cached is not None)
         records.append(record)
+        if coordinator:
+            coordinator.send({"record": json.loads(json.dumps(record.to_json(), default=str))})
         if on_step:
             on_step(record)
         artifact = result.artifact
@@ -244,11 +280,27 @@ def _run_steps(recipe, root, force, progress, on_step, allow_over_budget) -> lis
         ).hexdigest()
         previous = f"{key}:{fingerprint(result.artifact.path)}:{measured}"
     shutil.rmtree(root / RESUME, ignore_errors=True)  # every step finished: epoch states of older keys too
-    write_results(recipe, records, root / "results.json")
-    from mmedge.report.render import write_report
+    with _said_to(coordinator, True):
+        write_results(recipe, records, root / "results.json")
+        from mmedge.report.render import write_report
 
-    write_report(results_document(recipe, records), root, write_json=False)
+        write_report(results_document(recipe, records), root, write_json=False)
+    if coordinator:
+        coordinator.send({"end": True})
     return records
+
+
+@contextlib.contextmanager
+def _said_to(coordinator: Coordinator | None, waiting: bool):
+    """Rank 0's failure told to the other ranks while they wait for its word (``waiting``), so that they stop with
+    it instead of waiting out their timeout; while they train with it, the launcher stops them."""
+    try:
+        yield
+    except BaseException as exc:
+        if coordinator and waiting:
+            with contextlib.suppress(Exception):
+                coordinator.send({"failed": f"{type(exc).__name__}: {exc}"})
+        raise
 
 
 def _chain_inputs(records: list[StepRecord]) -> tuple[Path | None, str]:

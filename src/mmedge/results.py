@@ -148,7 +148,14 @@ class ModelMetrics(Scored):
     image_format: ImageFormat | None = None  # what the model takes, and where each setting came from
 
 
-class TrainMetrics(ModelMetrics):
+class DataParallel(_Part):
+    """How many processes trained the step (``mmedge.distributed``): 1, or the ranks of a torchrun world."""
+
+    world_size: int = 1
+    dist_backend: str | None = None  # gloo in a distributed run
+
+
+class TrainMetrics(ModelMetrics, DataParallel):
     epochs_run: int
     stopped: Literal["epochs", "early_stopping", "time_cap"]
     train_seconds: float
@@ -156,7 +163,7 @@ class TrainMetrics(ModelMetrics):
     history: list[EpochRecord]
 
 
-class DistillMetrics(Scored):
+class DistillMetrics(Scored, DataParallel):
     family: str
     parameters: int
     teacher: str
@@ -177,7 +184,7 @@ class MagnitudePruneMetrics(Scored):
     note: str
 
 
-class StructuredPruneMetrics(Scored):
+class StructuredPruneMetrics(Scored, DataParallel):
     ratio: float
     branch_ratios: dict[str, float]
     importance: str

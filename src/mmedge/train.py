@@ -8,7 +8,6 @@ questions need the exact digit. The best epoch on the validation split is kept.
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -24,12 +23,25 @@ from mmedge.data import DataConfig, load_dataset
 from mmedge.data.digits_vqa import FAMILIES, VQASplit, make_questions
 from mmedge.data.images import ImagePreprocessing
 from mmedge.data.text import Tokenizer, WordVocab
+from mmedge.distributed import (
+    Shard,
+    all_sum,
+    broadcast_state,
+    data_parallel,
+    from_main,
+    global_batch_norm,
+    per_rank,
+    shard,
+    world,
+)
 from mmedge.epochs import BestEpoch, EpochCheckpoint, warmup_cosine
 from mmedge.errors import RecipeError
 from mmedge.models.checkpoint import load_checkpoint, save_checkpoint
 from mmedge.results import ModelMetrics, TrainMetrics
 from mmedge.runtime.evaluate import score
 from mmedge.steps.registry import StepConfig, StepContext, StepResult, register_step
+
+RANK_SEED_STRIDE = 1_000_003  # rank r seeds torch's global generator (dropout) with seed + r * this
 
 if TYPE_CHECKING:  # torch is imported where it is used: a recipe parses, and its dry run prints, without it
     import torch
@@ -119,15 +131,20 @@ def predict_split(
     return np.concatenate(out)
 
 
-def augment(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random affine jitter of (B, C, H, W) digits: rotation ±10°, shift ±2 px, scale 0.9–1.1."""
+def augment(images: torch.Tensor, gen: torch.Generator, part: Shard | None = None) -> torch.Tensor:
+    """Random affine jitter of (B, C, H, W) digits: rotation ±10°, shift ±2 px, scale 0.9–1.1. ``part``: the images
+    are this rank's slice of a step's; the draws are made for the whole step, as one process would make them."""
     import torch
     import torch.nn.functional as F
 
     b, _, h, _ = images.shape
+    if part is not None:
+        b = part.total
     angle = (torch.rand(b, generator=gen) * 2 - 1) * math.radians(10)
     scale = 0.9 + torch.rand(b, generator=gen) * 0.2
     shift = (torch.rand(b, 2, generator=gen) * 2 - 1) * (2.0 * 2 / h)  # normalized coords span 2
+    if part is not None:
+        angle, scale, shift = part.take(angle), part.take(scale), part.take(shift)
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
@@ -149,14 +166,21 @@ LossFn = Callable[["torch.Tensor", Batch], "torch.Tensor"]
 
 
 def drop_modalities(
-    features: torch.Tensor, blank: torch.Tensor, batch: Batch, rate: float, pad_id: int, gen: torch.Generator
+    features: torch.Tensor,
+    blank: torch.Tensor,
+    batch: Batch,
+    rate: float,
+    pad_id: int,
+    gen: torch.Generator,
+    part: Shard | None = None,
 ) -> tuple[torch.Tensor, Batch]:
     """Blank the image of ``rate / 2`` of the questions (their features become ``blank``, the encoding of an
     all-zero image, as a missing frame is fed at run time) and empty the text of another ``rate / 2`` (all
-    padding, mask 0). The answers stay the true ones."""
+    padding, mask 0). The answers stay the true ones. ``part``: as in ``augment``, for the step's questions."""
     import torch
 
-    u = torch.rand(len(batch.target), generator=gen)
+    u = torch.rand(len(batch.target) if part is None else part.total, generator=gen)
+    u = u if part is None else part.take(u)
     no_image, no_text = u < rate / 2, (u >= rate / 2) & (u < rate)
     keep = no_image.view(-1, *([1] * (features.dim() - 1)))
     features = torch.where(keep, blank.expand_as(features), features)
@@ -166,26 +190,55 @@ def drop_modalities(
 
 
 def _steps(q_image: np.ndarray, grouped: bool, cfg: TrainConfig, gen: torch.Generator):
-    """One epoch's steps: (image rows, question rows, each question's index into the step's images).
+    """One epoch's steps, as this rank computes them: (image rows, question rows, each question's index into the
+    step's images, the rank's slice of the step's images, and of its questions). Every rank draws the same order;
+    each takes its slice of every step (the whole step in a world of one).
 
     Grouped (every image has ``questions_per_image`` questions): the image encoder runs once per image and its
     features are shared by its questions. Otherwise each step is ``batch_size`` questions with their images."""
     import torch
 
+    q = cfg.questions_per_image
     if grouped:
-        n_images = len(q_image) // cfg.questions_per_image
-        q_rows = np.argsort(q_image, kind="stable").reshape(n_images, cfg.questions_per_image)
+        n_images = len(q_image) // q
+        q_rows = np.argsort(q_image, kind="stable").reshape(n_images, q)
         order = torch.randperm(n_images, generator=gen).numpy()
-        per_step = max(1, cfg.batch_size // cfg.questions_per_image)
+        per_step = max(1, cfg.batch_size // q)
         for start in range(0, len(order), per_step):
-            img_rows = order[start : start + per_step]
-            shared = torch.arange(len(img_rows)).repeat_interleave(cfg.questions_per_image)
-            yield img_rows, q_rows[img_rows].reshape(-1), shared
+            part = shard(len(order[start : start + per_step]))
+            img_rows = part.take(order[start : start + per_step])
+            shared = torch.arange(len(img_rows)).repeat_interleave(q)
+            questions = Shard(part.start * q, part.stop * q, part.total * q)
+            yield img_rows, q_rows[img_rows].reshape(-1), shared, part, questions
         return
     order = torch.randperm(len(q_image), generator=gen).numpy()
     for start in range(0, len(order), cfg.batch_size):
-        rows = order[start : start + cfg.batch_size]
-        yield q_image[rows], rows, torch.arange(len(rows))
+        part = shard(len(order[start : start + cfg.batch_size]))
+        rows = part.take(order[start : start + cfg.batch_size])
+        yield q_image[rows], rows, torch.arange(len(rows)), part, part
+
+
+def _forward(model, image, batch: Batch, cfg: TrainConfig, vocab: Tokenizer, gen, questions: Shard):
+    """One step's logits (and its batch, with the modalities that dropout removed): whole forward passes for a
+    model from outside the zoo, else one image-encoder pass per image, shared by its questions."""
+    import torch
+
+    shared = batch.shared
+    if not hasattr(model, "encode_image"):  # a model from outside the zoo: whole forward passes
+        pictures = image[shared]
+        if cfg.modality_dropout > 0:
+            pictures, batch = drop_modalities(
+                pictures, torch.zeros_like(image[:1]), batch, cfg.modality_dropout, vocab.pad_id, gen, questions
+            )
+        return model(pictures, batch.input_ids, batch.attention_mask), batch
+    if cfg.modality_dropout > 0:
+        # the blank frame goes through the encoder with the real ones (same BatchNorm statistics)
+        encoded = model.encode_image(torch.cat([image, torch.zeros_like(image[:1])]))
+        features, batch = drop_modalities(
+            encoded[:-1][shared], encoded[-1:], batch, cfg.modality_dropout, vocab.pad_id, gen, questions
+        )
+        return model.forward_features(features, batch.input_ids, batch.attention_mask), batch
+    return model.forward_features(model.encode_image(image)[shared], batch.input_ids, batch.attention_mask), batch
 
 
 def train_model(
@@ -204,25 +257,42 @@ def train_model(
     ``extra_params`` are trained alongside the model (e.g. a feature projection). A late-fusion model without
     augmentation trains on cached tower outputs (``train_cache``) where ``loss_fn`` is None or reads
     ``CachedBatch`` steps (``loss_fn.cached``). ``resume``: a folder for the per-epoch checkpoint (``EpochCheckpoint``)
-    that a killed run continues from."""
+    that a killed run continues from.
+
+    In a distributed run (``mmedge.distributed``) every rank calls this and computes its share of each step; the
+    model returned is the same on every rank."""
+    import torch
+
+    w = world()
+    torch.manual_seed(cfg.seed + RANK_SEED_STRIDE * w.rank)  # dropout: each rank draws its own masks
+    torch.set_num_threads(w.threads(cfg.threads))
+    with global_batch_norm(model):
+        if (
+            getattr(model, "late_fusion", False)
+            and not cfg.augment
+            and (loss_fn is None or getattr(loss_fn, "cached", False))
+        ):
+            from mmedge.train_cache import train_cached  # each tower's frozen part once, not once per question
+
+            model, history = train_cached(model, data, vocab, cfg, on_epoch, loss_fn, extra_params, resume)
+        else:
+            model, history = _train_whole(model, data, vocab, cfg, on_epoch, loss_fn, extra_params, resume)
+    broadcast_state(model)
+    return model, history
+
+
+def _train_whole(model, data, vocab: Tokenizer, cfg: TrainConfig, on_epoch, loss_fn, extra_params, resume):
+    """``train_model`` with whole forward passes (one image-encoder pass per image, shared by its questions)."""
     import torch
     import torch.nn.functional as F
 
-    torch.manual_seed(cfg.seed)
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
-    if (
-        getattr(model, "late_fusion", False)
-        and not cfg.augment
-        and (loss_fn is None or getattr(loss_fn, "cached", False))
-    ):
-        from mmedge.train_cache import train_cached  # each tower's frozen part once, not once per question
-
-        return train_cached(model, data, vocab, cfg, on_epoch, loss_fn, extra_params, resume)
+    w = world()
     gen = torch.Generator().manual_seed(cfg.seed)
     train = data.train
     prep = model.spec().image  # images as the model takes them (size, color)
     fresh_questions = train.family_names == FAMILIES  # digits-vqa asks new questions every epoch
     images_per_step = max(1, cfg.batch_size // cfg.questions_per_image)
+    per_rank(cfg.batch_size, images_per_step=images_per_step if fresh_questions else None)
     steps_per_epoch = (
         math.ceil(len(train.images) / images_per_step) if fresh_questions else math.ceil(len(train) / cfg.batch_size)
     )
@@ -233,6 +303,7 @@ def train_model(
     keeper = BestEpoch(model, cfg, on_epoch)
     checkpoint = EpochCheckpoint(resume)
     first, finished = checkpoint.restore(model, opt, sched, gen, keeper, extra_params)
+    run = data_parallel(model, extra_params)
     for epoch in range(first, first if finished else cfg.epochs):
         model.train()
         # Fresh questions every epoch: each image gets `questions_per_image` new ones, grouped by image so
@@ -246,10 +317,10 @@ def train_model(
         longest = int(mask_all.sum(1).max())  # drop all-padding columns: fewer LSTM/attention steps
         ids_all, mask_all = ids_all[:, :longest], mask_all[:, :longest]
         loss_sum, hits, seen = 0.0, 0, 0
-        for img_rows, rows, shared in _steps(q_image, fresh_questions, cfg, gen):
+        for img_rows, rows, shared, images, questions in _steps(q_image, fresh_questions, cfg, gen):
             image = torch.from_numpy(train.pictures(img_rows, prep))  # (b, C, H, W)
             if cfg.augment:
-                image = augment(image, gen)
+                image = augment(image, gen, images)
             batch = Batch(
                 image,
                 shared,
@@ -257,36 +328,22 @@ def train_model(
                 torch.from_numpy(mask_all[rows]),
                 torch.from_numpy(labels[rows]),
             )
+            logits, batch = run(_forward, model, image, batch, cfg, vocab, gen, questions)
             target = batch.target
-            if not hasattr(model, "encode_image"):  # a model from outside the zoo: whole forward passes
-                if cfg.modality_dropout > 0:
-                    pictures, batch = drop_modalities(
-                        image[shared], torch.zeros_like(image[:1]), batch, cfg.modality_dropout, vocab.pad_id, gen
-                    )
-                else:
-                    pictures = image[shared]
-                logits = model(pictures, batch.input_ids, batch.attention_mask)
-            elif cfg.modality_dropout > 0:
-                # the blank frame goes through the encoder with the real ones (same BatchNorm statistics)
-                encoded = model.encode_image(torch.cat([image, torch.zeros_like(image[:1])]))
-                features, batch = drop_modalities(
-                    encoded[:-1][shared], encoded[-1:], batch, cfg.modality_dropout, vocab.pad_id, gen
-                )
-                logits = model.forward_features(features, batch.input_ids, batch.attention_mask)
-            else:
-                logits = model.forward_features(
-                    model.encode_image(image)[shared], batch.input_ids, batch.attention_mask
-                )
             loss = F.cross_entropy(logits, target) if loss_fn is None else loss_fn(logits, batch)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * questions.scale).backward()
             opt.step()
             sched.step()
             loss_sum += loss.item() * len(rows)
             hits += int((logits.argmax(1) == target).sum())
             seen += len(rows)
-        val = score(predict_split(model, data.val, vocab), data.val)
-        stop = keeper.end_epoch(epoch, loss_sum / seen, hits / seen, val.accuracy)
+        loss_sum, hits, seen = all_sum([loss_sum, hits, seen])
+        # rank 0 validates; its figure decides for every rank
+        val_accuracy = score(predict_split(model, data.val, vocab), data.val).accuracy if w.main else 0.0
+        (val_accuracy,) = from_main([val_accuracy])
+        stop = keeper.end_epoch(epoch, loss_sum / seen, hits / seen, val_accuracy)
+        stop = bool(from_main([float(stop)])[0])  # a wall-clock cap is read on rank 0's clock
         checkpoint.save(epoch, stop or epoch + 1 == cfg.epochs, model, opt, sched, gen, keeper, extra_params)
         if stop:
             break
@@ -377,12 +434,15 @@ def run_training(
     with _Progress(cfg.epochs, progress) as bar:
         model, history = train_model(model, data, vocab, cfg, on_epoch=bar.update, resume=resume)
     seconds = time.perf_counter() - started
+    if not world().main:  # rank 0 evaluates and writes
+        return out_dir, {}
     metrics = {
         "family": family,
         "parameters": sum(p.numel() for p in model.parameters()),
         "epochs_run": len(history),
         "stopped": stop_reason(history, cfg.epochs),
         "train_seconds": seconds,
+        **world().to_json(),
         "best_val_accuracy": max(r["val_accuracy"] for r in history),
         **evaluate_with_ablation(model, data, vocab),
         "history": history,
@@ -517,6 +577,8 @@ def train_step(cfg: TrainConfig, ctx: StepContext) -> StepResult:
         progress=ctx.progress,
         resume=ctx.resume_dir,
     )
+    if not world().main:
+        return None  # rank 0 writes the step's result
     ckpt = load_checkpoint(path)
     _save_reference_logits(ckpt, recipe.data, ctx.out_dir)
     return StepResult(

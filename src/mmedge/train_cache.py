@@ -24,29 +24,30 @@ CHUNK = 256  # images or texts per forward pass while the caches are filled
 
 class SplitCache:
     """The frozen prefixes of one split: per distinct image (``images``; a blank image last) and per distinct
-    question string (``texts``; the empty question last), with each question's row into both."""
+    question string (``texts``; the empty question last), with each question's row into both. ``parallel``: every
+    rank of a distributed run builds it together, each computing a share of the chunks (``gather_rows``)."""
 
-    def __init__(self, model, split, vocab):
+    def __init__(self, model, split, vocab, parallel: bool = False):
+        from mmedge.distributed import gather_rows
+
         prep = model.spec().image
+        rows = gather_rows if parallel else _rows
         with torch.no_grad():
             model.eval()
             picked = np.unique(split.image_index)
             slot = np.full(len(split.images), -1, dtype=np.int64)
             slot[picked] = np.arange(len(picked))
-            parts = [
-                model.image_prefix(torch.from_numpy(split.pictures(picked[i : i + CHUNK], prep)))
-                for i in range(0, len(picked), CHUNK)
-            ]
+            images = rows(
+                lambda a, b: model.image_prefix(torch.from_numpy(split.pictures(picked[a:b], prep))), len(picked), CHUNK
+            )
             blank = torch.zeros((1, prep.channels, prep.height, prep.width))
-            self.images = torch.cat([*parts, model.image_prefix(blank)])  # (M + 1, ...)
+            self.images = torch.cat([images, model.image_prefix(blank)])  # (M + 1, ...)
             self.image_row = torch.from_numpy(slot[split.image_index])  # (N,)
             strings = sorted(set(split.texts))
             index = {t: i for i, t in enumerate(strings)}
             ids, mask = vocab.encode([*strings, ""])
             ids, mask = torch.from_numpy(ids), torch.from_numpy(mask)
-            self.texts = torch.cat(
-                [model.text_prefix(ids[i : i + CHUNK], mask[i : i + CHUNK]) for i in range(0, len(ids), CHUNK)]
-            )  # (S + 1, ...)
+            self.texts = rows(lambda a, b: model.text_prefix(ids[a:b], mask[a:b]), len(ids), CHUNK)  # (S + 1, ...)
             self.masks = mask  # (S + 1, T)
             self.text_row = torch.tensor([index[t] for t in split.texts], dtype=torch.int64)  # (N,)
         self.blank_image = len(self.images) - 1
@@ -71,6 +72,11 @@ class SplitCache:
                 for s in range(0, len(rows), batch)
             ]
         )
+
+
+def _rows(compute, n: int, chunk: int) -> torch.Tensor:
+    """``compute(start, stop)`` over the chunks of ``n`` rows, joined (in one process)."""
+    return torch.cat([compute(s, min(s + chunk, n)) for s in range(0, n, chunk)])
 
 
 @dataclass(frozen=True)
@@ -120,12 +126,15 @@ def train_cached(
     (as asked, and with modality dropout also with images blanked and with questions emptied) to break ties of
     validation accuracy between epochs. ``extra_params`` train alongside the model; ``resume``: as in
     ``train_model``."""
+    from mmedge.distributed import all_sum, data_parallel, from_main, per_rank, shard, world
     from mmedge.epochs import BestEpoch, EpochCheckpoint, warmup_cosine
     from mmedge.runtime.evaluate import score
 
+    w = world()
+    per_rank(cfg.batch_size)
     gen = torch.Generator().manual_seed(cfg.seed)
     keeper = BestEpoch(model, cfg, on_epoch)
-    train, val = SplitCache(model, data.train, vocab), SplitCache(model, data.val, vocab)
+    train, val = SplitCache(model, data.train, vocab, parallel=True), SplitCache(model, data.val, vocab, parallel=True)
     targets = torch.from_numpy(data.train.labels)
     n = len(targets)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
@@ -137,36 +146,44 @@ def train_cached(
     by_image = train.images.dim() > 2  # image layers train: batches of whole pictures run each one once per step
     checkpoint = EpochCheckpoint(resume)
     first, finished = checkpoint.restore(model, opt, sched, gen, keeper, extra_params)
+    run = data_parallel(model, extra_params)
     for epoch in range(first, first if finished else cfg.epochs):
         model.train()
         order = _grouped_order(train.image_row, gen) if by_image else torch.randperm(n, generator=gen)
         loss_sum, hits = 0.0, 0
         for start in range(0, n, cfg.batch_size):
-            rows = order[start : start + cfg.batch_size]
+            part = shard(len(order[start : start + cfg.batch_size]))  # this rank's slice of the step
+            rows = part.take(order[start : start + cfg.batch_size])
             image_rows, text_rows = train.image_row[rows], train.text_row[rows]
             if cfg.modality_dropout > 0:  # blank the image of rate/2 of the questions, empty the text of rate/2
-                u = torch.rand(len(rows), generator=gen)
+                u = part.take(torch.rand(part.total, generator=gen))  # drawn for the whole step, as one process
                 image_rows = torch.where(u < cfg.modality_dropout / 2, train.blank_image, image_rows)
                 no_text = (u >= cfg.modality_dropout / 2) & (u < cfg.modality_dropout)
                 text_rows = torch.where(no_text, train.empty_text, text_rows)
-            logits = train.logits(model, rows, image_rows, text_rows)
+            logits = run(train.logits, model, rows, image_rows, text_rows)
             if loss_fn is None:
                 loss = F.cross_entropy(logits, targets[rows])
             else:
                 loss = loss_fn(logits, CachedBatch("train", rows, image_rows, text_rows, targets[rows]))
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * part.scale).backward()
             opt.step()
             sched.step()
             loss_sum += loss.item() * len(rows)
             hits += int((logits.argmax(1) == targets[rows]).sum())
-        with torch.no_grad():
-            model.eval()
-            val_accuracy = score(val.logits(model).numpy(), data.val).accuracy
-            val_loss = (
-                None if loss_fn is None else _val_loss(model, val, val_targets, loss_fn, cfg.modality_dropout > 0)
-            )
+        loss_sum, hits = all_sum([loss_sum, hits])
+        val_accuracy, val_loss = 0.0, None
+        if w.main:  # rank 0 validates; its figures decide for every rank
+            with torch.no_grad():
+                model.eval()
+                val_accuracy = score(val.logits(model).numpy(), data.val).accuracy
+                val_loss = (
+                    None if loss_fn is None else _val_loss(model, val, val_targets, loss_fn, cfg.modality_dropout > 0)
+                )
+        val_accuracy, shared_loss = from_main([val_accuracy, math.nan if val_loss is None else val_loss])
+        val_loss = None if math.isnan(shared_loss) else shared_loss
         stop = keeper.end_epoch(epoch, loss_sum / n, hits / n, val_accuracy, val_loss)
+        stop = bool(from_main([float(stop)])[0])  # a wall-clock cap is read on rank 0's clock
         checkpoint.save(epoch, stop or epoch + 1 == cfg.epochs, model, opt, sched, gen, keeper, extra_params)
         if stop:
             break

@@ -24,6 +24,7 @@ from typing import Literal
 from pydantic import Field
 
 from mmedge.artifact import Artifact
+from mmedge.distributed import world
 from mmedge.errors import MmedgeError
 from mmedge.results import DistillMetrics
 from mmedge.steps.registry import StepContext, StepResult, register_step
@@ -116,7 +117,10 @@ def teacher_caches(teacher, data, vocab) -> dict:
 
     if hasattr(teacher, "set_trained"):
         teacher.set_trained(0, 0)
-    return {"train": SplitCache(teacher, data.train, vocab), "val": SplitCache(teacher, data.val, vocab)}
+    return {
+        "train": SplitCache(teacher, data.train, vocab, parallel=True),  # every rank of a run builds them together
+        "val": SplitCache(teacher, data.val, vocab, parallel=True),
+    }
 
 
 def distill_loss(student, teacher, cfg: DistillConfig, ids=None, caches: dict | None = None):
@@ -235,6 +239,8 @@ def distill_step(cfg: DistillConfig, ctx: StepContext) -> StepResult:
     started = time.perf_counter()
     with _Progress(cfg.epochs, ctx.progress, label="distill") as bar:
         student, history = train_model(student, data, current.vocab, cfg, bar.update, loss_fn, extra, ctx.resume_dir)
+    if not world().main:
+        return None  # rank 0 evaluates and writes
     metrics = {
         "family": student.family,
         "parameters": sum(p.numel() for p in student.parameters()),
@@ -243,6 +249,7 @@ def distill_step(cfg: DistillConfig, ctx: StepContext) -> StepResult:
         "epochs_run": len(history),
         "stopped": stop_reason(history, cfg.epochs),
         "train_seconds": time.perf_counter() - started,
+        **world().to_json(),
         "best_val_accuracy": max(r["val_accuracy"] for r in history),
         **evaluate_with_ablation(student, data, current.vocab),
         "history": history,

@@ -16,6 +16,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from mmedge.artifact import Artifact
+from mmedge.distributed import world
 from mmedge.errors import MmedgeError
 from mmedge.models.spec import BRANCHES, check_branches
 from mmedge.results import METRICS, MagnitudePruneMetrics, StructuredPruneMetrics
@@ -426,7 +427,7 @@ def structured_prune(
             if cfg.finetune_towers:
                 model.set_trained(trained["train_image_blocks"], trained["train_text_layers"])
         model.eval()
-        val = score(predict_split(model, data.val, vocab), data.val).accuracy
+        val = score(predict_split(model, data.val, vocab), data.val).accuracy if world().main else 0.0
         history.append(
             {"step": step + 1, "parameters": sum(p.numel() for p in model.parameters()), "val_accuracy": val}
         )
@@ -603,7 +604,10 @@ def prune_structured_step(cfg: StructuredPruneConfig, ctx: StepContext) -> StepR
     before = model_size(ckpt.model)
     vocabulary = prune_vocabulary(ckpt, data, cfg.vocab_size) if cfg.vocab_size else None
     metrics = structured_prune(ckpt.model, data, ckpt.vocab, cfg, progress=ctx.progress, before=before)
-    return _pruned_result(ckpt, {**metrics, "vocabulary": vocabulary}, "prune.structured", ctx, omit="history")
+    if not world().main:
+        return None  # every rank pruned and fine-tuned alike; rank 0 evaluates and writes
+    metrics = {**metrics, "vocabulary": vocabulary, **world().to_json()}
+    return _pruned_result(ckpt, metrics, "prune.structured", ctx, omit="history")
 
 
 def prune_vocabulary(ckpt, data, keep_first: int) -> dict:

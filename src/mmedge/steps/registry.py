@@ -39,17 +39,20 @@ class StepDecl:
     consumes: str | None  # artifact kind it needs as input (None: starts a chain)
     produces: str | None  # artifact kind it writes (None: passes its input through and adds metrics)
     torch: bool = False  # needs PyTorch to run (left out of a chain that starts from an ONNX file)
+    parallel: bool = False  # trains data-parallel on every rank of a distributed run (``mmedge.distributed``)
 
 
 # Every step mmedge knows: type tag -> declaration. One line per step; the module registers it with @register_step.
 STEP_TABLE: dict[str, StepDecl] = {
-    "train": StepDecl("mmedge.train", None, "torch-checkpoint", torch=True),
+    "train": StepDecl("mmedge.train", None, "torch-checkpoint", torch=True, parallel=True),
     "load": StepDecl("mmedge.train", None, "torch-checkpoint", torch=True),
     "load.model": StepDecl("mmedge.train", None, "torch-checkpoint", torch=True),
     "load.onnx": StepDecl("mmedge.sources", None, "onnx"),
     "prune.magnitude": StepDecl("mmedge.compress.prune", "torch-checkpoint", "torch-checkpoint", torch=True),
-    "prune.structured": StepDecl("mmedge.compress.prune", "torch-checkpoint", "torch-checkpoint", torch=True),
-    "distill": StepDecl("mmedge.compress.distill", "torch-checkpoint", "torch-checkpoint", torch=True),
+    "prune.structured": StepDecl(
+        "mmedge.compress.prune", "torch-checkpoint", "torch-checkpoint", torch=True, parallel=True
+    ),
+    "distill": StepDecl("mmedge.compress.distill", "torch-checkpoint", "torch-checkpoint", torch=True, parallel=True),
     "export": StepDecl("mmedge.export.onnx", "torch-checkpoint", "onnx", torch=True),
     "optimize": StepDecl("mmedge.compress.optimize", "onnx", "onnx"),
     "quantize.dynamic": StepDecl("mmedge.compress.quantize.dynamic", "onnx", "onnx"),
