@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 CHUNK = 256  # images or texts per forward pass while the caches are filled
+CACHE_EVENT = "mmedge.tower_caches"  # what torch.profiler calls the building of a cache (benchmarks/scaling.py)
 
 
 class SplitCache:
@@ -32,7 +33,7 @@ class SplitCache:
 
         prep = model.spec().image
         rows = gather_rows if parallel else _rows
-        with torch.no_grad():
+        with torch.no_grad(), torch.profiler.record_function(CACHE_EVENT):
             model.eval()
             picked = np.unique(split.image_index)
             slot = np.full(len(split.images), -1, dtype=np.int64)
