@@ -13,6 +13,12 @@ N processes, interleaved, `--repeats` times. Reported:
 
     python benchmarks/scaling.py [--processes 2] [--repeats 3] [--recipes digits-vqa easy-vqa]
                                  -> benchmarks/results/scaling.{json,md}
+    python benchmarks/scaling.py --whole-recipe [--processes 2]
+                                 -> benchmarks/results/scaling-recipe.{json,md}
+
+``--whole-recipe`` runs the default recipe from scratch with ``mmedge run`` in one process and with
+``--nproc-per-node N``, each into its own folder, and compares what they ship: test accuracy, ``mmedge validate`` on
+each bundle, the world size each training step records, and each step's wall time.
 
 mmedge trains on the CPU; a GPU machine runs the same CPU training (NCCL, which joins CUDA tensors, has nothing to
 join), so this benchmark has no CUDA mode.
@@ -240,11 +246,89 @@ def markdown(data: dict) -> str:
     )
 
 
+def whole_recipe(processes: int) -> dict:
+    """The default recipe end to end at 1 and ``processes`` processes (fresh folders), with ``mmedge validate`` on
+    each bundle."""
+    mmedge = str(Path(sys.executable).with_name("mmedge"))
+    runs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in (1, processes):
+            name = f"digits-vqa-{n}p"
+            command = [mmedge, "run", "--name", name, "--out", str(Path(tmp) / name)]
+            command += ["--nproc-per-node", str(n)] if n > 1 else []
+            started = time.perf_counter()
+            done = subprocess.run(command, cwd=tmp, capture_output=True, text=True)
+            seconds = time.perf_counter() - started
+            if done.returncode != 0:
+                sys.exit(f"the {n}-process run failed:\n{done.stderr[-4000:]}")
+            checked = subprocess.run([mmedge, "validate", str(Path(tmp) / name)], capture_output=True, text=True)
+            results = json.loads((Path(tmp) / ".mmedge" / "runs" / name / "results.json").read_text())
+            steps = {s["type"]: s for s in results["steps"]}
+            runs[n] = {
+                "seconds": seconds,
+                "validate_exit_code": checked.returncode,
+                "validate_output": checked.stdout[-2000:],
+                "test_accuracy": steps["validate"]["metrics"]["test"]["accuracy"],
+                "teacher_test_accuracy": steps["train"]["metrics"]["test"]["accuracy"],
+                "world_sizes": {
+                    t: s["metrics"]["world_size"] for t, s in steps.items() if "world_size" in s["metrics"]
+                },
+                "step_seconds": {t: s["seconds"] for t, s in steps.items()},
+                "chosen": steps["quantize.auto"]["metrics"].get("chosen"),
+            }
+            print(f"{n} process(es): test {runs[n]['test_accuracy']:.2%}, {seconds:.0f} s", file=sys.stderr)
+    return runs
+
+
+def recipe_markdown(data: dict) -> str:
+    from _common import machine_sentence
+    from mmedge.report.markdown import table
+
+    runs, n = data["runs"], data["processes"]
+    steps = list(runs["1"]["step_seconds"])
+    gap = (runs[str(n)]["test_accuracy"] - runs["1"]["test_accuracy"]) * 100
+    columns = ["processes", "teacher test", "shipped test", "chosen", "mmedge validate", "world size", "wall s"]
+    return "\n".join(
+        [
+            f"# The default recipe at 1 and {n} processes",
+            "",
+            machine_sentence(data["provenance"]),
+            "",
+            f"`mmedge run` from scratch, and `mmedge run --nproc-per-node {n}`, each into its own folder.",
+            "",
+            table(
+                columns,
+                [
+                    [
+                        k,
+                        f"{r['teacher_test_accuracy']:.2%}",
+                        f"{r['test_accuracy']:.2%}",
+                        str(r["chosen"]),
+                        "passed" if r["validate_exit_code"] == 0 else f"exit {r['validate_exit_code']}",
+                        ", ".join(f"{t} {w}" for t, w in r["world_sizes"].items()),
+                        f"{r['seconds']:.0f}",
+                    ]
+                    for k, r in runs.items()
+                ],
+            ),
+            "",
+            f"Shipped test accuracy, {n} processes minus 1: {gap:+.2f} points.",
+            "",
+            table(
+                ["step", *(f"{k} process(es), s" for k in runs)],
+                [[s, *(f"{runs[k]['step_seconds'][s]:.1f}" for k in runs)] for s in steps],
+            ),
+            "",
+        ]
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--recipes", nargs="+", default=["digits-vqa", "easy-vqa"])
+    parser.add_argument("--whole-recipe", action="store_true", help="the default recipe end to end at 1 and N")
     parser.add_argument("--worker", nargs=2, metavar=("RECIPE", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -254,6 +338,11 @@ def main() -> None:
     from mmedge.provenance import collect
 
     provenance = collect()
+    if args.whole_recipe:
+        runs = {str(k): v for k, v in whole_recipe(args.processes).items()}
+        data = {"provenance": provenance, "processes": args.processes, "runs": runs}
+        write_results("scaling-recipe", data, recipe_markdown(data))
+        return
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):

@@ -106,7 +106,13 @@ def join(backend: str = "auto", timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES
     import torch.distributed as dist
 
     timeout = timedelta(minutes=timeout_minutes)
-    dist.init_process_group(backend, timeout=timeout)
+    dist.init_process_group(
+        backend,
+        store=_store(timeout),
+        rank=int(os.environ["RANK"]),
+        world_size=int(os.environ["WORLD_SIZE"]),
+        timeout=timeout,
+    )
     _world = World(
         rank=dist.get_rank(),
         size=dist.get_world_size(),
@@ -116,6 +122,25 @@ def join(backend: str = "auto", timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES
         timeout_s=timeout.total_seconds(),
     )
     return _world
+
+
+def _store(timeout: timedelta):
+    """The key-value store the ranks meet in, under a prefix of its own for each of torchrun's restarts. torchrun's
+    agent keeps one store for every attempt of a run (``TORCHELASTIC_USE_AGENT_STORE``), so without the prefix a
+    restarted rank can read the address a rank of the failed attempt left there, and connect to a process that is
+    gone. Outside torchrun's agent, rank 0 hosts the store."""
+    import torch.distributed as dist
+
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == str(True)
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        int(os.environ["WORLD_SIZE"]),
+        is_master=not agent and os.environ["RANK"] == "0",
+        timeout=timeout,
+        multi_tenant=not agent,
+    )
+    return dist.PrefixStore(f"mmedge/attempt-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 def leave() -> None:
@@ -163,9 +188,13 @@ class Shard:
         return values[self.start : self.stop]
 
 
-def shard(total: int) -> Shard:
-    """This rank's contiguous part of ``total`` rows (sizes differ by one at most; the whole in a world of one)."""
+def shard(total: int) -> Shard | None:
+    """This rank's contiguous part of ``total`` rows (sizes differ by one at most; the whole in a world of one), or
+    None on every rank when the rows are fewer than the ranks: an epoch's last, partial step that small is left out,
+    as a rank cannot train on nothing."""
     w = _world
+    if total < w.size:
+        return None
     return Shard(total * w.rank // w.size, total * (w.rank + 1) // w.size, total)
 
 

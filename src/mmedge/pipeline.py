@@ -222,6 +222,8 @@ def _run_steps(recipe, root, force, progress, on_step, allow_over_budget, coordi
     for stale in root.glob(".[0-9][0-9]-*"):  # a step's hidden working folder, left by a run that was killed
         if stale.is_dir():  # the lock is held: no other run is using it
             shutil.rmtree(stale, ignore_errors=True)
+    if force:  # every step runs again from its first epoch (before any rank looks for an epoch state)
+        shutil.rmtree(root / RESUME, ignore_errors=True)
     records: list[StepRecord] = []
     artifact: Artifact | None = None
     previous = ""
@@ -237,8 +239,6 @@ def _run_steps(recipe, root, force, progress, on_step, allow_over_budget, coordi
             coordinator.send({"step": i, "together": together, "resume": str(resume)})
         if cached is None:
             shutil.rmtree(folder, ignore_errors=True)
-            if force:
-                shutil.rmtree(resume, ignore_errors=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=root))
             tmp.chmod(0o755)
             try:

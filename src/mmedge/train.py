@@ -206,6 +206,8 @@ def _steps(q_image: np.ndarray, grouped: bool, cfg: TrainConfig, gen: torch.Gene
         per_step = max(1, cfg.batch_size // q)
         for start in range(0, len(order), per_step):
             part = shard(len(order[start : start + per_step]))
+            if part is None:
+                continue
             img_rows = part.take(order[start : start + per_step])
             shared = torch.arange(len(img_rows)).repeat_interleave(q)
             questions = Shard(part.start * q, part.stop * q, part.total * q)
@@ -214,6 +216,8 @@ def _steps(q_image: np.ndarray, grouped: bool, cfg: TrainConfig, gen: torch.Gene
     order = torch.randperm(len(q_image), generator=gen).numpy()
     for start in range(0, len(order), cfg.batch_size):
         part = shard(len(order[start : start + cfg.batch_size]))
+        if part is None:
+            continue
         rows = part.take(order[start : start + cfg.batch_size])
         yield q_image[rows], rows, torch.arange(len(rows)), part, part
 

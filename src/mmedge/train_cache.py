@@ -151,9 +151,11 @@ def train_cached(
     for epoch in range(first, first if finished else cfg.epochs):
         model.train()
         order = _grouped_order(train.image_row, gen) if by_image else torch.randperm(n, generator=gen)
-        loss_sum, hits = 0.0, 0
+        loss_sum, hits, seen = 0.0, 0, 0
         for start in range(0, n, cfg.batch_size):
             part = shard(len(order[start : start + cfg.batch_size]))  # this rank's slice of the step
+            if part is None:
+                continue
             rows = part.take(order[start : start + cfg.batch_size])
             image_rows, text_rows = train.image_row[rows], train.text_row[rows]
             if cfg.modality_dropout > 0:  # blank the image of rate/2 of the questions, empty the text of rate/2
@@ -172,7 +174,8 @@ def train_cached(
             sched.step()
             loss_sum += loss.item() * len(rows)
             hits += int((logits.argmax(1) == targets[rows]).sum())
-        loss_sum, hits = all_sum([loss_sum, hits])
+            seen += len(rows)
+        loss_sum, hits, seen = all_sum([loss_sum, hits, seen])
         val_accuracy, val_loss = 0.0, None
         if w.main:  # rank 0 validates; its figures decide for every rank
             with torch.no_grad():
@@ -183,7 +186,7 @@ def train_cached(
                 )
         val_accuracy, shared_loss = from_main([val_accuracy, math.nan if val_loss is None else val_loss])
         val_loss = None if math.isnan(shared_loss) else shared_loss
-        stop = keeper.end_epoch(epoch, loss_sum / n, hits / n, val_accuracy, val_loss)
+        stop = keeper.end_epoch(epoch, loss_sum / seen, hits / seen, val_accuracy, val_loss)
         stop = bool(from_main([float(stop)])[0])  # a wall-clock cap is read on rank 0's clock
         checkpoint.save(epoch, stop or epoch + 1 == cfg.epochs, model, opt, sched, gen, keeper, extra_params)
         if stop:
