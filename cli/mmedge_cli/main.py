@@ -758,6 +758,7 @@ def run(
             allow_over_budget=allow_over_budget,
             wait=not no_wait,
         )
+        distributed.leave(finished=True)
     except RuntimeError as exc:
         if distributed.peer_gone(exc):  # another rank ended first, and says why
             raise distributed.PeerFailedError(str(exc)) from None

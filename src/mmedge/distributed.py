@@ -143,13 +143,21 @@ def _store(timeout: timedelta):
     return dist.PrefixStore(f"mmedge/attempt-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
-def leave() -> None:
-    """Leave the process group (at the end of a run)."""
+def leave(finished: bool = False) -> None:
+    """Leave the process group (at the end of a run). ``finished``: every rank ended the run and leaves; they meet
+    at a barrier first. The DistributedDataParallel wrappers of the training steps, which hold the group, are
+    collected before it is destroyed: left to the interpreter's exit, their teardown after the group's aborted a
+    rank's process in about one run of four."""
     global _world
     if _world.active:
+        import gc
+
         import torch.distributed as dist
 
         if dist.is_initialized():
+            if finished:
+                dist.barrier()
+            gc.collect()
             dist.destroy_process_group()
     _world = World()
 
@@ -220,15 +228,92 @@ def data_parallel(model, extra_params=()):
     return DistributedDataParallel(Step())
 
 
+@dataclass(frozen=True)
+class Rows:
+    """The rows of the whole step's batch that a forward pass on this rank holds: ``index`` (local row -> row of
+    the ``total`` rows one process would hold), and ``counted`` (local rows whose BatchNorm statistics this rank
+    adds; a row every rank holds, such as the blank frame of modality dropout, is counted by rank 0 alone)."""
+
+    total: int
+    index: object  # torch.Tensor (local,) int64
+    counted: object = None  # torch.Tensor (local,) bool, or None for every row
+
+
+_rows: Rows | None = None  # what the forward pass running now holds (``step_rows``)
+_draws = None  # torch.Generator for masks over the whole step, in the same state on every rank (``global_batch``)
+
+
 @contextlib.contextmanager
-def global_batch_norm(model):
-    """Inside, the BatchNorm layers of ``model`` that train normalize with the statistics of the whole global batch
-    (summed over the ranks, and differentiated through that sum), as one process computing the whole batch would;
-    each rank's own half would give other statistics, and other weights. PyTorch's SyncBatchNorm takes CUDA
-    tensors only, so this is its CPU counterpart for gloo. Nothing changes in a world of one."""
+def step_rows(part: Shard, held_by_all: int = 0):
+    """Inside, forward passes hold ``part`` of the step's rows, followed by ``held_by_all`` rows that every rank
+    holds and one process holds once, after the ``part.total`` others (the blank frame). Nothing in a world of
+    one."""
+    global _rows
     if not _world.active:
         yield
         return
+    import torch
+
+    index = torch.cat([torch.arange(part.start, part.stop), part.total + torch.arange(held_by_all)])
+    counted = torch.cat([torch.ones(part.stop - part.start, dtype=torch.bool), torch.full((held_by_all,), _world.main)])
+    before, _rows = _rows, Rows(part.total + held_by_all, index, counted if held_by_all else None)
+    try:
+        yield
+    finally:
+        _rows = before
+
+
+def _held_rows(shape, contiguous: bool = True) -> Rows | None:
+    """The step's rows when a tensor of ``shape`` is laid out by them (first dimension, outermost in memory)."""
+    rows = _rows
+    if rows is None or _draws is None or not shape or shape[0] != len(rows.index) or not contiguous:
+        return None
+    return rows
+
+
+def keep_mask(shape, keep: float, dtype):
+    """A mask of ``shape`` whose entries are 1 with probability ``keep`` (dropout's, drop-path's). Where its first
+    dimension holds this rank's rows of the step, the mask is drawn for the whole step from a generator in the same
+    state on every rank, and this rank's rows are taken: every row gets the mask one process would give it, drawn
+    as that process draws it. Otherwise (a world of one, or a tensor not laid out by the step's rows) it is drawn
+    from torch's global generator, which each rank of several seeds apart from the others."""
+    import torch
+
+    rows = _held_rows(shape)
+    if rows is None:
+        return torch.empty(shape, dtype=dtype).bernoulli_(keep)
+    whole = torch.empty((rows.total, *shape[1:]), dtype=dtype).bernoulli_(keep, generator=_draws)
+    return whole[rows.index]
+
+
+def draws_state():
+    """The state of the whole-step mask generator (the same on every rank), or None outside ``global_batch``."""
+    return None if _draws is None else _draws.get_state()
+
+
+def set_draws_state(state) -> None:
+    if _draws is not None and state is not None:
+        _draws.set_state(state)
+
+
+@contextlib.contextmanager
+def global_batch(model, seed: int):
+    """Inside, ``model`` trains on every rank as one process computing the whole global batch would:
+
+    - its BatchNorm layers that train normalize with the statistics of the whole batch (summed over the ranks, and
+      differentiated through that sum); each rank's own share would give other statistics, and other weights.
+      PyTorch's SyncBatchNorm takes CUDA tensors only, so this is its CPU counterpart for gloo;
+    - its dropout layers (``nn.Dropout``) draw their masks for the whole step from a generator seeded with ``seed``,
+      as one process seeded with ``seed`` draws them from torch's global generator, and each rank takes its rows
+      (``keep_mask``, ``step_rows``).
+
+    Nothing changes in a world of one."""
+    global _draws
+    if not _world.active:
+        yield
+        return
+    import torch
+
     if not _SYNCED:
         _build_synced()
     swapped = []
@@ -236,9 +321,11 @@ def global_batch_norm(model):
         if type(module) in _SYNCED:
             swapped.append((module, type(module)))
             module.__class__ = _SYNCED[type(module)]
+    before, _draws = _draws, torch.Generator().manual_seed(seed)
     try:
         yield
     finally:
+        _draws = before
         for module, cls in swapped:
             module.__class__ = cls
 
@@ -268,12 +355,18 @@ def _build_synced() -> None:
             dist.all_reduce(grad)
             return grad
 
-    def forward(self, x):
+    def normalize(self, x):
         if not self.training or not self.track_running_stats:
             return super(type(self), self).forward(x)
         dims = [0, *range(2, x.dim())]
-        count = torch.tensor([x.numel() / x.shape[1]], dtype=torch.float64)
-        local = torch.cat([x.sum(dims, dtype=torch.float64), (x.double() * x.double()).sum(dims), count])
+        rows = _held_rows(x.shape, x.is_contiguous())
+        counted = x.double()
+        if rows is not None and rows.counted is not None:  # a row every rank holds counts once
+            counted = counted * rows.counted.view(-1, *([1] * (x.dim() - 1))).double()
+        per_row = x.numel() / x.shape[0] / x.shape[1]
+        n_rows = len(x) if rows is None or rows.counted is None else int(rows.counted.sum())
+        count = torch.tensor([n_rows * per_row], dtype=torch.float64)
+        local = torch.cat([counted.sum(dims), (counted * x.double()).sum(dims), count])
         total = RankSum.apply(local)
         c = x.shape[1]
         n = total[-1]
@@ -291,8 +384,16 @@ def _build_synced() -> None:
             self.running_var.mul_(1 - factor).add_(unbiased.to(self.running_var.dtype), alpha=factor)
         return y
 
+    def dropout(self, x):
+        if not self.training or not 0 < self.p < 1 or _held_rows(x.shape, x.is_contiguous()) is None:
+            return super(type(self), self).forward(x)
+        mask = keep_mask(x.shape, 1 - self.p, x.dtype)
+        mask.div_(1 - self.p)  # as torch's dropout on the CPU: the mask scaled, then multiplied
+        return x.mul_(mask) if self.inplace else x * mask
+
     for base in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
-        _SYNCED[base] = type(f"Global{base.__name__}", (base,), {"forward": forward})
+        _SYNCED[base] = type(f"Global{base.__name__}", (base,), {"forward": normalize})
+    _SYNCED[nn.Dropout] = type("GlobalDropout", (nn.Dropout,), {"forward": dropout})
 
 
 def broadcast_state(model) -> None:

@@ -88,8 +88,9 @@ class BestEpoch:
 class EpochCheckpoint:
     """A training loop's whole state after its latest epoch, in ``folder/epoch.safetensors``, so that a run that
     was killed resumes at the next epoch instead of from zero, and computes what an uninterrupted run computes:
-    the weights, the optimizer's moments, the schedule's position, the best epoch so far and both random
-    generators (the loop's and torch's global one, which dropout draws from) are restored bit for bit.
+    the weights, the optimizer's moments, the schedule's position, the best epoch so far and the random
+    generators (the loop's, torch's global one, which dropout draws from, and in a distributed run the one that
+    draws the masks of the whole step) are restored bit for bit.
 
     One file, written beside its old version and renamed over it, so a kill mid-write leaves the previous epoch's
     state. The folder belongs to one step and one cache key (the pipeline names it after the step's folder and
@@ -109,7 +110,7 @@ class EpochCheckpoint:
         import torch
         from safetensors.torch import save_file
 
-        from mmedge.distributed import rng_states, world
+        from mmedge.distributed import draws_state, rng_states, world
         from mmedge.runtime.session import replacing
 
         generators = rng_states(torch.get_rng_state())
@@ -129,6 +130,9 @@ class EpochCheckpoint:
                 else:
                     scalars[f"{index}.{name}"] = value
         tensors["rng.loop"] = gen.get_state()
+        draws = draws_state()
+        if draws is not None:
+            tensors["rng.draws"] = draws
         tensors.update({f"rng.torch.{rank}": state for rank, state in enumerate(generators)})
         meta = {
             "epoch": epoch,
@@ -209,9 +213,10 @@ class EpochCheckpoint:
             state.setdefault(int(index), {})[name] = value
         opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
         sched.load_state_dict(meta["sched"])
-        from mmedge.distributed import world
+        from mmedge.distributed import set_draws_state, world
 
         gen.set_state(tensors["rng.loop"])
+        set_draws_state(tensors.get("rng.draws"))
         mine = tensors.get(f"rng.torch.{world().rank}")
         if mine is not None:  # a rank the saving run did not have keeps the generator its seed gave it
             torch.set_rng_state(mine)

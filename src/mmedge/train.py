@@ -29,9 +29,10 @@ from mmedge.distributed import (
     broadcast_state,
     data_parallel,
     from_main,
-    global_batch_norm,
+    global_batch,
     per_rank,
     shard,
+    step_rows,
     world,
 )
 from mmedge.epochs import BestEpoch, EpochCheckpoint, warmup_cosine
@@ -41,7 +42,9 @@ from mmedge.results import ModelMetrics, TrainMetrics
 from mmedge.runtime.evaluate import score
 from mmedge.steps.registry import StepConfig, StepContext, StepResult, register_step
 
-RANK_SEED_STRIDE = 1_000_003  # rank r seeds torch's global generator (dropout) with seed + r * this
+# rank r seeds torch's global generator with seed + r * this: dropout on tensors not laid out by the step's rows
+# (``global_batch``) draws apart on each rank
+RANK_SEED_STRIDE = 1_000_003
 
 if TYPE_CHECKING:  # torch is imported where it is used: a recipe parses, and its dry run prints, without it
     import torch
@@ -222,9 +225,11 @@ def _steps(q_image: np.ndarray, grouped: bool, cfg: TrainConfig, gen: torch.Gene
         yield q_image[rows], rows, torch.arange(len(rows)), part, part
 
 
-def _forward(model, image, batch: Batch, cfg: TrainConfig, vocab: Tokenizer, gen, questions: Shard):
+def _forward(model, image, batch: Batch, cfg: TrainConfig, vocab: Tokenizer, gen, images: Shard, questions: Shard):
     """One step's logits (and its batch, with the modalities that dropout removed): whole forward passes for a
-    model from outside the zoo, else one image-encoder pass per image, shared by its questions."""
+    model from outside the zoo, else one image-encoder pass per image, shared by its questions. ``images`` and
+    ``questions``: this rank's shares of the step's images and questions, that the passes over them hold
+    (``step_rows``)."""
     import torch
 
     shared = batch.shared
@@ -234,15 +239,20 @@ def _forward(model, image, batch: Batch, cfg: TrainConfig, vocab: Tokenizer, gen
             pictures, batch = drop_modalities(
                 pictures, torch.zeros_like(image[:1]), batch, cfg.modality_dropout, vocab.pad_id, gen, questions
             )
-        return model(pictures, batch.input_ids, batch.attention_mask), batch
+        with step_rows(questions):
+            return model(pictures, batch.input_ids, batch.attention_mask), batch
     if cfg.modality_dropout > 0:
         # the blank frame goes through the encoder with the real ones (same BatchNorm statistics)
-        encoded = model.encode_image(torch.cat([image, torch.zeros_like(image[:1])]))
+        with step_rows(images, held_by_all=1):
+            encoded = model.encode_image(torch.cat([image, torch.zeros_like(image[:1])]))
         features, batch = drop_modalities(
             encoded[:-1][shared], encoded[-1:], batch, cfg.modality_dropout, vocab.pad_id, gen, questions
         )
+    else:
+        with step_rows(images):
+            features = model.encode_image(image)[shared]
+    with step_rows(questions):
         return model.forward_features(features, batch.input_ids, batch.attention_mask), batch
-    return model.forward_features(model.encode_image(image)[shared], batch.input_ids, batch.attention_mask), batch
 
 
 def train_model(
@@ -268,9 +278,9 @@ def train_model(
     import torch
 
     w = world()
-    torch.manual_seed(cfg.seed + RANK_SEED_STRIDE * w.rank)  # dropout: each rank draws its own masks
+    torch.manual_seed(cfg.seed + RANK_SEED_STRIDE * w.rank)  # the step's masks are drawn alike (global_batch)
     torch.set_num_threads(w.threads(cfg.threads))
-    with global_batch_norm(model):
+    with global_batch(model, cfg.seed):
         if (
             getattr(model, "late_fusion", False)
             and not cfg.augment
@@ -332,7 +342,7 @@ def _train_whole(model, data, vocab: Tokenizer, cfg: TrainConfig, on_epoch, loss
                 torch.from_numpy(mask_all[rows]),
                 torch.from_numpy(labels[rows]),
             )
-            logits, batch = run(_forward, model, image, batch, cfg, vocab, gen, questions)
+            logits, batch = run(_forward, model, image, batch, cfg, vocab, gen, images, questions)
             target = batch.target
             loss = F.cross_entropy(logits, target) if loss_fn is None else loss_fn(logits, batch)
             opt.zero_grad(set_to_none=True)

@@ -127,7 +127,7 @@ def train_cached(
     (as asked, and with modality dropout also with images blanked and with questions emptied) to break ties of
     validation accuracy between epochs. ``extra_params`` train alongside the model; ``resume``: as in
     ``train_model``."""
-    from mmedge.distributed import all_sum, data_parallel, from_main, per_rank, shard, world
+    from mmedge.distributed import all_sum, data_parallel, from_main, per_rank, shard, step_rows, world
     from mmedge.epochs import BestEpoch, EpochCheckpoint, warmup_cosine
     from mmedge.runtime.evaluate import score
 
@@ -163,7 +163,8 @@ def train_cached(
                 image_rows = torch.where(u < cfg.modality_dropout / 2, train.blank_image, image_rows)
                 no_text = (u >= cfg.modality_dropout / 2) & (u < cfg.modality_dropout)
                 text_rows = torch.where(no_text, train.empty_text, text_rows)
-            logits = run(train.logits, model, rows, image_rows, text_rows)
+            with step_rows(part):
+                logits = run(train.logits, model, rows, image_rows, text_rows)
             if loss_fn is None:
                 loss = F.cross_entropy(logits, targets[rows])
             else:

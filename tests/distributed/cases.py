@@ -5,8 +5,8 @@
 
 Rank 0 writes OUT/<case>.safetensors (the trained weights) and OUT/<case>.json (its history and world). The cases
 cover both training loops (whole forward passes, and late fusion on cached tower outputs), each trained and
-distilled, with augmentation, modality dropout, BatchNorm in training and a feature loss through a projection.
-Dropout is off: its masks are drawn per rank, so it alone would make two worlds differ.
+distilled, with dropout, augmentation, modality dropout, BatchNorm in training and a feature loss through a
+projection.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 
 from mmedge import distributed
 
-TINY = {"conv_channels": [8, 16], "embed_dim": 16, "hidden_size": 24, "fusion_dim": 32, "dropout": 0.0}
+TINY = {"conv_channels": [8, 16], "embed_dim": 16, "hidden_size": 24, "fusion_dim": 32, "dropout": 0.1}
 
 
 def _save(out: Path, name: str, model, history, extra=()) -> None:
@@ -35,17 +35,17 @@ def _save(out: Path, name: str, model, history, extra=()) -> None:
 
 
 def whole(out: Path) -> None:
-    """cnn-lstm (BatchNorm in its image encoder, trained on the global batch's statistics): trained with
-    augmentation; then a narrower student distilled from a seeded teacher (the same in every world, so that the
-    comparison is of distillation alone) with augmentation and the feature loss. Modality dropout is left to the
-    cached case: in whole forward passes each rank's batch carries its own blank frame through BatchNorm."""
+    """cnn-lstm (BatchNorm in its image encoder, trained on the global batch's statistics, dropout in its fusion):
+    trained with augmentation and modality dropout (every rank's batch carries the blank frame, counted once);
+    then a narrower student distilled from a seeded teacher (the same in every world, so that the comparison is of
+    distillation alone) with augmentation and the feature loss."""
     from mmedge.compress.distill import DistillConfig, distill_loss
     from mmedge.data import DataConfig
     from mmedge.models import build_model
     from mmedge.train import TrainConfig, build_for_data, train_model
 
     data, vocab, teacher = build_for_data("cnn-lstm", TINY, DataConfig(test_images=200, val_images=100), 0)
-    cfg = TrainConfig(epochs=1, batch_size=256, seed=0, augment=True, patience=9)
+    cfg = TrainConfig(epochs=1, batch_size=256, seed=0, augment=True, modality_dropout=0.2, patience=9)
     trained, history = train_model(teacher, data, vocab, cfg)
     _save(out, "whole-train", trained, history)
 
@@ -81,7 +81,7 @@ def cached(out: Path) -> None:
     vocab = minilm_tokenizer(24)
 
     def small(**options):
-        config = family_config("effnet-minilm", {"pretrained": False, "image_size": 32, "dropout": 0.0, **options})
+        config = family_config("effnet-minilm", {"pretrained": False, "image_size": 32, "dropout": 0.2, **options})
         torch.manual_seed(0)
         return build_model("effnet-minilm", config, vocab_size=30522, num_classes=13)
 
@@ -107,5 +107,6 @@ if __name__ == "__main__":
     try:
         for name in sys.argv[2:] or CASES:
             CASES[name](out)
+        distributed.leave(finished=True)
     finally:
         distributed.leave()

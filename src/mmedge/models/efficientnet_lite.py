@@ -55,6 +55,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from mmedge.distributed import keep_mask
 from mmedge.errors import MissingDependencyError, MmedgeError
 
 log = logging.getLogger(__name__)
@@ -162,7 +163,7 @@ class InvertedResidual(nn.Module):
         if not self.residual:
             return y
         if self.training and self.drop_path > 0.0:  # drop the whole branch per sample; identity at inference
-            keep = y.new_empty(y.shape[0], 1, 1, 1).bernoulli_(1.0 - self.drop_path)
+            keep = keep_mask((y.shape[0], 1, 1, 1), 1.0 - self.drop_path, y.dtype)  # as one process, on every rank
             y = y * keep / (1.0 - self.drop_path)
         return x + y
 
