@@ -18,7 +18,9 @@ N processes, interleaved, `--repeats` times. Reported:
 
 ``--whole-recipe`` runs the default recipe from scratch with ``mmedge run`` in one process and with
 ``--nproc-per-node N``, each into its own folder, and compares what they ship: test accuracy, ``mmedge validate`` on
-each bundle, the world size each training step records, and each step's wall time.
+each bundle, the world size each training step records, and each step's wall time. The ranks other than 0 of the
+N-process run carry Python audit hooks (``tests/distributed/hooks``) that log every write they make under the run's
+folders; the results record how many there were.
 
 mmedge trains on the CPU; a GPU machine runs the same CPU training (NCCL, which joins CUDA tensors, has nothing to
 join), so this benchmark has no CUDA mode.
@@ -248,16 +250,20 @@ def markdown(data: dict) -> str:
 
 def whole_recipe(processes: int) -> dict:
     """The default recipe end to end at 1 and ``processes`` processes (fresh folders), with ``mmedge validate`` on
-    each bundle."""
+    each bundle, and the writes of the ranks other than 0 under the run's folders logged."""
     mmedge = str(Path(sys.executable).with_name("mmedge"))
+    hooks = Path(__file__).resolve().parents[1] / "tests" / "distributed" / "hooks"
     runs = {}
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory() as logs:
         for n in (1, processes):
             name = f"digits-vqa-{n}p"
             command = [mmedge, "run", "--name", name, "--out", str(Path(tmp) / name)]
             command += ["--nproc-per-node", str(n)] if n > 1 else []
+            writes = Path(logs) / f"{name}.log"
+            path = os.pathsep.join(p for p in (str(hooks), os.environ.get("PYTHONPATH", "")) if p)
+            env = {**os.environ, "PYTHONPATH": path, "MMEDGE_TEST_WRITES": str(writes), "MMEDGE_TEST_WATCH": tmp}
             started = time.perf_counter()
-            done = subprocess.run(command, cwd=tmp, capture_output=True, text=True)
+            done = subprocess.run(command, cwd=tmp, env=env, capture_output=True, text=True)
             seconds = time.perf_counter() - started
             if done.returncode != 0:
                 sys.exit(f"the {n}-process run failed:\n{done.stderr[-4000:]}")
@@ -275,6 +281,7 @@ def whole_recipe(processes: int) -> dict:
                 },
                 "step_seconds": {t: s["seconds"] for t, s in steps.items()},
                 "chosen": steps["quantize.auto"]["metrics"].get("chosen"),
+                "other_rank_writes": writes.read_text().splitlines() if writes.exists() else [],
             }
             print(f"{n} process(es): test {runs[n]['test_accuracy']:.2%}, {seconds:.0f} s", file=sys.stderr)
     return runs
@@ -287,7 +294,8 @@ def recipe_markdown(data: dict) -> str:
     runs, n = data["runs"], data["processes"]
     steps = list(runs["1"]["step_seconds"])
     gap = (runs[str(n)]["test_accuracy"] - runs["1"]["test_accuracy"]) * 100
-    columns = ["processes", "teacher test", "shipped test", "chosen", "mmedge validate", "world size", "wall s"]
+    columns = ["processes", "teacher test", "shipped test", "chosen", "mmedge validate", "world size"]
+    columns += ["writes by ranks other than 0", "wall s"]
     return "\n".join(
         [
             f"# The default recipe at 1 and {n} processes",
@@ -306,6 +314,7 @@ def recipe_markdown(data: dict) -> str:
                         str(r["chosen"]),
                         "passed" if r["validate_exit_code"] == 0 else f"exit {r['validate_exit_code']}",
                         ", ".join(f"{t} {w}" for t, w in r["world_sizes"].items()),
+                        str(len(r["other_rank_writes"])) if k != "1" else "",
                         f"{r['seconds']:.0f}",
                     ]
                     for k, r in runs.items()
@@ -313,6 +322,11 @@ def recipe_markdown(data: dict) -> str:
             ),
             "",
             f"Shipped test accuracy, {n} processes minus 1: {gap:+.2f} points.",
+            "",
+            "Writes by ranks other than 0: what Python audit hooks in those ranks logged under the run's folders "
+            "(the work folder, with the step folders, the epoch states and the results, and the bundle): opens for "
+            "writing, mkdir, rename, remove.",
+            *(f"- `{line}`" for line in runs[str(n)]["other_rank_writes"][:10]),
             "",
             table(
                 ["step", *(f"{k} process(es), s" for k in runs)],
